@@ -1,0 +1,118 @@
+"""Benchmark: how long `vpclab up` and `down` take, against a bare baseline in the same run.
+
+For each lab (examples/basic-vpc.yaml and a generated lab of 3 VPCs and 30
+instances) it times `vpclab up` and `vpclab down`, then times a bare shell
+script that creates the same number of namespaces and veth links in a sandbox
+and tears them down. It prints the times and the ratio up / baseline.
+Target: the 30-instance lab is up within 3x its bare baseline.
+
+    python3 bench/bring_up.py [--runs N]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from vpclab.model import load_lab  # noqa: E402
+from vpclab.plan.compile import compile_lab  # noqa: E402
+
+
+def generated_lab(vpcs: int = 3, per_vpc: int = 10) -> str:
+    lines = ["vpcs:"]
+    for v in range(vpcs):
+        lines += [f"  vpc{v}:", f"    CidrBlock: 10.{v}.0.0/16", "    EnableDnsHostnames: true"]
+    lines.append("subnets:")
+    for v in range(vpcs):
+        for s, az in enumerate("ab"):
+            lines += [f"  vpc{v}-{az}:", f"    VpcId: vpc{v}", f"    AvailabilityZone: {az}",
+                      f"    CidrBlock: 10.{v}.{s + 1}.0/24"]
+    lines.append("internet_gateways:")
+    lines += [f"  igw{v}:\n    VpcId: vpc{v}" for v in range(vpcs)]
+    lines.append("route_tables:")
+    for v in range(vpcs):
+        lines += [f"  rt{v}:", f"    VpcId: vpc{v}", "    Main: true", "    Routes:",
+                  "      - DestinationCidrBlock: 0.0.0.0/0", f"        GatewayId: igw{v}"]
+    lines.append("security_groups:")
+    for v in range(vpcs):
+        lines += [f"  web{v}:", f"    VpcId: vpc{v}", "    SecurityGroupIngress:",
+                  "      - {IpProtocol: tcp, FromPort: 80, ToPort: 80, CidrIp: 0.0.0.0/0}"]
+    lines.append("instances:")
+    for v in range(vpcs):
+        for i in range(per_vpc):
+            lines += [f"  vm{v}-{i}:", f"    SubnetId: vpc{v}-{'ab'[i % 2]}",
+                      f"    AssociatePublicIpAddress: {'true' if i == 0 else 'false'}",
+                      f"    SecurityGroupIds: [web{v}]"]
+    lines += ["internet:", "  hosts:", "    client: {}", "    server: {}"]
+    return "\n".join(lines) + "\n"
+
+
+def bare_script(namespaces: int, links: int) -> str:
+    """Namespaces held by sleeping processes, veth pairs between them, then teardown."""
+    return f"""
+set -e
+pids=""
+for i in $(seq {namespaces}); do unshare -n sleep infinity & pids="$pids $!"; done
+set -- $pids
+n=0
+for i in $(seq {links}); do
+  a=$(eval echo \\${{$(( (n % $#) + 1 ))}}); b=$(eval echo \\${{$(( ((n + 1) % $#) + 1 ))}})
+  echo "link add name v$i netns $a type veth peer name p$i netns $b"
+  n=$((n + 1))
+done > /tmp/vpclab-bench-links.batch
+ip -batch /tmp/vpclab-bench-links.batch
+kill $pids
+"""
+
+
+def time_bare(namespaces: int, links: int) -> float:
+    started = time.perf_counter()
+    subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "--net", "--pid", "--fork",
+                    "--mount-proc", "sh", "-c", bare_script(namespaces, links)], check=True,
+                   capture_output=True)
+    return time.perf_counter() - started
+
+
+def time_vpclab(path: Path, env: dict) -> tuple[float, float]:
+    cli = [sys.executable, "-m", "vpclab"]
+    started = time.perf_counter()
+    subprocess.run(cli + ["up", str(path), "--name", "bench"], env=env, check=True, capture_output=True)
+    up = time.perf_counter() - started
+    started = time.perf_counter()
+    subprocess.run(cli + ["down", "--lab", "bench"], env=env, check=True, capture_output=True)
+    return up, time.perf_counter() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    home = tempfile.mkdtemp(prefix="vpclab-bench-")
+    env = dict(os.environ, VPCLAB_HOME=home, PYTHONPATH=str(ROOT))
+    generated = Path(home) / "generated-30.yaml"
+    generated.write_text(generated_lab())
+    print(f"{'lab':<22} {'ns':>4} {'links':>5} {'up s':>7} {'down s':>7} {'bare s':>7} {'up/bare':>8}")
+    for path in (ROOT / "examples" / "basic-vpc.yaml", generated):
+        wiring = compile_lab(load_lab(path, "bench"))
+        ns, links = len(wiring.namespaces), len(wiring.links)
+        ups, downs, bares = [], [], []
+        for _ in range(args.runs):
+            up, down = time_vpclab(path, env)
+            ups.append(up)
+            downs.append(down)
+            bares.append(time_bare(ns, links))
+        up, down, bare = (statistics.median(x) for x in (ups, downs, bares))
+        print(f"{path.name:<22} {ns:>4} {links:>5} {up:>7.3f} {down:>7.3f} {bare:>7.3f} {up / bare:>7.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs everything vpclab needs on a Debian machine: the engines it drives
+# (iproute2, nftables, conntrack, HAProxy, dumpcap/tshark, tcpdump) and the
+# Python package with its test tools. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+PACKAGES=(iproute2 nftables conntrack util-linux procps tcpdump tshark ethtool haproxy
+          curl netcat-openbsd iputils-ping socat)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install.sh: installing ${missing[*]}"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if ! $PY -m pip install -q -e '.[test]' 2>/tmp/vpclab-pip.err; then
+  if grep -q externally-managed /tmp/vpclab-pip.err; then
+    $PY -m pip install -q --break-system-packages -e '.[test]'
+  else
+    cat /tmp/vpclab-pip.err >&2
+    exit 1
+  fi
+fi
+echo "install.sh: vpclab $($PY -c 'import importlib.metadata as m; print(m.version("vpclab"))') is installed"

@@ -1,0 +1,533 @@
+"""The GWLB node core behaves as reference §2 says AWS's does."""
+from __future__ import annotations
+
+import struct
+from ipaddress import IPv4Address, IPv6Address, ip_address
+
+import pytest
+from hypothesis import given, strategies as st
+
+from vpclab.engines.geneve import ETH_P_IPV6, GwlbHeader, decode, encode, vpce_id_to_int
+from vpclab.engines.gwlb import Decap, Drop, Encap, GwlbConfig, GwlbNode, flow_key
+from vpclab.engines.gwlb.core import RESET_LINGER
+
+AZ = "us-east-1a"
+EP = vpce_id_to_int("vpce-0123456789abcdef0")
+CLIENT, SERVER = "10.0.1.10", "198.51.100.7"
+SYN, ACK, RST = 0x02, 0x10, 0x04
+
+
+def ip_packet(proto: int, src: str, dst: str, l4: bytes) -> bytes:
+    s, d = ip_address(src).packed, ip_address(dst).packed
+    if len(s) == 4:
+        return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 0, 0, 64, proto, 0, s, d) + l4
+    return struct.pack("!IHBB16s16s", 6 << 28, len(l4), proto, 64, s, d) + l4
+
+
+def tcp(src=CLIENT, dst=SERVER, sport=40000, dport=443, flags=ACK, payload=b"") -> bytes:
+    return ip_packet(6, src, dst, struct.pack("!HHIIBBHHH", sport, dport, 0, 0, 0x50, flags, 8192, 0, 0)
+                     + payload)
+
+
+def udp(src=CLIENT, dst=SERVER, sport=40000, dport=53, payload=b"q") -> bytes:
+    return ip_packet(17, src, dst, struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload)
+
+
+def icmp(src=CLIENT, dst=SERVER) -> bytes:
+    return ip_packet(1, src, dst, bytes([8, 0, 0, 0, 0, 1, 0, 1]))
+
+
+def make_node(targets: int = 2, healthy: bool = True, **config) -> GwlbNode:
+    node = GwlbNode(GwlbConfig(availability_zone=AZ, **config), endpoints=[EP])
+    for i in range(targets):
+        node.register(f"i-{i}", f"10.9.0.{10 + i}")
+        if healthy:
+            node.set_target_health(f"i-{i}", True, now=0)
+    return node
+
+
+def send(node: GwlbNode, packet: bytes, now: float = 0.0) -> Encap:
+    result = node.from_endpoint(packet, EP, now)
+    assert isinstance(result, Encap), result
+    return result
+
+
+def cookie_of(result: Encap) -> int:
+    return decode(result.datagram)[0].flow_cookie
+
+
+def target_of(node: GwlbNode, result: Encap) -> str:
+    return next(t.id for t in node.targets() if t.ip == result.target_ip)
+
+
+# --- encapsulation ---------------------------------------------------------------
+
+def test_new_flow_is_encapsulated_with_the_endpoint_id_and_a_cookie():
+    node = make_node()
+    packet = tcp(flags=SYN)
+    result = send(node, packet)
+    header, offset = decode(result.datagram)
+    assert header.endpoint_id == EP and header.attachment_id == 0 and header.protocol == 0x0800
+    assert result.datagram[offset:] == packet and offset == 40
+    assert result.target_ip in ("10.9.0.10", "10.9.0.11")
+    assert 49152 <= result.src_port <= 65535
+
+
+def test_ipv6_inner_packets_use_protocol_86dd():
+    node = make_node()
+    result = send(node, tcp(src="2001:db8::1", dst="2001:db8:1::2", flags=SYN))
+    assert decode(result.datagram)[0].protocol == ETH_P_IPV6
+
+
+def test_link_layer_padding_is_trimmed_from_the_inner_packet():
+    node = make_node()
+    packet = tcp()
+    result = send(node, packet + bytes(6))
+    assert result.datagram[40:] == packet
+
+
+# --- flow stickiness ---------------------------------------------------------------
+
+def test_reply_direction_hashes_to_same_target():
+    node = make_node(targets=8)
+    out = send(node, tcp(flags=SYN))
+    back = send(node, tcp(src=SERVER, dst=CLIENT, sport=443, dport=40000, flags=SYN | ACK))
+    assert (back.target_ip, back.src_port, cookie_of(back)) == (out.target_ip, out.src_port, cookie_of(out))
+    assert node.snapshot()["NewFlowCount"] == 1
+
+
+def test_retransmitted_syn_reuses_cookie_and_source_port():
+    node = make_node(targets=4)
+    first, again = send(node, tcp(flags=SYN), 0), send(node, tcp(flags=SYN), 3)
+    assert first == again
+
+
+def test_flows_spread_over_healthy_targets():
+    node = make_node(targets=4)
+    used = {send(node, tcp(sport=port, flags=SYN)).target_ip for port in range(30000, 30200)}
+    assert len(used) == 4
+
+
+def test_each_new_flow_gets_its_own_cookie():
+    node = make_node()
+    cookies = {cookie_of(send(node, udp(sport=port))) for port in range(1024, 3024)}
+    assert len(cookies) == 2000
+
+
+def test_icmp_flows_key_on_the_three_tuple():
+    node = make_node()
+    assert cookie_of(send(node, icmp())) == cookie_of(send(node, icmp(src=SERVER, dst=CLIENT)))
+    assert node.snapshot()["NewFlowCount"] == 1
+
+
+def test_three_tuple_stickiness_ignores_ports():
+    node = make_node(targets=8, stickiness="source_ip_dest_ip_proto")
+    results = {(r.target_ip, cookie_of(r)) for r in (send(node, tcp(sport=p)) for p in range(1000, 1050))}
+    assert len(results) == 1
+    assert cookie_of(send(node, udp())) != results.pop()[1]
+
+
+def test_two_tuple_stickiness_ignores_protocol_too():
+    node = make_node(targets=8, stickiness="source_ip_dest_ip")
+    cookies = {cookie_of(send(node, p)) for p in (tcp(), udp(), icmp(), udp(src=SERVER, dst=CLIENT))}
+    assert len(cookies) == 1
+
+
+def test_stickiness_comes_from_aws_attributes():
+    config = GwlbConfig.from_attributes({"stickiness.enabled": "true", "stickiness.type": "source_ip_dest_ip"})
+    assert config.stickiness == "source_ip_dest_ip"
+    assert GwlbConfig.from_attributes({"stickiness.type": "source_ip_dest_ip"}).stickiness == "5-tuple"
+
+
+ipv4s = st.builds(lambda n: str(IPv4Address(n)), st.integers(0, 2**32 - 1))
+ipv6s = st.builds(lambda n: str(IPv6Address(n)), st.integers(0, 2**128 - 1))
+
+
+@given(st.sampled_from(["tcp", "udp", "icmp"]), st.one_of(st.tuples(ipv4s, ipv4s), st.tuples(ipv6s, ipv6s)),
+       st.integers(0, 65535), st.integers(0, 65535),
+       st.sampled_from(["5-tuple", "source_ip_dest_ip_proto", "source_ip_dest_ip"]))
+def test_flow_key_is_direction_independent(kind, addresses, sport, dport, stickiness):
+    a, b = addresses
+    if kind == "icmp":
+        forward, reverse = icmp(a, b), icmp(b, a)
+    else:
+        build = tcp if kind == "tcp" else udp
+        forward, reverse = build(a, b, sport, dport), build(b, a, dport, sport)
+    assert flow_key(forward, stickiness) == flow_key(reverse, stickiness) is not None
+
+
+def test_flow_key_distinguishes_ports_only_in_five_tuple_mode():
+    assert flow_key(udp(sport=1)) != flow_key(udp(sport=2))
+    assert flow_key(udp(sport=1), "source_ip_dest_ip_proto") == flow_key(udp(sport=2), "source_ip_dest_ip_proto")
+
+
+# --- idle timeouts and cookies -----------------------------------------------------
+
+def test_reused_five_tuple_after_idle_gets_new_cookie():
+    node = make_node()
+    first = cookie_of(send(node, tcp(flags=SYN), 0))
+    assert cookie_of(send(node, tcp(), 349)) == first  # activity restarts the idle clock
+    assert cookie_of(send(node, tcp(), 349 + 349)) == first
+    assert cookie_of(send(node, tcp(flags=SYN), 698 + 350)) != first
+    assert node.snapshot()["NewFlowCount"] == 2
+
+
+def test_udp_and_other_flows_idle_out_after_120_seconds():
+    node = make_node()
+    for packet in (udp(), icmp()):
+        first = cookie_of(send(node, packet, 0))
+        assert cookie_of(send(node, packet, 119)) == first
+        assert cookie_of(send(node, packet, 239)) != first
+
+
+def test_tcp_idle_timeout_follows_the_listener_attribute():
+    node = make_node(**{"tcp_idle_timeout": GwlbConfig.from_attributes(
+        {"tcp.idle_timeout.seconds": "60"}).tcp_idle_timeout})
+    first = cookie_of(send(node, tcp(), 0))
+    assert cookie_of(send(node, tcp(), 60)) != first
+
+
+def test_reset_ends_the_flow_and_the_next_syn_gets_a_new_cookie():
+    node = make_node()
+    first = cookie_of(send(node, tcp(flags=SYN), 0))
+    rst = send(node, tcp(src=SERVER, dst=CLIENT, sport=443, dport=40000, flags=RST | ACK), 1)
+    assert cookie_of(rst) == first
+    assert node.from_appliance(rst.datagram, rst.target_ip, 1.5).endpoint_id == EP  # its return matches
+    second = cookie_of(send(node, tcp(flags=SYN), 2))
+    assert second != first
+    assert cookie_of(send(node, tcp(flags=RST), 3)) == second
+    assert node.expire(3 + RESET_LINGER) == 1
+
+
+def test_expire_removes_idle_flows_from_active_flow_count():
+    node = make_node()
+    send(node, tcp(), 0)
+    send(node, udp(), 0)
+    assert node.snapshot()["ActiveFlowCount"] == 2
+    assert node.expire(120) == 1
+    assert node.snapshot()["ActiveFlowCount"] == 1
+    assert node.expire(350) == 1
+    assert node.snapshot()["ActiveFlowCount"] == 0
+
+
+def test_non_syn_without_a_flow_can_be_dropped():
+    node = make_node(new_flow_on_non_syn=False)
+    assert node.from_endpoint(tcp(flags=ACK), EP, 0) == Drop("non_syn_without_flow")
+    assert isinstance(node.from_endpoint(tcp(flags=SYN), EP, 0), Encap)
+    assert isinstance(node.from_endpoint(tcp(flags=ACK), EP, 0), Encap)
+
+
+# --- health and failover -----------------------------------------------------------
+
+def test_new_flows_avoid_unhealthy_targets():
+    node = make_node(targets=3)
+    node.set_target_health("i-1", False, now=5)
+    used = {target_of(node, send(node, udp(sport=p), 5)) for p in range(2000, 2100)}
+    assert used == {"i-0", "i-2"}
+
+
+def test_flow_stays_pinned_through_health_changes_without_rebalance():
+    node = make_node(targets=3)
+    result = send(node, tcp(flags=SYN))
+    target = target_of(node, result)
+    node.set_target_health(target, False, now=20)
+    again = send(node, tcp(), 21)
+    assert (again.target_ip, cookie_of(again)) == (result.target_ip, cookie_of(result))
+
+
+def test_rebalance_moves_flows_off_a_target_declared_unhealthy():
+    node = make_node(targets=3, on_unhealthy="rebalance", on_deregistration="rebalance")
+    result = send(node, tcp(flags=SYN))
+    target = target_of(node, result)
+    assert target_of(node, send(node, tcp(), 10)) == target  # still healthy: stays
+    node.set_target_health(target, False, now=20)
+    moved = send(node, tcp(), 21)
+    assert target_of(node, moved) != target
+    assert cookie_of(moved) == cookie_of(result)  # same flow, same cookie
+    node.set_target_health(target, True, now=60)
+    assert moved.target_ip == send(node, tcp(), 61).target_ip
+
+
+def test_rebalance_keeps_flows_in_place_when_nothing_is_healthy():
+    node = make_node(targets=2, on_unhealthy="rebalance", on_deregistration="rebalance")
+    result = send(node, tcp())
+    for t in ("i-0", "i-1"):
+        node.set_target_health(t, False, now=5)
+    assert send(node, tcp(), 6).target_ip == result.target_ip
+
+
+def test_all_targets_unhealthy_picks_one_and_sticks():
+    node = make_node(targets=4)
+    for i in range(4):
+        node.set_target_health(f"i-{i}", False, now=1)
+    first = send(node, tcp(flags=SYN), 2)
+    assert all(send(node, tcp(), 2 + s).target_ip == first.target_ip for s in range(10))
+    spread = {send(node, udp(sport=p), 3).target_ip for p in range(5000, 5100)}
+    assert len(spread) > 1  # each flow is pinned to a random (hash-chosen) target
+    healthy = next(t.id for t in node.targets() if t.ip != first.target_ip)
+    node.set_target_health(healthy, True, now=30)
+    assert send(node, tcp(), 31).target_ip == first.target_ip  # pinned for life
+    assert {target_of(node, send(node, udp(sport=p, dport=1), 31)) for p in range(20)} == {healthy}
+
+
+def test_initial_targets_get_no_new_flows_while_one_is_healthy():
+    node = make_node(targets=1)
+    node.register("i-new", "10.9.0.99")
+    assert {target_of(node, send(node, udp(sport=p))) for p in range(100)} == {"i-0"}
+
+
+def test_only_initial_targets_fail_open():
+    node = make_node(targets=2, healthy=False)
+    assert {target_of(node, send(node, udp(sport=p))) for p in range(100)} == {"i-0", "i-1"}
+
+
+def test_no_registered_targets_drops():
+    node = make_node(targets=0)
+    assert node.from_endpoint(tcp(), EP, 0) == Drop("no_targets")
+    assert node.snapshot()["drops"] == {"no_targets": 1}
+
+
+# --- deregistration ----------------------------------------------------------------
+
+def test_deregistered_target_gets_no_new_flows_but_keeps_its_flows_until_the_delay_ends():
+    node = make_node(targets=2)
+    result = send(node, tcp(flags=SYN), 0)
+    target = target_of(node, result)
+    node.deregister(target, now=10)
+    assert [t.state for t in node.targets() if t.id == target] == ["draining"]
+    assert {send(node, udp(sport=p), 11).target_ip for p in range(50)} == {
+        t.ip for t in node.targets() if t.id != target}
+    assert send(node, tcp(), 10 + 299).target_ip == result.target_ip
+    assert node.from_endpoint(tcp(), EP, 10 + 300) == Drop("target_deregistered")
+    assert target not in {t.id for t in node.targets()}
+    assert node.from_appliance(result.datagram, result.target_ip, 311) == Drop("unknown_target")
+
+
+def test_rebalance_moves_a_deregistered_targets_flows_after_the_delay():
+    node = make_node(targets=2, on_deregistration="rebalance", on_unhealthy="rebalance",
+                     deregistration_delay=30)
+    result = send(node, tcp(flags=SYN), 0)
+    target = target_of(node, result)
+    node.deregister(target, now=0)
+    assert send(node, tcp(), 29).target_ip == result.target_ip
+    moved = send(node, tcp(), 30)
+    assert target_of(node, moved) != target and cookie_of(moved) == cookie_of(result)
+
+
+def test_deregistration_ends_on_expire_without_traffic():
+    node = make_node(targets=2, deregistration_delay=5)
+    node.deregister("i-0", now=0)
+    node.expire(5)
+    assert [t.id for t in node.targets()] == ["i-1"]
+
+
+def test_zero_deregistration_delay_removes_the_target_at_once():
+    node = make_node(targets=2, deregistration_delay=0)
+    node.deregister("i-0", now=0)
+    assert [t.id for t in node.targets()] == ["i-1"]
+
+
+def test_registering_a_draining_target_again_cancels_draining():
+    node = make_node(targets=1)
+    node.deregister("i-0", now=0)
+    node.register("i-0", "10.9.0.10", now=1)
+    assert node.targets()[0].state == "initial"
+    node.expire(400)
+    assert [t.id for t in node.targets()] == ["i-0"]
+
+
+def test_late_health_results_do_not_revive_a_draining_target():
+    node = make_node(targets=1)
+    node.deregister("i-0", now=0)
+    assert node.set_target_health("i-0", True, now=1) is False
+    assert node.set_target_health("i-unknown", True, now=1) is False
+    assert node.targets()[0].state == "draining"
+
+
+# --- zones ----------------------------------------------------------------------------
+
+def test_cross_zone_off_uses_only_targets_in_the_nodes_zone():
+    node = make_node(targets=1)
+    node.register("i-b", "10.9.1.10", az="us-east-1b")
+    node.set_target_health("i-b", True, now=0)
+    assert {target_of(node, send(node, udp(sport=p))) for p in range(100)} == {"i-0"}
+    node.set_target_health("i-0", False, now=1)
+    assert {target_of(node, send(node, udp(sport=p, dport=9))) for p in range(100)} == {"i-0"}  # fails open in-zone
+    assert node.snapshot()["HealthyHostCount"] == 0
+
+
+def test_cross_zone_on_uses_targets_in_every_zone():
+    node = make_node(targets=1, cross_zone=True)
+    node.register("i-b", "10.9.1.10", az="us-east-1b")
+    node.set_target_health("i-b", True, now=0)
+    assert {target_of(node, send(node, udp(sport=p))) for p in range(100)} == {"i-0", "i-b"}
+    assert node.snapshot()["HealthyHostCount"] == 2
+
+
+# --- the return path --------------------------------------------------------------------
+
+def test_returned_packet_is_decapsulated_to_its_endpoint():
+    node = make_node()
+    packet = tcp(flags=SYN, payload=b"hello")
+    result = send(node, packet)
+    back = node.from_appliance(result.datagram, result.target_ip, 1)
+    assert isinstance(back, Decap) and back.endpoint_id == EP and back.inner == packet
+
+
+def test_return_with_a_stale_cookie_is_dropped():
+    node = make_node()
+    old = send(node, tcp(flags=SYN), 0)
+    send(node, tcp(flags=SYN), 400)  # the old flow idled out; a new one took the 5-tuple
+    assert node.from_appliance(old.datagram, old.target_ip, 400) == Drop("stale_cookie")
+    assert node.snapshot()["drops"] == {"stale_cookie": 1}
+
+
+def test_stale_cookie_is_forwarded_when_the_check_is_off():
+    node = make_node(drop_stale_cookie=False)
+    packet = udp()
+    forged = encode(GwlbHeader(protocol=0x0800, endpoint_id=EP, flow_cookie=12345), packet)
+    back = node.from_appliance(forged, "10.9.0.10", 0)
+    assert isinstance(back, Decap) and back.inner == packet and node.snapshot()["unmatched_forwarded"] == 1
+    stranger = encode(GwlbHeader(protocol=0x0800, endpoint_id=EP + 1, flow_cookie=12345), packet)
+    assert node.from_appliance(stranger, "10.9.0.10", 0) == Drop("unknown_endpoint")
+
+
+def test_return_with_extra_noncritical_options_matches_by_cookie():
+    node = make_node()
+    packet = udp()
+    result = send(node, packet)
+    header = result.datagram[:40]
+    extra = struct.pack("!HBB", 0x0101, 5, 1) + b"abcd"
+    datagram = bytes([header[0] + 2]) + header[1:] + extra + packet
+    back = node.from_appliance(datagram, result.target_ip, 1)
+    assert isinstance(back, Decap) and back.inner == packet
+
+
+def test_return_from_a_host_that_is_no_target_is_dropped():
+    node = make_node()
+    result = send(node, udp())
+    assert node.from_appliance(result.datagram, "10.66.0.1", 0) == Drop("unknown_target")
+
+
+def test_return_is_accepted_from_the_old_target_after_a_rebalance():
+    node = make_node(targets=2, on_unhealthy="rebalance", on_deregistration="rebalance")
+    result = send(node, udp())
+    node.set_target_health(target_of(node, result), False, now=1)
+    assert send(node, udp(), 2).target_ip != result.target_ip
+    assert isinstance(node.from_appliance(result.datagram, result.target_ip, 2), Decap)
+
+
+def test_malformed_geneve_from_an_appliance_is_counted_by_reason():
+    node = make_node()
+    result = send(node, udp())
+    assert node.from_appliance(result.datagram[:20], result.target_ip, 0) == Drop("truncated")
+    bad = bytearray(result.datagram)
+    bad[1] = 0x80
+    assert node.from_appliance(bytes(bad), result.target_ip, 0) == Drop("control_packet")
+    assert node.snapshot()["drops"] == {"control_packet": 1, "truncated": 1}
+
+
+# --- sizes and garbage ---------------------------------------------------------------------
+
+def test_inner_packets_over_8500_bytes_are_dropped_without_fragmenting():
+    node = make_node()
+    fits = udp(payload=bytes(8500 - 28))
+    result = send(node, fits)
+    assert len(result.datagram) == 8540
+    assert node.from_endpoint(udp(payload=bytes(8501 - 28)), EP, 0) == Drop("oversize")
+    too_big = result.datagram + b"x"
+    assert node.from_appliance(too_big, result.target_ip, 0) == Drop("oversize")
+    assert node.snapshot()["drops"] == {"oversize": 2}
+
+
+def test_malformed_inner_packets_are_counted_not_raised():
+    node = make_node()
+    for junk in (b"", b"\x45", bytes(40), tcp()[:30]):
+        assert node.from_endpoint(junk, EP, 0) == Drop("malformed_inner")
+    assert node.snapshot()["drops"] == {"malformed_inner": 4}
+
+
+def test_traffic_from_an_unattached_endpoint_is_dropped():
+    node = make_node()
+    assert node.from_endpoint(tcp(), EP + 1, 0) == Drop("unknown_endpoint")
+    node.attach_endpoint(EP + 1)
+    assert isinstance(node.from_endpoint(tcp(), EP + 1, 0), Encap)
+
+
+def test_detaching_an_endpoint_ends_its_flows():
+    node = make_node()
+    result = send(node, tcp())
+    node.detach_endpoint("vpce-0123456789abcdef0")
+    assert node.snapshot()["ActiveFlowCount"] == 0
+    assert node.from_appliance(result.datagram, result.target_ip, 0) == Drop("stale_cookie")
+
+
+@given(st.binary(max_size=120), st.sampled_from([0, 1, 0x45, 0x46, 0x60]))
+def test_core_never_raises_on_arbitrary_bytes(data, first):
+    node = make_node()
+    for packet in (data, bytes([first]) + data):
+        assert isinstance(node.from_endpoint(packet, EP, 0), (Encap, Drop))
+        assert isinstance(node.from_appliance(packet, "10.9.0.10", 0), (Decap, Drop))
+    encapsulated = encode(GwlbHeader(protocol=0x0800, endpoint_id=EP, flow_cookie=1), data)
+    assert isinstance(node.from_appliance(encapsulated, "10.9.0.10", 0), (Decap, Drop))
+
+
+@given(st.data())
+def test_garbled_returns_never_raise(data):
+    node = make_node()
+    result = send(node, udp())
+    datagram = bytearray(result.datagram)
+    for _ in range(data.draw(st.integers(1, 6))):
+        datagram[data.draw(st.integers(0, len(datagram) - 1))] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(datagram)))
+    assert isinstance(node.from_appliance(bytes(datagram[:cut]), result.target_ip, 1), (Decap, Drop))
+
+
+# --- metrics and configuration ----------------------------------------------------------------
+
+def test_snapshot_uses_aws_metric_names():
+    node = make_node(targets=3)
+    node.set_target_health("i-2", False, now=0)
+    packet = tcp(payload=b"x" * 60)
+    send(node, packet)
+    send(node, packet)
+    snap = node.snapshot()
+    assert {k: snap[k] for k in ("ActiveFlowCount", "NewFlowCount", "ProcessedBytes",
+                                 "HealthyHostCount", "UnHealthyHostCount")} == {
+        "ActiveFlowCount": 1, "NewFlowCount": 1, "ProcessedBytes": 2 * len(packet),
+        "HealthyHostCount": 2, "UnHealthyHostCount": 1}
+    assert snap["endpoints"] == ["vpce-0123456789abcdef0"]
+    assert [t["state"] for t in snap["targets"]] == ["healthy", "healthy", "unhealthy"]
+
+
+def test_config_from_aws_attributes():
+    config = GwlbConfig.from_attributes({
+        "tcp.idle_timeout.seconds": "600",
+        "target_failover.on_deregistration": "rebalance",
+        "target_failover.on_unhealthy": "rebalance",
+        "deregistration_delay.timeout_seconds": 0,
+        "load_balancing.cross_zone.enabled": "true",
+    }, availability_zone=AZ)
+    assert (config.tcp_idle_timeout, config.on_deregistration, config.on_unhealthy,
+            config.deregistration_delay, config.cross_zone, config.availability_zone) == (
+        600, "rebalance", "rebalance", 0, True, AZ)
+    defaults = GwlbConfig()
+    assert (defaults.tcp_idle_timeout, defaults.non_tcp_idle_timeout, defaults.deregistration_delay,
+            defaults.stickiness, defaults.on_unhealthy, defaults.cross_zone, defaults.max_packet) == (
+        350, 120, 300, "5-tuple", "no_rebalance", False, 8500)
+
+
+@pytest.mark.parametrize("attributes", [
+    {"tcp.idle_timeout.seconds": "59"},
+    {"tcp.idle_timeout.seconds": "6001"},
+    {"deregistration_delay.timeout_seconds": "3601"},
+    {"target_failover.on_unhealthy": "rebalance"},  # AWS requires both failover values equal
+    {"target_failover.on_deregistration": "sometimes", "target_failover.on_unhealthy": "sometimes"},
+    {"stickiness.enabled": "true", "stickiness.type": "5-tuple"},
+    {"stickiness.enabled": "yes"},
+    {"load_balancing.cross_zone.enabled": 1},
+    {"idle_timeout.timeout_seconds": "60"},
+])
+def test_invalid_attributes_are_rejected(attributes):
+    with pytest.raises(ValueError):
+        GwlbConfig.from_attributes(attributes)

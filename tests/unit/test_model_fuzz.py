@@ -1,0 +1,59 @@
+"""Whatever a lab file holds, loading it gives a Lab or one LabFileError, never a crash."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vpclab.model import Lab, LabFileError, load_lab_text
+
+EXAMPLE = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "basic-vpc.yaml").read_text())
+
+
+def _paths(node: Any, prefix: tuple = ()) -> list[tuple]:
+    """Every key path into the example, containers included."""
+    found = [prefix] if prefix else []
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, child in children:
+        found += _paths(child, prefix + (key,))
+    return found
+
+
+PATHS = _paths(EXAMPLE)
+PLAUSIBLE = st.sampled_from(
+    ["10.0.1.0/24", "10.0.1.5", "10.0.0.0/16", "0.0.0.0/0", "main", "public-a", "igw", "nat-a", "web-sg", "web-1",
+     "tcp", "-1", "icmp", "local", "a", "203.0.113.10", "198.51.100.1"]
+)  # fmt: skip
+VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-70000, 70000),
+    st.text(max_size=8),
+    PLAUSIBLE,
+    st.lists(PLAUSIBLE, max_size=2),
+    st.dictionaries(st.sampled_from(["CidrBlock", "VpcId", "x", "DestinationCidrBlock"]), PLAUSIBLE, max_size=2),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(PATHS), VALUES), min_size=1, max_size=3))
+def test_mutated_example_loads_or_is_refused_with_a_lab_file_error(mutations):
+    doc = copy.deepcopy(EXAMPLE)
+    for path, value in mutations:
+        node = doc
+        try:
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = value
+        except (KeyError, IndexError, TypeError):
+            continue  # an earlier mutation removed this path
+    try:
+        lab = load_lab_text(yaml.safe_dump(doc), "fuzz.yaml", name="fuzz")
+    except LabFileError as e:
+        assert "\n" not in str(e)
+    else:
+        assert isinstance(lab, Lab)

@@ -1,0 +1,5 @@
+import sys
+
+from vpclab.cli.main import main
+
+sys.exit(main())

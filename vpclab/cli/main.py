@@ -1,0 +1,229 @@
+"""vpclab: AWS VPC architectures on one Linux machine, with real packets."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from vpclab.daemon import paths
+from vpclab.daemon.client import Lab, LabError
+from vpclab.model import LabFileError, load_lab
+from vpclab.plan.compile import compile_lab
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _pick_lab(name: str | None) -> Lab:
+    if name:
+        return Lab(name)
+    names = paths.lab_names()
+    if len(names) == 1:
+        return Lab(names[0])
+    if not names:
+        raise LabError("no lab is up (try `vpclab up FILE`)")
+    raise LabError(f"several labs are up ({', '.join(names)}); say which with --lab NAME")
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def render_status(status: dict) -> str:
+    lab = status["lab"]
+    rows = [["NAME", "KIND", "ID", "SUBNET", "AZ", "PRIVATE IP", "PUBLIC IP"]]
+    for i in status["instances"]:
+        rows.append([i["name"], i["role"], i["id"], i["subnet"], i["az"], i["private_ip"], i["public_ip"] or "-"])
+    for n in status["nat_gateways"]:
+        rows.append([n["name"], "nat-gateway", n["id"], n["subnet"], "-", n["private_ip"], n["public_ip"]])
+    for h in status["internet_hosts"]:
+        rows.append([h["name"], "internet", "-", "-", "-", "-", h["ip"]])
+    return f"lab {lab['name']} ({lab['region']}, account {lab['account']})\n" + _table(rows)
+
+
+# --- commands -------------------------------------------------------------------
+
+
+def cmd_validate(args) -> int:
+    lab = load_lab(args.file)
+    print(f"{args.file}: ok ({len(lab.vpcs)} VPCs, {len(lab.subnets)} subnets, "
+          f"{len(lab.instances)} instances)")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    sys.stdout.write(compile_lab(load_lab(args.file, args.name)).render())
+    return 0
+
+
+def cmd_up(args) -> int:
+    started = time.monotonic()
+    model = load_lab(args.file, args.name)  # refuse a bad file before anything is built
+    lab = Lab(model.name)
+    if lab.daemon_pid() is not None:
+        raise LabError(f"lab {lab.name} is already up (`vpclab down --lab {lab.name}` first)")
+    restoring = lab.exists()
+    if restoring:
+        _say(f"lab {lab.name}: its daemon is gone; bringing it back from its state store")
+    else:
+        lab.create(model.name, str(Path(args.file).resolve()), Path(args.file).read_text())
+    _say(f"lab {lab.name}: starting the sandbox")
+    try:
+        status = lab.start(lambda m: _say(f"lab {lab.name}: {m}"))
+    except BaseException:
+        lab.stop()
+        if not restoring:
+            lab.remove()
+        _say(f"lab {lab.name}: bring-up failed; rolled back")
+        raise
+    _say(f"lab {lab.name}: up in {time.monotonic() - started:.2f}s")
+    print(render_status(status))
+    return 0
+
+
+def cmd_down(args) -> int:
+    lab = _pick_lab(args.lab)
+    if not lab.exists():
+        raise LabError(f"no lab named {lab.name}")
+    lab.stop()
+    lab.remove()
+    _say(f"lab {lab.name}: down")
+    return 0
+
+
+def cmd_status(args) -> int:
+    if not args.lab and len(paths.lab_names()) > 1 and not args.json:
+        for name in paths.lab_names():
+            print(f"{name}\t{'up' if Lab(name).daemon_pid() else 'stopped (vpclab up restores it)'}")
+        return 0
+    status = _pick_lab(args.lab).request({"op": "status"})
+    print(json.dumps(status, indent=2) if args.json else render_status(status))
+    return 0
+
+
+def cmd_exec(args) -> int:
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise LabError("say what to run: vpclab exec NODE -- COMMAND...")
+    argv = _pick_lab(args.lab).nsenter(args.node) + command
+    os.execvp(argv[0], argv)
+
+
+def cmd_capture(args) -> int:
+    lab = _pick_lab(args.lab)
+    dumpcap = ["dumpcap", "-q", "-P", "-i", args.interface, "-w", "-"]
+    if args.count:
+        dumpcap += ["-c", str(args.count)]
+    if args.duration:
+        dumpcap += ["-a", f"duration:{args.duration}"]
+    if args.filter:
+        dumpcap += ["-f", " ".join(args.filter)]
+    argv = lab.nsenter(args.node) + dumpcap
+    if args.write:
+        with open(args.write, "wb") as out:
+            return subprocess.run(argv, stdout=out).returncode
+    # Decode on the host side: tcpdump cannot drop privileges inside a user namespace.
+    capture = subprocess.Popen(argv, stdout=subprocess.PIPE)
+    try:
+        return subprocess.run(["tcpdump", "-n", "-l", "-r", "-"], stdin=capture.stdout).returncode
+    finally:
+        capture.kill()
+
+
+def cmd_logs(args) -> int:
+    lab = _pick_lab(args.lab)
+    files = [lab.dir / "daemon.log"] if not args.node else [lab.dir / "logs" / f"{args.node}.log"]
+    argv = ["tail", "-n", str(args.lines)] + (["-F"] if args.follow else []) + [str(f) for f in files]
+    return subprocess.run(argv).returncode
+
+
+def cmd_sg_change(args) -> int:
+    params = {"group": args.group_id, "protocol": args.protocol, "port": args.port,
+              "cidr": args.cidr, "source_group": args.source_group}
+    result = _pick_lab(args.lab).request({"op": "change", "kind": args.command_name,
+                                          "params": {k: v for k, v in params.items() if v is not None}})
+    _say(f"{args.command_name}: applied (change {result['seq']})")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from vpclab.cli.demo import run_demo
+    return run_demo()
+
+
+# --- the parser -------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vpclab", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def command(name: str, fn, help: str, lab_option: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(fn=fn, command_name=name)
+        if lab_option:
+            p.add_argument("--lab", help="the lab to act on (default: the only one that is up)")
+        return p
+
+    p = command("validate", cmd_validate, "check a lab file; needs no privileges", lab_option=False)
+    p.add_argument("file")
+    p = command("plan", cmd_plan, "print the Linux wiring a lab file compiles to; needs no privileges",
+                lab_option=False)
+    p.add_argument("file")
+    p.add_argument("--name")
+    p = command("up", cmd_up, "bring a lab up (or back, after a crash)", lab_option=False)
+    p.add_argument("file")
+    p.add_argument("--name", help="the lab's name (default: lab.name in the file, else the file's stem)")
+    command("down", cmd_down, "tear a lab down and remove its state")
+    p = command("status", cmd_status, "what a lab holds")
+    p.add_argument("--json", action="store_true", help="the stable JSON schema (see README)")
+    p = command("exec", cmd_exec, "run a command inside an instance, internet host or other node")
+    p.add_argument("node")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p = command("capture", cmd_capture, "capture packets on a node's interface (pcap)")
+    p.add_argument("node")
+    p.add_argument("filter", nargs="*", help="a capture filter, e.g. 'tcp port 80'")
+    p.add_argument("-i", "--interface", default="eth0")
+    p.add_argument("-w", "--write", help="write a pcap file instead of printing")
+    p.add_argument("-c", "--count", type=int, help="stop after this many packets")
+    p.add_argument("-d", "--duration", type=int, help="stop after this many seconds")
+    p = command("logs", cmd_logs, "the lab daemon's log, or a node's command output")
+    p.add_argument("--node")
+    p.add_argument("-f", "--follow", action="store_true")
+    p.add_argument("-n", "--lines", type=int, default=50)
+    for name in ("authorize-security-group-ingress", "revoke-security-group-ingress",
+                 "authorize-security-group-egress", "revoke-security-group-egress"):
+        p = command(name, cmd_sg_change, f"{name.replace('-', ' ')} (live, as the AWS CLI does)")
+        p.add_argument("group_id", metavar="GROUP", help="security group name or sg- id")
+        p.add_argument("--protocol", required=True, help="tcp, udp, icmp, all (-1) or a number")
+        p.add_argument("--port", help="a port or a range, e.g. 80 or 1024-65535")
+        peer = p.add_mutually_exclusive_group(required=True)
+        peer.add_argument("--cidr")
+        peer.add_argument("--source-group", help="another group of the same VPC")
+    command("demo", cmd_demo, "bring up the richest example lab, send real traffic through it, tear it down",
+            lab_option=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args) or 0
+    except LabFileError as exc:
+        _say(f"error: {exc}")
+        return 2
+    except LabError as exc:
+        _say(f"error: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

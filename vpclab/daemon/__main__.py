@@ -1,0 +1,5 @@
+import sys
+
+from vpclab.daemon.main import main
+
+sys.exit(main())

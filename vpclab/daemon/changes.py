@@ -1,0 +1,37 @@
+"""The live changes the change API accepts: a kind and its parameters, applied to the model.
+
+One table serves the CLI, the state store (replaying changes after a crash) and
+later capabilities (targets, attributes, endpoint acceptance).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from vpclab.model import changes as model_changes
+from vpclab.model.resources import Lab
+
+
+def _sg_change(fn: Callable) -> Callable[[Lab, dict], Lab]:
+    def apply(lab: Lab, p: dict) -> Lab:
+        rule = model_changes.sg_rule_from_args(
+            protocol=p["protocol"], port=p.get("port"), cidr=p.get("cidr"),
+            source_group=p.get("source_group"),
+        )
+        return fn(lab, p["group"], rule)
+    return apply
+
+
+CHANGES: dict[str, Callable[[Lab, dict], Lab]] = {
+    "authorize-security-group-ingress": _sg_change(model_changes.authorize_security_group_ingress),
+    "revoke-security-group-ingress": _sg_change(model_changes.revoke_security_group_ingress),
+    "authorize-security-group-egress": _sg_change(model_changes.authorize_security_group_egress),
+    "revoke-security-group-egress": _sg_change(model_changes.revoke_security_group_egress),
+}
+
+
+def apply_change(lab: Lab, kind: str, params: dict) -> Lab:
+    try:
+        change = CHANGES[kind]
+    except KeyError:
+        raise ValueError(f"unknown change {kind!r}") from None
+    return change(lab, params)

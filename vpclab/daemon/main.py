@@ -1,0 +1,249 @@
+"""The lab daemon: PID 1 of one lab's sandbox (user, mount, net, PID, UTS and IPC namespaces).
+
+It builds the lab, runs its engines in one asyncio loop, serves the change API
+on a Unix socket in the lab's state directory, and keeps every live change in
+the state store. When it exits, or is killed, the kernel ends every process of
+the lab and every namespace goes with them.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+from vpclab.daemon.changes import apply_change
+from vpclab.daemon.status import lab_status
+from vpclab.daemon.store import Store
+from vpclab.engines import dns as dns_engine
+from vpclab.engines import services as services_engine
+from vpclab.fabric.apply import Fabric
+from vpclab.model import load_lab_text
+from vpclab.model.resources import Lab
+from vpclab.plan.compile import compile_lab
+from vpclab.plan.wiring import Service, Wiring
+
+log = logging.getLogger("vpclab.daemon")
+
+API_SOCKET = "api.sock"
+NAMESPACES_FILE = "namespaces.json"
+
+
+class Progress:
+    """Progress events for the `vpclab up` that started us, as JSON lines on an inherited pipe."""
+
+    def __init__(self, fd: int | None) -> None:
+        if fd is not None:
+            os.set_inheritable(fd, False)  # namespace holders and commands must not keep it open
+        self.pipe = os.fdopen(fd, "w", buffering=1) if fd is not None else None
+
+    def send(self, event: str, **fields) -> None:
+        log.info("%s %s", event, fields.get("message", ""))
+        if self.pipe is not None:
+            try:
+                self.pipe.write(json.dumps({"event": event, **fields}) + "\n")
+            except OSError:  # the CLI went away; the lab goes on
+                self.pipe = None
+
+    def close(self) -> None:
+        if self.pipe is not None:
+            self.pipe.close()
+            self.pipe = None
+
+
+class Daemon:
+    def __init__(self, statedir: Path, progress: Progress) -> None:
+        self.statedir = statedir
+        self.progress = progress
+        self.store = Store(statedir / "state.sqlite")
+        self.fabric = Fabric(statedir)
+        self.lab: Lab | None = None
+        self.wiring: Wiring | None = None
+        self.resolvers: dict[str, dns_engine.Resolver] = {}
+        self.commands: dict[int, Service] = {}
+        self.tasks: list[asyncio.Task] = []
+        self.stopping: asyncio.Event | None = None
+
+    # --- bring-up -----------------------------------------------------------
+
+    def load(self) -> Lab:
+        name, source, text = self.store.lab()
+        lab = load_lab_text(text, source, name)
+        changes = self.store.changes()
+        for _seq, kind, params in changes:
+            lab = apply_change(lab, kind, params)
+        if changes:
+            self.progress.send("progress", message=f"replayed {len(changes)} live change(s) from the state store")
+        return lab
+
+    def bring_up(self) -> None:
+        self.lab = self.load()
+        self.wiring = compile_lab(self.lab)
+        self.fabric.up(self.wiring, lambda m: self.progress.send("progress", message=m))
+        (self.statedir / NAMESPACES_FILE).write_text(json.dumps({
+            ns.name: {"pid": self.fabric.holders[ns.name], "kind": ns.kind, "own_mounts": ns.own_mounts}
+            for ns in self.wiring.namespaces
+        }, indent=1))
+
+    async def start_services(self) -> None:
+        assert self.wiring is not None
+        count = 0
+        for svc in self.wiring.services:
+            if svc.kind == "command":
+                self._start_command(svc)
+            elif svc.kind == "dns":
+                self._start_dns(svc)
+            else:
+                for address in svc.addresses:
+                    sock = self._listen(svc.ns, address, socket.SOCK_STREAM)
+                    if svc.kind == "test_page":
+                        identity = dict(svc.param("identity", ()))
+                        coro = services_engine.serve_test_page(sock, identity)
+                    else:
+                        coro = services_engine.serve_banner(sock)
+                    self.tasks.append(asyncio.ensure_future(coro))
+            count += 1
+        self.progress.send("progress", message=f"started {count} services")
+
+    def _listen(self, ns: str, address: str, kind: int) -> socket.socket:
+        host, port = address.rsplit(":", 1)
+        with self.fabric.switch.inside(self.fabric.holders[ns]):
+            sock = socket.socket(socket.AF_INET, kind)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, int(port)))
+        if kind == socket.SOCK_STREAM:
+            sock.listen(128)
+        sock.setblocking(False)
+        return sock
+
+    def _zones(self, svc: Service):
+        return dns_engine.build_vpc_zones(
+            region=svc.param("region"),
+            instances=list(svc.param("instances", ())),
+            public_names=dict(svc.param("public_names", ())),
+            enable_dns_hostnames=svc.param("enable_dns_hostnames", False),
+        )
+
+    def _start_dns(self, svc: Service) -> None:
+        resolver = dns_engine.Resolver(self._zones(svc))
+        self.resolvers[svc.ns] = resolver
+        udp = [self._listen(svc.ns, a, socket.SOCK_DGRAM) for a in svc.addresses]
+        tcp = [self._listen(svc.ns, a, socket.SOCK_STREAM) for a in svc.addresses]
+        self.tasks.append(asyncio.ensure_future(dns_engine.serve_dns(resolver, udp, tcp)))
+
+    def _start_command(self, svc: Service) -> None:
+        ns = self.wiring.namespace(svc.ns)
+        logdir = self.statedir / "logs"
+        logdir.mkdir(exist_ok=True)
+        argv = ["nsenter", "-t", str(self.fabric.holders[svc.ns]), "-n"]
+        if ns.own_mounts:
+            argv += ["-m", "-u"]
+        argv += ["--", "sh", "-c", svc.param("command")]
+        with open(logdir / f"{svc.ns}.log", "ab") as out:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd="/")
+        self.commands[proc.pid] = svc
+        log.info("started in %s (pid %d): %s", svc.ns, proc.pid, svc.param("command"))
+
+    # --- running ------------------------------------------------------------
+
+    def _reap(self) -> None:
+        """PID 1 reaps every child, ours and orphans alike."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            svc = self.commands.pop(pid, None)
+            if svc is not None:
+                log.info("command in %s exited with status %d: %s", svc.ns,
+                         os.waitstatus_to_exitcode(status), svc.param("command"))
+            elif pid in self.fabric.holders.values():
+                log.error("the process holding a namespace died (pid %d)", pid)
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.stopping = asyncio.Event()
+        loop.add_signal_handler(signal.SIGCHLD, self._reap)
+        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+        loop.add_signal_handler(signal.SIGINT, self.stopping.set)
+        self._reap()
+        await self.start_services()
+        path = self.statedir / API_SOCKET
+        path.unlink(missing_ok=True)
+        server = await asyncio.start_unix_server(self._client, path=str(path))
+        self.progress.send("ready", status=lab_status(self.lab))
+        self.progress.close()
+        await self.stopping.wait()
+        server.close()
+        for task in self.tasks:
+            task.cancel()
+        self.fabric.down()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await reader.readline()
+            request = json.loads(line)
+            result = self.handle(request)
+            reply = {"ok": True, "result": result}
+        except Exception as exc:  # every failure goes back to the CLI, never kills the daemon
+            log.warning("request failed: %s", exc)
+            reply = {"ok": False, "error": str(exc), "code": getattr(exc, "code", None)}
+        try:
+            writer.write((json.dumps(reply) + "\n").encode())
+            await writer.drain()
+            writer.close()
+        except ConnectionError:
+            pass
+
+    def handle(self, request: dict):
+        op = request.get("op")
+        if op == "ping":
+            return "pong"
+        if op == "status":
+            status = lab_status(self.lab)
+            status["dns"] = {ns: r.counters.snapshot() for ns, r in self.resolvers.items()}
+            return status
+        if op == "change":
+            return self.change(request["kind"], request.get("params", {}))
+        if op == "shutdown":
+            asyncio.get_running_loop().call_soon(self.stopping.set)
+            return "stopping"
+        raise ValueError(f"unknown request {op!r}")
+
+    def change(self, kind: str, params: dict) -> dict:
+        new_lab = apply_change(self.lab, kind, params)  # validates before anything is touched
+        new_wiring = compile_lab(new_lab)
+        changed = self.fabric.reconcile(new_wiring)
+        seq = self.store.append_change(kind, params)
+        self.lab, self.wiring = new_lab, new_wiring
+        log.info("change %d %s %s: reapplied %s", seq, kind, params, changed)
+        return {"seq": seq, "reapplied": changed}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    statedir = Path(argv[0])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    fd = os.environ.pop("VPCLAB_PROGRESS_FD", None)
+    progress = Progress(int(fd) if fd else None)
+    daemon = Daemon(statedir, progress)
+    try:
+        daemon.bring_up()
+        asyncio.run(daemon.serve())
+    except Exception as exc:  # reported to `up`; exiting as PID 1 removes the whole lab
+        log.error("%s", traceback.format_exc())
+        progress.send("error", message=str(exc))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""The lab's state store: the lab file it was built from and every live change, in order."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS lab (id INTEGER PRIMARY KEY CHECK (id = 1), name TEXT, source TEXT, text TEXT);
+CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL, kind TEXT, params TEXT);
+"""
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.db = sqlite3.connect(str(path), isolation_level=None)
+        self.db.executescript(SCHEMA)
+
+    def save_lab(self, name: str, source: str, text: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO lab (id, name, source, text) VALUES (1, ?, ?, ?)",
+                        (name, source, text))
+
+    def lab(self) -> tuple[str, str, str]:
+        row = self.db.execute("SELECT name, source, text FROM lab WHERE id = 1").fetchone()
+        if row is None:
+            raise LookupError("the state store holds no lab")
+        return row
+
+    def append_change(self, kind: str, params: dict) -> int:
+        cur = self.db.execute("INSERT INTO changes (at, kind, params) VALUES (?, ?, ?)",
+                              (time.time(), kind, json.dumps(params, sort_keys=True)))
+        return int(cur.lastrowid)
+
+    def changes(self) -> list[tuple[int, str, dict]]:
+        rows = self.db.execute("SELECT seq, kind, params FROM changes ORDER BY seq").fetchall()
+        return [(seq, kind, json.loads(params)) for seq, kind, params in rows]
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,506 @@
+"""A Gateway Load Balancer node, sans-IO (reference §2).
+
+One node serves one AZ. Raw inner IP packets arrive from GWLB endpoints
+(`from_endpoint`) and leave GENEVE-encapsulated towards a target appliance
+(`Encap`); the appliance's GENEVE datagrams come back (`from_appliance`) and
+their inner packets return to the endpoint (`Decap`). Nothing here does I/O or
+reads a clock: callers pass `now` (seconds, monotonic), and every packet gets a
+result, never an exception, so the shell needs no error handling per packet.
+
+Choices where AWS leaves room (reference: **uncertain**):
+
+- `initial` targets get no new flows while any in-scope target is healthy. With
+  none healthy the node fails open: a new flow is pinned, by its hash, to any
+  in-scope target that is `healthy`, `unhealthy` or `initial`, never to
+  `draining` or `unused` ones, and stays there for life under `no_rebalance`.
+- A returned datagram must match a live flow by endpoint ID and cookie.
+  Otherwise it is dropped as `stale_cookie`, or, with `drop_stale_cookie` off,
+  its inner packet goes back to its endpoint if that endpoint is attached.
+- A TCP packet without a flow starts one even if it is not a SYN
+  (`new_flow_on_non_syn`, default on), so flows survive a node restart.
+- A RST ends a 5-tuple TCP flow: it lingers `RESET_LINGER` seconds so the RST's
+  own return matches, and a new SYN on it starts a new flow with a new cookie.
+- Non-first fragments carry no ports, so they hash on the 3-tuple.
+- `no_rebalance`: when the deregistration delay ends, the flows still on the
+  target are dropped (`target_deregistered`) until they idle out.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from ipaddress import ip_address
+from typing import Iterable, Mapping, NamedTuple
+
+from vpclab.engines.geneve import (
+    ETH_P_IP, ETH_P_IPV6, HEADER_LEN, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN,
+    GeneveError, GwlbHeader, decode, int_to_vpce_id, parse_inner, vpce_id_to_int,
+)
+
+FIVE_TUPLE = "5-tuple"
+THREE_TUPLE = "source_ip_dest_ip_proto"
+TWO_TUPLE = "source_ip_dest_ip"
+STICKINESS_TYPES = (FIVE_TUPLE, THREE_TUPLE, TWO_TUPLE)
+NO_REBALANCE = "no_rebalance"
+REBALANCE = "rebalance"
+
+HEALTHY, UNHEALTHY, INITIAL, DRAINING, UNUSED = "healthy", "unhealthy", "initial", "draining", "unused"
+TARGET_STATES = (HEALTHY, UNHEALTHY, INITIAL, DRAINING, UNUSED)
+
+RESET_LINGER = 10.0
+# The UDP source port of a flow's GENEVE datagrams: IANA's dynamic range.
+SRC_PORT_BASE = 49152
+SRC_PORT_BITS = 14
+
+_NO_PROTO = 256  # 2-tuple keys: never a real IP protocol number
+
+
+@dataclass(frozen=True)
+class GwlbConfig:
+    """A node's settings. `from_attributes` reads them from AWS attribute keys."""
+
+    availability_zone: str = ""
+    tcp_idle_timeout: float = 350.0
+    non_tcp_idle_timeout: float = 120.0  # fixed at AWS
+    stickiness: str = FIVE_TUPLE
+    on_deregistration: str = NO_REBALANCE
+    on_unhealthy: str = NO_REBALANCE
+    deregistration_delay: float = 300.0
+    cross_zone: bool = False
+    drop_stale_cookie: bool = True
+    new_flow_on_non_syn: bool = True
+    max_packet: int = 8500
+    hash_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 60 <= self.tcp_idle_timeout <= 6000:
+            raise ValueError(f"tcp.idle_timeout.seconds must be 60-6000, got {self.tcp_idle_timeout}")
+        if self.non_tcp_idle_timeout <= 0:
+            raise ValueError("non-TCP idle timeout must be positive")
+        if self.stickiness not in STICKINESS_TYPES:
+            raise ValueError(f"stickiness must be one of {STICKINESS_TYPES}, got {self.stickiness!r}")
+        for name in ("on_deregistration", "on_unhealthy"):
+            if getattr(self, name) not in (NO_REBALANCE, REBALANCE):
+                raise ValueError(f"target_failover.{name} must be no_rebalance or rebalance, "
+                                 f"got {getattr(self, name)!r}")
+        if self.on_deregistration != self.on_unhealthy:
+            raise ValueError("target_failover.on_deregistration and target_failover.on_unhealthy "
+                             "must be equal (AWS rejects a mix)")
+        if not 0 <= self.deregistration_delay <= 3600:
+            raise ValueError(f"deregistration_delay.timeout_seconds must be 0-3600, "
+                             f"got {self.deregistration_delay}")
+        if not 68 <= self.max_packet <= 65535:
+            raise ValueError(f"max_packet out of range: {self.max_packet}")
+
+    @classmethod
+    def from_attributes(cls, attributes: Mapping[str, object], **fields: object) -> GwlbConfig:
+        """Build from AWS attributes (values as the API gives them: strings or natives).
+
+        Listener `tcp.idle_timeout.seconds`; target group `stickiness.enabled`,
+        `stickiness.type`, `target_failover.on_deregistration`,
+        `target_failover.on_unhealthy`, `deregistration_delay.timeout_seconds`;
+        load balancer `load_balancing.cross_zone.enabled`. `fields` sets the rest.
+        """
+        attrs = dict(attributes)
+        known = {"tcp.idle_timeout.seconds", "stickiness.enabled", "stickiness.type",
+                 "target_failover.on_deregistration", "target_failover.on_unhealthy",
+                 "deregistration_delay.timeout_seconds", "load_balancing.cross_zone.enabled",
+                 "deletion_protection.enabled"}
+        unknown = sorted(set(attrs) - known)
+        if unknown:
+            raise ValueError(f"unknown or unsupported GWLB attribute(s): {', '.join(unknown)}")
+        out: dict[str, object] = {}
+        if "tcp.idle_timeout.seconds" in attrs:
+            out["tcp_idle_timeout"] = _as_int("tcp.idle_timeout.seconds", attrs["tcp.idle_timeout.seconds"])
+        if _as_bool("stickiness.enabled", attrs.get("stickiness.enabled", False)):
+            kind = attrs.get("stickiness.type", THREE_TUPLE)
+            if kind not in (THREE_TUPLE, TWO_TUPLE):
+                raise ValueError(f"stickiness.type must be {THREE_TUPLE} or {TWO_TUPLE}, got {kind!r}")
+            out["stickiness"] = kind
+        if "target_failover.on_deregistration" in attrs:
+            out["on_deregistration"] = attrs["target_failover.on_deregistration"]
+        if "target_failover.on_unhealthy" in attrs:
+            out["on_unhealthy"] = attrs["target_failover.on_unhealthy"]
+        if "deregistration_delay.timeout_seconds" in attrs:
+            out["deregistration_delay"] = _as_int("deregistration_delay.timeout_seconds",
+                                                  attrs["deregistration_delay.timeout_seconds"])
+        if "load_balancing.cross_zone.enabled" in attrs:
+            out["cross_zone"] = _as_bool("load_balancing.cross_zone.enabled",
+                                         attrs["load_balancing.cross_zone.enabled"])
+        out.update(fields)
+        return cls(**out)  # type: ignore[arg-type]
+
+
+def _as_bool(key: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ValueError(f"{key} must be true or false, got {value!r}")
+
+
+def _as_int(key: str, value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    raise ValueError(f"{key} must be an integer, got {value!r}")
+
+
+class Encap(NamedTuple):
+    """Send `datagram` (GENEVE header + inner) over UDP from `src_port` to `target_ip`:6081."""
+    target_ip: str
+    src_port: int
+    datagram: bytes
+
+
+class Decap(NamedTuple):
+    """Deliver `inner` (a view into the received datagram) to endpoint `endpoint_id`."""
+    endpoint_id: int
+    inner: memoryview
+
+
+class Drop(NamedTuple):
+    reason: str
+
+
+_drops: dict[str, Drop] = {}
+_tuple_new = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (hot path)
+
+
+class Target:
+    """A registered target as this node sees it. `removed` once deregistration ends."""
+
+    __slots__ = ("id", "ip", "az", "state", "since", "drain_end", "removed")
+
+    def __init__(self, target_id: str, ip: str, az: str, now: float) -> None:
+        self.id = target_id
+        self.ip = ip
+        self.az = az
+        self.state = INITIAL
+        self.since = now
+        self.drain_end = 0.0
+        self.removed = False
+
+    def __repr__(self) -> str:
+        return f"Target({self.id!r}, {self.ip!r}, {self.az!r}, {self.state!r})"
+
+
+class _Flow:
+    __slots__ = ("key", "endpoint_id", "cookie", "header", "hash", "src_port", "target",
+                 "last_seen", "timeout", "gen", "reset")
+
+
+# How many parts of the 5-tuple each stickiness type keys on.
+_KEY_PARTS = {FIVE_TUPLE: 5, THREE_TUPLE: 3, TWO_TUPLE: 2}
+
+
+def _key(endpoint_id: int, parts: int, proto: int, src: bytes, dst: bytes, sport: int, dport: int) -> tuple:
+    # Order the two ends so both directions of a flow get the same key.
+    if src < dst or (src == dst and sport <= dport):
+        lo, lo_port, hi, hi_port = src, sport, dst, dport
+    else:
+        lo, lo_port, hi, hi_port = dst, dport, src, sport
+    if parts == 5 and (proto == IPPROTO_TCP or proto == IPPROTO_UDP):
+        return endpoint_id, proto, lo, lo_port, hi, hi_port
+    if parts == 2:
+        return endpoint_id, _NO_PROTO, lo, 0, hi, 0
+    return endpoint_id, proto, lo, 0, hi, 0
+
+
+def flow_key(packet: bytes | memoryview, stickiness: str = FIVE_TUPLE) -> tuple | None:
+    """The direction-independent flow key of an inner IP packet, or None if malformed.
+
+    `(proto, low address, low port, high address, high port)`: the 5-tuple for
+    TCP/UDP, ports 0 (the 3-tuple) otherwise or with `source_ip_dest_ip_proto`
+    stickiness, and proto 256 too with `source_ip_dest_ip`.
+    """
+    if stickiness not in _KEY_PARTS:
+        raise ValueError(f"unknown stickiness {stickiness!r}")
+    info = parse_inner(packet)
+    if info is None:
+        return None
+    proto, src, dst, sport, dport = info[:5]
+    return _key(0, _KEY_PARTS[stickiness], proto, src, dst, sport, dport)[1:]
+
+
+def _endpoint_int(endpoint: int | str) -> int:
+    return vpce_id_to_int(endpoint) if isinstance(endpoint, str) else endpoint
+
+
+class GwlbNode:
+    """The flow table, target choice and GENEVE encap/decap of one GWLB node."""
+
+    def __init__(self, config: GwlbConfig | None = None, endpoints: Iterable[int | str] = ()) -> None:
+        self.config = config = config or GwlbConfig()
+        self._key_parts = _KEY_PARTS[config.stickiness]
+        self._max_packet = config.max_packet
+        self._endpoints: set[int] = {_endpoint_int(e) for e in endpoints}
+        self._targets: dict[str, Target] = {}
+        self._target_ips: frozenset[str] = frozenset()
+        self._healthy: list[Target] = []
+        self._fallback: list[Target] = []
+        self._gen = 0  # bumped on every target change; flows revalidate lazily
+        self._next_deadline = float("inf")  # earliest end of a deregistration delay
+        self._flows: dict[tuple, _Flow] = {}
+        self._by_cookie: dict[tuple[int, int], _Flow] = {}
+        self._by_header: dict[bytes, _Flow] = {}
+        self._flow_seq = 0
+        self._cookie_salt = zlib.crc32(config.hash_seed.to_bytes(8, "big", signed=True))
+        self.new_flow_count = 0
+        self.processed_bytes = 0
+        self.unmatched_forwarded = 0
+        self.drops: dict[str, int] = {}
+
+    # --- endpoints and targets ---------------------------------------------
+
+    def attach_endpoint(self, endpoint: int | str) -> None:
+        self._endpoints.add(_endpoint_int(endpoint))
+
+    def detach_endpoint(self, endpoint: int | str) -> None:
+        """Stop carrying an endpoint's traffic (rejected or deleted); its flows end."""
+        endpoint_id = _endpoint_int(endpoint)
+        self._endpoints.discard(endpoint_id)
+        for flow in [f for f in self._flows.values() if f.endpoint_id == endpoint_id]:
+            self._forget(flow)
+
+    def register(self, target_id: str, ip: str, az: str | None = None, now: float = 0.0) -> None:
+        """Add a target in state `initial`. Registering a draining target cancels its draining."""
+        ip = str(ip_address(ip))
+        target = self._targets.get(target_id)
+        if target is not None:
+            if target.ip != ip:
+                raise ValueError(f"target {target_id} is registered with IP {target.ip}, not {ip}")
+            if target.state == DRAINING:
+                target.state, target.since = INITIAL, now
+                self._targets_changed()
+            return
+        self._targets[target_id] = Target(target_id, ip, self.config.availability_zone if az is None else az, now)
+        self._targets_changed()
+
+    def deregister(self, target_id: str, now: float) -> None:
+        """Start draining: no new flows at once, existing ones until the delay ends."""
+        target = self._targets[target_id]
+        if target.state == DRAINING:
+            return
+        target.state, target.since = DRAINING, now
+        target.drain_end = now + self.config.deregistration_delay
+        if self.config.deregistration_delay <= 0:
+            self._remove_target(target)
+        self._targets_changed()
+
+    def set_target_health(self, target_id: str, healthy: bool, now: float) -> bool:
+        """Apply a health checker verdict (already past its thresholds)."""
+        return self.set_target_state(target_id, HEALTHY if healthy else UNHEALTHY, now)
+
+    def set_target_state(self, target_id: str, state: str, now: float) -> bool:
+        """Set `healthy`, `unhealthy`, `initial` or `unused`. False if the target is
+        unknown or draining (a late health result after deregistration)."""
+        if state not in (HEALTHY, UNHEALTHY, INITIAL, UNUSED):
+            raise ValueError(f"cannot set target state {state!r}")
+        target = self._targets.get(target_id)
+        if target is None or target.state == DRAINING:
+            return False
+        if target.state != state:
+            target.state, target.since = state, now
+            self._targets_changed()
+        return True
+
+    def targets(self) -> list[Target]:
+        return sorted(self._targets.values(), key=lambda t: t.id)
+
+    def _remove_target(self, target: Target) -> None:
+        target.removed = True
+        del self._targets[target.id]
+
+    def _targets_changed(self) -> None:
+        cfg = self.config
+        scope = sorted((t for t in self._targets.values()
+                        if cfg.cross_zone or t.az == cfg.availability_zone), key=lambda t: t.id)
+        self._healthy = [t for t in scope if t.state == HEALTHY]
+        self._fallback = [t for t in scope if t.state in (HEALTHY, UNHEALTHY, INITIAL)]
+        self._target_ips = frozenset(t.ip for t in self._targets.values())
+        self._next_deadline = min((t.drain_end for t in self._targets.values() if t.state == DRAINING),
+                                  default=float("inf"))
+        self._gen += 1
+
+    def _end_draining(self, now: float) -> None:
+        for target in [t for t in self._targets.values() if t.state == DRAINING and t.drain_end <= now]:
+            self._remove_target(target)
+        self._targets_changed()
+
+    # --- packets --------------------------------------------------------------
+
+    def from_endpoint(self, inner: bytes | memoryview, endpoint_id: int, now: float) -> Encap | Drop:
+        """An inner IP packet from a GWLB endpoint → GENEVE towards its flow's target."""
+        if now >= self._next_deadline:
+            self._end_draining(now)
+        size = len(inner)
+        if size > self._max_packet:
+            return self._drop("oversize")
+        if endpoint_id not in self._endpoints:
+            return self._drop("unknown_endpoint")
+        info = parse_inner(inner)
+        if info is None:
+            return self._drop("malformed_inner")
+        proto, src, dst, sport, dport, tcp_flags, length = info
+        if length < size:  # link-layer padding
+            inner = inner[:length]
+            size = length
+        key = _key(endpoint_id, self._key_parts, proto, src, dst, sport, dport)
+        flow = self._flows.get(key)
+        if (flow is None or now - flow.last_seen >= flow.timeout
+                or (flow.reset and tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN)):
+            if (proto == IPPROTO_TCP and not self.config.new_flow_on_non_syn
+                    and tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN):
+                return self._drop("non_syn_without_flow")
+            flow = self._new_flow(key, endpoint_id, proto, src, dst, now)
+            if flow is None:
+                return self._drop("no_targets")
+        elif flow.gen != self._gen:
+            reason = self._revalidate(flow)
+            if reason is not None:
+                return self._drop(reason)
+        flow.last_seen = now
+        if tcp_flags & TCP_RST and self._key_parts == 5:
+            flow.reset = True
+            flow.timeout = min(flow.timeout, RESET_LINGER)
+        self.processed_bytes += size
+        return _tuple_new(Encap, (flow.target.ip, flow.src_port, flow.header + inner))
+
+    def from_appliance(self, datagram: bytes | memoryview, src_ip: str, now: float) -> Decap | Drop:
+        """A GENEVE datagram back from an appliance → its inner packet to the endpoint."""
+        if now >= self._next_deadline:
+            self._end_draining(now)
+        if src_ip not in self._target_ips:
+            return self._drop("unknown_target")
+        head = datagram[:HEADER_LEN]
+        if type(head) is not bytes:
+            head = bytes(head)
+        flow = self._by_header.get(head)
+        if flow is not None and now - flow.last_seen < flow.timeout:
+            # Byte-identical to the header we sent: valid by construction.
+            endpoint_id, offset = flow.endpoint_id, HEADER_LEN
+        else:
+            try:
+                header, offset = decode(datagram)
+            except GeneveError as error:
+                return self._drop(error.reason)
+            endpoint_id = header.endpoint_id
+            flow = self._by_cookie.get((endpoint_id, header.flow_cookie))
+            if flow is None or now - flow.last_seen >= flow.timeout:
+                if self.config.drop_stale_cookie:
+                    return self._drop("stale_cookie")
+                if endpoint_id not in self._endpoints:
+                    return self._drop("unknown_endpoint")
+                self.unmatched_forwarded += 1
+        size = len(datagram) - offset
+        if size > self._max_packet:
+            return self._drop("oversize")
+        if size < 20 or (datagram[offset] >> 4) not in (4, 6):
+            return self._drop("malformed_inner")
+        return _tuple_new(Decap, (endpoint_id, memoryview(datagram)[offset:]))
+
+    def expire(self, now: float) -> int:
+        """Remove idle flows and end finished deregistrations; return flows removed."""
+        if now >= self._next_deadline:
+            self._end_draining(now)
+        idle = [f for f in self._flows.values() if now - f.last_seen >= f.timeout]
+        for flow in idle:
+            self._forget(flow)
+        return len(idle)
+
+    def _drop(self, reason: str) -> Drop:
+        self.drops[reason] = self.drops.get(reason, 0) + 1
+        drop = _drops.get(reason)
+        if drop is None:
+            drop = _drops[reason] = Drop(reason)
+        return drop
+
+    def _pick(self, flow_hash: int, healthy_only: bool = False) -> Target | None:
+        candidates = self._healthy or (None if healthy_only else self._fallback)
+        if not candidates:
+            return None
+        return candidates[flow_hash % len(candidates)]
+
+    def _new_flow(self, key: tuple, endpoint_id: int, proto: int, src: bytes, dst: bytes,
+                  now: float) -> _Flow | None:
+        old = self._flows.get(key)
+        if old is not None:
+            self._forget(old)
+        _, kproto, lo, lo_port, hi, hi_port = key
+        flow_hash = zlib.crc32(lo + hi + bytes((kproto >> 8, kproto & 0xFF, lo_port >> 8,
+                                                lo_port & 0xFF, hi_port >> 8, hi_port & 0xFF)),
+                               self._cookie_salt)
+        target = self._pick(flow_hash)
+        if target is None:
+            return None
+        self._flow_seq += 1
+        # A bijection of the sequence number: unique among 2**32 flows, yet not guessable at a glance.
+        cookie = (self._flow_seq * 0x9E3779B1 + self._cookie_salt) & 0xFFFFFFFF
+        flow = _Flow()
+        flow.key = key
+        flow.endpoint_id = endpoint_id
+        flow.cookie = cookie
+        flow.header = GwlbHeader(protocol=ETH_P_IP if len(src) == 4 else ETH_P_IPV6,
+                                 endpoint_id=endpoint_id, flow_cookie=cookie).raw
+        flow.hash = flow_hash
+        flow.src_port = SRC_PORT_BASE + (flow_hash >> (32 - SRC_PORT_BITS))
+        flow.target = target
+        flow.last_seen = now
+        flow.timeout = (self.config.tcp_idle_timeout if proto == IPPROTO_TCP
+                        else self.config.non_tcp_idle_timeout)
+        flow.gen = self._gen
+        flow.reset = False
+        self._flows[key] = flow
+        self._by_cookie[endpoint_id, cookie] = flow
+        self._by_header[flow.header] = flow
+        self.new_flow_count += 1
+        return flow
+
+    def _revalidate(self, flow: _Flow) -> str | None:
+        """Apply target changes to a flow; return a drop reason if it cannot be sent."""
+        target = flow.target
+        cfg = self.config
+        if target.removed:
+            if cfg.on_deregistration == NO_REBALANCE:
+                return "target_deregistered"  # gen stays stale: every packet lands here
+            moved = self._pick(flow.hash)
+            if moved is None:
+                return "no_targets"
+            flow.target = moved
+        elif target.state in (UNHEALTHY, UNUSED) and cfg.on_unhealthy == REBALANCE:
+            moved = self._pick(flow.hash, healthy_only=True)
+            if moved is not None:
+                flow.target = moved
+        flow.gen = self._gen
+        return None
+
+    def _forget(self, flow: _Flow) -> None:
+        del self._flows[flow.key]
+        del self._by_cookie[flow.endpoint_id, flow.cookie]
+        del self._by_header[flow.header]
+
+    # --- status ---------------------------------------------------------------
+
+    def snapshot(self) -> dict:
+        """Counters named after AWS/GatewayELB metrics, plus drops, targets and endpoints.
+
+        `ActiveFlowCount` includes idle flows not yet removed: call `expire` first.
+        `ProcessedBytes` counts each inner packet once, as it enters from an endpoint.
+        Host counts cover the targets this node may use (its AZ, or all with cross-zone).
+        """
+        cfg = self.config
+        scope = [t for t in self._targets.values() if cfg.cross_zone or t.az == cfg.availability_zone]
+        return {
+            "AvailabilityZone": cfg.availability_zone,
+            "ActiveFlowCount": len(self._flows),
+            "NewFlowCount": self.new_flow_count,
+            "ProcessedBytes": self.processed_bytes,
+            "HealthyHostCount": sum(t.state == HEALTHY for t in scope),
+            "UnHealthyHostCount": sum(t.state == UNHEALTHY for t in scope),
+            "drops": dict(sorted(self.drops.items())),
+            "unmatched_forwarded": self.unmatched_forwarded,
+            "endpoints": [int_to_vpce_id(e) for e in sorted(self._endpoints)],
+            "targets": [{"id": t.id, "ip": t.ip, "az": t.az, "state": t.state, "since": t.since}
+                        for t in self.targets()],
+        }

@@ -1,0 +1,1102 @@
+"""Load a native YAML lab file into one immutable, fully resolved `Lab`.
+
+A bad file is refused with one `LabFileError`, the first one met in two passes:
+1. shape: sections, resource names, keys and value types, walking the file in order;
+2. meaning: references, containment, addresses and routes, in dependency order
+   (VPCs, subnets, internet gateways, security groups, addresses, route
+   tables, network ACLs, internet hosts), each section in file order.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, NoReturn
+
+import yaml
+
+from .alloc import (
+    DEFAULT_INTERNET_CIDR,
+    ELASTIC_IP_POOL,
+    AddressError,
+    AddressPool,
+    elastic_ip_pool,
+    internet_pool,
+    subnet_pool,
+)
+from .errors import LabFileError
+from .ids import aws_id, hostname_for
+from .resources import (
+    DEFAULT_ACCOUNT,
+    DEFAULT_REGION,
+    Instance,
+    InternetGateway,
+    InternetHost,
+    Lab,
+    NaclEntry,
+    NatGateway,
+    NetworkAcl,
+    Route,
+    RouteTable,
+    SecurityGroup,
+    SgRule,
+    Subnet,
+    Vpc,
+)
+
+LAB_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")
+RESOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
+DNS_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*")
+ANYWHERE = IPv4Network("0.0.0.0/0")
+ALL_TRAFFIC_OUT = SgRule("-1", cidr=ANYWHERE)  # AWS's egress rule for a new group
+PROTOCOL_NAMES = {"6": "tcp", "17": "udp", "1": "icmp"}
+
+
+# -- Value parsers, shared with live changes: they raise ValueError(reason). --
+
+
+def parse_network(value: Any) -> IPv4Network:
+    """A CIDR block such as 10.0.1.0/24, with no host bits set."""
+    if isinstance(value, IPv4Network):
+        return value
+    text = _text(value)
+    try:
+        network = IPv4Network(text, strict=False)
+    except ValueError:
+        network = None
+    if network is None or "/" not in text:
+        raise ValueError(f"'{text}' is not a CIDR block like 10.0.0.0/16")
+    if network.network_address != IPv4Address(text.split("/")[0]):
+        raise ValueError(f"{text} has host bits set; the network is {network}")
+    return network
+
+
+def parse_address(value: Any) -> IPv4Address:
+    text = _text(value)
+    try:
+        return IPv4Address(text)
+    except ValueError:
+        raise ValueError(f"'{text}' is not an IPv4 address like 10.0.1.10") from None
+
+
+def parse_integer(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+        return int(value)  # CloudFormation writes "80" too
+    raise ValueError(f"expected an integer, got {_describe(value)}")
+
+
+def parse_protocol(value: Any) -> str:
+    """"-1" (all), "tcp", "udp", "icmp" or another IP protocol number, as a string."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(f"expected a protocol (tcp, udp, icmp, -1 or a number), got {_describe(value)}")
+    text = str(value).strip().lower()
+    if text in ("-1", "all"):
+        return "-1"
+    if text in ("tcp", "udp", "icmp"):
+        return text
+    if text.isdigit() and int(text) <= 255:
+        return PROTOCOL_NAMES.get(str(int(text)), str(int(text)))
+    raise ValueError(f"unknown protocol '{value}'{_did_you_mean(text, ('tcp', 'udp', 'icmp', 'all'))}")
+
+
+def port_range(protocol: str, first: int | None, last: int | None) -> tuple[int | None, int | None]:
+    """The ports a rule keeps: tcp/udp 0–65535; icmp type and code (-1 = all); none for others."""
+    if protocol in ("tcp", "udp"):
+        if first is None or last is None:
+            raise ValueError(f"{protocol} needs a port range")
+        for port in (first, last):
+            if not 0 <= port <= 65535:
+                raise ValueError(f"port {port} is outside 0-65535")
+        if first > last:
+            raise ValueError(f"the port range {first}-{last} is reversed")
+        return first, last
+    if protocol == "icmp":
+        icmp_type = -1 if first is None else first
+        code = -1 if last is None else last
+        for what, number in (("type", icmp_type), ("code", code)):
+            if not -1 <= number <= 255:
+                raise ValueError(f"ICMP {what} {number} is outside -1 to 255")
+        if icmp_type == -1 and code != -1:
+            raise ValueError(f"ICMP code {code} needs an ICMP type; -1 (all types) takes all codes")
+        return icmp_type, code
+    return None, None  # all traffic or another protocol: AWS ignores ports
+
+
+def same_permission(a: SgRule, b: SgRule) -> bool:
+    """AWS identifies a rule by everything but its description."""
+    return replace(a, description="") == replace(b, description="")
+
+
+# -- Pass 1: shape. A field reads one value at a key path, raising _Invalid. --
+
+
+class _Invalid(Exception):
+    def __init__(self, path: str, reason: str):
+        super().__init__(reason)
+        self.path = path
+        self.reason = reason
+
+
+Field = Callable[[Any, str], Any]
+
+
+def _leaf(parse: Callable[[Any], Any]) -> Field:
+    """A field from a value parser: its ValueError becomes an error at the field's path."""
+
+    def read(value: Any, path: str) -> Any:
+        try:
+            return parse(value)
+        except ValueError as e:
+            raise _Invalid(path, str(e)) from None
+
+    return read
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return f"the string '{value[:40]}'"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    return {dict: "a mapping", list: "a list"}.get(type(value), type(value).__name__)
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {_describe(value)}")
+    return value
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"  # CloudFormation writes "true" too
+    raise ValueError(f"expected true or false, got {_describe(value)}")
+
+
+def _between(low: int, high: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        number = parse_integer(value)
+        if not low <= number <= high:
+            raise ValueError(f"{number} is outside {low}-{high}")
+        return number
+
+    return parse
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = _text(value).lower()
+        if text not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got '{value}'{_did_you_mean(text, choices)}")
+        return text
+
+    return parse
+
+
+def _cidr_sized(shortest: int, longest: int) -> Callable[[Any], IPv4Network]:
+    def parse(value: Any) -> IPv4Network:
+        network = parse_network(value)
+        if not shortest <= network.prefixlen <= longest:
+            raise ValueError(f"{network} is a /{network.prefixlen}; it must be /{shortest} to /{longest}")
+        return network
+
+    return parse
+
+
+def _account(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # YAML reads an unquoted account as a number
+    text = _text(value)
+    if not re.fullmatch(r"\d{12}", text):
+        raise ValueError(f"an account is 12 digits (quote it if it starts with 0), got '{text}'")
+    return text
+
+
+def _region(value: Any) -> str:
+    text = _text(value)
+    if not REGION.fullmatch(text):
+        raise ValueError(f"'{text}' is not a region name like us-east-1")
+    return text
+
+
+def _dns_name(value: Any) -> str:
+    text = _text(value).lower().rstrip(".")
+    if not DNS_NAME.fullmatch(text):
+        raise ValueError(f"'{value}' is not a DNS name like client.internet.test")
+    return text
+
+
+def _unsupported(what: str) -> Field:
+    def read(value: Any, path: str) -> NoReturn:
+        raise _Invalid(path, f"{what} are not supported yet")
+
+    return read
+
+
+def _list_of(item: Field) -> Field:
+    def read(value: Any, path: str) -> list:
+        if value is None:
+            return []  # `Routes:` with nothing after it
+        if not isinstance(value, list):
+            raise _Invalid(path, f"expected a list, got {_describe(value)}")
+        return [item(element, f"{path}[{i}]") for i, element in enumerate(value)]
+
+    return read
+
+
+def _commands(value: Any, path: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list):
+        raise _Invalid(path, f"expected a command or a list of commands, got {_describe(value)}")
+    return tuple(_list_of(TEXT)(value, path))
+
+
+def _fields(value: Any, path: str, schema: Mapping[str, Field], required: Iterable[str] = ()) -> dict[str, Any]:
+    """The keys of one mapping, each read by its field; unknown keys refused, required ones enforced."""
+    if value is None:
+        value = {}  # `client:` with nothing after it
+    if not isinstance(value, dict):
+        raise _Invalid(path, f"expected a mapping, got {_describe(value)}")
+    props = {}
+    for key, item in value.items():
+        if key not in schema:
+            raise _Invalid(_join(path, key), f"unknown key '{key}'{_did_you_mean(str(key), schema)}")
+        props[key] = schema[key](item, _join(path, key))
+    for key in required:
+        if key not in props:
+            raise _Invalid(_join(path, key), "required key is missing")
+    return props
+
+
+def _mapping(schema: Mapping[str, Field], required: Iterable[str] = ()) -> Field:
+    return lambda value, path: _fields(value, path, schema, required)
+
+
+TEXT = _leaf(_text)
+BOOLEAN = _leaf(_boolean)
+INTEGER = _leaf(parse_integer)
+ADDRESS = _leaf(parse_address)
+NETWORK = _leaf(parse_network)
+PROTOCOL = _leaf(parse_protocol)
+NAMES = _list_of(TEXT)
+
+ROUTE_TARGETS = {"GatewayId": "igw", "NatGatewayId": "nat", "InstanceId": "instance", "NetworkInterfaceId": "eni"}
+_ROUTE = {
+    "DestinationCidrBlock": NETWORK,
+    **{key: TEXT for key in ROUTE_TARGETS},
+    "VpcEndpointId": _unsupported("routes to VPC endpoints"),
+    "TransitGatewayId": _unsupported("routes to transit gateways"),
+    "DestinationIpv6CidrBlock": _unsupported("IPv6 routes"),
+    "DestinationPrefixListId": _unsupported("prefix-list routes"),
+    "EgressOnlyInternetGatewayId": _unsupported("routes to egress-only internet gateways"),
+    "VpcPeeringConnectionId": _unsupported("routes to peering connections"),
+    "CarrierGatewayId": _unsupported("routes to carrier gateways"),
+    "LocalGatewayId": _unsupported("routes to local gateways"),
+}
+
+
+def _route(value: Any, path: str) -> dict[str, Any]:
+    props = _fields(value, path, _ROUTE, required=("DestinationCidrBlock",))
+    targets = [key for key in props if key in ROUTE_TARGETS]
+    if not targets:
+        raise _Invalid(path, "a route needs a target: GatewayId, NatGatewayId, InstanceId or NetworkInterfaceId")
+    if len(targets) > 1:
+        raise _Invalid(
+            _join(path, targets[1]), f"a route has exactly one target, and this one already has {targets[0]}"
+        )
+    return props
+
+
+def _sg_rule(peer_key: str) -> Field:
+    """A permission; `peer_key` is SourceSecurityGroupId (ingress) or DestinationSecurityGroupId (egress)."""
+    schema = {
+        "IpProtocol": PROTOCOL,
+        "FromPort": INTEGER,
+        "ToPort": INTEGER,
+        "CidrIp": NETWORK,
+        peer_key: TEXT,
+        "Description": TEXT,
+    }
+
+    def read(value: Any, path: str) -> SgRule:
+        props = _fields(value, path, schema, required=("IpProtocol",))
+        if ("CidrIp" in props) == (peer_key in props):
+            raise _Invalid(path, f"a rule needs exactly one of CidrIp or {peer_key}")
+        protocol = props["IpProtocol"]
+        for key in ("FromPort", "ToPort"):
+            if protocol in ("tcp", "udp") and key not in props:
+                raise _Invalid(_join(path, key), f"required key is missing for {protocol}")
+        try:
+            from_port, to_port = port_range(protocol, props.get("FromPort"), props.get("ToPort"))
+        except ValueError as e:
+            raise _Invalid(path, str(e)) from None
+        return SgRule(
+            protocol, from_port, to_port, props.get("CidrIp"), props.get(peer_key), props.get("Description", "")
+        )
+
+    return read
+
+
+_NACL_ENTRY = {
+    "RuleNumber": _leaf(_between(1, 32766)),
+    "Protocol": PROTOCOL,
+    "RuleAction": _leaf(_choice("allow", "deny")),
+    "Egress": BOOLEAN,
+    "CidrBlock": NETWORK,
+    "PortRange": _mapping({"From": INTEGER, "To": INTEGER}, required=("From", "To")),
+    "IcmpTypeCode": _mapping({"Type": INTEGER, "Code": INTEGER}),
+}
+
+
+def _nacl_entry(value: Any, path: str) -> NaclEntry:
+    props = _fields(value, path, _NACL_ENTRY, required=("RuleNumber", "Protocol", "RuleAction", "CidrBlock"))
+    protocol = props["Protocol"]
+    if protocol in ("tcp", "udp") and "PortRange" not in props:
+        raise _Invalid(_join(path, "PortRange"), f"required key is missing for {protocol}")
+    ports, icmp = props.get("PortRange", {}), props.get("IcmpTypeCode", {})
+    port_from = port_to = icmp_type = icmp_code = None
+    try:
+        if protocol == "icmp":
+            icmp_type, icmp_code = port_range(protocol, icmp.get("Type"), icmp.get("Code"))
+        else:
+            port_from, port_to = port_range(protocol, ports.get("From"), ports.get("To"))
+    except ValueError as e:
+        raise _Invalid(path, str(e)) from None
+    return NaclEntry(
+        props["RuleNumber"],
+        protocol,
+        props["RuleAction"],
+        props.get("Egress", False),
+        props["CidrBlock"],
+        port_from,
+        port_to,
+        icmp_type,
+        icmp_code,
+    )
+
+
+VPC_CIDR = _leaf(_cidr_sized(16, 28))
+
+# section -> (fields of each resource, required keys)
+RESOURCE_SECTIONS: dict[str, tuple[dict[str, Field], tuple[str, ...]]] = {
+    "vpcs": (
+        {
+            "CidrBlock": VPC_CIDR,
+            "EnableDnsSupport": BOOLEAN,
+            "EnableDnsHostnames": BOOLEAN,
+            "Account": _leaf(_account),
+        },
+        ("CidrBlock",),
+    ),
+    "subnets": (
+        {"VpcId": TEXT, "CidrBlock": VPC_CIDR, "AvailabilityZone": TEXT},
+        ("VpcId", "CidrBlock"),
+    ),
+    "route_tables": (
+        {
+            "VpcId": TEXT,
+            "Main": BOOLEAN,
+            "Routes": _list_of(_route),
+            "SubnetAssociations": NAMES,
+            "EdgeAssociations": NAMES,
+        },
+        ("VpcId",),
+    ),
+    "internet_gateways": ({"VpcId": TEXT}, ("VpcId",)),
+    "nat_gateways": (
+        {"SubnetId": TEXT, "PrivateIpAddress": ADDRESS, "PublicIp": ADDRESS},
+        ("SubnetId",),
+    ),
+    "security_groups": (
+        {
+            "VpcId": TEXT,
+            "GroupDescription": TEXT,
+            "SecurityGroupIngress": _list_of(_sg_rule("SourceSecurityGroupId")),
+            "SecurityGroupEgress": _list_of(_sg_rule("DestinationSecurityGroupId")),
+        },
+        ("VpcId",),
+    ),
+    "network_acls": (
+        {"VpcId": TEXT, "Entries": _list_of(_nacl_entry), "SubnetAssociations": NAMES},
+        ("VpcId",),
+    ),
+    "instances": (
+        {
+            "SubnetId": TEXT,
+            "PrivateIpAddress": ADDRESS,
+            "AssociatePublicIpAddress": BOOLEAN,
+            "PublicIpAddress": ADDRESS,
+            "SecurityGroupIds": NAMES,
+            "SourceDestCheck": BOOLEAN,
+            "Role": _leaf(_choice("instance", "appliance")),
+            "Run": _commands,
+            "DefaultServices": BOOLEAN,
+        },
+        ("SubnetId",),
+    ),
+    "hosts": (  # internet.hosts
+        {"Ip": ADDRESS, "DnsName": _leaf(_dns_name), "Run": _commands, "DefaultServices": BOOLEAN},
+        (),
+    ),
+}
+LAB_FIELDS = {"name": TEXT, "region": _leaf(_region), "account": _leaf(_account)}
+INTERNET_FIELDS = {"CidrBlock": _leaf(_cidr_sized(8, 28)), "hosts": lambda value, path: value}  # hosts: resources
+SECTIONS = ("lab", "vpcs", "subnets", "route_tables", "internet_gateways", "nat_gateways",
+            "security_groups", "network_acls", "instances", "internet")  # fmt: skip
+
+KIND_LABELS = {
+    "vpcs": "VPC",
+    "subnets": "subnet",
+    "route_tables": "route table",
+    "internet_gateways": "internet gateway",
+    "nat_gateways": "NAT gateway",
+    "security_groups": "security group",
+    "network_acls": "network ACL",
+    "instances": "instance",
+    "hosts": "internet host",
+}
+
+
+def _a(label: str) -> str:
+    return f"an {label}" if label[0] in "aeiou" else f"a {label}"
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """One resource as read in pass 1: its typed keys and where it is in the file."""
+
+    section: str
+    name: str
+    path: str
+    props: dict[str, Any]
+    order: int  # position in the file, for allocation in file order
+
+    def at(self, key: str) -> str:
+        return f"{self.path}.{key}"
+
+
+class _Document:
+    """Pass 1: the file's sections, read in file order."""
+
+    def __init__(self, doc: Any):
+        self.lab: dict[str, Any] = {}
+        self.internet: dict[str, Any] = {}
+        self.specs: dict[str, list[_Spec]] = {section: [] for section in RESOURCE_SECTIONS}
+        self.name_paths: dict[str, str] = {}  # every resource name -> its key path
+        self.name_kinds: dict[str, str] = {}  # every resource name -> its section
+        if doc is None:
+            raise _Invalid("", "the file is empty; a lab needs at least a 'vpcs' section")
+        if not isinstance(doc, dict):
+            raise _Invalid("", f"expected a mapping of sections at the top level, got {_describe(doc)}")
+        for section, body in doc.items():
+            if section not in SECTIONS:
+                raise _Invalid(str(section), f"unknown section '{section}'{_did_you_mean(str(section), SECTIONS)}")
+            if section == "lab":
+                self.lab = _fields(body, "lab", LAB_FIELDS)
+            elif section == "internet":
+                self.internet = _fields(body, "internet", INTERNET_FIELDS)
+                self._read_resources("hosts", self.internet.get("hosts"), "internet.hosts")
+            else:
+                self._read_resources(section, body, section)
+        if not self.specs["vpcs"]:
+            raise _Invalid("vpcs", "a lab needs at least one VPC")
+
+    def _read_resources(self, section: str, body: Any, path: str) -> None:
+        if body is None:
+            return
+        if not isinstance(body, dict):
+            raise _Invalid(
+                path, f"expected a mapping of {KIND_LABELS[section]} names to properties, got {_describe(body)}"
+            )
+        schema, required = RESOURCE_SECTIONS[section]
+        for name, value in body.items():
+            resource_path = _join(path, name)
+            self._claim_name(name, resource_path, section)
+            props = _fields(value, resource_path, schema, required)
+            self.specs[section].append(_Spec(section, name, resource_path, props, len(self.name_paths)))
+
+    def _claim_name(self, name: Any, path: str, section: str) -> None:
+        if not isinstance(name, str) or not RESOURCE_NAME.fullmatch(name):
+            rule = "1-63 letters, digits, '_', '.' or '-', starting with a letter or digit"
+            raise _Invalid(path, f"resource name '{name}' must be {rule}")
+        if name == "local":
+            raise _Invalid(path, "the name 'local' is reserved: it is the target of the local route")
+        if name in self.name_paths:
+            raise _Invalid(
+                path, f"the name '{name}' is already used by {self.name_paths[name]}; all resources share one namespace"
+            )
+        self.name_paths[name] = path
+        self.name_kinds[name] = section
+
+
+# -- Pass 2: meaning. --
+
+
+@dataclass
+class _AddressClaim:
+    """A NAT gateway or an instance, resolved but for its addresses."""
+
+    spec: _Spec
+    owner: str  # "instance web-1", for messages
+    subnet: Subnet
+    public: bool  # needs a public address
+    public_ip_key: str  # the key that may give it: PublicIp or PublicIpAddress
+    groups: tuple[str, ...] = ()  # an instance's security groups
+    private_ip: IPv4Address | None = None
+    public_ip: IPv4Address | None = None
+
+
+def _assign(pool: AddressPool, explicit: IPv4Address | None, owner: str, path: str) -> IPv4Address:
+    """Take the explicit address, or else the lowest free one."""
+    try:
+        if explicit is None:
+            return pool.allocate(owner)
+        pool.take(explicit, owner)
+        return explicit
+    except AddressError as e:
+        raise _Invalid(path, str(e)) from None
+
+
+class _Builder:
+    def __init__(self, document: _Document, region: str, account: str):
+        self.doc = document
+        self.region = region
+        self.account = account
+        self.internet_cidr: IPv4Network = document.internet.get("CidrBlock", DEFAULT_INTERNET_CIDR)
+        # section -> name -> resource, as resolved so far (implicit resources included)
+        self.built: dict[str, dict[str, Any]] = {section: {} for section in RESOURCE_SECTIONS}
+
+    def build(self) -> dict[str, dict[str, Any]]:
+        if self.internet_cidr.overlaps(ELASTIC_IP_POOL):
+            raise _Invalid("internet.CidrBlock", f"{self.internet_cidr} overlaps the Elastic IP pool {ELASTIC_IP_POOL}")
+        self._vpcs()
+        self._subnets()
+        self._internet_gateways()
+        self._security_groups()
+        self._nat_gateways_and_instances()
+        self._route_tables()
+        self._network_acls()
+        self._internet_hosts()
+        return self.built
+
+    # Helpers
+
+    def _id(self, prefix: str, account: str, name: str) -> str:
+        return aws_id(prefix, account, self.region, name)
+
+    def _ref(self, section: str, value: str, path: str, vpc: Vpc | None = None) -> Any:
+        """The resource of `section` that `value` names, by name or by ID; if `vpc` is given, in that VPC."""
+        resources = self.built[section]
+        found = resources.get(value) or next((r for r in resources.values() if r.id == value), None)
+        if found is not None:
+            if vpc is not None:
+                self._check_vpc(section, found, vpc, path)
+            return found
+        label = KIND_LABELS[section]
+        other = self.doc.name_kinds.get(value)
+        if other is not None and other != section:
+            raise _Invalid(path, f"'{value}' is {_a(KIND_LABELS[other])}, not {_a(label)}")
+        raise _Invalid(path, f"unknown {label} '{value}'{_did_you_mean(value, resources)}")
+
+    def _vpc_of(self, spec: _Spec) -> Vpc:
+        return self._ref("vpcs", spec.props["VpcId"], spec.at("VpcId"))
+
+    def _subnet_vpc(self, subnet_name: str) -> Vpc:
+        return self.built["vpcs"][self.built["subnets"][subnet_name].vpc]
+
+    def _check_vpc(self, section: str, resource: Any, vpc: Vpc, path: str) -> None:
+        its_vpc = resource.vpc if hasattr(resource, "vpc") else self.built["subnets"][resource.subnet].vpc
+        if its_vpc != vpc.name:
+            where, where_not = ("attached to", "to") if section == "internet_gateways" else ("in", "in")
+            name = f"{KIND_LABELS[section]} {resource.name}"
+            raise _Invalid(path, f"{name} is {where} VPC {its_vpc}, not {where_not} VPC {vpc.name}")
+
+    def _associate(self, spec: _Spec, key: str, section: str, vpc: Vpc, taken: dict[str, str]) -> tuple[str, ...]:
+        """The resources listed under `key`, each in `vpc` and not yet associated (`taken`: name -> owner)."""
+        names = []
+        for i, value in enumerate(spec.props.get(key, [])):
+            path = f"{spec.at(key)}[{i}]"
+            resource = self._ref(section, value, path, vpc)
+            if resource.name in taken:
+                owner = f"{KIND_LABELS[spec.section]} {taken[resource.name]}"
+                raise _Invalid(path, f"{KIND_LABELS[section]} {resource.name} is already associated with {owner}")
+            taken[resource.name] = spec.name
+            names.append(resource.name)
+        return tuple(names)
+
+    def _implicit(self, name: str, what: str) -> None:
+        """Claim the name of a resource vpclab creates, as AWS does, for each VPC."""
+        if name in self.doc.name_paths:
+            raise _Invalid(self.doc.name_paths[name], f"the name '{name}' is taken by {what}; rename this resource")
+
+    def _add(self, section: str, resource: Any) -> None:
+        self.built[section][resource.name] = resource
+
+    # Sections
+
+    def _vpcs(self) -> None:
+        for spec in self.doc.specs["vpcs"]:
+            cidr: IPv4Network = spec.props["CidrBlock"]
+            for taken, what in ((ELASTIC_IP_POOL, "the Elastic IP pool"), (self.internet_cidr, "the internet")):
+                if cidr.overlaps(taken):
+                    raise _Invalid(spec.at("CidrBlock"), f"{cidr} overlaps {what} {taken}")
+            account = spec.props.get("Account", self.account)
+            self._add(
+                "vpcs",
+                Vpc(
+                    spec.name,
+                    self._id("vpc", account, spec.name),
+                    cidr,
+                    account,
+                    spec.props.get("EnableDnsSupport", True),
+                    spec.props.get("EnableDnsHostnames", False),
+                ),
+            )
+
+    def _subnets(self) -> None:
+        for spec in self.doc.specs["subnets"]:
+            vpc = self._vpc_of(spec)
+            cidr: IPv4Network = spec.props["CidrBlock"]
+            if not cidr.subnet_of(vpc.cidr):
+                raise _Invalid(spec.at("CidrBlock"), f"{cidr} is outside VPC {vpc.name} ({vpc.cidr})")
+            for other in self.built["subnets"].values():
+                if other.vpc == vpc.name and cidr.overlaps(other.cidr):
+                    raise _Invalid(spec.at("CidrBlock"), f"{cidr} overlaps subnet {other.name} ({other.cidr})")
+            zone = self._zone(spec.props.get("AvailabilityZone", "a"), spec.at("AvailabilityZone"))
+            self._add("subnets", Subnet(spec.name, self._id("subnet", vpc.account, spec.name), vpc.name, zone, cidr))
+
+    def _zone(self, value: str, path: str) -> str:
+        if re.fullmatch(r"[a-f]", value):
+            return self.region + value
+        if re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d{1,2}[a-f]", value):
+            if value[:-1] != self.region:
+                raise _Invalid(path, f"zone {value} is not in the lab's region {self.region}")
+            return value
+        raise _Invalid(path, f"expected a zone letter a-f or a zone name like {self.region}a, got '{value}'")
+
+    def _internet_gateways(self) -> None:
+        for spec in self.doc.specs["internet_gateways"]:
+            vpc = self._vpc_of(spec)
+            for other in self.built["internet_gateways"].values():
+                if other.vpc == vpc.name:
+                    raise _Invalid(spec.at("VpcId"), f"VPC {vpc.name} already has internet gateway {other.name}")
+            igw = InternetGateway(spec.name, self._id("igw", vpc.account, spec.name), vpc.name)
+            self._add("internet_gateways", igw)
+
+    def _security_groups(self) -> None:
+        groups = self.built["security_groups"]
+        for vpc in self.built["vpcs"].values():
+            name = f"{vpc.name}-default"
+            self._implicit(name, f"the default security group of VPC {vpc.name}")
+            everything_from_members = SgRule("-1", group=name)
+            self._add(
+                "security_groups",
+                SecurityGroup(
+                    name,
+                    self._id("sg", vpc.account, name),
+                    vpc.name,
+                    "default VPC security group",
+                    (everything_from_members,),
+                    (ALL_TRAFFIC_OUT,),
+                ),
+            )
+        # Groups first, rules second: a rule may name any group, itself included.
+        specs = self.doc.specs["security_groups"]
+        for spec in specs:
+            vpc = self._vpc_of(spec)
+            description = spec.props.get("GroupDescription", "")
+            self._add(
+                "security_groups",
+                SecurityGroup(spec.name, self._id("sg", vpc.account, spec.name), vpc.name, description, (), ()),
+            )
+        for spec in specs:
+            group = groups[spec.name]
+            ingress = self._rules(group, spec, "SecurityGroupIngress", "SourceSecurityGroupId")
+            if "SecurityGroupEgress" in spec.props:
+                egress = self._rules(group, spec, "SecurityGroupEgress", "DestinationSecurityGroupId")
+            else:
+                egress = (ALL_TRAFFIC_OUT,)
+            groups[spec.name] = replace(group, ingress=ingress, egress=egress)
+
+    def _rules(self, group: SecurityGroup, spec: _Spec, key: str, peer_key: str) -> tuple[SgRule, ...]:
+        rules: list[SgRule] = []
+        for i, rule in enumerate(spec.props.get(key, [])):
+            path = f"{spec.at(key)}[{i}]"
+            if rule.group is not None:
+                vpc = self.built["vpcs"][group.vpc]
+                peer = self._ref("security_groups", rule.group, f"{path}.{peer_key}", vpc)
+                rule = replace(rule, group=peer.name)
+            for j, earlier in enumerate(rules):
+                if same_permission(rule, earlier):
+                    raise _Invalid(path, f"this rule duplicates {key}[{j}]")
+            rules.append(rule)
+        return tuple(rules)
+
+    def _nat_gateways_and_instances(self) -> None:
+        claims = [self._nat_claim(spec) for spec in self.doc.specs["nat_gateways"]]
+        claims += [self._instance_claim(spec) for spec in self.doc.specs["instances"]]
+        self._allocate(sorted(claims, key=lambda claim: claim.spec.order))
+        for claim in claims:
+            spec, subnet = claim.spec, claim.subnet
+            account = self._subnet_vpc(subnet.name).account
+            if spec.section == "nat_gateways":
+                resource: Any = NatGateway(
+                    spec.name,
+                    self._id("nat", account, spec.name),
+                    subnet.name,
+                    self._id("eni", account, spec.name),
+                    claim.private_ip,
+                    self._id("eipalloc", account, spec.name),
+                    claim.public_ip,
+                )
+            else:
+                role = spec.props.get("Role", "instance")
+                resource = Instance(
+                    spec.name,
+                    self._id("i", account, spec.name),
+                    subnet.name,
+                    self._id("eni", account, spec.name),
+                    claim.private_ip,
+                    claim.public_ip,
+                    claim.groups,
+                    spec.props.get("SourceDestCheck", True),
+                    role,
+                    spec.props.get("Run", ()),
+                    spec.props.get("DefaultServices", role == "instance"),
+                    hostname_for(claim.private_ip, self.region),
+                )
+            self._add(spec.section, resource)
+
+    def _subnet_for(self, spec: _Spec) -> Subnet:
+        return self._ref("subnets", spec.props["SubnetId"], spec.at("SubnetId"))
+
+    def _need_internet_gateway(self, subnet: Subnet, what: str, path: str) -> None:
+        vpc = self._subnet_vpc(subnet.name)
+        if not any(igw.vpc == vpc.name for igw in self.built["internet_gateways"].values()):
+            raise _Invalid(path, f"{what} needs an internet gateway attached to VPC {vpc.name}, and it has none")
+
+    def _nat_claim(self, spec: _Spec) -> _AddressClaim:
+        subnet = self._subnet_for(spec)
+        self._need_internet_gateway(subnet, "a NAT gateway (public, with an Elastic IP)", spec.at("SubnetId"))
+        return _AddressClaim(spec, f"NAT gateway {spec.name}", subnet, True, "PublicIp")
+
+    def _instance_claim(self, spec: _Spec) -> _AddressClaim:
+        subnet = self._subnet_for(spec)
+        vpc = self._subnet_vpc(subnet.name)
+        groups: list[str] = []
+        for i, value in enumerate(spec.props.get("SecurityGroupIds", [f"{vpc.name}-default"])):
+            path = f"{spec.at('SecurityGroupIds')}[{i}]"
+            group = self._ref("security_groups", value, path, vpc)
+            if group.name in groups:
+                raise _Invalid(path, f"security group {group.name} is listed twice")
+            groups.append(group.name)
+        if not groups:
+            raise _Invalid(spec.at("SecurityGroupIds"), "an instance needs at least one security group")
+        associate = spec.props.get("AssociatePublicIpAddress")
+        if "PublicIpAddress" in spec.props and associate is False:
+            raise _Invalid(spec.at("AssociatePublicIpAddress"), "false contradicts the PublicIpAddress given")
+        public = "PublicIpAddress" in spec.props or bool(associate)
+        if public:
+            key = "PublicIpAddress" if "PublicIpAddress" in spec.props else "AssociatePublicIpAddress"
+            self._need_internet_gateway(subnet, "a public IP address", spec.at(key))
+        return _AddressClaim(spec, f"instance {spec.name}", subnet, public, "PublicIpAddress", tuple(groups))
+
+    def _allocate(self, claims: list[_AddressClaim]) -> None:
+        """Explicit addresses first, then the lowest free ones, in file order."""
+        subnets = {name: subnet_pool(s.cidr, f"subnet {name} ({s.cidr})") for name, s in self.built["subnets"].items()}
+        public = elastic_ip_pool()
+        for claim in claims:
+            if "PrivateIpAddress" in claim.spec.props:
+                ip, path = claim.spec.props["PrivateIpAddress"], claim.spec.at("PrivateIpAddress")
+                claim.private_ip = _assign(subnets[claim.subnet.name], ip, claim.owner, path)
+        for claim in claims:
+            if claim.public_ip_key in claim.spec.props:
+                ip, path = claim.spec.props[claim.public_ip_key], claim.spec.at(claim.public_ip_key)
+                claim.public_ip = _assign(public, ip, claim.owner, path)
+        for claim in claims:
+            if claim.private_ip is None:
+                claim.private_ip = _assign(subnets[claim.subnet.name], None, claim.owner, claim.spec.path)
+        for claim in claims:
+            if claim.public and claim.public_ip is None:
+                claim.public_ip = _assign(public, None, claim.owner, claim.spec.path)
+
+    def _route_tables(self) -> None:
+        table_of_subnet: dict[str, str] = {}
+        table_of_gateway: dict[str, str] = {}
+        main_of_vpc: dict[str, str] = {}
+        for spec in self.doc.specs["route_tables"]:
+            vpc = self._vpc_of(spec)
+            main = spec.props.get("Main", False)
+            if main and vpc.name in main_of_vpc:
+                raise _Invalid(
+                    spec.at("Main"), f"VPC {vpc.name} already has a main route table: {main_of_vpc[vpc.name]}"
+                )
+            if main:
+                main_of_vpc[vpc.name] = spec.name
+            edge = bool(spec.props.get("EdgeAssociations"))
+            routes = self._routes(spec, vpc, edge)
+            subnets = self._associate(spec, "SubnetAssociations", "subnets", vpc, table_of_subnet)
+            gateways = self._associate(spec, "EdgeAssociations", "internet_gateways", vpc, table_of_gateway)
+            self._add(
+                "route_tables",
+                RouteTable(
+                    spec.name,
+                    self._id("rtb", vpc.account, spec.name),
+                    vpc.name,
+                    routes,
+                    subnets,
+                    main,
+                    gateways,
+                ),
+            )
+        implicit = {}
+        for vpc in self.built["vpcs"].values():
+            if vpc.name not in main_of_vpc:
+                name = f"{vpc.name}-main"
+                self._implicit(name, f"the main route table of VPC {vpc.name}")
+                local = Route(vpc.cidr, "local", "local")
+                implicit[name] = RouteTable(name, self._id("rtb", vpc.account, name), vpc.name, (local,), main=True)
+        self.built["route_tables"] = {**implicit, **self.built["route_tables"]}
+
+    def _routes(self, spec: _Spec, vpc: Vpc, edge: bool) -> tuple[Route, ...]:
+        """The local route first, then the file's routes; a route to the VPC CIDR replaces the local one."""
+        routes = [Route(vpc.cidr, "local", "local")]
+        subnet_cidrs = {s.cidr for s in self.built["subnets"].values() if s.vpc == vpc.name}
+        first_of: dict[IPv4Network, int] = {}
+        for i, props in enumerate(spec.props.get("Routes", [])):
+            path = f"{spec.at('Routes')}[{i}]"
+            destination: IPv4Network = props["DestinationCidrBlock"]
+            if destination in first_of:
+                reason = f"{destination} is already routed by Routes[{first_of[destination]}]"
+                raise _Invalid(f"{path}.DestinationCidrBlock", reason)
+            first_of[destination] = i
+            key = next(key for key in props if key in ROUTE_TARGETS)
+            kind, target = self._route_target(vpc, key, props[key], f"{path}.{key}")
+            reason = _route_refusal(destination, kind, vpc.cidr, subnet_cidrs, edge)
+            if reason:
+                raise _Invalid(path, reason)
+            route = Route(destination, kind, target)
+            if destination == vpc.cidr:
+                routes[0] = route
+            else:
+                routes.append(route)
+        return tuple(routes)
+
+    def _route_target(self, vpc: Vpc, key: str, value: str, path: str) -> tuple[str, str]:
+        kind = ROUTE_TARGETS[key]
+        if kind == "igw":
+            if value == "local":
+                return "local", "local"
+            return kind, self._ref("internet_gateways", value, path, vpc).name
+        if kind == "nat":
+            return kind, self._ref("nat_gateways", value, path, vpc).name
+        if kind == "eni":
+            instance = self._interface(value, path)
+            self._check_vpc("instances", instance, vpc, path)
+            return kind, instance.name
+        return kind, self._ref("instances", value, path, vpc).name
+
+    def _interface(self, value: str, path: str) -> Instance:
+        """An instance by its ENI's ID, or by its own name or ID."""
+        for instance in self.built["instances"].values():
+            if instance.eni_id == value:
+                return instance
+        if value.startswith("eni-"):
+            raise _Invalid(path, f"unknown network interface '{value}'")
+        return self._ref("instances", value, path)
+
+    def _network_acls(self) -> None:
+        implicit = {}
+        for vpc in self.built["vpcs"].values():
+            name = f"{vpc.name}-default-acl"
+            self._implicit(name, f"the default network ACL of VPC {vpc.name}")
+            allow_all = tuple(NaclEntry(100, "-1", "allow", egress, ANYWHERE) for egress in (False, True))
+            implicit[name] = NetworkAcl(name, self._id("acl", vpc.account, name), vpc.name, allow_all, (), default=True)
+        acl_of_subnet: dict[str, str] = {}
+        for spec in self.doc.specs["network_acls"]:
+            vpc = self._vpc_of(spec)
+            entries: list[NaclEntry] = []
+            for i, entry in enumerate(spec.props.get("Entries", [])):
+                for j, earlier in enumerate(entries):
+                    if (earlier.rule_number, earlier.egress) == (entry.rule_number, entry.egress):
+                        direction = "egress" if entry.egress else "ingress"
+                        raise _Invalid(
+                            f"{spec.at('Entries')}[{i}].RuleNumber",
+                            f"{direction} rule {entry.rule_number} is already Entries[{j}]",
+                        )
+                entries.append(entry)
+            subnets = self._associate(spec, "SubnetAssociations", "subnets", vpc, acl_of_subnet)
+            entries.sort(key=lambda e: (e.egress, e.rule_number))
+            acl = NetworkAcl(spec.name, self._id("acl", vpc.account, spec.name), vpc.name, tuple(entries), subnets)
+            self._add("network_acls", acl)
+        self.built["network_acls"] = {**implicit, **self.built["network_acls"]}
+
+    def _internet_hosts(self) -> None:
+        specs = self.doc.specs["hosts"]
+        pool = internet_pool(self.internet_cidr)
+        addresses = {
+            spec.name: _assign(pool, spec.props["Ip"], f"internet host {spec.name}", spec.at("Ip"))
+            for spec in specs
+            if "Ip" in spec.props
+        }
+        for spec in specs:
+            if spec.name not in addresses:
+                addresses[spec.name] = _assign(pool, None, f"internet host {spec.name}", spec.path)
+        owner_of_dns_name: dict[str, str] = {}
+        for spec in specs:
+            dns_name = spec.props.get("DnsName", f"{spec.name.lower()}.internet.test")
+            if dns_name in owner_of_dns_name:
+                raise _Invalid(
+                    spec.at("DnsName"), f"{dns_name} is already the name of internet host {owner_of_dns_name[dns_name]}"
+                )
+            owner_of_dns_name[dns_name] = spec.name
+            self._add(
+                "hosts",
+                InternetHost(
+                    spec.name,
+                    addresses[spec.name],
+                    dns_name,
+                    spec.props.get("Run", ()),
+                    spec.props.get("DefaultServices", True),
+                ),
+            )
+
+
+def _route_refusal(
+    destination: IPv4Network, kind: str, vpc_cidr: IPv4Network, subnet_cidrs: set[IPv4Network], edge: bool
+) -> str | None:
+    """Why AWS would refuse this route, or None."""
+    middlebox = ("instance", "eni") if edge else ("nat", "instance", "eni")
+    if kind == "local" and destination != vpc_cidr:
+        return f"only the VPC CIDR {vpc_cidr} routes to local"
+    if edge and kind not in ("local", "instance", "eni"):
+        return "a table edge-associated with a gateway can only route to local, an instance or a network interface"
+    if destination == vpc_cidr:
+        if kind != "local" and not edge:
+            return f"{destination} is the VPC CIDR: its route is the local route, which can only target local"
+        return None
+    if destination.subnet_of(vpc_cidr):
+        if destination not in subnet_cidrs:
+            return (
+                f"{destination} is more specific than the local route ({vpc_cidr}) "
+                "but is not exactly a subnet's CIDR, as AWS requires"
+            )
+        if kind not in middlebox:
+            allowed = "an instance or a network interface"
+            allowed = allowed if edge else f"a NAT gateway, {allowed}"
+            return f"a route to subnet CIDR {destination} (more specific than local) must target {allowed}"
+        return None
+    if edge:
+        return f"a table edge-associated with a gateway routes only the VPC CIDR or a subnet's CIDR, not {destination}"
+    return None
+
+
+# -- YAML --
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys instead of keeping the last one silently."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise yaml.MarkedYAMLError(problem=f"duplicate key '{key}'", problem_mark=key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _parse_yaml(text: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_YamlLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise _Invalid("", f"invalid YAML{where}: {e.problem}") from None
+    except yaml.YAMLError as e:
+        raise _Invalid("", f"invalid YAML: {e}") from None
+
+
+# -- Entry points --
+
+
+def load_lab(path: str | Path, name: str | None = None) -> Lab:
+    """Read and load a lab file; see `load_lab_text`."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise LabFileError(source, "", f"cannot read the lab file: {reason}") from None
+    return load_lab_text(text, source, name)
+
+
+def load_lab_text(text: str, source: str, name: str | None = None) -> Lab:
+    """Load a lab from YAML text; `source` is the file it came from, for messages.
+
+    The lab's name is `name`, else the file's `lab.name`, else the file's stem.
+    Raises LabFileError for the first problem found.
+    """
+    try:
+        document = _Document(_parse_yaml(text))
+        lab_name = _lab_name(name, document.lab, source)
+        region = document.lab.get("region", DEFAULT_REGION)
+        account = document.lab.get("account", DEFAULT_ACCOUNT)
+        built = _Builder(document, region, account).build()
+    except _Invalid as e:
+        raise LabFileError(source, e.path, e.reason) from None
+    return Lab(
+        name=lab_name,
+        region=region,
+        account=account,
+        source=source,
+        vpcs=built["vpcs"],
+        subnets=built["subnets"],
+        route_tables=built["route_tables"],
+        internet_gateways=built["internet_gateways"],
+        nat_gateways=built["nat_gateways"],
+        security_groups=built["security_groups"],
+        network_acls=built["network_acls"],
+        instances=built["instances"],
+        internet_hosts=built["hosts"],
+    )
+
+
+def _lab_name(given: str | None, lab: Mapping[str, Any], source: str) -> str:
+    if given is not None:
+        candidate, origin = given, "given"
+    elif "name" in lab:
+        candidate, origin = lab["name"], "from lab.name"
+    else:
+        candidate, origin = Path(source).stem, "from the file name; set lab.name to choose another"
+    if not LAB_NAME.fullmatch(candidate):
+        raise _Invalid(
+            "lab.name",
+            f"lab name '{candidate}' ({origin}) must be 1-31 lowercase letters, digits or '-', "
+            "starting with a letter or digit",
+        )
+    return candidate

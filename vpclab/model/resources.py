@@ -1,0 +1,191 @@
+"""The resources of a lab, named and spelled the way AWS names them.
+
+A `Lab` is immutable and fully resolved: every reference is checked, and every
+ID and address is allocated. Resources refer to each other by their name in the
+lab file; IDs (`vpc-…`, `subnet-…`) are what users see and what AWS shows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from typing import Literal, Mapping
+
+DEFAULT_REGION = "us-east-1"
+DEFAULT_ACCOUNT = "111122223333"
+
+RouteTargetKind = Literal["local", "igw", "nat", "instance", "eni", "vpce", "tgw"]
+
+
+@dataclass(frozen=True)
+class Vpc:
+    name: str
+    id: str
+    cidr: IPv4Network
+    account: str
+    enable_dns_support: bool = True
+    enable_dns_hostnames: bool = False
+
+    @property
+    def resolver_ip(self) -> IPv4Address:
+        """The Amazon-provided DNS server: primary CIDR base + 2."""
+        return self.cidr.network_address + 2
+
+
+@dataclass(frozen=True)
+class Subnet:
+    name: str
+    id: str
+    vpc: str
+    az: str  # full AZ name, e.g. us-east-1a
+    cidr: IPv4Network
+
+    @property
+    def router_ip(self) -> IPv4Address:
+        return self.cidr.network_address + 1
+
+
+@dataclass(frozen=True)
+class Route:
+    destination: IPv4Network
+    target_kind: RouteTargetKind
+    target: str  # resource name ("local" for the local route)
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    name: str
+    id: str
+    vpc: str
+    routes: tuple[Route, ...]  # includes the implicit local route
+    subnets: tuple[str, ...] = ()
+    main: bool = False
+    edge_associations: tuple[str, ...] = ()  # internet gateway names
+
+
+@dataclass(frozen=True)
+class InternetGateway:
+    name: str
+    id: str
+    vpc: str
+
+
+@dataclass(frozen=True)
+class NatGateway:
+    name: str
+    id: str
+    subnet: str
+    eni_id: str
+    private_ip: IPv4Address
+    allocation_id: str
+    public_ip: IPv4Address
+
+
+@dataclass(frozen=True)
+class SgRule:
+    """One permission. protocol is "-1" (all), "tcp", "udp", "icmp" or an IP protocol number."""
+
+    protocol: str
+    from_port: int | None = None  # for icmp: the type (-1 = all)
+    to_port: int | None = None  # for icmp: the code (-1 = all)
+    cidr: IPv4Network | None = None
+    group: str | None = None  # referenced security group name
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class SecurityGroup:
+    name: str
+    id: str
+    vpc: str
+    description: str
+    ingress: tuple[SgRule, ...]
+    egress: tuple[SgRule, ...]
+
+
+@dataclass(frozen=True)
+class NaclEntry:
+    rule_number: int
+    protocol: str  # "-1", "tcp", "udp", "icmp" or a number
+    action: Literal["allow", "deny"]
+    egress: bool
+    cidr: IPv4Network
+    port_from: int | None = None
+    port_to: int | None = None
+    icmp_type: int | None = None  # -1 = all
+    icmp_code: int | None = None
+
+
+@dataclass(frozen=True)
+class NetworkAcl:
+    name: str
+    id: str
+    vpc: str
+    entries: tuple[NaclEntry, ...]
+    subnets: tuple[str, ...]
+    default: bool = False
+
+
+@dataclass(frozen=True)
+class Instance:
+    name: str
+    id: str
+    subnet: str
+    eni_id: str
+    private_ip: IPv4Address
+    public_ip: IPv4Address | None
+    security_groups: tuple[str, ...]
+    source_dest_check: bool = True
+    role: Literal["instance", "appliance"] = "instance"
+    run: tuple[str, ...] = ()  # shell commands run inside the instance
+    default_services: bool = True  # the test page on :80 and a listener on :22
+    hostname: str = ""  # ip-10-0-1-10.ec2.internal
+
+
+@dataclass(frozen=True)
+class InternetHost:
+    name: str
+    ip: IPv4Address
+    dns_name: str
+    run: tuple[str, ...] = ()
+    default_services: bool = True
+
+
+@dataclass(frozen=True)
+class Lab:
+    name: str
+    region: str
+    account: str
+    source: str  # the lab file it came from
+    vpcs: Mapping[str, Vpc] = field(default_factory=dict)
+    subnets: Mapping[str, Subnet] = field(default_factory=dict)
+    route_tables: Mapping[str, RouteTable] = field(default_factory=dict)
+    internet_gateways: Mapping[str, InternetGateway] = field(default_factory=dict)
+    nat_gateways: Mapping[str, NatGateway] = field(default_factory=dict)
+    security_groups: Mapping[str, SecurityGroup] = field(default_factory=dict)
+    network_acls: Mapping[str, NetworkAcl] = field(default_factory=dict)
+    instances: Mapping[str, Instance] = field(default_factory=dict)
+    internet_hosts: Mapping[str, InternetHost] = field(default_factory=dict)
+
+    def vpc_of_subnet(self, subnet: str) -> Vpc:
+        return self.vpcs[self.subnets[subnet].vpc]
+
+    def route_table_of_subnet(self, subnet: str) -> RouteTable:
+        """The explicitly associated table, or else the VPC's main table."""
+        vpc = self.subnets[subnet].vpc
+        for rt in self.route_tables.values():
+            if subnet in rt.subnets:
+                return rt
+        for rt in self.route_tables.values():
+            if rt.vpc == vpc and rt.main:
+                return rt
+        raise KeyError(f"VPC {vpc} has no main route table")
+
+    def network_acl_of_subnet(self, subnet: str) -> NetworkAcl:
+        vpc = self.subnets[subnet].vpc
+        for acl in self.network_acls.values():
+            if subnet in acl.subnets:
+                return acl
+        for acl in self.network_acls.values():
+            if acl.vpc == vpc and acl.default:
+                return acl
+        raise KeyError(f"VPC {vpc} has no default network ACL")

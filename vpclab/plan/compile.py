@@ -1,0 +1,549 @@
+"""Compile a `Lab` into a `Wiring`: the pure heart of the VPC semantics.
+
+Each VPC has one router namespace and every ENI is a point-to-point veth into
+it, so every packet between ENIs crosses the router (DESIGN.md). There:
+- AWS route tables become Linux tables picked by `ip rule iif <eni>`; the
+  local route compiles to `throw <vpc cidr>` so that lookup falls through to
+  a lower-priority table of per-ENI /32 routes, and a route more specific
+  than local still wins by longest prefix match, as at AWS;
+- security groups (stateful), network ACLs (stateless, at the subnet
+  boundary) and the source/destination check are nftables rules per ENI.
+NAT never sits on the router: the internet gateway and NAT gateways each have
+a namespace of their own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+
+from vpclab.model.resources import (
+    Instance,
+    Lab,
+    NaclEntry,
+    NetworkAcl,
+    RouteTable,
+    SgRule,
+    Subnet,
+    Vpc,
+)
+from vpclab.plan.wiring import Link, Namespace, Service, Wiring
+
+VPC_MTU = 9001
+ENI_TABLE = 200  # per-ENI /32 routes: where the local route's throw lands
+FIRST_AWS_TABLE = 1000
+ALT_DNS_IP = "169.254.169.253"  # AWS's link-local resolver address
+# The router <-> internet gateway link; each VPC has its own router namespace,
+# so the same pair serves every VPC.
+IGW_LINK_ROUTER = "169.254.0.1"
+IGW_LINK_GATEWAY = "169.254.0.2"
+# Internet gateway <-> internet links: one /30 each from TEST-NET-1.
+IGW_TRANSIT = IPv4Network("192.0.2.0/24")
+
+# Every namespace: no IPv6 until it is done on purpose, no reverse-path
+# filtering (inspection paths are asymmetric by design), no redirects.
+BASE_SYSCTLS: tuple[tuple[str, str], ...] = (
+    ("ipv6/conf/all/disable_ipv6", "1"),
+    ("ipv6/conf/default/disable_ipv6", "1"),
+    ("ipv4/conf/all/rp_filter", "0"),
+    ("ipv4/conf/default/rp_filter", "0"),
+    ("ipv4/conf/all/send_redirects", "0"),
+    ("ipv4/conf/default/send_redirects", "0"),
+    ("ipv4/conf/all/accept_redirects", "0"),
+    ("ipv4/conf/default/accept_redirects", "0"),
+)
+FORWARDING = (("ipv4/ip_forward", "1"),)
+PROXY_ARP = (("ipv4/conf/default/proxy_arp", "1"),)
+
+
+def router_ns(vpc: str) -> str:
+    return f"router:{vpc}"
+
+
+def igw_ns(igw: str) -> str:
+    return f"igw:{igw}"
+
+
+def nat_ns(nat: str) -> str:
+    return f"nat:{nat}"
+
+
+INTERNET_NS = "internet"
+
+
+@dataclass(frozen=True)
+class Eni:
+    """An ENI as the router sees it."""
+
+    id: str
+    owner: str  # instance or NAT gateway name
+    owner_ns: str
+    ifname: str  # the router's side of the veth
+    ip: IPv4Address
+    subnet: Subnet
+    security_groups: tuple[str, ...]
+    source_dest_check: bool
+
+    @property
+    def chain(self) -> str:
+        return self.id.replace("-", "_")
+
+
+def ifname_for(prefix: str, name: str, taken: set[str]) -> str:
+    """A unique Linux interface name (15 characters at most)."""
+    base = (prefix + "".join(c if c.isalnum() or c in "-_" else "-" for c in name))[:15]
+    candidate, n = base, 1
+    while candidate in taken:
+        suffix = str(n)
+        candidate = base[: 15 - len(suffix)] + suffix
+        n += 1
+    taken.add(candidate)
+    return candidate
+
+
+def compile_lab(lab: Lab) -> Wiring:
+    namespaces: list[Namespace] = []
+    links: list[Link] = []
+    services: list[Service] = []
+    internet_routes: list[str] = []
+    internet_links: list[str] = []
+    internet_taken: set[str] = set()
+
+    transits = iter(IGW_TRANSIT.subnets(new_prefix=30))
+    for vpc in lab.vpcs.values():
+        enis = _enis_of(lab, vpc)
+        igw = next((g for g in lab.internet_gateways.values() if g.vpc == vpc.name), None)
+        namespaces.append(_router(lab, vpc, enis, igw))
+        for eni in enis:
+            links.append(Link(eni.owner_ns, "eth0", router_ns(vpc.name), eni.ifname, VPC_MTU))
+        for nat in (n for n in lab.nat_gateways.values() if lab.subnets[n.subnet].vpc == vpc.name):
+            namespaces.append(_nat_gateway(nat.name, lab.subnets[nat.subnet], nat.private_ip))
+        for inst in (i for i in lab.instances.values() if lab.subnets[i.subnet].vpc == vpc.name):
+            namespaces.append(_instance(lab, vpc, inst))
+            services.extend(_instance_services(lab, inst))
+        if vpc.enable_dns_support:
+            services.append(_vpc_dns(lab, vpc))
+        if igw is not None:
+            transit = next(transits)
+            inet_side, gw_side = transit.network_address + 1, transit.network_address + 2
+            public = _public_map(lab, vpc)
+            namespaces.append(_internet_gateway(igw.name, vpc, public, gw_side, inet_side))
+            links.append(Link(router_ns(vpc.name), "igw", igw_ns(igw.name), "vpc", VPC_MTU))
+            inet_if = ifname_for("igw-", igw.name, internet_taken)
+            links.append(Link(igw_ns(igw.name), "inet", INTERNET_NS, inet_if, VPC_MTU))
+            internet_links += [f"link set {inet_if} up", f"addr add {inet_side}/30 dev {inet_if}"]
+            internet_routes += [f"route add {pub}/32 via {gw_side} dev {inet_if}" for pub in public]
+
+    if lab.internet_hosts or internet_links:
+        inet_ns, host_namespaces, host_links, host_services = _internet(
+            lab, internet_links + internet_routes, internet_taken
+        )
+        namespaces.append(inet_ns)
+        namespaces.extend(host_namespaces)
+        links.extend(host_links)
+        services.extend(host_services)
+
+    return Wiring(tuple(namespaces), tuple(links), tuple(services))
+
+
+# --- the VPC router -------------------------------------------------------
+
+
+def _enis_of(lab: Lab, vpc: Vpc) -> list[Eni]:
+    taken: set[str] = {"lo", "igw"}
+    enis: list[Eni] = []
+    for nat in lab.nat_gateways.values():
+        subnet = lab.subnets[nat.subnet]
+        if subnet.vpc == vpc.name:
+            enis.append(
+                Eni(nat.eni_id, nat.name, nat_ns(nat.name), ifname_for("n-", nat.name, taken),
+                    nat.private_ip, subnet, (), False)
+            )
+    for inst in lab.instances.values():
+        subnet = lab.subnets[inst.subnet]
+        if subnet.vpc == vpc.name:
+            enis.append(
+                Eni(inst.eni_id, inst.name, inst.name, ifname_for("e-", inst.name, taken),
+                    inst.private_ip, subnet, inst.security_groups, inst.source_dest_check)
+            )
+    return enis
+
+
+def _router(lab: Lab, vpc: Vpc, enis: list[Eni], igw) -> Namespace:
+    tables = {rt.name: FIRST_AWS_TABLE + i for i, rt in enumerate(
+        rt for rt in lab.route_tables.values() if rt.vpc == vpc.name)}
+    by_owner = {e.owner: e for e in enis}
+    by_eni_id = {e.id: e for e in enis}
+    batch = ["link set lo up"]
+    if vpc.enable_dns_support:
+        batch += [f"addr add {vpc.resolver_ip}/32 dev lo", f"addr add {ALT_DNS_IP}/32 dev lo"]
+    pref = 1000
+    for eni in enis:
+        table = tables[lab.route_table_of_subnet(eni.subnet.name).name]
+        batch += [
+            f"link set {eni.ifname} up",
+            f"addr add {eni.subnet.router_ip}/32 dev {eni.ifname}",
+            f"ntable change name arp_cache dev {eni.ifname} proxy_delay 0",
+            f"route add {eni.ip}/32 dev {eni.ifname} table {ENI_TABLE}",
+            f"rule add pref {pref} iif {eni.ifname} lookup {table}",
+        ]
+        pref += 1
+    if igw is not None:
+        edge = next((rt for rt in lab.route_tables.values() if igw.name in rt.edge_associations), None)
+        batch += [
+            "link set igw up",
+            f"addr add {IGW_LINK_ROUTER}/30 dev igw",
+            f"rule add pref {pref} iif igw lookup {tables[edge.name] if edge else ENI_TABLE}",
+        ]
+    for rt in lab.route_tables.values():
+        if rt.vpc == vpc.name:
+            batch += _route_table(rt, tables[rt.name], by_owner, by_eni_id)
+    batch += [
+        f"rule add pref 2000 lookup {ENI_TABLE}",
+        "rule add pref 2001 blackhole",  # no route: dropped silently, as at AWS
+    ]
+    return Namespace(
+        name=router_ns(vpc.name),
+        kind="router",
+        sysctls=BASE_SYSCTLS + FORWARDING + PROXY_ARP,
+        ip_batch=tuple(batch),
+        nft=router_ruleset(lab, vpc, enis),
+    )
+
+
+def _route_table(rt: RouteTable, table: int, by_owner: dict[str, Eni], by_eni_id: dict[str, Eni]) -> list[str]:
+    lines = []
+    for route in rt.routes:
+        dest = route.destination
+        if route.target_kind == "local":
+            lines.append(f"route add throw {dest} table {table}")
+        elif route.target_kind == "igw":
+            lines.append(f"route add {dest} via {IGW_LINK_GATEWAY} dev igw onlink table {table}")
+        elif route.target_kind in ("nat", "instance", "eni"):
+            eni = by_eni_id.get(route.target) or by_owner[route.target]
+            lines.append(f"route add {dest} via {eni.ip} dev {eni.ifname} onlink table {table}")
+        else:  # targets of later capabilities are refused by the loader
+            raise ValueError(f"route target {route.target_kind} is not supported")
+    return lines
+
+
+def _match_protocol(protocol: str, ports: tuple[int | None, int | None], icmp: tuple[int | None, int | None]) -> str:
+    """nft match for a protocol and its destination ports or ICMP type/code."""
+    if protocol == "-1":
+        return ""
+    if protocol in ("tcp", "udp"):
+        lo, hi = ports
+        if lo is None or (lo == 0 and hi == 65535):
+            return f"meta l4proto {protocol}"
+        return f"{protocol} dport {lo}" if lo == hi else f"{protocol} dport {lo}-{hi}"
+    if protocol == "icmp":
+        icmp_type, code = icmp
+        if icmp_type is None or icmp_type == -1:
+            return "meta l4proto icmp"
+        if code is None or code == -1:
+            return f"icmp type {icmp_type}"
+        return f"icmp type {icmp_type} icmp code {code}"
+    return f"meta l4proto {protocol}"
+
+
+def sg_rule_match(rule: SgRule, direction: str, group_ids: dict[str, str]) -> str:
+    """The nft match of one security group permission (direction: ingress or egress)."""
+    field = "saddr" if direction == "ingress" else "daddr"
+    if rule.group is not None:
+        peer = f"ip {field} @{_set_name(group_ids[rule.group])}"
+    else:
+        peer = f"ip {field} {rule.cidr}"
+    proto = _match_protocol(rule.protocol, (rule.from_port, rule.to_port), (rule.from_port, rule.to_port))
+    return " ".join(p for p in (peer, proto) if p)
+
+
+def nacl_entry_match(entry: NaclEntry) -> str:
+    field = "daddr" if entry.egress else "saddr"
+    proto = _match_protocol(entry.protocol, (entry.port_from, entry.port_to), (entry.icmp_type, entry.icmp_code))
+    return " ".join(p for p in (f"ip {field} {entry.cidr}", proto) if p)
+
+
+def _set_name(sg_id: str) -> str:
+    return sg_id.replace("-", "_")
+
+
+def _nacl_chain(acl: NetworkAcl, egress: bool) -> list[str]:
+    """Stateless: numbered rules, lowest first, first match wins, then deny."""
+    name = f"{_set_name(acl.id)}_{'egress' if egress else 'ingress'}"
+    lines = [f"\tchain {name} {{"]
+    for entry in sorted((e for e in acl.entries if e.egress == egress), key=lambda e: e.rule_number):
+        verdict = "return" if entry.action == "allow" else "drop"
+        lines.append(f"\t\t{nacl_entry_match(entry)} {verdict} comment \"rule {entry.rule_number}\"")
+    lines += ["\t\tdrop", "\t}"]
+    return lines
+
+
+def router_ruleset(lab: Lab, vpc: Vpc, enis: list[Eni]) -> str:
+    groups = {n: sg for n, sg in lab.security_groups.items() if sg.vpc == vpc.name}
+    group_ids = {n: sg.id for n, sg in groups.items()}
+    members: dict[str, list[IPv4Address]] = {n: [] for n in groups}
+    for eni in enis:
+        for g in eni.security_groups:
+            members[g].append(eni.ip)
+    acls = [a for a in lab.network_acls.values() if a.vpc == vpc.name]
+
+    out = ["table inet vpc {"]
+    for name, sg in groups.items():
+        elements = ", ".join(str(ip) for ip in members[name])
+        body = f"type ipv4_addr; elements = {{ {elements} }}" if elements else "type ipv4_addr;"
+        out.append(f"\tset {_set_name(sg.id)} {{ {body} }}")
+    out += [
+        "\tchain prerouting {",
+        "\t\ttype filter hook prerouting priority raw; policy accept;",
+        "\t\tmeta nfproto ipv6 drop",
+    ]
+    for eni in enis:
+        if eni.source_dest_check:
+            out.append(f"\t\tiifname \"{eni.ifname}\" ip saddr != {eni.ip} drop comment \"source check {eni.id}\"")
+    out += ["\t}", "\tchain forward {", "\t\ttype filter hook forward priority filter; policy accept;"]
+    for eni in enis:
+        out.append(f"\t\tiifname \"{eni.ifname}\" jump from_{eni.chain}")
+        out.append(f"\t\toifname \"{eni.ifname}\" jump to_{eni.chain}")
+    out.append("\t}")
+    for acl in acls:
+        out += _nacl_chain(acl, egress=False) + _nacl_chain(acl, egress=True)
+    for eni in enis:
+        acl = lab.network_acl_of_subnet(eni.subnet.name)
+        cidr = eni.subnet.cidr
+        sgs = [groups[g] for g in eni.security_groups]
+        # Leaving the ENI: subnet ACL egress at the boundary, then the groups' egress.
+        out += [f"\tchain from_{eni.chain} {{",
+                f"\t\tip daddr != {cidr} jump {_set_name(acl.id)}_egress"]
+        out += _sg_checks(sgs, "egress", group_ids, eni)
+        out += ["\t}", f"\tchain to_{eni.chain} {{"]
+        if eni.source_dest_check:
+            out.append(f"\t\tip daddr != {eni.ip} drop comment \"destination check\"")
+        out.append(f"\t\tip saddr != {cidr} jump {_set_name(acl.id)}_ingress")
+        out += _sg_checks(sgs, "ingress", group_ids, eni)
+        out.append("\t}")
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def _sg_checks(sgs, direction: str, group_ids: dict[str, str], eni: Eni) -> list[str]:
+    """Stateful, allow-only, merged across the ENI's groups."""
+    if not sgs:  # an ENI AWS manages (NAT gateway): no security groups
+        return []
+    lines = ["\t\tct state established,related return"]
+    for sg in sgs:
+        for rule in sg.ingress if direction == "ingress" else sg.egress:
+            lines.append(f"\t\t{sg_rule_match(rule, direction, group_ids)} return")
+    lines.append(f"\t\tdrop comment \"{direction} not allowed for {eni.id}\"")
+    return lines
+
+
+# --- instances, gateways, the internet -------------------------------------
+
+
+def _resolv_conf(nameserver: str, search: str | None) -> str:
+    lines = [f"nameserver {nameserver}"]
+    if search:
+        lines.append(f"search {search}")
+    return "\n".join(lines) + "\n"
+
+
+def dns_search_domain(region: str) -> str:
+    return "ec2.internal" if region == "us-east-1" else f"{region}.compute.internal"
+
+
+def _instance(lab: Lab, vpc: Vpc, inst: Instance) -> Namespace:
+    subnet = lab.subnets[inst.subnet]
+    sysctls = BASE_SYSCTLS
+    if not inst.source_dest_check:
+        # A middlebox: its OS forwards (the check off alone does not do that at AWS either,
+        # but every lab that turns it off wants a forwarding instance).
+        sysctls = sysctls + FORWARDING
+    short = inst.hostname.split(".")[0]
+    return Namespace(
+        name=inst.name,
+        kind="instance",
+        hostname=short,
+        resolv_conf=_resolv_conf(str(vpc.resolver_ip), dns_search_domain(lab.region)),
+        etc_hosts=f"127.0.0.1 localhost\n{inst.private_ip} {inst.hostname} {short}\n",
+        sysctls=sysctls,
+        ip_batch=(
+            "link set lo up",
+            "link set eth0 up",
+            f"addr add {inst.private_ip}/{subnet.cidr.prefixlen} dev eth0",
+            f"route add default via {subnet.router_ip} dev eth0",
+        ),
+    )
+
+
+def _identity(**fields) -> tuple[tuple[str, object], ...]:
+    return (("identity", tuple((k, str(v)) for k, v in fields.items() if v is not None)),)
+
+
+def _instance_services(lab: Lab, inst: Instance) -> list[Service]:
+    services: list[Service] = []
+    if inst.default_services:
+        identity = _identity(
+            name=inst.name, instance_id=inst.id, az=lab.subnets[inst.subnet].az,
+            private_ip=inst.private_ip, hostname=inst.hostname, public_ip=inst.public_ip,
+        )
+        services.append(Service(inst.name, "test_page", ("0.0.0.0:80",), identity))
+        services.append(Service(inst.name, "banner", ("0.0.0.0:22",)))
+    services += [Service(inst.name, "command", params=(("command", c),)) for c in inst.run]
+    return services
+
+
+def _vpc_dns(lab: Lab, vpc: Vpc) -> Service:
+    instances = tuple(
+        (i.hostname, str(i.private_ip)) for i in lab.instances.values()
+        if lab.subnets[i.subnet].vpc == vpc.name
+    )
+    public = tuple((h.dns_name, str(h.ip)) for h in lab.internet_hosts.values())
+    return Service(
+        router_ns(vpc.name), "dns", (f"{vpc.resolver_ip}:53", f"{ALT_DNS_IP}:53"),
+        (("region", lab.region), ("instances", instances), ("public_names", public),
+         ("enable_dns_hostnames", vpc.enable_dns_hostnames)),
+    )
+
+
+def _nat_gateway(name: str, subnet: Subnet, ip: IPv4Address) -> Namespace:
+    nft = f"""table ip natgw {{
+\tct timeout tcp_idle {{
+\t\tprotocol tcp;
+\t\tl3proto ip;
+\t\tpolicy = {{ established: 350 }}
+\t}}
+\tchain raw {{
+\t\ttype filter hook prerouting priority raw; policy accept;
+\t\tmeta l4proto tcp ct timeout set "tcp_idle"
+\t}}
+\tchain forward {{
+\t\ttype filter hook forward priority filter; policy drop;
+\t\tmeta l4proto {{ tcp, udp, icmp }} accept comment "a NAT gateway carries TCP, UDP and ICMP only"
+\t}}
+\tchain postrouting {{
+\t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\toifname "eth0" ip saddr != {ip} meta l4proto {{ tcp, udp }} snat to {ip}:1024-65535
+\t\toifname "eth0" ip saddr != {ip} snat to {ip}
+\t}}
+}}
+"""
+    return Namespace(
+        name=nat_ns(name),
+        kind="nat",
+        sysctls=BASE_SYSCTLS + FORWARDING,
+        ip_batch=(
+            "link set lo up",
+            "link set eth0 up",
+            f"addr add {ip}/{subnet.cidr.prefixlen} dev eth0",
+            f"route add default via {subnet.router_ip} dev eth0",
+        ),
+        nft=nft,
+    )
+
+
+def _public_map(lab: Lab, vpc: Vpc) -> dict[IPv4Address, IPv4Address]:
+    """Public (Elastic) IP -> private IP for every address the IGW translates."""
+    public: dict[IPv4Address, IPv4Address] = {}
+    for nat in lab.nat_gateways.values():
+        if lab.subnets[nat.subnet].vpc == vpc.name:
+            public[nat.public_ip] = nat.private_ip
+    for inst in lab.instances.values():
+        if inst.public_ip is not None and lab.subnets[inst.subnet].vpc == vpc.name:
+            public[inst.public_ip] = inst.private_ip
+    return public
+
+
+def _internet_gateway(name: str, vpc: Vpc, public: dict, gw_side, inet_side) -> Namespace:
+    pairs = ", ".join(f"{pub} : {priv}" for pub, priv in public.items())
+    back = ", ".join(f"{priv} : {pub}" for pub, priv in public.items())
+    privs = ", ".join(str(priv) for priv in public.values())
+    elements = lambda e: f" elements = {{ {e} }};" if e else ""  # noqa: E731
+    nft = f"""table ip igw {{
+\tmap public_to_private {{ type ipv4_addr : ipv4_addr;{elements(pairs)} }}
+\tmap private_to_public {{ type ipv4_addr : ipv4_addr;{elements(back)} }}
+\tset translated {{ type ipv4_addr;{elements(privs)} }}
+\tchain prerouting {{
+\t\ttype nat hook prerouting priority dstnat; policy accept;
+\t\tiifname "inet" dnat to ip daddr map @public_to_private
+\t}}
+\tchain postrouting {{
+\t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\toifname "inet" snat to ip saddr map @private_to_public
+\t}}
+\tchain forward {{
+\t\ttype filter hook forward priority filter; policy drop;
+\t\tct state established,related accept
+\t\tiifname "vpc" oifname "inet" ip saddr @translated accept
+\t\tiifname "inet" oifname "vpc" ct status dnat accept
+\t}}
+}}
+"""
+    return Namespace(
+        name=igw_ns(name),
+        kind="igw",
+        sysctls=BASE_SYSCTLS + FORWARDING,
+        ip_batch=(
+            "link set lo up",
+            "link set vpc up",
+            f"addr add {IGW_LINK_GATEWAY}/30 dev vpc",
+            f"route add {vpc.cidr} via {IGW_LINK_ROUTER} dev vpc",
+            "link set inet up",
+            f"addr add {gw_side}/30 dev inet",
+            f"route add default via {inet_side} dev inet",
+        ),
+        nft=nft,
+    )
+
+
+def internet_cidr(lab: Lab) -> IPv4Network:
+    hosts = list(lab.internet_hosts.values())
+    if hosts:
+        return IPv4Network(f"{hosts[0].ip}/24", strict=False)
+    return IPv4Network("198.51.100.0/24")
+
+
+def _internet(lab: Lab, gateway_lines: list[str], taken: set[str]):
+    cidr = internet_cidr(lab)
+    gateway, resolver = cidr.network_address + 1, cidr.network_address + 2
+    batch = ["link set lo up", f"addr add {resolver}/32 dev lo"]
+    namespaces, links, services = [], [], []
+    for host in lab.internet_hosts.values():
+        ifname = ifname_for("h-", host.name, taken)
+        links.append(Link(host.name, "eth0", INTERNET_NS, ifname, 1500))
+        batch += [
+            f"link set {ifname} up",
+            f"addr add {gateway}/32 dev {ifname}",
+            f"ntable change name arp_cache dev {ifname} proxy_delay 0",
+            f"route add {host.ip}/32 dev {ifname}",
+        ]
+        namespaces.append(Namespace(
+            name=host.name,
+            kind="host",
+            hostname=host.name,
+            resolv_conf=_resolv_conf(str(resolver), None),
+            etc_hosts=f"127.0.0.1 localhost\n{host.ip} {host.dns_name} {host.name}\n",
+            sysctls=BASE_SYSCTLS,
+            ip_batch=(
+                "link set lo up",
+                "link set eth0 up",
+                f"addr add {host.ip}/{cidr.prefixlen} dev eth0",
+                f"route add default via {gateway} dev eth0",
+            ),
+        ))
+        if host.default_services:
+            identity = _identity(name=host.name, public_ip=host.ip, hostname=host.dns_name)
+            services.append(Service(host.name, "test_page", ("0.0.0.0:80",), identity))
+            services.append(Service(host.name, "banner", ("0.0.0.0:22",)))
+        services += [Service(host.name, "command", params=(("command", c),)) for c in host.run]
+    public_names = tuple((h.dns_name, str(h.ip)) for h in lab.internet_hosts.values())
+    services.append(Service(
+        INTERNET_NS, "dns", (f"{resolver}:53",),
+        (("region", lab.region), ("instances", ()), ("public_names", public_names),
+         ("enable_dns_hostnames", False)),
+    ))
+    inet = Namespace(
+        name=INTERNET_NS,
+        kind="internet",
+        sysctls=BASE_SYSCTLS + FORWARDING + PROXY_ARP,
+        ip_batch=tuple(batch + gateway_lines),
+    )
+    return inet, namespaces, links, services
