@@ -8,7 +8,8 @@ cd "$(dirname "$0")"
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 PACKAGES=(iproute2 nftables conntrack util-linux procps tcpdump tshark ethtool haproxy
-          curl netcat-openbsd iputils-ping socat)
+          curl netcat-openbsd iputils-ping socat
+          python3 python3-yaml python3-dnslib)  # Debian's python3 runs the rootless lab test
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

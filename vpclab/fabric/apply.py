@@ -47,6 +47,7 @@ class Fabric:
             f"type veth peer name {lk.b_ifname} netns {self.holders[lk.b_ns]} mtu {lk.mtu}\n"
             for lk in wiring.links
         ))
+        _injected_fault("links")
         progress("configuring addresses, routes and rules")
         self._parallel([(ns.name, ["ip", "-batch", "-"], "\n".join(ns.ip_batch) + "\n")
                         for ns in wiring.namespaces if ns.ip_batch])
@@ -141,6 +142,12 @@ class Fabric:
                 errors.append(f"{ns_name or 'sandbox'}: {argv[0]} failed: {err.strip()}")
         if errors:
             raise FabricError("; ".join(errors))
+
+
+def _injected_fault(stage: str) -> None:
+    """Tests prove rollback by failing a bring-up half-way (VPCLAB_INJECT_FAULT=<stage>)."""
+    if os.environ.get("VPCLAB_INJECT_FAULT") == stage:
+        raise FabricError(f"injected fault after {stage}")
 
 
 def _popen(argv: list[str]) -> subprocess.Popen:
