@@ -26,11 +26,13 @@ def _pidns(pid: int) -> str:
 
 
 def _processes_in(pidns: str) -> list[int]:
+    """Live processes in a PID namespace (an exited one awaiting its reaper holds nothing)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if os.readlink(entry / "ns" / "pid") == pidns:
+                alive = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+                if alive and os.readlink(entry / "ns" / "pid") == pidns:
                     found.append(int(entry.name))
             except OSError:
                 continue

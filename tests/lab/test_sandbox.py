@@ -71,7 +71,7 @@ def test_lab_runs_as_an_unprivileged_user():
         assert page.stdout.startswith("web-1 "), page.stderr
         nat = run("exec", "app-1", "--", "curl", "-s", "--max-time", "3", "http://server.internet.test/")
         assert "client: 203.0.113.10:" in nat.stdout, nat.stderr
-        daemon_owner = subprocess.run(["ps", "-o", "uid=", "-C", "unshare"], capture_output=True,
+        daemon_owner = subprocess.run(["ps", "-o", "uid=", "-C", "vpclab-daemon"], capture_output=True,
                                       text=True).stdout.split()
         assert "65534" in daemon_owner
     finally:

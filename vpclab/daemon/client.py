@@ -6,21 +6,15 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 from vpclab.daemon import paths
-from vpclab.daemon.main import API_SOCKET, NAMESPACES_FILE
 from vpclab.daemon.store import Store
 
 PIDS_FILE = "pids.json"
-# The daemon is PID 1 of these namespaces; `--map-root-user` makes it work rootless too.
-SANDBOX = ["unshare", "--user", "--map-root-user", "--mount", "--net", "--pid", "--uts", "--ipc",
-           "--fork", "--mount-proc", "--propagation", "private"]
 
 
 class LabError(Exception):
@@ -47,11 +41,12 @@ class Lab:
     def daemon_pid(self) -> int | None:
         """The host PID of the daemon, if it is alive."""
         try:
-            pid = json.loads((self.dir / PIDS_FILE).read_text())["daemon"]
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            recorded = json.loads((self.dir / PIDS_FILE).read_text())
+            pid = recorded["daemon"]
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        return pid if b"vpclab.daemon" in cmdline else None
+        # The start time tells our daemon from a process that reused its PID.
+        return pid if _start_time(pid) == recorded.get("started") else None
 
     def create(self, name: str, source: str, text: str) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -61,37 +56,27 @@ class Lab:
 
     def start(self, on_progress: Callable[[str], None]) -> dict:
         """Start the daemon and wait until the lab is up; returns its status."""
-        for stale in (API_SOCKET, NAMESPACES_FILE, PIDS_FILE):
+        from vpclab.daemon.main import run_daemon  # the daemon's engines: only `up` needs them
+        from vpclab.daemon.sandbox import launch
+
+        for stale in (paths.API_SOCKET, paths.NAMESPACES_FILE, PIDS_FILE):
             (self.dir / stale).unlink(missing_ok=True)
         r, w = os.pipe()
-        env = dict(os.environ, VPCLAB_PROGRESS_FD=str(w))
-        env["PYTHONPATH"] = os.pathsep.join(p for p in [str(Path(__file__).resolve().parents[2]),
-                                                         env.get("PYTHONPATH", "")] if p)
-        with open(self.dir / "daemon.log", "ab") as logf:
-            launcher = subprocess.Popen(
-                SANDBOX + [sys.executable, "-m", "vpclab.daemon", str(self.dir)],
-                stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, pass_fds=(w,), env=env,
-                start_new_session=True,
-            )
-        os.close(w)
-        daemon = _child_of(launcher.pid)
-        (self.dir / PIDS_FILE).write_text(json.dumps({"launcher": launcher.pid, "daemon": daemon}))
-        result: dict | None = None
+        try:
+            daemon = launch(self.dir / "daemon.log", w, lambda: run_daemon(self.dir, w))
+        finally:
+            os.close(w)
+        (self.dir / PIDS_FILE).write_text(json.dumps({"daemon": daemon, "started": _start_time(daemon)}))
         with os.fdopen(r) as events:
             for line in events:
                 event = json.loads(line)
                 if event["event"] == "progress":
                     on_progress(event["message"])
                 elif event["event"] == "ready":
-                    result = event["status"]
-                    break  # the launcher keeps its copy of the pipe open
+                    return event["status"]
                 elif event["event"] == "error":
-                    launcher.wait(timeout=10)
                     raise LabError(event["message"])
-        if result is None:
-            launcher.wait(timeout=10)
-            raise LabError(f"the lab daemon exited during bring-up; see {self.dir / 'daemon.log'}")
-        return result
+        raise LabError(f"the lab daemon exited during bring-up; see {self.dir / 'daemon.log'}")
 
     def stop(self, timeout: float = 10.0) -> None:
         """Ask the daemon to stop; kill it (by the PID we started) if it does not."""
@@ -121,7 +106,7 @@ class Lab:
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(timeout)
-                sock.connect(str(self.dir / API_SOCKET))
+                sock.connect(str(self.dir / paths.API_SOCKET))
                 sock.sendall((json.dumps(message) + "\n").encode())
                 data = b""
                 while not data.endswith(b"\n"):
@@ -140,7 +125,7 @@ class Lab:
 
     def namespaces(self) -> dict[str, dict]:
         try:
-            return json.loads((self.dir / NAMESPACES_FILE).read_text())
+            return json.loads((self.dir / paths.NAMESPACES_FILE).read_text())
         except OSError:
             raise LabError(f"lab {self.name} is not running (try `vpclab up`)") from None
 
@@ -159,18 +144,15 @@ class Lab:
         return argv + ["--"]
 
 
-def _child_of(pid: int, timeout: float = 5.0) -> int:
-    """unshare --fork runs the daemon as its only child."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        except OSError:
-            break
-        if children:
-            return int(children[0])
-        time.sleep(0.002)
-    raise LabError("the lab sandbox did not start (are user namespaces allowed here?)")
+def _start_time(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":  # exited; whoever adopted it has not reaped it yet
+        return None
+    return int(fields[19])
 
 
 def _descendants(pid: int) -> Iterator[int]:

@@ -14,11 +14,11 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import traceback
 from pathlib import Path
 
 from vpclab.daemon.changes import apply_change
+from vpclab.daemon.paths import API_SOCKET, NAMESPACES_FILE
 from vpclab.daemon.status import lab_status
 from vpclab.daemon.store import Store
 from vpclab.engines import dns as dns_engine
@@ -31,8 +31,6 @@ from vpclab.plan.wiring import Service, Wiring
 
 log = logging.getLogger("vpclab.daemon")
 
-API_SOCKET = "api.sock"
-NAMESPACES_FILE = "namespaces.json"
 
 
 class Progress:
@@ -228,12 +226,11 @@ class Daemon:
         return {"seq": seq, "reapplied": changed}
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    statedir = Path(argv[0])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    fd = os.environ.pop("VPCLAB_PROGRESS_FD", None)
-    progress = Progress(int(fd) if fd else None)
+def run_daemon(statedir: Path, progress_fd: int | None) -> int:
+    """The daemon's life, as PID 1 of its sandbox (see sandbox.launch)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        force=True)
+    progress = Progress(progress_fd)
     daemon = Daemon(statedir, progress)
     try:
         daemon.bring_up()
@@ -243,7 +240,3 @@ def main(argv: list[str] | None = None) -> int:
         progress.send("error", message=str(exc))
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

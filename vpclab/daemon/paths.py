@@ -4,6 +4,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+API_SOCKET = "api.sock"
+NAMESPACES_FILE = "namespaces.json"
+
 
 def home() -> Path:
     """VPCLAB_HOME, else /var/lib/vpclab for root, else the user's state directory."""

@@ -36,8 +36,14 @@ class Fabric:
 
     def up(self, wiring: Wiring, progress: Progress = lambda _m: None) -> None:
         progress(f"creating {len(wiring.namespaces)} namespaces")
-        for ns in wiring.namespaces:
-            self.holders[ns.name] = self._spawn_holder(ns)
+        # Fork every holder first: their unshare calls then overlap.
+        forked = [(ns, *self._fork_holder(ns)) for ns in wiring.namespaces]
+        for ns, pid, ready in forked:
+            self.holders[ns.name] = pid
+            with os.fdopen(ready, "rb") as pipe:
+                answer = pipe.read().decode()
+            if answer != "ok":
+                raise FabricError(f"namespace {ns.name}: {answer or 'holder died'}")
         # Sysctls first: interfaces moved in later inherit the namespace defaults.
         for ns in wiring.namespaces:
             self._write_sysctls(ns)
@@ -79,8 +85,10 @@ class Fabric:
 
     # --- helpers ----------------------------------------------------------
 
-    def _spawn_holder(self, ns: Namespace) -> int:
-        """Fork a process that owns the namespace (and its hostname and resolv.conf)."""
+    def _fork_holder(self, ns: Namespace) -> tuple[int, int]:
+        """Fork a process that owns the namespace (and its hostname and resolv.conf).
+
+        Returns its PID and a pipe that says "ok" once the namespace is ready."""
         etc = None
         if ns.own_mounts:
             etc = self.statedir / "etc" / ns.name
@@ -107,11 +115,7 @@ class Fabric:
                 os.write(w, f"{type(exc).__name__}: {exc}".encode())
             os._exit(1)
         os.close(w)
-        with os.fdopen(r, "rb") as pipe:
-            answer = pipe.read().decode()
-        if answer != "ok":
-            raise FabricError(f"namespace {ns.name}: {answer or 'holder died'}")
-        return pid
+        return pid, r
 
     def _write_sysctls(self, ns: Namespace) -> None:
         with self.switch.inside(self.holders[ns.name]):

@@ -1,5 +1,0 @@
-import sys
-
-from vpclab.daemon.main import main
-
-sys.exit(main())

@@ -1,0 +1,369 @@
+"""The reference GENEVE appliance: a process around `appliance_core.Appliance`.
+
+    python -m vpclab.engines.appliance [--listen-ip 0.0.0.0] [--port 6081]
+        [--health-port 80] [--rules FILE] [--stats FILE]
+
+- GENEVE on UDP `--port`: each datagram goes through the core (rules, per-flow
+  verdicts) and, if allowed, returns as reference §1.2 says a one-arm
+  appliance returns it: the same bytes, to the GWLB IP that sent it, from the
+  GWLB's original source port, to port 6081. Ports are not swapped, so a reply
+  leaves from a UDP socket bound to that source port and connected to
+  `GWLB:6081`; those sockets are pooled, created on first use per (GWLB IP,
+  port). This measured faster than a raw socket that builds the outer header
+  (that needs a per-packet UDP checksum in Python), and needs no privilege.
+  If no socket can be had (fd limit, port taken), the reply leaves from
+  `--port` instead, which GWLB accepts too (§1.2) and `reply_from_listen_port`
+  counts.
+- Health on TCP `--health-port` (0: none): accepts connections and answers any
+  request with `HTTP/1.1 200 OK`, so TCP and HTTP health checks pass while the
+  process runs and fail once it stops.
+- `--rules FILE`: YAML or JSON for `ApplianceConfig.from_dict` (optionally under
+  a top-level `appliance:` key). SIGHUP reloads it; a bad file keeps the old
+  rules and says why on stderr.
+- `--stats FILE`: every second the core's `snapshot()` plus I/O counters (`io`),
+  written atomically (write, then rename).
+
+SIGTERM or SIGINT stops it. Bad datagrams are counted, never fatal.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import select
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from vpclab.engines.appliance_core import Appliance, ApplianceConfig, Reply
+from vpclab.engines.geneve import GENEVE_PORT
+
+BATCH = 64
+RX_BUFFER = 65536
+SOCKET_BUFFER = 4 << 20
+TICK = 1.0
+HEALTH_CONNECTIONS_MAX = 256
+HEALTH_REQUEST_MAX = 8192
+HEALTH_CONNECTION_TIMEOUT = 5.0
+HEALTH_RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n"
+                   b"Connection: close\r\n\r\nok\n")
+
+
+def load_rules(path: str | os.PathLike) -> ApplianceConfig:
+    """Read a rules file (YAML or JSON); ValueError says what is wrong."""
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise ValueError(f"{path}: {error.strerror}") from None
+    try:
+        data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as error:
+        raise ValueError(f"{path}: {error}") from None
+    if isinstance(data, dict) and set(data) == {"appliance"}:
+        data = data["appliance"]
+    if data is not None and not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of appliance settings")
+    try:
+        return ApplianceConfig.from_dict(data)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+
+
+def write_atomically(path: str | os.PathLike, text: str) -> None:
+    """Replace `path` with `text` so that a reader sees the old file or the new one, never half."""
+    path = os.fspath(path)
+    temporary = f"{path}.{os.getpid()}.tmp"
+    with open(temporary, "w") as f:
+        f.write(text)
+    os.replace(temporary, path)
+
+
+class ApplianceProcess:
+    """`__init__` does no I/O; `start` opens the sockets; `run` serves until stopped."""
+
+    def __init__(self, listen_ip: str = "0.0.0.0", port: int = GENEVE_PORT, health_port: int = 80,
+                 rules: str | None = None, stats: str | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.listen_ip, self.port, self.health_port = listen_ip, port, health_port
+        self.rules_path, self.stats_path = rules, stats
+        self.clock = clock
+        self.appliance = Appliance(load_rules(rules) if rules else None)
+        self._buf = bytearray(RX_BUFFER)
+        self._view = memoryview(self._buf)
+        self._epoll: select.epoll | None = None
+        self._handlers: dict[int, Callable[[float], None]] = {}
+        self._geneve: socket.socket | None = None
+        self._senders: dict[tuple[str, int], Callable[[Any], int]] = {}
+        self._reply_sockets: list[socket.socket] = []
+        self._max_reply_sockets = 1 << 14
+        self._health: socket.socket | None = None
+        self._health_conns: dict[int, tuple[socket.socket, bytearray, float]] = {}
+        self._wakeup: tuple[socket.socket, socket.socket] | None = None
+        self._reload_requested = False
+        self.running = False
+        self.io = dict.fromkeys(("received", "replied", "reply_errors", "rx_errors",
+                                 "reply_from_listen_port", "health_requests", "reloads",
+                                 "reload_errors"), 0)
+
+    # --- setup ---------------------------------------------------------------
+
+    def start(self) -> None:
+        self._epoll = select.epoll()
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY:
+            wanted = hard if hard == resource.RLIM_INFINITY else min(hard, (1 << 15) + 1024)
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+                soft = wanted
+            except (ValueError, OSError):
+                pass
+            if soft != resource.RLIM_INFINITY:
+                self._max_reply_sockets = max(0, soft - HEALTH_CONNECTIONS_MAX - 64)
+        geneve = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        geneve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        _tune_udp(geneve)
+        geneve.bind((self.listen_ip, self.port))
+        self._geneve = geneve
+        self._watch(geneve, self._drain_geneve)
+        if self.health_port:
+            health = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            health.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            health.bind((self.listen_ip, self.health_port))
+            health.listen(64)
+            health.setblocking(False)
+            self._health = health
+            self._watch(health, self._accept_health)
+        read_end, write_end = socket.socketpair()
+        for s in (read_end, write_end):
+            s.setblocking(False)
+        self._wakeup = (read_end, write_end)
+        signal.set_wakeup_fd(write_end.fileno(), warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, self._on_reload_signal)
+        self._watch(read_end, self._drain_wakeup)
+
+    def _watch(self, sock: socket.socket, handler: Callable[[float], None]) -> None:
+        assert self._epoll is not None
+        self._handlers[sock.fileno()] = handler
+        self._epoll.register(sock.fileno(), select.EPOLLIN)
+
+    def _unwatch(self, sock: socket.socket) -> None:
+        fd = sock.fileno()
+        if self._handlers.pop(fd, None) is not None and self._epoll is not None:
+            self._epoll.unregister(fd)
+
+    # --- GENEVE -------------------------------------------------------------------
+
+    def _drain_geneve(self, now: float) -> None:
+        buf, view = self._buf, self._view
+        recvfrom_into = self._geneve.recvfrom_into  # type: ignore[union-attr]
+        handle, senders, io = self.appliance.handle, self._senders, self.io
+        received = replied = 0
+        for _ in range(BATCH):
+            try:
+                length, address = recvfrom_into(buf)
+            except BlockingIOError:
+                break
+            except OSError:
+                io["rx_errors"] += 1
+                break
+            received += 1
+            result = handle(view[:length], now)
+            if type(result) is Reply:
+                send = senders.get(address)
+                if send is None:
+                    send = self._sender(address)
+                try:
+                    send(result[0])
+                    replied += 1
+                except OSError:
+                    io["reply_errors"] += 1
+        io["received"] += received
+        io["replied"] += replied
+
+    def _sender(self, address: tuple[str, int]) -> Callable[[Any], int]:
+        """How to send to `address`'s GWLB IP on 6081 from `address`'s port (§1.2)."""
+        gwlb_ip, src_port = address
+        if len(self._reply_sockets) < self._max_reply_sockets and src_port != self.port:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                # Two GWLB nodes may use the same source port: one socket per (node, port).
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # send-only
+                _tune_udp(sock, receive=False)
+                sock.bind((self.listen_ip, src_port))
+                sock.connect((gwlb_ip, GENEVE_PORT))
+            except OSError:
+                sock.close()
+            else:
+                self._reply_sockets.append(sock)
+                send = self._senders[address] = sock.send
+                return send
+        self.io["reply_from_listen_port"] += 1
+        geneve, to = self._geneve, (gwlb_ip, GENEVE_PORT)
+        send = self._senders[address] = lambda data: geneve.sendto(data, to)  # type: ignore[union-attr]
+        return send
+
+    # --- health -----------------------------------------------------------------
+
+    def _accept_health(self, now: float) -> None:
+        while True:
+            try:
+                conn, _ = self._health.accept()  # type: ignore[union-attr]
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            if len(self._health_conns) >= HEALTH_CONNECTIONS_MAX:
+                conn.close()
+                continue
+            conn.setblocking(False)
+            self._health_conns[conn.fileno()] = (conn, bytearray(), now + HEALTH_CONNECTION_TIMEOUT)
+            self._watch(conn, lambda t, c=conn: self._read_health(c))
+
+    def _read_health(self, conn: socket.socket) -> None:
+        _, pending, _ = self._health_conns[conn.fileno()]
+        try:
+            data = conn.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            pending += data
+            if b"\r\n\r\n" not in pending and b"\n\n" not in pending and len(pending) < HEALTH_REQUEST_MAX:
+                return
+            self.io["health_requests"] += 1
+            try:
+                conn.send(HEALTH_RESPONSE)  # small enough for any socket buffer
+            except OSError:
+                pass
+        self._close_health(conn)
+
+    def _close_health(self, conn: socket.socket) -> None:
+        self._health_conns.pop(conn.fileno(), None)
+        self._unwatch(conn)
+        conn.close()
+
+    # --- the loop ----------------------------------------------------------------
+
+    def _on_stop_signal(self, signum: int, frame: object) -> None:
+        self.running = False
+
+    def _on_reload_signal(self, signum: int, frame: object) -> None:
+        self._reload_requested = True
+
+    def _drain_wakeup(self, now: float) -> None:
+        try:
+            while self._wakeup[0].recv(512):  # type: ignore[index]
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def reload(self) -> bool:
+        if not self.rules_path:
+            return True
+        try:
+            self.appliance.configure(load_rules(self.rules_path))
+        except ValueError as error:
+            self.io["reload_errors"] += 1
+            print(f"appliance: reload failed, keeping the old rules: {error}", file=sys.stderr)
+            return False
+        self.io["reloads"] += 1
+        return True
+
+    def snapshot(self) -> dict:
+        return {**self.appliance.snapshot(), "io": {**self.io, "reply_sockets": len(self._reply_sockets)}}
+
+    def write_stats(self) -> None:
+        if self.stats_path:
+            try:
+                write_atomically(self.stats_path, json.dumps(self.snapshot(), sort_keys=True) + "\n")
+            except OSError as error:
+                print(f"appliance: cannot write stats: {error}", file=sys.stderr)
+
+    def _tick(self, now: float) -> None:
+        self.appliance.expire(now)
+        for conn, _, deadline in list(self._health_conns.values()):
+            if deadline <= now:
+                self._close_health(conn)
+        self.write_stats()
+
+    def run(self) -> None:
+        assert self._epoll is not None
+        poll, handlers, clock = self._epoll.poll, self._handlers, self.clock
+        self.write_stats()
+        next_tick = clock() + TICK
+        self.running = True
+        while self.running:
+            events = poll(max(0.0, next_tick - clock()))
+            now = clock()
+            for fd, _ in events:
+                handler = handlers.get(fd)
+                if handler is not None:
+                    handler(now)
+            if self._reload_requested:
+                self._reload_requested = False
+                self.reload()
+            if now >= next_tick:
+                self._tick(now)
+                next_tick = now + TICK
+        self.write_stats()
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(-1)
+        for sock in (self._geneve, self._health, *self._reply_sockets,
+                     *(c for c, _, _ in self._health_conns.values()), *(self._wakeup or ())):
+            if sock is not None:
+                sock.close()
+        if self._epoll is not None:
+            self._epoll.close()
+
+
+def _tune_udp(sock: socket.socket, receive: bool = True) -> None:
+    sock.setblocking(False)
+    for option in ((socket.SO_RCVBUF, socket.SO_SNDBUF) if receive else (socket.SO_SNDBUF,)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+        except OSError:
+            pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vpclab.engines.appliance",
+                                     description="The reference GWLB (GENEVE) appliance.")
+    parser.add_argument("--listen-ip", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=GENEVE_PORT, help="GENEVE UDP port (default 6081)")
+    parser.add_argument("--health-port", type=int, default=80, help="TCP/HTTP health listener, 0 for none")
+    parser.add_argument("--rules", help="YAML or JSON rules for ApplianceConfig; SIGHUP reloads it")
+    parser.add_argument("--stats", help="file to write counters to, as JSON, every second")
+    args = parser.parse_args(argv)
+    try:
+        process = ApplianceProcess(args.listen_ip, args.port, args.health_port, args.rules, args.stats)
+    except ValueError as error:
+        print(f"appliance: {error}", file=sys.stderr)
+        return 2
+    try:
+        process.start()
+    except OSError as error:
+        print(f"appliance: cannot start: {error}", file=sys.stderr)
+        process.close()
+        return 1
+    print(f"appliance: GENEVE on {args.listen_ip}:{args.port}, health on TCP {args.health_port or 'off'}",
+          file=sys.stderr)
+    try:
+        process.run()
+    finally:
+        process.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

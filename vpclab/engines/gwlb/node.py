@@ -1,0 +1,812 @@
+"""One Gateway Load Balancer node (one per AZ): the I/O shell around `GwlbNode`.
+
+    python -m vpclab.engines.gwlb.node CONFIG.json
+
+CONFIG.json:
+
+    {"availability_zone": "us-east-1a",
+     "attributes": {"tcp.idle_timeout.seconds": 350, ...},   # AWS keys, see GwlbConfig
+     "node_ip": "10.1.0.5",                                  # the GWLB ENI's IP, on `uplink`
+     "uplink": "eth0",                                       # optional, default eth0
+     "endpoints": [{"id": "vpce-0...", "ifname": "gwe-0...", "peer_mac": "02:..."}],
+     "targets": [{"id": "i-0...", "ip": "10.1.0.10", "az": "us-east-1a", "healthy": true}],
+     "control_socket": "/path/to/node.sock"}
+
+`peer_mac` is optional (learned from the first frame the router sends); a
+target's `healthy` is optional (absent: `initial`, no new flows while another
+target is healthy).
+
+What the fabric must set up in the node's namespace (and why):
+
+- `uplink` holds `node_ip`, with routes to the appliances.
+- One veth per endpoint, its peer in the consumer VPC's router namespace. The
+  node side carries an address (a link-local /30 such as 169.254.x.2) only so
+  that its kernel answers ARP; the router routes inspected traffic `via` that
+  address on the veth, so frames arrive unicast to the node side's MAC. Both
+  ends up, MTU at least 8,500 (packets up to 8,500 B pass; larger are dropped).
+- The router side of each endpoint veth needs `ethtool -K PEER tx off`.
+  With tx offload on, the router hands over TCP super-packets (GSO, up to
+  64 KB) that the node cannot pass on: they are dropped and counted as
+  `rx_gso`. Partial checksums (CHECKSUM_PARTIAL) are completed here either
+  way, from the virtio-net header the kernel prepends (PACKET_VNET_HDR).
+- At startup the node itself turns tx offload off on `uplink` (so the outer
+  UDP checksums it sends are complete on the wire, as AWS's are) and on its
+  endpoint veths, sets `forwarding=0` on the endpoint veths (the node's kernel
+  must never route inspected traffic around the node, whatever `ip_forward`
+  the namespace inherited) and `disable_ipv6=1` on them (no router
+  solicitations or MLD leaking into GENEVE). Failures are listed in the
+  snapshot's `io.setup_warnings`; the fabric may do the same itself.
+
+Data path. Each endpoint veth has an AF_PACKET socket (ETH_P_ALL, outgoing
+frames ignored): inner IP packets go through `GwlbNode.from_endpoint` and out
+as GENEVE over UDP from the flow's source port to `target:6081`. The sending
+sockets are a pool of UDP sockets bound to `node_ip:port`, one per source port
+in use, created on first use (at most 2**14). Measured on this kernel, that
+beats one raw IPPROTO_RAW socket that builds the outer IPv4/UDP header itself:
+the raw socket needs a per-packet UDP checksum in Python, 10-35 % slower from
+100 B to 1,400 B and more at 8,500 B. Returning datagrams arrive on
+`node_ip:6081` (and, for appliances that swap ports, on the pool sockets),
+go through `GwlbNode.from_appliance`, and the inner packet goes back out its
+endpoint veth as an Ethernet frame to the router side's MAC.
+
+Control: a Unix stream socket speaking JSON lines, one response per request:
+`{"op": "snapshot"}`, `{"op": "set_target_health", "target": ID, "healthy": B}`,
+`{"op": "set_target_state", "target": ID, "state": S}`,
+`{"op": "register", "target": ID, "ip": IP, "az": AZ}`,
+`{"op": "deregister", "target": ID}`,
+`{"op": "attach_endpoint", "id": VPCE, "ifname": IF, "peer_mac": MAC}`,
+`{"op": "detach_endpoint", "id": VPCE}`,
+`{"op": "modify", "attributes": {...}}`. Responses are `{"ok": true, ...}` or
+`{"ok": false, "error": "..."}`.
+"""
+from __future__ import annotations
+
+import errno
+import functools
+import json
+import os
+import resource
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from ipaddress import IPv4Address, ip_address
+from typing import Any, Callable, Mapping
+
+from vpclab.engines.geneve import GENEVE_PORT, int_to_vpce_id, vpce_id_to_int
+from vpclab.engines.gwlb.core import _KEY_PARTS, SRC_PORT_BITS, Decap, Encap, GwlbConfig, GwlbNode
+
+ETH_P_ALL = 0x0003
+ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
+SOL_PACKET = 263
+PACKET_VNET_HDR = 15
+PACKET_IGNORE_OUTGOING = 23
+VNET_HDR_LEN = 10           # struct virtio_net_hdr, prepended to every frame in and out
+ETH_HLEN = 14
+IP_OFFSET = VNET_HDR_LEN + ETH_HLEN
+VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
+IP_MTU_DISCOVER, IP_PMTUDISC_DONT = 10, 0  # <linux/in.h>; the socket module has them from 3.12
+
+BATCH = 64                # packets read from one socket before the others get a turn
+RX_BUFFER = 65536 + IP_OFFSET  # room for a whole GSO super-packet, so it can be seen and dropped
+SOCKET_BUFFER = 4 << 20     # asked for; the kernel caps it at rmem_max/wmem_max
+MAX_SRC_SOCKETS = 1 << SRC_PORT_BITS
+TICK = 1.0                  # expire() and housekeeping period, seconds
+CONTROL_LINE_MAX = 1 << 20
+
+_ZERO_VNET_HDR = bytes(VNET_HDR_LEN)  # no checksum to finish, no segmentation
+
+
+# --- configuration ----------------------------------------------------------------
+
+def parse_mac(text: str) -> bytes:
+    parts = text.split(":") if isinstance(text, str) else []
+    if len(parts) != 6 or not all(len(p) == 2 for p in parts):
+        raise ValueError(f"not a MAC address: {text!r}")
+    try:
+        return bytes(int(p, 16) for p in parts)
+    except ValueError:
+        raise ValueError(f"not a MAC address: {text!r}") from None
+
+
+def format_mac(raw: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    id: str
+    ifname: str
+    peer_mac: bytes | None = None
+
+    @classmethod
+    def from_dict(cls, where: str, data: Any) -> EndpointSpec:
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{where}: expected an object, got {data!r}")
+        _no_unknown(where, data, {"id", "ifname", "peer_mac"})
+        endpoint_id = data.get("id")
+        try:
+            vpce_id_to_int(endpoint_id)
+        except (ValueError, TypeError):
+            raise ValueError(f"{where}.id: not a GWLB endpoint ID: {endpoint_id!r}") from None
+        ifname = data.get("ifname")
+        if not isinstance(ifname, str) or not 0 < len(ifname) < 16 or "/" in ifname:
+            raise ValueError(f"{where}.ifname: not an interface name: {ifname!r}")
+        peer_mac = data.get("peer_mac")
+        try:
+            mac = None if peer_mac is None else parse_mac(peer_mac)
+        except ValueError as error:
+            raise ValueError(f"{where}.peer_mac: {error}") from None
+        return cls(endpoint_id, ifname, mac)
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    id: str
+    ip: str
+    az: str | None = None
+    healthy: bool | None = None
+
+    @classmethod
+    def from_dict(cls, where: str, data: Any) -> TargetSpec:
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{where}: expected an object, got {data!r}")
+        _no_unknown(where, data, {"id", "ip", "az", "healthy"})
+        target_id = data.get("id")
+        if not isinstance(target_id, str) or not target_id:
+            raise ValueError(f"{where}.id: expected a target ID, got {target_id!r}")
+        az = data.get("az")
+        if az is not None and not isinstance(az, str):
+            raise ValueError(f"{where}.az: expected a string, got {az!r}")
+        healthy = data.get("healthy")
+        if healthy is not None and not isinstance(healthy, bool):
+            raise ValueError(f"{where}.healthy: expected true, false or null, got {healthy!r}")
+        return cls(target_id, _ipv4(f"{where}.ip", data.get("ip")), az, healthy)
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """The node's CONFIG.json, validated; ValueError names the bad field."""
+
+    availability_zone: str
+    node_ip: str
+    control_socket: str
+    attributes: Mapping[str, Any]
+    endpoints: tuple[EndpointSpec, ...] = ()
+    targets: tuple[TargetSpec, ...] = ()
+    uplink: str = "eth0"
+
+    @classmethod
+    def from_dict(cls, data: Any) -> NodeSpec:
+        if not isinstance(data, Mapping):
+            raise ValueError("config: expected a JSON object")
+        _no_unknown("config", data, {"availability_zone", "attributes", "node_ip", "endpoints",
+                                     "targets", "control_socket", "uplink"})
+        az = data.get("availability_zone", "")
+        if not isinstance(az, str):
+            raise ValueError(f"config.availability_zone: expected a string, got {az!r}")
+        control = data.get("control_socket")
+        if not isinstance(control, str) or not control:
+            raise ValueError("config.control_socket: a path is required")
+        attributes = data.get("attributes") or {}
+        if not isinstance(attributes, Mapping):
+            raise ValueError("config.attributes: expected an object")
+        uplink = data.get("uplink", "eth0")
+        if not isinstance(uplink, str) or not 0 < len(uplink) < 16:
+            raise ValueError(f"config.uplink: not an interface name: {uplink!r}")
+        endpoints = tuple(EndpointSpec.from_dict(f"config.endpoints[{i}]", e)
+                          for i, e in enumerate(_list("config.endpoints", data.get("endpoints"))))
+        targets = tuple(TargetSpec.from_dict(f"config.targets[{i}]", t)
+                        for i, t in enumerate(_list("config.targets", data.get("targets"))))
+        for name, items in (("endpoints", [e.id for e in endpoints]), ("targets", [t.id for t in targets])):
+            duplicates = sorted({i for i in items if items.count(i) > 1})
+            if duplicates:
+                raise ValueError(f"config.{name}: duplicate id(s) {', '.join(duplicates)}")
+        spec = cls(availability_zone=az, node_ip=_ipv4("config.node_ip", data.get("node_ip")),
+                   control_socket=control, attributes=dict(attributes), endpoints=endpoints,
+                   targets=targets, uplink=uplink)
+        try:
+            spec.gwlb_config()
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"config.attributes: {error}") from None
+        return spec
+
+    def gwlb_config(self, attributes: Mapping[str, Any] | None = None) -> GwlbConfig:
+        return GwlbConfig.from_attributes(self.attributes if attributes is None else attributes,
+                                          availability_zone=self.availability_zone)
+
+
+def _no_unknown(where: str, data: Mapping, known: set[str]) -> None:
+    unknown = sorted(set(map(str, data)) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}")
+
+
+def _list(where: str, value: Any) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError(f"{where}: expected a list")
+    return value
+
+
+def _ipv4(where: str, value: Any) -> str:
+    try:
+        address = ip_address(value)
+    except (ValueError, TypeError):
+        raise ValueError(f"{where}: not an IP address: {value!r}") from None
+    if not isinstance(address, IPv4Address):
+        raise ValueError(f"{where}: GENEVE to appliances is IPv4 only, got {value!r}")
+    return str(address)
+
+
+# --- checksums and frames (pure) ------------------------------------------------------
+
+def ip_packet_end(buf: bytes | bytearray | memoryview, start: int, limit: int) -> int:
+    """Where the IP packet at `start` ends by its own length field; -1 if that passes `limit`."""
+    if limit - start < 20:
+        return -1
+    version = buf[start] >> 4
+    if version == 4:
+        end = start + (buf[start + 2] << 8 | buf[start + 3])
+    elif version == 6 and limit - start >= 40:
+        end = start + 40 + (buf[start + 4] << 8 | buf[start + 5])
+    else:
+        return -1
+    return end if end <= limit else -1
+
+
+def finish_partial_checksum(buf: bytearray | memoryview, start: int, field: int, end: int) -> None:
+    """Complete a CHECKSUM_PARTIAL packet, as the kernel's skb_checksum_help would.
+
+    The 16-bit field at `field` holds the pseudo-header sum; the checksum covers
+    `buf[start:end]` (the field included). Python's big integers sum it in C:
+    a 16-bit ones' complement sum is the value of the bytes, read as one
+    big-endian number, modulo 0xFFFF (because 2**16 = 1 mod 0xFFFF).
+    """
+    value = int.from_bytes(memoryview(buf)[start:end], "big")
+    if (end - start) & 1:
+        value <<= 8  # an odd final byte is the high half of a zero-padded word
+    rest = value % 0xFFFF
+    checksum = 0xFFFF - rest if rest else 0  # rest 0 means a sum of 0xFFFF (the data is never all zero)
+    if checksum == 0 and field - start == 6:
+        checksum = 0xFFFF  # UDP sends a computed 0 as all ones (RFC 768)
+    buf[field] = checksum >> 8
+    buf[field + 1] = checksum & 0xFF
+
+
+def finish_vnet_frame(buf: bytearray, length: int) -> str | None:
+    """Act on the virtio-net header in front of a received frame; None when the
+    frame is ready, else the reason to drop it (a counter key)."""
+    if buf[1]:
+        return "rx_gso"  # a GSO super-packet: the router-side veth has tx offload on
+    if buf[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+        csum_start = VNET_HDR_LEN + (buf[6] | buf[7] << 8)    # from the frame's first byte,
+        field = csum_start + (buf[8] | buf[9] << 8)           # little-endian on every host we run
+        end = ip_packet_end(buf, IP_OFFSET, length)
+        if end < 0 or not IP_OFFSET + 20 <= csum_start <= field <= end - 2:
+            return "rx_bad_offload_header"
+        finish_partial_checksum(buf, csum_start, field, end)
+    return None
+
+
+def ethernet_prefixes(peer_mac: bytes, own_mac: bytes) -> tuple[bytes, bytes]:
+    """What goes in front of an inner IPv4 / IPv6 packet sent to the router side."""
+    return (_ZERO_VNET_HDR + peer_mac + own_mac + ETH_P_IP.to_bytes(2, "big"),
+            _ZERO_VNET_HDR + peer_mac + own_mac + ETH_P_IPV6.to_bytes(2, "big"))
+
+
+# --- the process -------------------------------------------------------------------
+
+class _Endpoint:
+    __slots__ = ("spec", "endpoint_id", "sock", "own_mac", "peer_mac", "prefix4", "prefix6",
+                 "rx_frames", "tx_frames")
+
+    def __init__(self, spec: EndpointSpec) -> None:
+        self.spec = spec
+        self.endpoint_id = vpce_id_to_int(spec.id)
+        self.sock: socket.socket | None = None
+        self.own_mac = b""
+        self.peer_mac: bytes | None = None
+        self.prefix4: bytes | None = None  # None until the peer's MAC is known
+        self.prefix6: bytes | None = None
+        self.rx_frames = 0
+        self.tx_frames = 0
+
+    def set_peer_mac(self, mac: bytes) -> None:
+        self.peer_mac = mac
+        self.prefix4, self.prefix6 = ethernet_prefixes(mac, self.own_mac)
+
+
+class NodeProcess:
+    """A `GwlbNode` served over sockets. `__init__` does no I/O; `start` opens everything."""
+
+    def __init__(self, spec: NodeSpec, clock: Callable[[], float] = time.monotonic) -> None:
+        self.spec = spec
+        self.clock = clock
+        self.attributes = dict(spec.attributes)
+        self.node = GwlbNode(spec.gwlb_config())
+        now = clock()
+        for target in spec.targets:
+            self.node.register(target.id, target.ip, target.az, now)
+            if target.healthy is not None:
+                self.node.set_target_health(target.id, target.healthy, now)
+        self.endpoints: dict[int, _Endpoint] = {}
+        self._rx_buf = bytearray(RX_BUFFER)
+        self._rx_view = memoryview(self._rx_buf)
+        self._epoll: select.epoll | None = None
+        self._handlers: dict[int, Callable[[float], None]] = {}
+        self._geneve: socket.socket | None = None
+        self._src_sockets: dict[int, socket.socket] = {}
+        self._max_src_sockets = MAX_SRC_SOCKETS
+        self._control: socket.socket | None = None
+        self._control_conns: dict[int, tuple[socket.socket, bytearray]] = {}
+        self._wakeup: tuple[socket.socket, socket.socket] | None = None
+        self.running = False
+        self.io: dict[str, int] = dict.fromkeys((
+            "rx_frames", "rx_not_ip", "rx_not_unicast", "rx_short", "rx_gso", "rx_bad_offload_header",
+            "rx_errors", "checksums_completed", "encap_sent", "geneve_received", "decap_sent",
+            "decap_no_endpoint", "decap_peer_mac_unknown", "tx_errors", "src_port_fallback"), 0)
+        self.setup_warnings: list[str] = []
+
+    # --- setup ---------------------------------------------------------------
+
+    def start(self) -> None:
+        self._raise_fd_limit()
+        self._epoll = select.epoll()
+        self._setup_link(self.spec.uplink, endpoint=False)
+        geneve = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        geneve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._tune_udp(geneve)
+        geneve.bind((self.spec.node_ip, GENEVE_PORT))
+        self._geneve = geneve
+        self._watch(geneve, functools.partial(self._drain_geneve, geneve))
+        for endpoint in self.spec.endpoints:
+            self.attach_endpoint(endpoint)
+        read_end, write_end = socket.socketpair()
+        for s in (read_end, write_end):
+            s.setblocking(False)
+        self._wakeup = (read_end, write_end)
+        signal.set_wakeup_fd(write_end.fileno(), warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_stop_signal)
+        self._watch(read_end, self._drain_wakeup)
+        self._open_control()  # last: a connectable control socket means "ready"
+
+    def _raise_fd_limit(self) -> None:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = MAX_SRC_SOCKETS + 1024
+        if hard != resource.RLIM_INFINITY:
+            wanted = min(wanted, hard)
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+                soft = wanted
+            except (ValueError, OSError):
+                pass
+        if soft != resource.RLIM_INFINITY:
+            self._max_src_sockets = max(0, min(MAX_SRC_SOCKETS, soft - 256))
+
+    def _setup_link(self, ifname: str, endpoint: bool) -> None:
+        """Best effort: see the module docstring for why each setting matters."""
+        try:
+            result = subprocess.run(["ethtool", "-K", ifname, "tx", "off"], capture_output=True,
+                                    text=True, timeout=10)
+            if result.returncode != 0:
+                self.setup_warnings.append(f"ethtool -K {ifname} tx off: {result.stderr.strip()}")
+        except (OSError, subprocess.TimeoutExpired) as error:
+            self.setup_warnings.append(f"ethtool -K {ifname} tx off: {error}")
+        if endpoint:
+            for path in (f"/proc/sys/net/ipv4/conf/{ifname}/forwarding",
+                         f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"):
+                value = "0" if path.endswith("forwarding") else "1"
+                try:
+                    with open(path, "w") as f:
+                        f.write(value)
+                except OSError as error:
+                    if not (value == "1" and error.errno == errno.ENOENT):  # no IPv6 in this kernel
+                        self.setup_warnings.append(f"{path} = {value}: {error.strerror}")
+
+    def _tune_udp(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 255)  # as GWLB sends (§1.1)
+        sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)  # DF clear
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+            except OSError:
+                pass
+
+    def _watch(self, sock: socket.socket, handler: Callable[[float], None]) -> None:
+        assert self._epoll is not None
+        self._handlers[sock.fileno()] = handler
+        self._epoll.register(sock.fileno(), select.EPOLLIN)
+
+    def _unwatch(self, sock: socket.socket) -> None:
+        fd = sock.fileno()
+        if self._handlers.pop(fd, None) is not None and self._epoll is not None:
+            self._epoll.unregister(fd)
+
+    # --- endpoints -------------------------------------------------------------
+
+    def attach_endpoint(self, spec: EndpointSpec) -> None:
+        endpoint_id = vpce_id_to_int(spec.id)
+        if endpoint_id in self.endpoints:
+            raise ValueError(f"endpoint {spec.id} is already attached")
+        if any(e.spec.ifname == spec.ifname for e in self.endpoints.values()):
+            raise ValueError(f"interface {spec.ifname} already serves another endpoint")
+        endpoint = _Endpoint(spec)
+        self._setup_link(spec.ifname, endpoint=True)
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        try:
+            sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+            sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)  # not our own writes
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+            except OSError:
+                pass
+            sock.bind((spec.ifname, ETH_P_ALL))
+            sock.setblocking(False)
+            endpoint.own_mac = sock.getsockname()[4]
+        except OSError:
+            sock.close()
+            raise
+        endpoint.sock = sock
+        if spec.peer_mac is not None:
+            endpoint.set_peer_mac(spec.peer_mac)
+        self.endpoints[endpoint_id] = endpoint
+        self.node.attach_endpoint(endpoint_id)
+        self._watch(sock, functools.partial(self._drain_endpoint, endpoint))
+
+    def detach_endpoint(self, vpce_id: str) -> None:
+        endpoint = self.endpoints.pop(vpce_id_to_int(vpce_id), None)
+        if endpoint is None:
+            raise ValueError(f"endpoint {vpce_id} is not attached")
+        self.node.detach_endpoint(endpoint.endpoint_id)
+        if endpoint.sock is not None:
+            self._unwatch(endpoint.sock)
+            endpoint.sock.close()
+
+    # --- the data path -----------------------------------------------------------
+
+    def _drain_endpoint(self, endpoint: _Endpoint, now: float) -> None:
+        """Frames from the router → GENEVE to the flow's appliance."""
+        buf, view = self._rx_buf, self._rx_view
+        recv_into = endpoint.sock.recv_into
+        from_endpoint, endpoint_id = self.node.from_endpoint, endpoint.endpoint_id
+        src_sockets, io = self._src_sockets, self.io
+        received = sent = 0
+        for _ in range(BATCH):
+            try:
+                length = recv_into(buf)
+            except BlockingIOError:
+                break
+            except OSError:
+                io["rx_errors"] += 1
+                break
+            received += 1
+            if length < IP_OFFSET + 20:
+                io["rx_short"] += 1
+                continue
+            ethertype = buf[22] << 8 | buf[23]
+            if ethertype != ETH_P_IP and ethertype != ETH_P_IPV6:
+                io["rx_not_ip"] += 1  # ARP and friends: the kernel answers those itself
+                continue
+            if buf[VNET_HDR_LEN] & 1:
+                io["rx_not_unicast"] += 1  # the router's own multicast/broadcast, never routed traffic
+                continue
+            if buf[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM or buf[1]:  # buf[0] may also say DATA_VALID
+                reason = finish_vnet_frame(buf, length)
+                if reason is not None:
+                    io[reason] += 1
+                    continue
+                io["checksums_completed"] += 1
+            if endpoint.prefix4 is None:
+                endpoint.set_peer_mac(bytes(buf[VNET_HDR_LEN + 6:VNET_HDR_LEN + 12]))
+            result = from_endpoint(view[IP_OFFSET:length], endpoint_id, now)
+            if type(result) is Encap:
+                target_ip, src_port, datagram = result
+                sock = src_sockets.get(src_port)
+                if sock is None:
+                    sock = self._src_socket(src_port)
+                try:
+                    sock.sendto(datagram, (target_ip, GENEVE_PORT))
+                    sent += 1
+                except OSError:
+                    io["tx_errors"] += 1
+        endpoint.rx_frames += received
+        io["rx_frames"] += received
+        io["encap_sent"] += sent
+
+    def _drain_geneve(self, sock: socket.socket, now: float) -> None:
+        """GENEVE back from appliances → inner packets out their endpoint veth."""
+        buf, view = self._rx_buf, self._rx_view
+        recvfrom_into = sock.recvfrom_into
+        from_appliance, endpoints, io = self.node.from_appliance, self.endpoints, self.io
+        received = sent = 0
+        for _ in range(BATCH):
+            try:
+                length, address = recvfrom_into(buf)
+            except BlockingIOError:
+                break
+            except OSError:
+                io["rx_errors"] += 1
+                break
+            received += 1
+            result = from_appliance(view[:length], address[0], now)
+            if type(result) is Decap:
+                endpoint = endpoints.get(result[0])
+                if endpoint is None:
+                    io["decap_no_endpoint"] += 1
+                    continue
+                if endpoint.prefix4 is None:
+                    io["decap_peer_mac_unknown"] += 1
+                    continue
+                inner = result[1]
+                try:
+                    endpoint.sock.send((endpoint.prefix4 if inner[0] < 0x60 else endpoint.prefix6) + inner)
+                    endpoint.tx_frames += 1
+                    sent += 1
+                except OSError:
+                    io["tx_errors"] += 1
+        io["geneve_received"] += received
+        io["decap_sent"] += sent
+
+    def _src_socket(self, port: int) -> socket.socket:
+        """The UDP socket bound to `node_ip:port`; the GENEVE socket when none can be had."""
+        if len(self._src_sockets) < self._max_src_sockets:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                self._tune_udp(sock)
+                sock.bind((self.spec.node_ip, port))
+            except OSError:
+                sock.close()
+            else:
+                self._src_sockets[port] = sock
+                # An appliance that swaps the ports answers here, not on 6081 (§1.2: accept it).
+                self._watch(sock, functools.partial(self._drain_geneve, sock))
+                return sock
+        self.io["src_port_fallback"] += 1
+        assert self._geneve is not None
+        return self._geneve
+
+    # --- control -----------------------------------------------------------------
+
+    def _open_control(self) -> None:
+        path = self.spec.control_socket
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(path)
+        server.listen(16)
+        server.setblocking(False)
+        self._control = server
+        self._watch(server, self._accept_control)
+
+    def _accept_control(self, now: float) -> None:
+        assert self._control is not None
+        while True:
+            try:
+                conn, _ = self._control.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            conn.settimeout(2.0)  # replies are small; never let a stuck client hold the data path long
+            self._control_conns[conn.fileno()] = (conn, bytearray())
+            self._watch(conn, functools.partial(self._read_control, conn))
+
+    def _read_control(self, conn: socket.socket, now: float) -> None:
+        _, pending = self._control_conns[conn.fileno()]
+        try:
+            data = conn.recv(65536)
+        except OSError:
+            data = b""
+        if not data:
+            self._close_control(conn)
+            return
+        pending += data
+        if len(pending) > CONTROL_LINE_MAX:
+            self._close_control(conn)
+            return
+        while b"\n" in pending:
+            line, _, rest = bytes(pending).partition(b"\n")
+            pending[:] = rest
+            if not line.strip():
+                continue
+            try:
+                request = json.loads(line)
+            except ValueError as error:
+                response = {"ok": False, "error": f"bad JSON: {error}"}
+            else:
+                response = self.control(request)
+            try:
+                conn.sendall(json.dumps(response).encode() + b"\n")
+            except OSError:
+                self._close_control(conn)
+                return
+
+    def _close_control(self, conn: socket.socket) -> None:
+        self._control_conns.pop(conn.fileno(), None)
+        self._unwatch(conn)
+        conn.close()
+
+    def control(self, request: Any) -> dict:
+        """Serve one control request; never raises."""
+        if not isinstance(request, dict):
+            return {"ok": False, "error": "a request is a JSON object with an 'op'"}
+        op = request.get("op")
+        handler = self._OPS.get(op) if isinstance(op, str) else None
+        if handler is None:
+            return {"ok": False, "error": f"unknown op {op!r}; ops: {', '.join(sorted(self._OPS))}"}
+        try:
+            return {"ok": True, **(handler(self, request, self.clock()) or {})}
+        except (ValueError, TypeError, KeyError, OSError) as error:
+            return {"ok": False, "error": f"{op}: {error}"}
+
+    def _op_snapshot(self, request: dict, now: float) -> dict:
+        return {"snapshot": self.snapshot(now)}
+
+    def _op_set_target_health(self, request: dict, now: float) -> dict:
+        healthy = request.get("healthy")
+        if not isinstance(healthy, bool):
+            raise ValueError("healthy must be true or false")
+        return {"applied": self.node.set_target_health(_target_id(request), healthy, now)}
+
+    def _op_set_target_state(self, request: dict, now: float) -> dict:
+        return {"applied": self.node.set_target_state(_target_id(request), request.get("state"), now)}
+
+    def _op_register(self, request: dict, now: float) -> None:
+        az = request.get("az")
+        if az is not None and not isinstance(az, str):
+            raise ValueError("az must be a string")
+        self.node.register(_target_id(request), _ipv4("ip", request.get("ip")), az, now)
+
+    def _op_deregister(self, request: dict, now: float) -> None:
+        target_id = _target_id(request)
+        if target_id not in {t.id for t in self.node.targets()}:
+            raise ValueError(f"target {target_id} is not registered")
+        self.node.deregister(target_id, now)
+
+    def _op_attach_endpoint(self, request: dict, now: float) -> None:
+        self.attach_endpoint(EndpointSpec.from_dict(
+            "endpoint", {k: v for k, v in request.items() if k != "op"}))
+
+    def _op_detach_endpoint(self, request: dict, now: float) -> None:
+        vpce_id = request.get("id")
+        if not isinstance(vpce_id, str):
+            raise ValueError("id must be a vpce- ID")
+        self.detach_endpoint(vpce_id)
+
+    def _op_modify(self, request: dict, now: float) -> dict:
+        changes = request.get("attributes")
+        if not isinstance(changes, dict) or not changes:
+            raise ValueError("attributes must be a non-empty object of AWS attribute keys")
+        merged = {**self.attributes, **changes}
+        config = self.spec.gwlb_config(merged)
+        # GwlbNode has no public reconfigure: swap its config and refresh what its
+        # __init__ derives from it. Flows keep their timeout and target; a stickiness
+        # change re-keys flows, so existing ones start afresh with new cookies.
+        node = self.node
+        node.config = config
+        node._key_parts = _KEY_PARTS[config.stickiness]
+        node._max_packet = config.max_packet
+        node._targets_changed()
+        self.attributes = merged
+        return {"attributes": merged}
+
+    _OPS: dict[str, Callable[[NodeProcess, dict, float], dict | None]] = {
+        "snapshot": _op_snapshot,
+        "set_target_health": _op_set_target_health,
+        "set_target_state": _op_set_target_state,
+        "register": _op_register,
+        "deregister": _op_deregister,
+        "attach_endpoint": _op_attach_endpoint,
+        "detach_endpoint": _op_detach_endpoint,
+        "modify": _op_modify,
+    }
+
+    def snapshot(self, now: float | None = None) -> dict:
+        self.node.expire(self.clock() if now is None else now)
+        snapshot = self.node.snapshot()
+        snapshot["io"] = {
+            **self.io,
+            "src_sockets": len(self._src_sockets),
+            "endpoints": {e.spec.id: {"ifname": e.spec.ifname, "rx_frames": e.rx_frames,
+                                      "tx_frames": e.tx_frames,
+                                      "peer_mac": format_mac(e.peer_mac) if e.peer_mac else None}
+                          for e in self.endpoints.values()},
+            "setup_warnings": list(self.setup_warnings),
+        }
+        snapshot["attributes"] = dict(self.attributes)
+        return snapshot
+
+    # --- the loop -------------------------------------------------------------------
+
+    def _on_stop_signal(self, signum: int, frame: object) -> None:
+        self.running = False
+
+    def _drain_wakeup(self, now: float) -> None:
+        assert self._wakeup is not None
+        try:
+            while self._wakeup[0].recv(512):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def run(self) -> None:
+        assert self._epoll is not None
+        poll, handlers, clock = self._epoll.poll, self._handlers, self.clock
+        next_tick = clock() + TICK
+        self.running = True
+        while self.running:
+            events = poll(max(0.0, next_tick - clock()))
+            now = clock()
+            for fd, _ in events:
+                handler = handlers.get(fd)
+                if handler is not None:
+                    handler(now)
+            if now >= next_tick:
+                self.node.expire(now)
+                next_tick = now + TICK
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(-1)
+        if self._control is not None:
+            try:
+                os.unlink(self.spec.control_socket)
+            except OSError:
+                pass
+        socks = [self._geneve, self._control, *self._src_sockets.values(),
+                 *(e.sock for e in self.endpoints.values()),
+                 *(c for c, _ in self._control_conns.values()), *(self._wakeup or ())]
+        for sock in socks:
+            if sock is not None:
+                sock.close()
+        if self._epoll is not None:
+            self._epoll.close()
+
+
+def _target_id(request: dict) -> str:
+    target_id = request.get("target", request.get("id"))
+    if not isinstance(target_id, str) or not target_id:
+        raise ValueError("target must be a target ID")
+    return target_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or args[0] in ("-h", "--help"):
+        print("usage: python -m vpclab.engines.gwlb.node CONFIG.json", file=sys.stderr)
+        return 2
+    try:
+        with open(args[0]) as f:
+            spec = NodeSpec.from_dict(json.load(f))
+    except (OSError, ValueError) as error:
+        print(f"gwlb node: {args[0]}: {error}", file=sys.stderr)
+        return 2
+    process = NodeProcess(spec)
+    try:
+        process.start()
+    except (OSError, ValueError) as error:
+        print(f"gwlb node: cannot start: {error}", file=sys.stderr)
+        process.close()
+        return 1
+    for warning in process.setup_warnings:
+        print(f"gwlb node: warning: {warning}", file=sys.stderr)
+    print(f"gwlb node {spec.availability_zone or '-'} on {spec.node_ip}: "
+          f"{len(process.endpoints)} endpoint(s), {len(spec.targets)} target(s)", file=sys.stderr)
+    try:
+        process.run()
+    finally:
+        process.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
