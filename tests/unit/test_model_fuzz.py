@@ -57,3 +57,37 @@ def test_mutated_example_loads_or_is_refused_with_a_lab_file_error(mutations):
         assert "\n" not in str(e)
     else:
         assert isinstance(lab, Lab)
+
+
+# The same over a GWLB lab: load balancer, target group, listener, endpoint service, endpoint, routes.
+from test_model_gwlb import GWLB, ROUTES  # noqa: E402
+
+GWLB_DOC = yaml.safe_load(GWLB + ROUTES + "    \n")
+GWLB_PATHS = _paths(GWLB_DOC)
+GWLB_PLAUSIBLE = st.sampled_from(
+    ["gwlb", "appliances", "gwlb-listener", "inspection", "gwlbe-a", "sec", "app", "sec-a", "sec-b", "web-a",
+     "appliance-1", "web-1", "GENEVE", "6081", 6081, "10.0.21.5", "10.1.11.0/24", "forward", "gateway", "network",
+     "GatewayLoadBalancer", "Interface", "*", "arn:aws:iam::222233334444:root", "true", "rebalance",
+     "source_ip_dest_ip", "350", {"Id": "10.0.21.20"}, {"SubnetId": "sec-a"}, {"Type": "forward"},
+     {"tcp.idle_timeout.seconds": 59}, {"rules": [{"action": "deny"}]}])  # fmt: skip
+GWLB_VALUES = st.one_of(VALUES, GWLB_PLAUSIBLE, st.lists(GWLB_PLAUSIBLE, max_size=2))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(GWLB_PATHS), GWLB_VALUES), min_size=1, max_size=3))
+def test_mutated_gwlb_lab_loads_or_is_refused_with_a_lab_file_error(mutations):
+    doc = copy.deepcopy(GWLB_DOC)
+    for path, value in mutations:
+        node = doc
+        try:
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = copy.deepcopy(value)
+        except (KeyError, IndexError, TypeError):
+            continue
+    try:
+        lab = load_lab_text(yaml.safe_dump(doc), "fuzz.yaml", name="fuzz")
+    except LabFileError as e:
+        assert "\n" not in str(e)
+    else:
+        assert isinstance(lab, Lab)

@@ -423,10 +423,14 @@ def test_route_without_target_is_refused():
     assert refused(routes("{DestinationCidrBlock: 0.0.0.0/0}")).reason.startswith("a route needs a target")
 
 
-@pytest.mark.parametrize("key", ["VpcEndpointId", "TransitGatewayId"])
-def test_endpoint_and_transit_gateway_targets_are_not_supported_yet(key):
-    e = refused(routes(f"{{DestinationCidrBlock: 0.0.0.0/0, {key}: x}}"))
-    assert e.key_path == f"route_tables.rt.Routes[0].{key}" and "not supported yet" in e.reason
+def test_transit_gateway_targets_are_not_supported_yet():
+    e = refused(routes("{DestinationCidrBlock: 0.0.0.0/0, TransitGatewayId: x}"))
+    assert e.key_path == "route_tables.rt.Routes[0].TransitGatewayId" and "not supported yet" in e.reason
+
+
+def test_route_to_unknown_vpc_endpoint_is_refused():
+    e = refused(routes("{DestinationCidrBlock: 0.0.0.0/0, VpcEndpointId: x}"))
+    assert (e.key_path, e.reason) == ("route_tables.rt.Routes[0].VpcEndpointId", "unknown VPC endpoint 'x'")
 
 
 def test_route_destination_with_host_bits_is_refused():
@@ -456,7 +460,7 @@ def test_route_more_specific_than_local_must_be_exactly_a_subnet():
 
 def test_route_more_specific_than_local_to_a_gateway_is_refused():
     e = refused(routes("{DestinationCidrBlock: 10.0.2.0/24, GatewayId: igw}"))
-    assert "must target a NAT gateway, an instance or a network interface" in e.reason
+    assert "must target a NAT gateway, an instance, a network interface or a Gateway Load Balancer endpoint" in e.reason
 
 
 def test_route_to_an_instance_of_another_vpc_is_refused():
@@ -471,7 +475,9 @@ def test_route_to_unknown_network_interface_id_is_refused():
 
 def test_edge_associated_table_cannot_route_to_a_gateway():
     text = routes("{DestinationCidrBlock: 0.0.0.0/0, GatewayId: igw}") + "    EdgeAssociations: [igw]\n"
-    assert "can only route to local, an instance or a network interface" in refused(text).reason
+    assert "can only route to local, an instance, a network interface or a Gateway Load Balancer endpoint" in (
+        refused(text).reason
+    )
 
 
 def test_edge_associated_table_routes_only_the_vpc_or_a_subnet():

@@ -152,6 +152,49 @@ def cmd_sg_change(args) -> int:
     return 0
 
 
+def _change(args, kind: str, params: dict) -> dict:
+    result = _pick_lab(args.lab).request({"op": "change", "kind": kind, "params": params})
+    _say(f"{kind}: applied (change {result['seq']})")
+    return result
+
+
+def cmd_targets(args) -> int:
+    rows = [["TARGET", "PORT", "STATE", "REASON", "DESCRIPTION"]]
+    for d in _pick_lab(args.lab).request({"op": "targets", "target_group": args.target_group}):
+        h = d["TargetHealth"]
+        rows.append([d["Target"]["Id"], str(d["Target"].get("Port", "")), h["State"], h.get("Reason", "-"),
+                     h.get("Description", "")])
+    print(_table(rows))
+    return 0
+
+
+def cmd_register(args) -> int:
+    kind = "register-targets" if args.command_name == "register" else "deregister-targets"
+    _change(args, kind, {"target_group": args.target_group, "targets": args.targets})
+    return 0
+
+
+def cmd_endpoint(args) -> int:
+    _change(args, f"{args.action}-vpc-endpoint-connections", {"endpoint": args.endpoint})
+    return 0
+
+
+def cmd_modify(args) -> int:
+    attributes = {}
+    for pair in args.attributes:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise LabError(f"attributes are KEY=VALUE, got {pair!r}")
+        attributes[key] = value
+    _change(args, "modify-attributes", {"resource": args.resource, "attributes": attributes})
+    return 0
+
+
+def cmd_appliance(args) -> int:
+    from vpclab.engines.appliance import main as appliance_main
+    return appliance_main(args.appliance_args)
+
+
 def cmd_demo(args) -> int:
     from vpclab.cli.demo import run_demo
     return run_demo()
@@ -206,6 +249,21 @@ def build_parser() -> argparse.ArgumentParser:
         peer = p.add_mutually_exclusive_group(required=True)
         peer.add_argument("--cidr")
         peer.add_argument("--source-group", help="another group of the same VPC")
+    p = command("targets", cmd_targets, "target health, with AWS's states and reason codes")
+    p.add_argument("target_group")
+    for name, verb in (("register", "register targets with"), ("deregister", "deregister targets from")):
+        p = command(name, cmd_register, f"{verb} a target group (live)")
+        p.add_argument("target_group")
+        p.add_argument("targets", nargs="+", help="instance names or ids, or IPs for ip target groups")
+    p = command("endpoint", cmd_endpoint, "accept or reject a VPC endpoint connection (as the service provider)")
+    p.add_argument("action", choices=["accept", "reject"])
+    p.add_argument("endpoint", help="the endpoint's name or vpce- id")
+    p = command("modify", cmd_modify, "modify attributes of a load balancer, target group or listener (live)")
+    p.add_argument("resource")
+    p.add_argument("attributes", nargs="+", metavar="KEY=VALUE")
+    p = command("appliance", cmd_appliance, "run the reference GENEVE appliance (what appliance instances run)",
+                lab_option=False)
+    p.add_argument("appliance_args", nargs=argparse.REMAINDER, help="see `vpclab appliance -- --help`")
     command("demo", cmd_demo, "bring up the richest example lab, send real traffic through it, tear it down",
             lab_option=False)
     return parser

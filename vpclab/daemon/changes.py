@@ -26,6 +26,13 @@ CHANGES: dict[str, Callable[[Lab, dict], Lab]] = {
     "revoke-security-group-ingress": _sg_change(model_changes.revoke_security_group_ingress),
     "authorize-security-group-egress": _sg_change(model_changes.authorize_security_group_egress),
     "revoke-security-group-egress": _sg_change(model_changes.revoke_security_group_egress),
+    "register-targets": lambda lab, p: model_changes.register_targets(lab, p["target_group"], p["targets"]),
+    "deregister-targets": lambda lab, p: model_changes.deregister_targets(lab, p["target_group"], p["targets"]),
+    "accept-vpc-endpoint-connections":
+        lambda lab, p: model_changes.accept_vpc_endpoint_connections(lab, p["endpoint"]),
+    "reject-vpc-endpoint-connections":
+        lambda lab, p: model_changes.reject_vpc_endpoint_connections(lab, p["endpoint"]),
+    "modify-attributes": lambda lab, p: model_changes.modify_attributes(lab, p["resource"], p["attributes"]),
 }
 
 

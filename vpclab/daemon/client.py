@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from vpclab import unixpath
 from vpclab.daemon import paths
 from vpclab.daemon.store import Store
 
@@ -106,7 +107,8 @@ class Lab:
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(timeout)
-                sock.connect(str(self.dir / paths.API_SOCKET))
+                with unixpath.usable(self.dir / paths.API_SOCKET) as path:
+                    sock.connect(path)
                 sock.sendall((json.dumps(message) + "\n").encode())
                 data = b""
                 while not data.endswith(b"\n"):

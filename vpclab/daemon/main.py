@@ -14,9 +14,12 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import traceback
 from pathlib import Path
 
+from vpclab import unixpath
+from vpclab.daemon.balancers import Balancers
 from vpclab.daemon.changes import apply_change
 from vpclab.daemon.paths import API_SOCKET, NAMESPACES_FILE
 from vpclab.daemon.status import lab_status
@@ -64,9 +67,13 @@ class Daemon:
         self.lab: Lab | None = None
         self.wiring: Wiring | None = None
         self.resolvers: dict[str, dns_engine.Resolver] = {}
-        self.commands: dict[int, Service] = {}
+        self.commands: dict[int, tuple[str, str]] = {}  # pid -> (namespace, command)
+        self.balancers = Balancers(statedir, self._enter)
         self.tasks: list[asyncio.Task] = []
         self.stopping: asyncio.Event | None = None
+
+    def _enter(self, ns: str):
+        return self.fabric.switch.inside(self.fabric.holders[ns])
 
     # --- bring-up -----------------------------------------------------------
 
@@ -92,9 +99,17 @@ class Daemon:
     async def start_services(self) -> None:
         assert self.wiring is not None
         count = 0
+        nodes = [svc for svc in self.wiring.services if svc.kind == "gwlb_node"]
+        for node, _config in self.balancers.node_configs(nodes):
+            self._start_process(node.ns, [sys.executable, "-m", "vpclab.engines.gwlb.node",
+                                          str(node.control.with_suffix(".json"))], f"{node.ns}.log")
         for svc in self.wiring.services:
             if svc.kind == "command":
-                self._start_command(svc)
+                self._start_process(svc.ns, ["sh", "-c", svc.param("command")], f"{svc.ns}.log")
+            elif svc.kind == "appliance":
+                self._start_appliance(svc)
+            elif svc.kind == "gwlb_node":
+                pass  # started above, first: they take longest
             elif svc.kind == "dns":
                 self._start_dns(svc)
             else:
@@ -107,6 +122,10 @@ class Daemon:
                         coro = services_engine.serve_banner(sock)
                     self.tasks.append(asyncio.ensure_future(coro))
             count += 1
+        if nodes:
+            self.progress.send("progress", message=f"waiting for {len(nodes)} GWLB node(s)")
+            await self.balancers.wait_ready()
+            self.tasks.append(self.balancers.start_health_checks(self.lab))
         self.progress.send("progress", message=f"started {count} services")
 
     def _listen(self, ns: str, address: str, kind: int) -> socket.socket:
@@ -135,18 +154,30 @@ class Daemon:
         tcp = [self._listen(svc.ns, a, socket.SOCK_STREAM) for a in svc.addresses]
         self.tasks.append(asyncio.ensure_future(dns_engine.serve_dns(resolver, udp, tcp)))
 
-    def _start_command(self, svc: Service) -> None:
-        ns = self.wiring.namespace(svc.ns)
+    def _start_process(self, ns_name: str, command: list[str], log_name: str) -> None:
+        """Run a command inside a namespace (and its mounts and hostname), logging to logs/."""
+        ns = self.wiring.namespace(ns_name)
         logdir = self.statedir / "logs"
         logdir.mkdir(exist_ok=True)
-        argv = ["nsenter", "-t", str(self.fabric.holders[svc.ns]), "-n"]
+        argv = ["nsenter", "-t", str(self.fabric.holders[ns_name]), "-n"]
         if ns.own_mounts:
             argv += ["-m", "-u"]
-        argv += ["--", "sh", "-c", svc.param("command")]
-        with open(logdir / f"{svc.ns}.log", "ab") as out:
+        argv += ["--", *command]
+        with open(logdir / log_name, "ab") as out:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd="/")
-        self.commands[proc.pid] = svc
-        log.info("started in %s (pid %d): %s", svc.ns, proc.pid, svc.param("command"))
+        self.commands[proc.pid] = (ns_name, " ".join(command))
+        log.info("started in %s (pid %d): %s", ns_name, proc.pid, " ".join(command))
+
+    def _start_appliance(self, svc: Service) -> None:
+        directory = self.statedir / "appliances"
+        directory.mkdir(exist_ok=True)
+        argv = [sys.executable, "-m", "vpclab.engines.appliance", "--stats", str(directory / f"{svc.ns}.json"),
+                "--health-port", str(svc.param("health_port", 80))]
+        if svc.param("config"):
+            rules = directory / f"{svc.ns}-rules.json"
+            rules.write_text(json.dumps(svc.param("config")))
+            argv += ["--rules", str(rules)]
+        self._start_process(svc.ns, argv, f"{svc.ns}.log")
 
     # --- running ------------------------------------------------------------
 
@@ -159,10 +190,10 @@ class Daemon:
                 return
             if pid == 0:
                 return
-            svc = self.commands.pop(pid, None)
-            if svc is not None:
-                log.info("command in %s exited with status %d: %s", svc.ns,
-                         os.waitstatus_to_exitcode(status), svc.param("command"))
+            started = self.commands.pop(pid, None)
+            if started is not None:
+                log.info("command in %s exited with status %d: %s", started[0],
+                         os.waitstatus_to_exitcode(status), started[1])
             elif pid in self.fabric.holders.values():
                 log.error("the process holding a namespace died (pid %d)", pid)
 
@@ -176,7 +207,8 @@ class Daemon:
         await self.start_services()
         path = self.statedir / API_SOCKET
         path.unlink(missing_ok=True)
-        server = await asyncio.start_unix_server(self._client, path=str(path))
+        with unixpath.usable(path) as reachable:
+            server = await asyncio.start_unix_server(self._client, path=reachable)
         self.progress.send("ready", status=lab_status(self.lab))
         self.progress.close()
         await self.stopping.wait()
@@ -189,7 +221,7 @@ class Daemon:
         try:
             line = await reader.readline()
             request = json.loads(line)
-            result = self.handle(request)
+            result = await self.handle(request)
             reply = {"ok": True, "result": result}
         except Exception as exc:  # every failure goes back to the CLI, never kills the daemon
             log.warning("request failed: %s", exc)
@@ -201,14 +233,17 @@ class Daemon:
         except ConnectionError:
             pass
 
-    def handle(self, request: dict):
+    async def handle(self, request: dict):
         op = request.get("op")
         if op == "ping":
             return "pong"
         if op == "status":
-            status = lab_status(self.lab)
-            status["dns"] = {ns: r.counters.snapshot() for ns, r in self.resolvers.items()}
-            return status
+            return await self.status()
+        if op == "targets":
+            group = self.lab.target_groups.get(request["target_group"])
+            if group is None:
+                raise ValueError(f"TargetGroupNotFound: no target group {request['target_group']!r}")
+            return self.balancers.checker.describe_target_health(group.name) if self.balancers.checker else []
         if op == "change":
             return self.change(request["kind"], request.get("params", {}))
         if op == "shutdown":
@@ -216,11 +251,24 @@ class Daemon:
             return "stopping"
         raise ValueError(f"unknown request {op!r}")
 
+    async def status(self) -> dict:
+        appliances = {}
+        for path in (self.statedir / "appliances").glob("*.json") if (self.statedir / "appliances").is_dir() else ():
+            if not path.name.endswith("-rules.json"):
+                try:
+                    appliances[path.stem] = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    pass
+        status = lab_status(self.lab, self.balancers.target_health, await self.balancers.snapshots(), appliances)
+        status["dns"] = {ns: r.counters.snapshot() for ns, r in self.resolvers.items()}
+        return status
+
     def change(self, kind: str, params: dict) -> dict:
         new_lab = apply_change(self.lab, kind, params)  # validates before anything is touched
         new_wiring = compile_lab(new_lab)
         changed = self.fabric.reconcile(new_wiring)
         seq = self.store.append_change(kind, params)
+        self.balancers.apply(self.lab, new_lab)
         self.lab, self.wiring = new_lab, new_wiring
         log.info("change %d %s %s: reapplied %s", seq, kind, params, changed)
         return {"seq": seq, "reapplied": changed}

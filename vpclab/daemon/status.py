@@ -5,6 +5,8 @@ rely on them; their lists stay empty until a lab has such resources.
 """
 from __future__ import annotations
 
+from typing import Callable, Mapping
+
 from vpclab.model.resources import Lab
 
 
@@ -12,7 +14,12 @@ def _str(value) -> str | None:
     return None if value is None else str(value)
 
 
-def lab_status(lab: Lab) -> dict:
+def lab_status(lab: Lab, target_health: Callable[[str], dict] = lambda _g: {},
+               node_counters: Mapping[str, dict] | None = None,
+               appliances: Mapping[str, dict] | None = None) -> dict:
+    """The status of a lab; runtime facts (health, counters) come from the daemon."""
+    node_counters = node_counters or {}
+    appliances = appliances or {}
     instances = []
     for inst in lab.instances.values():
         subnet = lab.subnets[inst.subnet]
@@ -26,6 +33,7 @@ def lab_status(lab: Lab) -> dict:
             "public_ip": _str(inst.public_ip),
             "role": inst.role,
             "hostname": inst.hostname,
+            **({"appliance": appliances[inst.name]} if inst.name in appliances else {}),
             "enis": [{
                 "id": inst.eni_id,
                 "subnet": inst.subnet,
@@ -46,8 +54,47 @@ def lab_status(lab: Lab) -> dict:
              "public_ip": str(n.public_ip)}
             for n in lab.nat_gateways.values()
         ],
-        "load_balancers": [],
-        "target_groups": [],
-        "vpc_endpoint_services": [],
-        "vpc_endpoints": [],
+        "load_balancers": [
+            {"name": lb.name, "arn": lb.arn, "type": lb.type, "scheme": lb.scheme, "dns_name": lb.dns_name,
+             "vpc": lb.vpc, "attributes": dict(lb.attributes),
+             "nodes": [{"az": n.az, "subnet": n.subnet, "private_ip": str(n.private_ip),
+                        "public_ip": _str(n.public_ip),
+                        **({"counters": node_counters[f"gwlb:{lb.name}:{n.az}"]}
+                           if f"gwlb:{lb.name}:{n.az}" in node_counters else {})}
+                       for n in lb.nodes]}
+            for lb in lab.load_balancers.values()
+        ],
+        "target_groups": [_target_group(lab, g, target_health(g.name)) for g in lab.target_groups.values()],
+        "vpc_endpoint_services": [
+            {"id": s.id, "name": s.name, "service_name": s.service_name, "type": s.type,
+             "acceptance_required": s.acceptance_required, "allowed_principals": list(s.allowed_principals),
+             "load_balancers": [lab.load_balancers[b].arn for b in s.load_balancers]}
+            for s in lab.vpc_endpoint_services.values()
+        ],
+        "vpc_endpoints": [
+            {"id": e.id, "name": e.name, "type": e.type, "vpc": e.vpc, "state": e.state,
+             "service_name": lab.vpc_endpoint_services[e.service].service_name, "dns_names": [],
+             "enis": [{"id": n.id, "subnet": n.subnet, "az": n.az, "ip": str(n.ip)} for n in e.enis]}
+            for e in lab.vpc_endpoints.values()
+        ],
     }
+
+
+def _target_group(lab: Lab, group, health: dict) -> dict:
+    targets = []
+    for t in group.targets:
+        h = health.get(t.id, {})
+        targets.append({"id": t.id, "name": t.instance, "ip": str(t.ip), "port": t.port, "az": t.az,
+                        "state": h.get("State", "initial"), "reason": h.get("Reason")})
+    # deregistered targets stay visible while they drain
+    by_id = {i.id: i for i in lab.instances.values()}
+    for target_id, h in health.items():
+        if target_id not in {t.id for t in group.targets}:
+            inst = by_id.get(target_id)
+            targets.append({"id": target_id, "name": inst.name if inst else None,
+                            "ip": str(inst.private_ip) if inst else target_id, "port": group.port,
+                            "az": lab.subnets[inst.subnet].az if inst else None,
+                            "state": h.get("State"), "reason": h.get("Reason")})
+    return {"name": group.name, "arn": group.arn, "protocol": group.protocol, "port": group.port,
+            "vpc": group.vpc, "target_type": group.target_type, "attributes": dict(group.attributes),
+            "targets": targets}

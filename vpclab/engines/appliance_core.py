@@ -5,7 +5,8 @@ header byte for byte (the cookie included, so a reused 5-tuple's new cookie is
 echoed at once) and the inner packet unchanged. The outer IP/UDP swap belongs
 to the shell.
 
-Optional rules, from a lab file:
+Optional rules, from a lab file (parsed and validated by
+`vpclab.model.appliance.ApplianceConfig`, re-exported here):
 
     inside: [10.0.0.0/16]          # who is "inside" for `direction`
     drop_all: false
@@ -22,18 +23,27 @@ packet, and is judged by that.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
-from typing import Any, Mapping, NamedTuple, Sequence
+from ipaddress import ip_address
+from typing import NamedTuple
 
 from vpclab.engines.geneve import GeneveError, decode, parse_inner
 
-ALLOW, DENY = "allow", "deny"
-INBOUND, OUTBOUND, ANY = "inbound", "outbound", "any"
-PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
-_ANY_PROTOCOL = ("any", "all", "-1")
-
-Network = IPv4Network | IPv6Network
+# The configuration is pure and lives in the model (the lab loader validates an
+# instance's `Appliance` with it); re-exported here so existing imports keep working.
+from vpclab.model.appliance import (  # noqa: F401
+    ALLOW,
+    ANY,
+    DENY,
+    INBOUND,
+    OUTBOUND,
+    PROTOCOLS,
+    ApplianceConfig,
+    ApplianceConfigError,
+    Network,
+    Rule,
+    in_any as _in_any,
+    parse_rules,
+)
 
 
 class Reply(NamedTuple):
@@ -46,138 +56,6 @@ class Drop(NamedTuple):
 
 
 _tuple_new = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (hot path)
-
-
-@dataclass(frozen=True)
-class Rule:
-    action: str
-    direction: str = ANY
-    protocol: int | None = None                # None: any
-    ports: tuple[tuple[int, int], ...] = ()    # inclusive ranges; empty: any
-    source: tuple[Network, ...] = ()           # empty: any
-    destination: tuple[Network, ...] = ()
-
-    def matches(self, proto: int, src: Any, dst: Any, dport: int, inbound: bool) -> bool:
-        if self.direction != ANY and inbound != (self.direction == INBOUND):
-            return False
-        if self.protocol is not None and proto != self.protocol:
-            return False
-        if self.ports and not (proto in (6, 17) and any(lo <= dport <= hi for lo, hi in self.ports)):
-            return False
-        if self.source and not _in_any(src, self.source):
-            return False
-        return not self.destination or _in_any(dst, self.destination)
-
-
-def _in_any(address: Any, networks: tuple[Network, ...]) -> bool:
-    # ipaddress does not check versions in `in`; an IPv4 address could match ::/0.
-    return any(address.version == n.version and address in n for n in networks)
-
-
-@dataclass(frozen=True)
-class ApplianceConfig:
-    inside: tuple[Network, ...] = ()
-    rules: tuple[Rule, ...] = ()
-    drop_all: bool = False
-    flow_idle_timeout: float = 350.0
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> ApplianceConfig:
-        """Parse `{inside, drop_all, rules, flow_idle_timeout}`; ValueError names the bad field."""
-        data = dict(data or {})
-        unknown = sorted(set(data) - {"inside", "drop_all", "rules", "flow_idle_timeout"})
-        if unknown:
-            raise ValueError(f"appliance: unknown key(s) {', '.join(unknown)}")
-        inside = _networks("appliance.inside", data.get("inside", ()))
-        drop_all = data.get("drop_all", False)
-        if not isinstance(drop_all, bool):
-            raise ValueError(f"appliance.drop_all: expected true or false, got {drop_all!r}")
-        timeout = data.get("flow_idle_timeout", 350.0)
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise ValueError(f"appliance.flow_idle_timeout: expected a positive number, got {timeout!r}")
-        rules = parse_rules(data.get("rules", ()))
-        if not inside and any(r.direction != ANY for r in rules):
-            raise ValueError("appliance.rules: direction inbound/outbound needs appliance.inside")
-        return cls(inside=inside, rules=rules, drop_all=drop_all, flow_idle_timeout=float(timeout))
-
-
-_RULE_KEYS = {"action", "direction", "protocol", "port", "source", "destination"}
-
-
-def parse_rules(rules: Sequence[Mapping[str, Any]]) -> tuple[Rule, ...]:
-    if not isinstance(rules, (list, tuple)):
-        raise ValueError(f"appliance.rules: expected a list, got {type(rules).__name__}")
-    return tuple(_parse_rule(f"appliance.rules[{i}]", rule) for i, rule in enumerate(rules))
-
-
-def _parse_rule(where: str, rule: Mapping[str, Any]) -> Rule:
-    if not isinstance(rule, Mapping):
-        raise ValueError(f"{where}: expected a mapping, got {rule!r}")
-    unknown = sorted(set(rule) - _RULE_KEYS)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}")
-    action = rule.get("action")
-    if action not in (ALLOW, DENY):
-        raise ValueError(f"{where}.action: expected allow or deny, got {action!r}")
-    direction = rule.get("direction", ANY)
-    if direction not in (INBOUND, OUTBOUND, ANY):
-        raise ValueError(f"{where}.direction: expected inbound, outbound or any, got {direction!r}")
-    protocol = _protocol(f"{where}.protocol", rule.get("protocol", "any"))
-    ports = _ports(f"{where}.port", rule.get("port", ()))
-    if ports and protocol not in (None, 6, 17):
-        raise ValueError(f"{where}.port: ports need protocol tcp, udp or any")
-    return Rule(action=action, direction=direction, protocol=protocol, ports=ports,
-                source=_networks(f"{where}.source", rule.get("source", ())),
-                destination=_networks(f"{where}.destination", rule.get("destination", ())))
-
-
-def _protocol(where: str, value: Any) -> int | None:
-    if isinstance(value, str):
-        name = value.lower()
-        if name in _ANY_PROTOCOL:
-            return None
-        if name in PROTOCOLS:
-            return PROTOCOLS[name]
-        if name.isdigit():
-            value = int(name)
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value == -1:
-            return None
-        if 0 <= value <= 255:
-            return value
-    raise ValueError(f"{where}: expected tcp, udp, icmp, icmpv6, any or 0-255, got {value!r}")
-
-
-def _ports(where: str, value: Any) -> tuple[tuple[int, int], ...]:
-    items = value if isinstance(value, (list, tuple)) else [value]
-    ranges = []
-    for item in items:
-        if isinstance(item, int) and not isinstance(item, bool):
-            lo = hi = item
-        elif isinstance(item, str) and item.partition("-")[0].strip().isdigit():
-            first, dash, last = item.partition("-")
-            if dash and not last.strip().isdigit():
-                raise ValueError(f"{where}: bad port range {item!r}")
-            lo, hi = int(first), int(last) if dash else int(first)
-        else:
-            raise ValueError(f"{where}: expected a port, a 'low-high' range or a list, got {item!r}")
-        if not 1 <= lo <= hi <= 65535:
-            raise ValueError(f"{where}: port range {item!r} outside 1-65535 or reversed")
-        ranges.append((lo, hi))
-    return tuple(ranges)
-
-
-def _networks(where: str, value: Any) -> tuple[Network, ...]:
-    items = value if isinstance(value, (list, tuple)) else [value]
-    networks = []
-    for item in items:
-        if not isinstance(item, str):
-            raise ValueError(f"{where}: expected a CIDR string, got {item!r}")
-        try:
-            networks.append(ip_network(item))
-        except ValueError as error:
-            raise ValueError(f"{where}: {error}") from None
-    return tuple(networks)
 
 
 class _Flow:

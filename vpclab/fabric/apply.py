@@ -56,22 +56,38 @@ class Fabric:
         _injected_fault("links")
         progress("configuring addresses, routes and rules")
         self._parallel([(ns.name, ["ip", "-batch", "-"], "\n".join(ns.ip_batch) + "\n")
-                        for ns in wiring.namespaces if ns.ip_batch])
+                        for ns in wiring.namespaces if ns.ip_batch]
+                       + [(ns.name, ["ethtool", "-K", ifname, "tx", "off"], "")
+                          for ns in wiring.namespaces for ifname in ns.tx_offload_off])
         progress("loading security groups, network ACLs and NAT (nftables)")
         self._parallel([(ns.name, ["nft", "-f", "-"], _replace_ruleset(ns.nft))
                         for ns in wiring.namespaces if ns.nft])
         self.wiring = wiring
 
     def reconcile(self, new: Wiring) -> list[str]:
-        """Apply a changed wiring to the live lab; returns what changed."""
+        """Apply a changed wiring to the live lab: rulesets and route tables; returns what changed."""
         old = self.wiring
         assert old is not None
-        if [(n.name, n.ip_batch) for n in old.namespaces] != [(n.name, n.ip_batch) for n in new.namespaces] \
-                or old.links != new.links:
-            raise FabricError("this change alters namespaces, links or routes; run `vpclab down` and `up`")
-        changed = [n.name for n, o in zip(new.namespaces, old.namespaces) if n.nft != o.nft]
-        self._parallel([(name, ["nft", "-f", "-"], _replace_ruleset(new.namespace(name).nft))
-                        for name in changed])
+        if [n.name for n in old.namespaces] != [n.name for n in new.namespaces] or old.links != new.links:
+            raise FabricError("this change alters namespaces or links; run `vpclab down` and `up`")
+        jobs, changed = [], []
+        for before, after in zip(old.namespaces, new.namespaces):
+            old_rest, old_tables = _split_route_tables(before.ip_batch)
+            new_rest, new_tables = _split_route_tables(after.ip_batch)
+            if old_rest != new_rest:
+                raise FabricError(f"this change alters addresses or rules in {after.name}; "
+                                  "run `vpclab down` and `up`")
+            tables = sorted(t for t in set(old_tables) | set(new_tables)
+                            if old_tables.get(t) != new_tables.get(t))
+            if tables:
+                lines = [f"route flush table {t}" for t in tables]
+                lines += [line for t in tables for line in new_tables.get(t, [])]
+                jobs.append((after.name, ["ip", "-batch", "-"], "\n".join(lines) + "\n"))
+            if after.nft != before.nft:
+                jobs.append((after.name, ["nft", "-f", "-"], _replace_ruleset(after.nft)))
+            if tables or after.nft != before.nft:
+                changed.append(after.name)
+        self._parallel(jobs)
         self.wiring = new
         return changed
 
@@ -146,6 +162,19 @@ class Fabric:
                 errors.append(f"{ns_name or 'sandbox'}: {argv[0]} failed: {err.strip()}")
         if errors:
             raise FabricError("; ".join(errors))
+
+
+def _split_route_tables(batch: tuple[str, ...]) -> tuple[list[str], dict[int, list[str]]]:
+    """Separate `route add ... table N` lines, by table, from everything else."""
+    rest: list[str] = []
+    tables: dict[int, list[str]] = {}
+    for line in batch:
+        words = line.split()
+        if words[:2] == ["route", "add"] and words[-2] == "table":
+            tables.setdefault(int(words[-1]), []).append(line)
+        else:
+            rest.append(line)
+    return rest, tables
 
 
 def _injected_fault(stage: str) -> None:

@@ -1,14 +1,28 @@
-"""Live changes: pure functions from a Lab to a new Lab, refused as AWS refuses them."""
+"""Live changes: pure functions from a Lab to a new Lab, refused as AWS refuses them.
+
+Security groups (EC2): authorize/revoke ingress and egress.
+Elastic Load Balancing: register/deregister targets, modify attributes.
+PrivateLink: accept/reject endpoint connections.
+"""
 from __future__ import annotations
 
 import re
 from dataclasses import replace
 from ipaddress import IPv4Network
-from typing import Literal
+from typing import Any, Iterable, Literal, Mapping
 
+from .elb import (
+    LISTENER_ATTRIBUTES,
+    LOAD_BALANCER_ATTRIBUTES,
+    TARGET_GROUP_ATTRIBUTES,
+    AttributeProblem,
+    resolve_attributes,
+    resolve_target,
+)
 from .errors import ChangeError
+from .health_check import lb_type_for_protocol
 from .loader import parse_integer, parse_network, parse_protocol, port_range, same_permission
-from .resources import Lab, SecurityGroup, SgRule
+from .resources import Lab, Listener, LoadBalancer, SecurityGroup, SgRule, Target, TargetGroup, VpcEndpoint
 
 Direction = Literal["ingress", "egress"]
 PORT_ARG = re.compile(r"(-1|\d+)(?:-(-1|\d+))?")
@@ -138,3 +152,159 @@ def _summary(rule: SgRule) -> str:
     if rule.from_port is not None:
         parts += [f"from port: {rule.from_port}", f"to port: {rule.to_port}"]
     return ", ".join(parts + ["ALLOW"])
+
+
+# -- Elastic Load Balancing: targets
+
+
+def register_targets(lab: Lab, target_group: str, targets: Iterable[str]) -> Lab:
+    """RegisterTargets: instance names or IDs, or IPs, as the lab file names them.
+
+    All or nothing: one bad target (`InvalidTarget`) refuses the call. A target
+    already registered is left as it is (AWS is idempotent). Unknown group:
+    `TargetGroupNotFound`.
+    """
+    group = _target_group(lab, target_group)
+    registered = list(group.targets)
+    for target in _targets(lab, group, targets):
+        if all(t.id != target.id for t in registered):
+            registered.append(target)
+    return _with_targets(lab, group, tuple(registered))
+
+
+def deregister_targets(lab: Lab, target_group: str, targets: Iterable[str]) -> Lab:
+    """DeregisterTargets. A target that is not registered is refused (`InvalidTarget`)."""
+    group = _target_group(lab, target_group)
+    leaving = _targets(lab, group, targets)
+    for target in leaving:
+        if all(t.id != target.id for t in group.targets):
+            raise ChangeError(
+                "InvalidTarget", f"The following targets are not registered in target group {group.name}: {target.id}"
+            )
+    ids = {t.id for t in leaving}
+    return _with_targets(lab, group, tuple(t for t in group.targets if t.id not in ids))
+
+
+def _target_group(lab: Lab, name_or_arn: str) -> TargetGroup:
+    for group in lab.target_groups.values():
+        if name_or_arn in (group.name, group.arn):
+            return group
+    raise ChangeError("TargetGroupNotFound", f"Target group '{name_or_arn}' not found")
+
+
+def _targets(lab: Lab, group: TargetGroup, values: Iterable[str]) -> list[Target]:
+    if isinstance(values, str):
+        values = [values]
+    found = []
+    for value in values:
+        try:
+            found.append(resolve_target(value, group.target_type, group.vpc, group.port, lab.instances, lab.subnets))
+        except ValueError as e:
+            raise ChangeError("InvalidTarget", str(e)) from None
+    if not found:
+        raise ChangeError("ValidationError", "give at least one target")
+    return found
+
+
+def _with_targets(lab: Lab, group: TargetGroup, targets: tuple[Target, ...]) -> Lab:
+    if targets == group.targets:
+        return lab
+    return replace(lab, target_groups={**lab.target_groups, group.name: replace(group, targets=targets)})
+
+
+# -- Elastic Load Balancing: attributes
+
+
+def modify_attributes(lab: Lab, resource_name_or_arn: str, attributes: Mapping[str, Any]) -> Lab:
+    """ModifyLoadBalancerAttributes, ModifyTargetGroupAttributes or ModifyListenerAttributes,
+    for the load balancer, target group or listener named (by lab name or ARN).
+
+    Checked as the lab file's attributes are: `ValidationError` for an unknown
+    key or a bad value, `InvalidConfigurationRequest` for values that
+    contradict each other (target_failover.*). Unknown resource:
+    `LoadBalancerNotFound`, `TargetGroupNotFound` or `ListenerNotFound` as its
+    ARN says, else `ValidationError`.
+    """
+    for section in (lab.load_balancers, lab.target_groups, lab.listeners):
+        for resource in section.values():
+            if resource_name_or_arn in (resource.name, resource.arn):
+                if isinstance(resource, LoadBalancer):
+                    return modify_load_balancer_attributes(lab, resource.name, attributes)
+                if isinstance(resource, TargetGroup):
+                    return modify_target_group_attributes(lab, resource.name, attributes)
+                return modify_listener_attributes(lab, resource.name, attributes)
+    for marker, code in ((":loadbalancer/", "LoadBalancerNotFound"), (":targetgroup/", "TargetGroupNotFound"),
+                         (":listener/", "ListenerNotFound")):  # fmt: skip
+        if marker in resource_name_or_arn:
+            raise ChangeError(code, f"'{resource_name_or_arn}' not found")
+    raise ChangeError(
+        "ValidationError", f"no load balancer, target group or listener is named '{resource_name_or_arn}'"
+    )
+
+
+def modify_load_balancer_attributes(lab: Lab, load_balancer: str, attributes: Mapping[str, Any]) -> Lab:
+    lb = next((b for b in lab.load_balancers.values() if load_balancer in (b.name, b.arn)), None)
+    if lb is None:
+        raise ChangeError("LoadBalancerNotFound", f"Load balancer '{load_balancer}' not found")
+    changed = _modified(LOAD_BALANCER_ATTRIBUTES, lb.type, lb.attributes, attributes, "load balancer")
+    return replace(lab, load_balancers={**lab.load_balancers, lb.name: replace(lb, attributes=changed)})
+
+
+def modify_target_group_attributes(lab: Lab, target_group: str, attributes: Mapping[str, Any]) -> Lab:
+    group = _target_group(lab, target_group)
+    lb_type = lb_type_for_protocol(group.protocol)
+    changed = _modified(TARGET_GROUP_ATTRIBUTES, lb_type, group.attributes, attributes, "target group")
+    return replace(lab, target_groups={**lab.target_groups, group.name: replace(group, attributes=changed)})
+
+
+def modify_listener_attributes(lab: Lab, listener: str, attributes: Mapping[str, Any]) -> Lab:
+    found: Listener | None = next((li for li in lab.listeners.values() if listener in (li.name, li.arn)), None)
+    if found is None:
+        raise ChangeError("ListenerNotFound", f"Listener '{listener}' not found")
+    lb_type = lab.load_balancers[found.load_balancer].type
+    changed = _modified(LISTENER_ATTRIBUTES, lb_type, found.attributes, attributes, "listener")
+    return replace(lab, listeners={**lab.listeners, found.name: replace(found, attributes=changed)})
+
+
+def _modified(schemas: Mapping[str, Any], lb_type: str, current: Mapping[str, str], changes: Mapping[str, Any],
+              what: str) -> dict[str, str]:  # fmt: skip
+    if not changes:
+        raise ChangeError("ValidationError", "give at least one attribute")
+    try:
+        return resolve_attributes(schemas[lb_type], current, changes, what)
+    except AttributeProblem as e:
+        message = e.reason if e.key is None or e.key in e.reason else f"{e.key}: {e.reason}"
+        raise ChangeError(e.code, message) from None
+
+
+# -- PrivateLink: endpoint connections
+
+
+def accept_vpc_endpoint_connections(lab: Lab, endpoint: str) -> Lab:
+    """AcceptVpcEndpointConnections: pendingAcceptance -> available (an available one stays).
+
+    A rejected endpoint cannot be accepted (`InvalidState`); unknown:
+    `InvalidVpcEndpointId.NotFound`.
+    """
+    found = _endpoint(lab, endpoint)
+    if found.state == "rejected":
+        raise ChangeError("InvalidState", f"VPC endpoint {found.id} is rejected; it cannot be accepted")
+    return _with_state(lab, found, "available")
+
+
+def reject_vpc_endpoint_connections(lab: Lab, endpoint: str) -> Lab:
+    """RejectVpcEndpointConnections: pendingAcceptance or available -> rejected (AWS allows both)."""
+    return _with_state(lab, _endpoint(lab, endpoint), "rejected")
+
+
+def _endpoint(lab: Lab, name_or_id: str) -> VpcEndpoint:
+    for endpoint in lab.vpc_endpoints.values():
+        if name_or_id in (endpoint.name, endpoint.id):
+            return endpoint
+    raise ChangeError("InvalidVpcEndpointId.NotFound", f"The VpcEndpoint ID '{name_or_id}' does not exist")
+
+
+def _with_state(lab: Lab, endpoint: VpcEndpoint, state: str) -> Lab:
+    if endpoint.state == state:
+        return lab
+    return replace(lab, vpc_endpoints={**lab.vpc_endpoints, endpoint.name: replace(endpoint, state=state)})

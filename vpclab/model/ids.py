@@ -23,3 +23,13 @@ def hostname_for(ip: IPv4Address, region: str) -> str:
     if region == "us-east-1":
         return f"{host}.ec2.internal"
     return f"{host}.{region}.compute.internal"
+
+
+def aws_hex(*parts: str) -> str:
+    """16 hex digits hashed from `parts`: the ID inside an ELB ARN (`loadbalancer/gwy/<name>/<hex>`)."""
+    return hashlib.sha256("/".join(parts).encode()).hexdigest()[:16]
+
+
+def elb_arn(region: str, account: str, resource: str) -> str:
+    """`arn:aws:elasticloadbalancing:<region>:<account>:<resource>`."""
+    return f"arn:aws:elasticloadbalancing:{region}:{account}:{resource}"

@@ -3,8 +3,10 @@
 A bad file is refused with one `LabFileError`, the first one met in two passes:
 1. shape: sections, resource names, keys and value types, walking the file in order;
 2. meaning: references, containment, addresses and routes, in dependency order
-   (VPCs, subnets, internet gateways, security groups, addresses, route
-   tables, network ACLs, internet hosts), each section in file order.
+   (VPCs, subnets, internet gateways, security groups, then the resources that
+   take addresses: NAT gateways, instances, load balancers and VPC endpoints;
+   then target groups, listeners, endpoint services, endpoints, route tables,
+   network ACLs, internet hosts), each section in file order.
 """
 from __future__ import annotations
 
@@ -26,15 +28,34 @@ from .alloc import (
     internet_pool,
     subnet_pool,
 )
+from .appliance import ApplianceConfig, ApplianceConfigError
+from .elb import (
+    LISTENER_ATTRIBUTES,
+    LOAD_BALANCER_ATTRIBUTES,
+    TARGET_GROUP_ATTRIBUTES,
+    AttributeProblem,
+    AttributeSpec,
+    default_attributes,
+    elb_name_problem,
+    parse_principal,
+    principal_allows,
+    resolve_attributes,
+    resolve_target,
+)
 from .errors import LabFileError
-from .ids import aws_id, hostname_for
+from .health_check import HealthCheckConfig
+from .ids import aws_hex, aws_id, elb_arn, hostname_for
 from .resources import (
     DEFAULT_ACCOUNT,
     DEFAULT_REGION,
+    EndpointEni,
     Instance,
     InternetGateway,
     InternetHost,
     Lab,
+    Listener,
+    LoadBalancer,
+    LoadBalancerNode,
     NaclEntry,
     NatGateway,
     NetworkAcl,
@@ -43,7 +64,11 @@ from .resources import (
     SecurityGroup,
     SgRule,
     Subnet,
+    Target,
+    TargetGroup,
     Vpc,
+    VpcEndpoint,
+    VpcEndpointService,
 )
 
 LAB_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")
@@ -302,11 +327,16 @@ NETWORK = _leaf(parse_network)
 PROTOCOL = _leaf(parse_protocol)
 NAMES = _list_of(TEXT)
 
-ROUTE_TARGETS = {"GatewayId": "igw", "NatGatewayId": "nat", "InstanceId": "instance", "NetworkInterfaceId": "eni"}
+ROUTE_TARGETS = {
+    "GatewayId": "igw",
+    "NatGatewayId": "nat",
+    "InstanceId": "instance",
+    "NetworkInterfaceId": "eni",
+    "VpcEndpointId": "vpce",
+}
 _ROUTE = {
     "DestinationCidrBlock": NETWORK,
     **{key: TEXT for key in ROUTE_TARGETS},
-    "VpcEndpointId": _unsupported("routes to VPC endpoints"),
     "TransitGatewayId": _unsupported("routes to transit gateways"),
     "DestinationIpv6CidrBlock": _unsupported("IPv6 routes"),
     "DestinationPrefixListId": _unsupported("prefix-list routes"),
@@ -321,7 +351,9 @@ def _route(value: Any, path: str) -> dict[str, Any]:
     props = _fields(value, path, _ROUTE, required=("DestinationCidrBlock",))
     targets = [key for key in props if key in ROUTE_TARGETS]
     if not targets:
-        raise _Invalid(path, "a route needs a target: GatewayId, NatGatewayId, InstanceId or NetworkInterfaceId")
+        raise _Invalid(
+            path, "a route needs a target: GatewayId, NatGatewayId, InstanceId, NetworkInterfaceId or VpcEndpointId"
+        )
     if len(targets) > 1:
         raise _Invalid(
             _join(path, targets[1]), f"a route has exactly one target, and this one already has {targets[0]}"
@@ -397,6 +429,102 @@ def _nacl_entry(value: Any, path: str) -> NaclEntry:
     )
 
 
+def _attributes(value: Any, path: str) -> dict[str, tuple[Any, str]]:
+    """AWS attributes as a mapping (`key: value`) or CloudFormation's list of `{Key, Value}`.
+
+    Returns key -> (raw value, key path); values are checked in pass 2, where
+    the resource's type says which keys exist.
+    """
+    if value is None:
+        return {}
+    found: dict[str, tuple[Any, str]] = {}
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            props = _fields(item, f"{path}[{i}]", {"Key": TEXT, "Value": _scalar}, required=("Key", "Value"))
+            key = props["Key"]
+            if key in found:
+                raise _Invalid(f"{path}[{i}].Key", f"attribute {key} is given twice")
+            found[key] = (props["Value"], f"{path}[{i}].Value")
+        return found
+    if not isinstance(value, dict):
+        raise _Invalid(path, f"expected a mapping of attribute names to values, got {_describe(value)}")
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise _Invalid(_join(path, key), f"an attribute name is a string, got {_describe(key)}")
+        found[key] = (_scalar(item, _join(path, key)), _join(path, key))
+    return found
+
+
+def _scalar(value: Any, path: str) -> Any:
+    if isinstance(value, (str, int, bool)):
+        return value
+    raise _Invalid(path, f"expected a value (text, number or true/false), got {_describe(value)}")
+
+
+def _health_check_port(value: Any) -> int | str:
+    if value == "traffic-port":
+        return value
+    try:
+        return _between(1, 65535)(value)
+    except ValueError:
+        raise ValueError(f"expected a port 1-65535 or traffic-port, got {_describe(value)}") from None
+
+
+def _http_code(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return _text(value)
+
+
+def _upper(value: Any) -> str:
+    return _text(value).upper()
+
+
+def _target_ref(value: Any, path: str) -> dict[str, Any]:
+    """A target: its Id alone (`appliance-1`, `10.0.21.20`) or `{Id: ..., Port: ...}`.
+
+    `at` is where its Id is written, for messages."""
+    if isinstance(value, str):
+        return {"Id": value, "at": path}
+    props = _fields(value, path, {"Id": TEXT, "Port": _leaf(_between(1, 65535))}, required=("Id",))
+    return {**props, "at": _join(path, "Id")}
+
+
+def _appliance(value: Any, path: str) -> dict[str, Any]:
+    """The reference appliance's settings, validated as `vpclab appliance` reads them."""
+    if not isinstance(value, dict):
+        raise _Invalid(path, f"expected a mapping of appliance settings, got {_describe(value)}")
+    try:
+        ApplianceConfig.from_dict(value)
+    except ApplianceConfigError as e:
+        raise _Invalid(path + e.where[len("appliance") :], e.reason) from None
+    return value
+
+
+ENDPOINT_TYPES = ("GatewayLoadBalancer", "Interface", "Gateway")
+
+
+def _endpoint_type(value: Any) -> str:
+    text = _text(value)
+    for choice in ENDPOINT_TYPES:
+        if text.lower() == choice.lower():
+            return choice
+    raise ValueError(f"expected one of {', '.join(ENDPOINT_TYPES)}, got '{text}'{_did_you_mean(text, ENDPOINT_TYPES)}")
+
+
+HEALTH_CHECK_FIELDS: dict[str, Field] = {
+    "HealthCheckEnabled": BOOLEAN,
+    "HealthCheckProtocol": _leaf(_upper),
+    "HealthCheckPort": _leaf(_health_check_port),
+    "HealthCheckPath": TEXT,
+    "HealthCheckIntervalSeconds": INTEGER,
+    "HealthCheckTimeoutSeconds": INTEGER,
+    "HealthyThresholdCount": INTEGER,
+    "UnhealthyThresholdCount": INTEGER,
+    "Matcher": _mapping({"HttpCode": _leaf(_http_code), "GrpcCode": _unsupported("gRPC matchers")}, ("HttpCode",)),
+}
+GATEWAY_ONLY = "a Gateway Load Balancer endpoint has"
+
 VPC_CIDR = _leaf(_cidr_sized(16, 28))
 
 # section -> (fields of each resource, required keys)
@@ -453,8 +581,73 @@ RESOURCE_SECTIONS: dict[str, tuple[dict[str, Field], tuple[str, ...]]] = {
             "Role": _leaf(_choice("instance", "appliance")),
             "Run": _commands,
             "DefaultServices": BOOLEAN,
+            "Appliance": _appliance,
         },
         ("SubnetId",),
+    ),
+    "load_balancers": (
+        {
+            "Type": _leaf(_choice("gateway", "network", "application")),
+            "Scheme": _leaf(_choice("internal", "internet-facing")),
+            "IpAddressType": _leaf(_choice("ipv4", "dualstack")),
+            "Subnets": NAMES,
+            "SubnetMappings": _list_of(
+                _mapping(
+                    {
+                        "SubnetId": TEXT,
+                        "PrivateIPv4Address": ADDRESS,
+                        "AllocationId": _unsupported("Elastic IPs for load balancers"),
+                        "IPv6Address": _unsupported("IPv6 addresses"),
+                    },
+                    ("SubnetId",),
+                )
+            ),
+            "LoadBalancerAttributes": _attributes,
+        },
+        (),
+    ),
+    "target_groups": (
+        {
+            "Protocol": _leaf(_upper),
+            "Port": _leaf(_between(1, 65535)),
+            "VpcId": TEXT,
+            "TargetType": _leaf(_choice("instance", "ip", "alb", "lambda")),
+            **HEALTH_CHECK_FIELDS,
+            "TargetGroupAttributes": _attributes,
+            "Targets": _list_of(_target_ref),
+        },
+        ("Protocol", "Port", "VpcId"),
+    ),
+    "listeners": (
+        {
+            "LoadBalancerArn": TEXT,
+            "DefaultActions": _list_of(_mapping({"Type": TEXT, "TargetGroupArn": TEXT}, ("Type",))),
+            "Protocol": TEXT,
+            "Port": INTEGER,
+            "ListenerAttributes": _attributes,
+        },
+        ("LoadBalancerArn", "DefaultActions"),
+    ),
+    "vpc_endpoint_services": (
+        {
+            "GatewayLoadBalancerArns": NAMES,
+            "NetworkLoadBalancerArns": _unsupported("endpoint services for Network Load Balancers"),
+            "AcceptanceRequired": BOOLEAN,
+            "AllowedPrincipals": _list_of(_leaf(parse_principal)),
+        },
+        ("GatewayLoadBalancerArns",),
+    ),
+    "vpc_endpoints": (
+        {
+            "VpcEndpointType": _leaf(_endpoint_type),
+            "ServiceName": TEXT,
+            "VpcId": TEXT,
+            "SubnetIds": NAMES,
+            "SecurityGroupIds": NAMES,
+            "PolicyDocument": lambda value, path: value,
+            "PrivateDnsEnabled": BOOLEAN,
+        },
+        ("ServiceName", "VpcId"),
     ),
     "hosts": (  # internet.hosts
         {"Ip": ADDRESS, "DnsName": _leaf(_dns_name), "Run": _commands, "DefaultServices": BOOLEAN},
@@ -464,7 +657,8 @@ RESOURCE_SECTIONS: dict[str, tuple[dict[str, Field], tuple[str, ...]]] = {
 LAB_FIELDS = {"name": TEXT, "region": _leaf(_region), "account": _leaf(_account)}
 INTERNET_FIELDS = {"CidrBlock": _leaf(_cidr_sized(8, 28)), "hosts": lambda value, path: value}  # hosts: resources
 SECTIONS = ("lab", "vpcs", "subnets", "route_tables", "internet_gateways", "nat_gateways",
-            "security_groups", "network_acls", "instances", "internet")  # fmt: skip
+            "security_groups", "network_acls", "instances", "load_balancers", "target_groups",
+            "listeners", "vpc_endpoint_services", "vpc_endpoints", "internet")  # fmt: skip
 
 KIND_LABELS = {
     "vpcs": "VPC",
@@ -475,6 +669,11 @@ KIND_LABELS = {
     "security_groups": "security group",
     "network_acls": "network ACL",
     "instances": "instance",
+    "load_balancers": "load balancer",
+    "target_groups": "target group",
+    "listeners": "listener",
+    "vpc_endpoint_services": "endpoint service",
+    "vpc_endpoints": "VPC endpoint",
     "hosts": "internet host",
 }
 
@@ -556,14 +755,18 @@ class _Document:
 
 @dataclass
 class _AddressClaim:
-    """A NAT gateway or an instance, resolved but for its addresses."""
+    """A resource's address in one subnet, before allocation: a NAT gateway, an
+    instance, a load balancer node or a VPC endpoint's network interface."""
 
     spec: _Spec
     owner: str  # "instance web-1", for messages
     subnet: Subnet
     public: bool  # needs a public address
-    public_ip_key: str  # the key that may give it: PublicIp or PublicIpAddress
+    public_ip_key: str  # the key that may give it: PublicIp or PublicIpAddress ("" for none)
     groups: tuple[str, ...] = ()  # an instance's security groups
+    explicit: IPv4Address | None = None  # the private address the file gives
+    explicit_path: str = ""  # where it gives it
+    path: str = ""  # where a failed allocation is reported; the resource's path if empty
     private_ip: IPv4Address | None = None
     public_ip: IPv4Address | None = None
 
@@ -579,6 +782,15 @@ def _assign(pool: AddressPool, explicit: IPv4Address | None, owner: str, path: s
         raise _Invalid(path, str(e)) from None
 
 
+GENEVE_PORT = 6081
+_ARN_TYPES = {"gateway": "gwy", "network": "net", "application": "app"}
+
+
+def _is_named(resource: Any, value: str) -> bool:
+    """Whether `value` is the resource's ID, ARN or (endpoint service) service name."""
+    return value in (getattr(resource, key, None) for key in ("id", "arn", "service_name"))
+
+
 class _Builder:
     def __init__(self, document: _Document, region: str, account: str):
         self.doc = document
@@ -587,6 +799,10 @@ class _Builder:
         self.internet_cidr: IPv4Network = document.internet.get("CidrBlock", DEFAULT_INTERNET_CIDR)
         # section -> name -> resource, as resolved so far (implicit resources included)
         self.built: dict[str, dict[str, Any]] = {section: {} for section in RESOURCE_SECTIONS}
+        self.endpoint_enis: dict[str, EndpointEni] = {}  # endpoint name -> its interface, once allocated
+        self.listener_of: dict[str, str] = {}  # load balancer -> its listener
+        self.listener_of_group: dict[str, str] = {}  # target group -> the listener that forwards to it
+        self.service_of: dict[str, str] = {}  # load balancer -> its endpoint service
 
     def build(self) -> dict[str, dict[str, Any]]:
         if self.internet_cidr.overlaps(ELASTIC_IP_POOL):
@@ -595,7 +811,11 @@ class _Builder:
         self._subnets()
         self._internet_gateways()
         self._security_groups()
-        self._nat_gateways_and_instances()
+        self._addressed_resources()
+        self._target_groups()
+        self._listeners()
+        self._endpoint_services()
+        self._endpoints()
         self._route_tables()
         self._network_acls()
         self._internet_hosts()
@@ -607,9 +827,10 @@ class _Builder:
         return aws_id(prefix, account, self.region, name)
 
     def _ref(self, section: str, value: str, path: str, vpc: Vpc | None = None) -> Any:
-        """The resource of `section` that `value` names, by name or by ID; if `vpc` is given, in that VPC."""
+        """The resource of `section` that `value` names, by name, ID or ARN (or service name);
+        if `vpc` is given, in that VPC."""
         resources = self.built[section]
-        found = resources.get(value) or next((r for r in resources.values() if r.id == value), None)
+        found = resources.get(value) or next((r for r in resources.values() if _is_named(r, value)), None)
         if found is not None:
             if vpc is not None:
                 self._check_vpc(section, found, vpc, path)
@@ -754,13 +975,26 @@ class _Builder:
             rules.append(rule)
         return tuple(rules)
 
-    def _nat_gateways_and_instances(self) -> None:
+    def _addressed_resources(self) -> None:
+        """NAT gateways, instances, load balancer nodes and endpoint interfaces share the subnets' addresses."""
         claims = [self._nat_claim(spec) for spec in self.doc.specs["nat_gateways"]]
         claims += [self._instance_claim(spec) for spec in self.doc.specs["instances"]]
+        for spec in self.doc.specs["load_balancers"]:
+            claims += self._load_balancer_claims(spec)
+        claims += [self._endpoint_claim(spec) for spec in self.doc.specs["vpc_endpoints"]]
         self._allocate(sorted(claims, key=lambda claim: claim.spec.order))
+        nodes: dict[str, list[_AddressClaim]] = {}
         for claim in claims:
             spec, subnet = claim.spec, claim.subnet
             account = self._subnet_vpc(subnet.name).account
+            if spec.section == "load_balancers":
+                nodes.setdefault(spec.name, []).append(claim)
+                continue
+            if spec.section == "vpc_endpoints":
+                eni = EndpointEni(subnet.name, subnet.az, self._id("eni", account, f"{spec.name}/{subnet.name}"),
+                                  claim.private_ip)  # fmt: skip
+                self.endpoint_enis[spec.name] = eni
+                continue
             if spec.section == "nat_gateways":
                 resource: Any = NatGateway(
                     spec.name,
@@ -774,20 +1008,23 @@ class _Builder:
             else:
                 role = spec.props.get("Role", "instance")
                 resource = Instance(
-                    spec.name,
-                    self._id("i", account, spec.name),
-                    subnet.name,
-                    self._id("eni", account, spec.name),
-                    claim.private_ip,
-                    claim.public_ip,
-                    claim.groups,
-                    spec.props.get("SourceDestCheck", True),
-                    role,
-                    spec.props.get("Run", ()),
-                    spec.props.get("DefaultServices", role == "instance"),
-                    hostname_for(claim.private_ip, self.region),
+                    name=spec.name,
+                    id=self._id("i", account, spec.name),
+                    subnet=subnet.name,
+                    eni_id=self._id("eni", account, spec.name),
+                    private_ip=claim.private_ip,
+                    public_ip=claim.public_ip,
+                    security_groups=claim.groups,
+                    source_dest_check=spec.props.get("SourceDestCheck", True),
+                    role=role,
+                    run=spec.props.get("Run", ()),
+                    appliance=spec.props.get("Appliance"),
+                    default_services=spec.props.get("DefaultServices", role == "instance"),
+                    hostname=hostname_for(claim.private_ip, self.region),
                 )
             self._add(spec.section, resource)
+        for spec in self.doc.specs["load_balancers"]:
+            self._add("load_balancers", self._load_balancer(spec, nodes[spec.name]))
 
     def _subnet_for(self, spec: _Spec) -> Subnet:
         return self._ref("subnets", spec.props["SubnetId"], spec.at("SubnetId"))
@@ -800,7 +1037,10 @@ class _Builder:
     def _nat_claim(self, spec: _Spec) -> _AddressClaim:
         subnet = self._subnet_for(spec)
         self._need_internet_gateway(subnet, "a NAT gateway (public, with an Elastic IP)", spec.at("SubnetId"))
-        return _AddressClaim(spec, f"NAT gateway {spec.name}", subnet, True, "PublicIp")
+        return _AddressClaim(
+            spec, f"NAT gateway {spec.name}", subnet, True, "PublicIp",
+            explicit=spec.props.get("PrivateIpAddress"), explicit_path=spec.at("PrivateIpAddress"),
+        )  # fmt: skip
 
     def _instance_claim(self, spec: _Spec) -> _AddressClaim:
         subnet = self._subnet_for(spec)
@@ -821,26 +1061,370 @@ class _Builder:
         if public:
             key = "PublicIpAddress" if "PublicIpAddress" in spec.props else "AssociatePublicIpAddress"
             self._need_internet_gateway(subnet, "a public IP address", spec.at(key))
-        return _AddressClaim(spec, f"instance {spec.name}", subnet, public, "PublicIpAddress", tuple(groups))
+        if "Appliance" in spec.props:
+            if spec.props.get("Role", "instance") != "appliance":
+                raise _Invalid(
+                    spec.at("Appliance"), "Appliance configures the reference appliance: it needs Role: appliance"
+                )
+            if spec.props.get("Run"):
+                raise _Invalid(
+                    spec.at("Appliance"),
+                    "Appliance configures the reference appliance, which does not run when Run is given; drop one",
+                )
+        return _AddressClaim(
+            spec, f"instance {spec.name}", subnet, public, "PublicIpAddress", tuple(groups),
+            explicit=spec.props.get("PrivateIpAddress"), explicit_path=spec.at("PrivateIpAddress"),
+        )  # fmt: skip
 
     def _allocate(self, claims: list[_AddressClaim]) -> None:
         """Explicit addresses first, then the lowest free ones, in file order."""
         subnets = {name: subnet_pool(s.cidr, f"subnet {name} ({s.cidr})") for name, s in self.built["subnets"].items()}
         public = elastic_ip_pool()
         for claim in claims:
-            if "PrivateIpAddress" in claim.spec.props:
-                ip, path = claim.spec.props["PrivateIpAddress"], claim.spec.at("PrivateIpAddress")
-                claim.private_ip = _assign(subnets[claim.subnet.name], ip, claim.owner, path)
+            if claim.explicit is not None:
+                claim.private_ip = _assign(subnets[claim.subnet.name], claim.explicit, claim.owner, claim.explicit_path)
         for claim in claims:
-            if claim.public_ip_key in claim.spec.props:
+            if claim.public_ip_key and claim.public_ip_key in claim.spec.props:
                 ip, path = claim.spec.props[claim.public_ip_key], claim.spec.at(claim.public_ip_key)
                 claim.public_ip = _assign(public, ip, claim.owner, path)
         for claim in claims:
             if claim.private_ip is None:
-                claim.private_ip = _assign(subnets[claim.subnet.name], None, claim.owner, claim.spec.path)
+                claim.private_ip = _assign(subnets[claim.subnet.name], None, claim.owner, claim.path or claim.spec.path)
         for claim in claims:
             if claim.public and claim.public_ip is None:
                 claim.public_ip = _assign(public, None, claim.owner, claim.spec.path)
+
+    # Load balancers, target groups, listeners
+
+    def _load_balancer_claims(self, spec: _Spec) -> list[_AddressClaim]:
+        """One address claim per node: one enabled subnet per AZ, all in one VPC."""
+        lb_type = spec.props.get("Type")
+        if lb_type is None:
+            raise _Invalid(
+                spec.at("Type"),
+                "Type defaults to application, as in CloudFormation, and Application Load Balancers "
+                "are not supported yet: write Type: gateway",
+            )
+        if lb_type != "gateway":
+            raise _Invalid(spec.at("Type"), f"{lb_type} load balancers are not supported yet; only gateway is")
+        problem = elb_name_problem(spec.name, "load balancer")
+        if problem:
+            raise _Invalid(spec.path, problem)
+        if spec.props.get("Scheme") == "internet-facing":
+            raise _Invalid(spec.at("Scheme"), "a Gateway Load Balancer is always internal")
+        if spec.props.get("IpAddressType") == "dualstack":
+            raise _Invalid(spec.at("IpAddressType"), "dualstack load balancers are not supported yet")
+        if "Subnets" in spec.props and "SubnetMappings" in spec.props:
+            raise _Invalid(spec.at("SubnetMappings"), "give Subnets or SubnetMappings, not both")
+        if "Subnets" in spec.props:
+            key = "Subnets"
+            entries = [(value, None, f"{spec.at(key)}[{i}]") for i, value in enumerate(spec.props[key])]
+        elif "SubnetMappings" in spec.props:
+            key = "SubnetMappings"
+            entries = [
+                (m["SubnetId"], m.get("PrivateIPv4Address"), f"{spec.at(key)}[{i}]")
+                for i, m in enumerate(spec.props[key])
+            ]
+        else:
+            raise _Invalid(
+                spec.at("Subnets"), "required key is missing: a load balancer needs Subnets (or SubnetMappings)"
+            )
+        if not entries:
+            raise _Invalid(spec.at(key), "a load balancer needs at least one subnet")
+        claims: list[_AddressClaim] = []
+        vpc: Vpc | None = None
+        for value, ip, path in entries:
+            subnet_path = f"{path}.SubnetId" if key == "SubnetMappings" else path
+            subnet = self._ref("subnets", value, subnet_path, vpc)
+            vpc = vpc or self._subnet_vpc(subnet.name)
+            for earlier in claims:
+                if earlier.subnet.az == subnet.az:
+                    raise _Invalid(
+                        subnet_path,
+                        f"subnet {subnet.name} is in {subnet.az}, where the load balancer already has subnet "
+                        f"{earlier.subnet.name}; a load balancer takes one subnet per AZ",
+                    )
+            claims.append(
+                _AddressClaim(
+                    spec, f"load balancer {spec.name}", subnet, False, "",
+                    explicit=ip, explicit_path=f"{path}.PrivateIPv4Address", path=subnet_path,
+                )  # fmt: skip
+            )
+        return claims
+
+    def _load_balancer(self, spec: _Spec, claims: list[_AddressClaim]) -> LoadBalancer:
+        vpc = self._subnet_vpc(claims[0].subnet.name)
+        lb_type = spec.props["Type"]
+        hex_id = aws_hex("loadbalancer", vpc.account, self.region, spec.name)
+        nodes = tuple(
+            LoadBalancerNode(
+                c.subnet.name,
+                c.subnet.az,
+                self._id("eni", vpc.account, f"{spec.name}/{c.subnet.name}"),
+                c.private_ip,
+            )
+            for c in claims
+        )
+        attributes = self._attributes(
+            spec, "LoadBalancerAttributes", LOAD_BALANCER_ATTRIBUTES[lb_type], "load balancer"
+        )
+        return LoadBalancer(
+            name=spec.name,
+            arn=elb_arn(self.region, vpc.account, f"loadbalancer/{_ARN_TYPES[lb_type]}/{spec.name}/{hex_id}"),
+            type=lb_type,
+            scheme="internal",
+            vpc=vpc.name,
+            nodes=nodes,
+            dns_name=f"{spec.name}-{hex_id}.elb.{self.region}.amazonaws.com".lower(),
+            attributes=attributes,
+        )
+
+    def _attributes(
+        self, spec: _Spec, key: str, schema: Mapping[str, AttributeSpec], what: str
+    ) -> dict[str, str]:
+        given: dict[str, tuple[Any, str]] = spec.props.get(key, {})
+        try:
+            return resolve_attributes(
+                schema, default_attributes(schema), {k: value for k, (value, _) in given.items()}, what
+            )
+        except AttributeProblem as e:
+            path = given[e.key][1] if e.key in given else spec.at(key)
+            raise _Invalid(path, e.reason) from None
+
+    def _target_groups(self) -> None:
+        for spec in self.doc.specs["target_groups"]:
+            problem = elb_name_problem(spec.name, "target group")
+            if problem:
+                raise _Invalid(spec.path, problem)
+            protocol = spec.props["Protocol"]
+            if protocol != "GENEVE":
+                if protocol in ("TCP", "UDP", "TCP_UDP", "TLS", "HTTP", "HTTPS"):
+                    reason = (
+                        f"{protocol} target groups (for Network and Application Load Balancers) are not supported yet"
+                    )
+                else:
+                    choices = ("GENEVE", "TCP", "UDP", "TCP_UDP", "TLS", "HTTP", "HTTPS")
+                    reason = f"unknown protocol '{protocol}'{_did_you_mean(protocol, choices)}"
+                raise _Invalid(spec.at("Protocol"), f"{reason}; a Gateway Load Balancer's target group is GENEVE")
+            lb_type = "gateway"
+            port = spec.props["Port"]
+            if port != GENEVE_PORT:
+                raise _Invalid(spec.at("Port"), f"a GENEVE target group's port is {GENEVE_PORT}, got {port}")
+            vpc = self._vpc_of(spec)
+            target_type = spec.props.get("TargetType", "instance")
+            if target_type not in ("instance", "ip"):
+                raise _Invalid(
+                    spec.at("TargetType"), f"a GENEVE target group takes instance or ip targets, not {target_type}"
+                )
+            health_check = {key: spec.props[key] for key in HEALTH_CHECK_FIELDS if key in spec.props}
+            try:
+                HealthCheckConfig.for_target_group(lb_type, protocol, TargetType=target_type, **health_check)
+            except ValueError as e:
+                first_word = str(e).split(" ", 1)[0]
+                key = first_word if first_word in HEALTH_CHECK_FIELDS or first_word == "Protocol" else None
+                raise _Invalid(spec.at(key) if key else spec.path, str(e)) from None
+            schema = TARGET_GROUP_ATTRIBUTES[lb_type]
+            attributes = self._attributes(spec, "TargetGroupAttributes", schema, "target group")
+            targets: list[Target] = []
+            for i, ref in enumerate(spec.props.get("Targets", [])):
+                path = f"{spec.at('Targets')}[{i}]"
+                if ref.get("Port", port) != port:
+                    raise _Invalid(f"{path}.Port", f"a GENEVE target's port is the group's, {port}, got {ref['Port']}")
+                try:
+                    target = resolve_target(
+                        ref["Id"], target_type, vpc.name, port, self.built["instances"], self.built["subnets"]
+                    )
+                except ValueError as e:
+                    raise _Invalid(ref["at"], str(e)) from None
+                for j, earlier in enumerate(targets):
+                    if earlier.id == target.id:
+                        raise _Invalid(path, f"target {target.id} is already Targets[{j}]")
+                targets.append(target)
+            hex_id = aws_hex("targetgroup", vpc.account, self.region, spec.name)
+            self._add(
+                "target_groups",
+                TargetGroup(
+                    name=spec.name,
+                    arn=elb_arn(self.region, vpc.account, f"targetgroup/{spec.name}/{hex_id}"),
+                    protocol=protocol,
+                    port=port,
+                    vpc=vpc.name,
+                    target_type=target_type,
+                    health_check=health_check,
+                    attributes=attributes,
+                    targets=tuple(targets),
+                ),
+            )
+
+    def _listeners(self) -> None:
+        for spec in self.doc.specs["listeners"]:
+            lb: LoadBalancer = self._ref("load_balancers", spec.props["LoadBalancerArn"], spec.at("LoadBalancerArn"))
+            if lb.name in self.listener_of:
+                raise _Invalid(
+                    spec.at("LoadBalancerArn"),
+                    f"load balancer {lb.name} already has listener {self.listener_of[lb.name]}; "
+                    "a Gateway Load Balancer has exactly one",
+                )
+            for key in ("Protocol", "Port"):
+                if key in spec.props:
+                    raise _Invalid(
+                        spec.at(key), "a Gateway Load Balancer listener takes every IP packet: no Protocol or Port"
+                    )
+            actions = spec.props["DefaultActions"]
+            if len(actions) != 1:
+                raise _Invalid(
+                    spec.at("DefaultActions"),
+                    f"a Gateway Load Balancer listener has exactly one default action, "
+                    f"{{Type: forward, TargetGroupArn: <target group>}}; got {len(actions)}",
+                )
+            action, action_path = actions[0], f"{spec.at('DefaultActions')}[0]"
+            if action["Type"].lower() != "forward":
+                raise _Invalid(
+                    f"{action_path}.Type", f"a Gateway Load Balancer listener can only forward, got '{action['Type']}'"
+                )
+            if "TargetGroupArn" not in action:
+                raise _Invalid(f"{action_path}.TargetGroupArn", "required key is missing")
+            group_path = f"{action_path}.TargetGroupArn"
+            group: TargetGroup = self._ref("target_groups", action["TargetGroupArn"], group_path)
+            if group.name in self.listener_of_group:
+                raise _Invalid(
+                    group_path,
+                    f"target group {group.name} is already used by listener {self.listener_of_group[group.name]}; "
+                    "vpclab lets a target group serve one load balancer",
+                )
+            if group.vpc != lb.vpc:
+                raise _Invalid(
+                    group_path,
+                    f"target group {group.name} is in VPC {group.vpc}, but load balancer {lb.name} is in VPC {lb.vpc}",
+                )
+            attributes = self._attributes(spec, "ListenerAttributes", LISTENER_ATTRIBUTES[lb.type], "listener")
+            self.listener_of[lb.name] = spec.name
+            self.listener_of_group[group.name] = spec.name
+            account = lb.arn.split(":")[4]
+            lb_hex = lb.arn.rsplit("/", 1)[1]
+            hex_id = aws_hex("listener", account, self.region, lb.name, spec.name)
+            arn = elb_arn(self.region, account, f"listener/{_ARN_TYPES[lb.type]}/{lb.name}/{lb_hex}/{hex_id}")
+            self._add("listeners", Listener(spec.name, arn, lb.name, group.name, attributes=attributes))
+        for spec in self.doc.specs["load_balancers"]:
+            if spec.name not in self.listener_of:
+                raise _Invalid(
+                    spec.path,
+                    f"a Gateway Load Balancer needs exactly one listener, and {spec.name} has none: "
+                    f"add one under listeners with LoadBalancerArn: {spec.name}",
+                )
+
+    # PrivateLink
+
+    def _endpoint_services(self) -> None:
+        for spec in self.doc.specs["vpc_endpoint_services"]:
+            names: list[str] = []
+            account: str | None = None
+            key = "GatewayLoadBalancerArns"
+            if not spec.props[key]:
+                raise _Invalid(spec.at(key), "an endpoint service needs at least one Gateway Load Balancer")
+            for i, value in enumerate(spec.props[key]):
+                path = f"{spec.at(key)}[{i}]"
+                lb: LoadBalancer = self._ref("load_balancers", value, path)
+                if lb.type != "gateway":
+                    raise _Invalid(path, f"load balancer {lb.name} is a {lb.type} load balancer, not a gateway one")
+                if lb.name in self.service_of:
+                    raise _Invalid(
+                        path, f"load balancer {lb.name} already serves endpoint service {self.service_of[lb.name]}"
+                    )
+                lb_account = self.built["vpcs"][lb.vpc].account
+                if account is not None and lb_account != account:
+                    raise _Invalid(
+                        path, f"load balancer {lb.name} is in account {lb_account}, the service's others in {account}"
+                    )
+                account = lb_account
+                self.service_of[lb.name] = spec.name
+                names.append(lb.name)
+            principals: list[str] = []
+            for i, principal in enumerate(spec.props.get("AllowedPrincipals", [])):
+                if principal in principals:
+                    raise _Invalid(f"{spec.at('AllowedPrincipals')}[{i}]", f"principal {principal} is listed twice")
+                principals.append(principal)
+            assert account is not None
+            service_id = aws_id("vpce-svc", account, self.region, spec.name)
+            self._add(
+                "vpc_endpoint_services",
+                VpcEndpointService(
+                    name=spec.name,
+                    id=service_id,
+                    service_name=f"com.amazonaws.vpce.{self.region}.{service_id}",
+                    type="GatewayLoadBalancer",
+                    load_balancers=tuple(names),
+                    acceptance_required=spec.props.get("AcceptanceRequired", True),
+                    allowed_principals=tuple(principals),
+                    account=account,
+                ),
+            )
+
+    def _endpoint_claim(self, spec: _Spec) -> _AddressClaim:
+        """A GatewayLoadBalancer endpoint: one interface in one subnet of its VPC."""
+        endpoint_type = spec.props.get("VpcEndpointType")
+        if endpoint_type is None:
+            raise _Invalid(
+                spec.at("VpcEndpointType"),
+                "VpcEndpointType defaults to Gateway, as in CloudFormation, and gateway endpoints (S3, DynamoDB) "
+                "are not supported yet: write VpcEndpointType: GatewayLoadBalancer",
+            )
+        if endpoint_type != "GatewayLoadBalancer":
+            what = {"Interface": "interface endpoints", "Gateway": "gateway endpoints (S3, DynamoDB)"}[endpoint_type]
+            raise _Invalid(spec.at("VpcEndpointType"), f"{what} are not supported yet")
+        for key, what in (
+            ("SecurityGroupIds", "no security groups"),
+            ("PolicyDocument", "no endpoint policy"),
+            ("PrivateDnsEnabled", "no private DNS"),
+        ):
+            if key in spec.props:
+                raise _Invalid(spec.at(key), f"{GATEWAY_ONLY} {what}")
+        vpc = self._vpc_of(spec)
+        subnets = spec.props.get("SubnetIds", [])
+        if len(subnets) != 1:
+            raise _Invalid(
+                spec.at("SubnetIds"), f"{GATEWAY_ONLY} exactly one subnet (one AZ), got {len(subnets)}"
+            )
+        path = f"{spec.at('SubnetIds')}[0]"
+        subnet = self._ref("subnets", subnets[0], path, vpc)
+        return _AddressClaim(spec, f"VPC endpoint {spec.name}", subnet, False, "", path=path)
+
+    def _endpoints(self) -> None:
+        for spec in self.doc.specs["vpc_endpoints"]:
+            vpc = self._vpc_of(spec)
+            path = spec.at("ServiceName")
+            service: VpcEndpointService = self._ref("vpc_endpoint_services", spec.props["ServiceName"], path)
+            if service.type != spec.props["VpcEndpointType"]:
+                wanted = spec.props["VpcEndpointType"]
+                raise _Invalid(path, f"endpoint service {service.name} is of type {service.type}, not {wanted}")
+            if not principal_allows(service.allowed_principals, vpc.account):
+                raise _Invalid(
+                    path,
+                    f"account {vpc.account} (VPC {vpc.name}'s) is not an allowed principal of endpoint service "
+                    f"{service.name} ({service.id}): add arn:aws:iam::{vpc.account}:root to its AllowedPrincipals",
+                )
+            eni = self.endpoint_enis[spec.name]
+            balancers = [self.built["load_balancers"][name] for name in service.load_balancers]
+            zones = sorted({node.az for lb in balancers for node in lb.nodes})
+            if eni.az not in zones:
+                raise _Invalid(
+                    f"{spec.at('SubnetIds')}[0]",
+                    f"subnet {eni.subnet} is in {eni.az}, but endpoint service {service.name} is only in "
+                    f"{', '.join(zones)} (where its load balancers have nodes)",
+                )
+            self._add(
+                "vpc_endpoints",
+                VpcEndpoint(
+                    name=spec.name,
+                    id=aws_id("vpce", vpc.account, self.region, spec.name),
+                    type="GatewayLoadBalancer",
+                    vpc=vpc.name,
+                    service=service.name,
+                    enis=(eni,),
+                    state="pendingAcceptance" if service.acceptance_required else "available",
+                    account=vpc.account,
+                ),
+            )
 
     def _route_tables(self) -> None:
         table_of_subnet: dict[str, str] = {}
@@ -912,6 +1496,12 @@ class _Builder:
             return kind, self._ref("internet_gateways", value, path, vpc).name
         if kind == "nat":
             return kind, self._ref("nat_gateways", value, path, vpc).name
+        if kind == "vpce":
+            endpoint: VpcEndpoint = self._ref("vpc_endpoints", value, path, vpc)
+            if endpoint.type != "GatewayLoadBalancer":
+                reason = f"VPC endpoint {endpoint.name} is {endpoint.type}; routes take GatewayLoadBalancer endpoints"
+                raise _Invalid(path, reason)
+            return kind, endpoint.name
         if kind == "eni":
             instance = self._interface(value, path)
             self._check_vpc("instances", instance, vpc, path)
@@ -988,11 +1578,14 @@ def _route_refusal(
     destination: IPv4Network, kind: str, vpc_cidr: IPv4Network, subnet_cidrs: set[IPv4Network], edge: bool
 ) -> str | None:
     """Why AWS would refuse this route, or None."""
-    middlebox = ("instance", "eni") if edge else ("nat", "instance", "eni")
+    middlebox = ("instance", "eni", "vpce") if edge else ("nat", "instance", "eni", "vpce")
     if kind == "local" and destination != vpc_cidr:
         return f"only the VPC CIDR {vpc_cidr} routes to local"
-    if edge and kind not in ("local", "instance", "eni"):
-        return "a table edge-associated with a gateway can only route to local, an instance or a network interface"
+    if edge and kind not in ("local", "instance", "eni", "vpce"):
+        return (
+            "a table edge-associated with a gateway can only route to local, an instance, a network interface "
+            "or a Gateway Load Balancer endpoint"
+        )
     if destination == vpc_cidr:
         if kind != "local" and not edge:
             return f"{destination} is the VPC CIDR: its route is the local route, which can only target local"
@@ -1004,7 +1597,7 @@ def _route_refusal(
                 "but is not exactly a subnet's CIDR, as AWS requires"
             )
         if kind not in middlebox:
-            allowed = "an instance or a network interface"
+            allowed = "an instance, a network interface or a Gateway Load Balancer endpoint"
             allowed = allowed if edge else f"a NAT gateway, {allowed}"
             return f"a route to subnet CIDR {destination} (more specific than local) must target {allowed}"
         return None
@@ -1083,6 +1676,11 @@ def load_lab_text(text: str, source: str, name: str | None = None) -> Lab:
         network_acls=built["network_acls"],
         instances=built["instances"],
         internet_hosts=built["hosts"],
+        load_balancers=built["load_balancers"],
+        target_groups=built["target_groups"],
+        listeners=built["listeners"],
+        vpc_endpoint_services=built["vpc_endpoint_services"],
+        vpc_endpoints=built["vpc_endpoints"],
     )
 
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Literal, Mapping
 
+from .health_check import HealthCheckConfig, lb_type_for_protocol
+
 DEFAULT_REGION = "us-east-1"
 DEFAULT_ACCOUNT = "111122223333"
 
@@ -137,6 +139,7 @@ class Instance:
     source_dest_check: bool = True
     role: Literal["instance", "appliance"] = "instance"
     run: tuple[str, ...] = ()  # shell commands run inside the instance
+    appliance: Mapping[str, object] | None = None  # reference appliance config (role appliance)
     default_services: bool = True  # the test page on :80 and a listener on :22
     hostname: str = ""  # ip-10-0-1-10.ec2.internal
 
@@ -148,6 +151,103 @@ class InternetHost:
     dns_name: str
     run: tuple[str, ...] = ()
     default_services: bool = True
+
+
+@dataclass(frozen=True)
+class LoadBalancerNode:
+    """One node (ENI) of a load balancer in one enabled subnet (AZ)."""
+
+    subnet: str
+    az: str
+    eni_id: str
+    private_ip: IPv4Address
+    public_ip: IPv4Address | None = None
+
+
+@dataclass(frozen=True)
+class LoadBalancer:
+    name: str
+    arn: str  # arn:aws:elasticloadbalancing:<region>:<account>:loadbalancer/gwy/<name>/<16 hex>
+    type: Literal["gateway", "network", "application"]
+    scheme: Literal["internal", "internet-facing"]
+    vpc: str
+    nodes: tuple[LoadBalancerNode, ...]
+    dns_name: str
+    attributes: Mapping[str, str] = field(default_factory=dict)  # AWS keys, all defaults filled in
+
+    def node_in(self, az: str) -> LoadBalancerNode | None:
+        return next((n for n in self.nodes if n.az == az), None)
+
+
+@dataclass(frozen=True)
+class Target:
+    id: str  # an instance id (i-...) for target type instance, else the IP
+    ip: IPv4Address
+    port: int
+    az: str
+    instance: str | None = None  # the instance's name in the lab file
+
+
+@dataclass(frozen=True)
+class TargetGroup:
+    name: str
+    arn: str
+    protocol: str  # GENEVE (later TCP, UDP, TCP_UDP, HTTP...)
+    port: int
+    vpc: str
+    target_type: Literal["instance", "ip"]
+    health_check: Mapping[str, object]  # CloudFormation keys as given; validated at load
+    attributes: Mapping[str, str]  # AWS keys, all defaults filled in
+    targets: tuple[Target, ...] = ()
+
+    def health_check_config(self) -> HealthCheckConfig:
+        """The validated health check settings, AWS's defaults filled in."""
+        return HealthCheckConfig.for_target_group(
+            lb_type_for_protocol(self.protocol), self.protocol, TargetType=self.target_type, **self.health_check
+        )
+
+
+@dataclass(frozen=True)
+class Listener:
+    name: str
+    arn: str
+    load_balancer: str
+    target_group: str  # the default forward action
+    protocol: str | None = None  # none for a GWLB listener
+    port: int | None = None
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VpcEndpointService:
+    name: str
+    id: str  # vpce-svc-<17 hex>
+    service_name: str  # com.amazonaws.vpce.<region>.<id>
+    type: Literal["GatewayLoadBalancer", "Interface"]
+    load_balancers: tuple[str, ...]
+    acceptance_required: bool = True
+    allowed_principals: tuple[str, ...] = ()  # arn:aws:iam::<account>:root, ... or *
+    account: str = DEFAULT_ACCOUNT
+
+
+@dataclass(frozen=True)
+class EndpointEni:
+    subnet: str
+    az: str
+    id: str
+    ip: IPv4Address
+
+
+@dataclass(frozen=True)
+class VpcEndpoint:
+    name: str
+    id: str  # vpce-0<16 hex>: its integer value is GENEVE option 1
+    type: Literal["GatewayLoadBalancer", "Interface"]
+    vpc: str
+    service: str  # the endpoint service's name in the lab file
+    enis: tuple[EndpointEni, ...]  # a GWLB endpoint has exactly one
+    state: str = "pendingAcceptance"  # pendingAcceptance, available, rejected
+    account: str = DEFAULT_ACCOUNT
 
 
 @dataclass(frozen=True)
@@ -165,6 +265,11 @@ class Lab:
     network_acls: Mapping[str, NetworkAcl] = field(default_factory=dict)
     instances: Mapping[str, Instance] = field(default_factory=dict)
     internet_hosts: Mapping[str, InternetHost] = field(default_factory=dict)
+    load_balancers: Mapping[str, LoadBalancer] = field(default_factory=dict)
+    target_groups: Mapping[str, TargetGroup] = field(default_factory=dict)
+    listeners: Mapping[str, Listener] = field(default_factory=dict)
+    vpc_endpoint_services: Mapping[str, VpcEndpointService] = field(default_factory=dict)
+    vpc_endpoints: Mapping[str, VpcEndpoint] = field(default_factory=dict)
 
     def vpc_of_subnet(self, subnet: str) -> Vpc:
         return self.vpcs[self.subnets[subnet].vpc]
@@ -179,6 +284,22 @@ class Lab:
             if rt.vpc == vpc and rt.main:
                 return rt
         raise KeyError(f"VPC {vpc} has no main route table")
+
+    def listener_of(self, load_balancer: str) -> Listener | None:
+        """The listener of a load balancer (a GWLB has exactly one)."""
+        return next((li for li in self.listeners.values() if li.load_balancer == load_balancer), None)
+
+    def endpoint_service_of(self, load_balancer: str) -> VpcEndpointService | None:
+        return next((s for s in self.vpc_endpoint_services.values() if load_balancer in s.load_balancers), None)
+
+    def load_balancer_of_endpoint(self, endpoint: str) -> LoadBalancer:
+        """The GWLB a GatewayLoadBalancer endpoint sends to: its service's first one with a node in its AZ."""
+        vpce = self.vpc_endpoints[endpoint]
+        az = vpce.enis[0].az
+        for name in self.vpc_endpoint_services[vpce.service].load_balancers:
+            if self.load_balancers[name].node_in(az) is not None:
+                return self.load_balancers[name]
+        raise KeyError(f"endpoint service {vpce.service} has no load balancer node in {az}")
 
     def network_acl_of_subnet(self, subnet: str) -> NetworkAcl:
         vpc = self.subnets[subnet].vpc

@@ -19,12 +19,14 @@ from ipaddress import IPv4Address, IPv4Network
 from vpclab.model.resources import (
     Instance,
     Lab,
+    LoadBalancer,
     NaclEntry,
     NetworkAcl,
     RouteTable,
     SgRule,
     Subnet,
     Vpc,
+    VpcEndpoint,
 )
 from vpclab.plan.wiring import Link, Namespace, Service, Wiring
 
@@ -38,6 +40,14 @@ IGW_LINK_ROUTER = "169.254.0.1"
 IGW_LINK_GATEWAY = "169.254.0.2"
 # Internet gateway <-> internet links: one /30 each from TEST-NET-1.
 IGW_TRANSIT = IPv4Network("192.0.2.0/24")
+# GWLB endpoint links (consumer router <-> GWLB node): one /30 each, link-local.
+ENDPOINT_LINKS = IPv4Network("169.254.128.0/17")
+# What a GWLB node takes from its load balancer, listener and target group.
+GWLB_NODE_ATTRIBUTES = frozenset({
+    "load_balancing.cross_zone.enabled", "tcp.idle_timeout.seconds", "stickiness.enabled",
+    "stickiness.type", "target_failover.on_deregistration", "target_failover.on_unhealthy",
+    "deregistration_delay.timeout_seconds", "vpclab.drop_stale_cookie.enabled",
+})
 
 # Every namespace: no IPv6 until it is done on purpose, no reverse-path
 # filtering (inspection paths are asymmetric by design), no redirects.
@@ -67,7 +77,43 @@ def nat_ns(nat: str) -> str:
     return f"nat:{nat}"
 
 
+def gwlb_ns(lb: str, az: str) -> str:
+    return f"gwlb:{lb}:{az}"
+
+
 INTERNET_NS = "internet"
+
+
+@dataclass(frozen=True)
+class EndpointLink:
+    """A GWLB endpoint: a veth from its VPC's router to the GWLB node of its AZ."""
+
+    endpoint: VpcEndpoint
+    subnet: Subnet
+    node_ns: str
+    ifname: str
+    router_ip: IPv4Address
+    node_ip: IPv4Address
+
+    @property
+    def available(self) -> bool:
+        return self.endpoint.state == "available"
+
+
+def endpoint_links(lab: Lab) -> list[EndpointLink]:
+    links = []
+    slots = ENDPOINT_LINKS.subnets(new_prefix=30)
+    taken: set[str] = set()
+    for ep in lab.vpc_endpoints.values():
+        if ep.type != "GatewayLoadBalancer":
+            continue
+        eni = ep.enis[0]
+        lb = lab.load_balancer_of_endpoint(ep.name).name
+        slot = next(slots)
+        links.append(EndpointLink(ep, lab.subnets[eni.subnet], gwlb_ns(lb, eni.az),
+                                  ifname_for("ep-", ep.name, taken),
+                                  slot.network_address + 1, slot.network_address + 2))
+    return links
 
 
 @dataclass(frozen=True)
@@ -109,12 +155,21 @@ def compile_lab(lab: Lab) -> Wiring:
     internet_taken: set[str] = set()
 
     transits = iter(IGW_TRANSIT.subnets(new_prefix=30))
+    endpoints = endpoint_links(lab)
     for vpc in lab.vpcs.values():
         enis = _enis_of(lab, vpc)
         igw = next((g for g in lab.internet_gateways.values() if g.vpc == vpc.name), None)
-        namespaces.append(_router(lab, vpc, enis, igw))
+        own_endpoints = [e for e in endpoints if e.endpoint.vpc == vpc.name]
+        namespaces.append(_router(lab, vpc, enis, igw, own_endpoints))
         for eni in enis:
             links.append(Link(eni.owner_ns, "eth0", router_ns(vpc.name), eni.ifname, VPC_MTU))
+        for ep in own_endpoints:
+            links.append(Link(router_ns(vpc.name), ep.ifname, ep.node_ns, ep.ifname, VPC_MTU))
+        for lb in (b for b in lab.load_balancers.values() if b.vpc == vpc.name and b.type == "gateway"):
+            for node in lb.nodes:
+                ns, svc = _gwlb_node(lab, lb, node, endpoints)
+                namespaces.append(ns)
+                services.append(svc)
         for nat in (n for n in lab.nat_gateways.values() if lab.subnets[n.subnet].vpc == vpc.name):
             namespaces.append(_nat_gateway(nat.name, lab.subnets[nat.subnet], nat.private_ip))
         for inst in (i for i in lab.instances.values() if lab.subnets[i.subnet].vpc == vpc.name):
@@ -158,6 +213,13 @@ def _enis_of(lab: Lab, vpc: Vpc) -> list[Eni]:
                 Eni(nat.eni_id, nat.name, nat_ns(nat.name), ifname_for("n-", nat.name, taken),
                     nat.private_ip, subnet, (), False)
             )
+    for lb in lab.load_balancers.values():
+        for node in lb.nodes:
+            subnet = lab.subnets[node.subnet]
+            if subnet.vpc == vpc.name:  # an ENI AWS manages: no security groups on a GWLB
+                enis.append(Eni(node.eni_id, f"{lb.name}:{node.az}", gwlb_ns(lb.name, node.az),
+                                ifname_for("g-", f"{lb.name}-{node.az[-1]}", taken), node.private_ip,
+                                subnet, (), True))
     for inst in lab.instances.values():
         subnet = lab.subnets[inst.subnet]
         if subnet.vpc == vpc.name:
@@ -168,7 +230,7 @@ def _enis_of(lab: Lab, vpc: Vpc) -> list[Eni]:
     return enis
 
 
-def _router(lab: Lab, vpc: Vpc, enis: list[Eni], igw) -> Namespace:
+def _router(lab: Lab, vpc: Vpc, enis: list[Eni], igw, endpoints: list[EndpointLink]) -> Namespace:
     tables = {rt.name: FIRST_AWS_TABLE + i for i, rt in enumerate(
         rt for rt in lab.route_tables.values() if rt.vpc == vpc.name)}
     by_owner = {e.owner: e for e in enis}
@@ -187,6 +249,15 @@ def _router(lab: Lab, vpc: Vpc, enis: list[Eni], igw) -> Namespace:
             f"rule add pref {pref} iif {eni.ifname} lookup {table}",
         ]
         pref += 1
+    for ep in endpoints:
+        # What the GWLB hands back is routed by the endpoint subnet's route table.
+        table = tables[lab.route_table_of_subnet(ep.subnet.name).name]
+        batch += [
+            f"link set {ep.ifname} up",
+            f"addr add {ep.router_ip}/30 dev {ep.ifname}",
+            f"rule add pref {pref} iif {ep.ifname} lookup {table}",
+        ]
+        pref += 1
     if igw is not None:
         edge = next((rt for rt in lab.route_tables.values() if igw.name in rt.edge_associations), None)
         batch += [
@@ -196,7 +267,8 @@ def _router(lab: Lab, vpc: Vpc, enis: list[Eni], igw) -> Namespace:
         ]
     for rt in lab.route_tables.values():
         if rt.vpc == vpc.name:
-            batch += _route_table(rt, tables[rt.name], by_owner, by_eni_id)
+            batch += _route_table(rt, tables[rt.name], by_owner, by_eni_id,
+                                  {e.endpoint.name: e for e in endpoints})
     batch += [
         f"rule add pref 2000 lookup {ENI_TABLE}",
         "rule add pref 2001 blackhole",  # no route: dropped silently, as at AWS
@@ -207,10 +279,13 @@ def _router(lab: Lab, vpc: Vpc, enis: list[Eni], igw) -> Namespace:
         sysctls=BASE_SYSCTLS + FORWARDING + PROXY_ARP,
         ip_batch=tuple(batch),
         nft=router_ruleset(lab, vpc, enis),
+        # the GWLB node relays these packets raw: no partial checksums, no GSO super-packets
+        tx_offload_off=tuple(e.ifname for e in endpoints),
     )
 
 
-def _route_table(rt: RouteTable, table: int, by_owner: dict[str, Eni], by_eni_id: dict[str, Eni]) -> list[str]:
+def _route_table(rt: RouteTable, table: int, by_owner: dict[str, Eni], by_eni_id: dict[str, Eni],
+                 endpoints: dict[str, EndpointLink]) -> list[str]:
     lines = []
     for route in rt.routes:
         dest = route.destination
@@ -221,6 +296,12 @@ def _route_table(rt: RouteTable, table: int, by_owner: dict[str, Eni], by_eni_id
         elif route.target_kind in ("nat", "instance", "eni"):
             eni = by_eni_id.get(route.target) or by_owner[route.target]
             lines.append(f"route add {dest} via {eni.ip} dev {eni.ifname} onlink table {table}")
+        elif route.target_kind == "vpce":
+            ep = endpoints[route.target]
+            if ep.available:
+                lines.append(f"route add {dest} via {ep.node_ip} dev {ep.ifname} onlink table {table}")
+            else:  # pending or rejected: dropped, never sent around the endpoint
+                lines.append(f"route add blackhole {dest} table {table}")
         else:  # targets of later capabilities are refused by the loader
             raise ValueError(f"route target {route.target_kind} is not supported")
     return lines
@@ -388,7 +469,47 @@ def _instance_services(lab: Lab, inst: Instance) -> list[Service]:
         services.append(Service(inst.name, "test_page", ("0.0.0.0:80",), identity))
         services.append(Service(inst.name, "banner", ("0.0.0.0:22",)))
     services += [Service(inst.name, "command", params=(("command", c),)) for c in inst.run]
+    if inst.role == "appliance" and not inst.run:  # else it runs a third-party appliance
+        ports = [int(g.health_check.get("HealthCheckPort", 80)) for g in lab.target_groups.values()
+                 if any(t.instance == inst.name for t in g.targets)]
+        services.append(Service(inst.name, "appliance", params=(
+            ("config", dict(inst.appliance or {})), ("health_port", ports[0] if ports else 80))))
     return services
+
+
+def gwlb_listener(lab: Lab, lb: str):
+    return next(li for li in lab.listeners.values() if li.load_balancer == lb)
+
+
+def gwlb_node_attributes(lab: Lab, lb: str) -> dict[str, str]:
+    """What a GWLB node takes from its load balancer, listener and target group."""
+    listener = gwlb_listener(lab, lb)
+    merged = {**lab.load_balancers[lb].attributes, **lab.target_groups[listener.target_group].attributes,
+              **listener.attributes}
+    return {k: v for k, v in merged.items() if k in GWLB_NODE_ATTRIBUTES}
+
+
+def _gwlb_node(lab: Lab, lb: LoadBalancer, node, endpoints: list[EndpointLink]) -> tuple[Namespace, Service]:
+    name = gwlb_ns(lb.name, node.az)
+    subnet = lab.subnets[node.subnet]
+    served = [e for e in endpoints if e.node_ns == name]
+    batch = ["link set lo up", "link set eth0 up", f"addr add {node.private_ip}/{subnet.cidr.prefixlen} dev eth0",
+             f"route add default via {subnet.router_ip} dev eth0"]
+    for ep in served:  # an address only so that the node's kernel answers ARP for the router
+        batch += [f"link set {ep.ifname} up", f"addr add {ep.node_ip}/30 dev {ep.ifname}"]
+    group = lab.target_groups[gwlb_listener(lab, lb.name).target_group]
+    config = {
+        "availability_zone": node.az,
+        "attributes": gwlb_node_attributes(lab, lb.name),
+        "node_ip": str(node.private_ip),
+        "endpoints": [{"id": e.endpoint.id, "ifname": e.ifname} for e in served],
+        "targets": [{"id": t.id, "ip": str(t.ip), "az": t.az} for t in group.targets],
+    }
+    namespace = Namespace(name=name, kind="gwlb", sysctls=BASE_SYSCTLS, ip_batch=tuple(batch),
+                          tx_offload_off=("eth0",) + tuple(e.ifname for e in served))
+    service = Service(name, "gwlb_node", params=(("config", config), ("load_balancer", lb.name),
+                                                   ("target_group", group.name)))
+    return namespace, service
 
 
 def _vpc_dns(lab: Lab, vpc: Vpc) -> Service:

@@ -24,6 +24,7 @@ class Namespace:
     sysctls: tuple[tuple[str, str], ...] = ()  # paths under /proc/sys/net
     ip_batch: tuple[str, ...] = ()  # `ip -batch` lines, run inside the namespace
     nft: str = ""  # an nftables ruleset, applied atomically
+    tx_offload_off: tuple[str, ...] = ()  # interfaces whose packets an engine relays raw
 
     @property
     def own_mounts(self) -> bool:
@@ -46,7 +47,8 @@ class Service:
     """Something the daemon runs inside a namespace.
 
     kind: `test_page` (TCP 80), `banner` (TCP 22), `dns` (UDP and TCP 53 on
-    `addresses`), or `command` (a shell command run inside the namespace).
+    `addresses`), `command` (a shell command run inside the namespace),
+    `appliance` (the reference GENEVE appliance) or `gwlb_node` (one GWLB node).
     """
 
     ns: str
@@ -82,6 +84,8 @@ class Wiring:
                 out.append(f"  sysctl {key}={value}")
             for line in ns.ip_batch:
                 out.append(f"  ip {line}")
+            for ifname in ns.tx_offload_off:
+                out.append(f"  ethtool -K {ifname} tx off")
             if ns.nft:
                 out.append("  nft:")
                 out.extend("    " + line for line in ns.nft.splitlines())

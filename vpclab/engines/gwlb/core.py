@@ -104,7 +104,7 @@ class GwlbConfig:
         known = {"tcp.idle_timeout.seconds", "stickiness.enabled", "stickiness.type",
                  "target_failover.on_deregistration", "target_failover.on_unhealthy",
                  "deregistration_delay.timeout_seconds", "load_balancing.cross_zone.enabled",
-                 "deletion_protection.enabled"}
+                 "deletion_protection.enabled", "vpclab.drop_stale_cookie.enabled"}
         unknown = sorted(set(attrs) - known)
         if unknown:
             raise ValueError(f"unknown or unsupported GWLB attribute(s): {', '.join(unknown)}")
@@ -126,6 +126,9 @@ class GwlbConfig:
         if "load_balancing.cross_zone.enabled" in attrs:
             out["cross_zone"] = _as_bool("load_balancing.cross_zone.enabled",
                                          attrs["load_balancing.cross_zone.enabled"])
+        if "vpclab.drop_stale_cookie.enabled" in attrs:  # undocumented at AWS: ours to choose
+            out["drop_stale_cookie"] = _as_bool("vpclab.drop_stale_cookie.enabled",
+                                                attrs["vpclab.drop_stale_cookie.enabled"])
         out.update(fields)
         return cls(**out)  # type: ignore[arg-type]
 

@@ -38,16 +38,21 @@ What the fabric must set up in the node's namespace (and why):
   snapshot's `io.setup_warnings`; the fabric may do the same itself.
 
 Data path. Each endpoint veth has an AF_PACKET socket (ETH_P_ALL, outgoing
-frames ignored): inner IP packets go through `GwlbNode.from_endpoint` and out
-as GENEVE over UDP from the flow's source port to `target:6081`. The sending
-sockets are a pool of UDP sockets bound to `node_ip:port`, one per source port
-in use, created on first use (at most 2**14). Measured on this kernel, that
-beats one raw IPPROTO_RAW socket that builds the outer IPv4/UDP header itself:
-the raw socket needs a per-packet UDP checksum in Python, 10-35 % slower from
-100 B to 1,400 B and more at 8,500 B. Returning datagrams arrive on
-`node_ip:6081` (and, for appliances that swap ports, on the pool sockets),
-go through `GwlbNode.from_appliance`, and the inner packet goes back out its
-endpoint veth as an Ethernet frame to the router side's MAC.
+frames ignored, virtio-net header on): inner IP packets go through
+`GwlbNode.from_endpoint` and out as GENEVE over UDP from the flow's source port
+to `target:6081`. Senders are UDP sockets bound to `node_ip:port` and connected
+to `target:6081`, one per (target, source port) in use, created on first use
+(ports span 2**14; the fd limit caps the pool, and past it datagrams leave from
+6081, which appliances answer the same way). Measured on this kernel, a pool of
+bound UDP sockets beats one raw IPPROTO_RAW socket that builds the outer
+IPv4/UDP header itself, which needs a per-packet UDP checksum in Python: the
+raw socket was 10-35 % slower at 100-1,400 B and about 35 % slower at 8,500 B.
+The kernel owns the outer header (TTL 255 and DF clear are set per socket; the
+IP ID is the kernel's). Returning datagrams arrive on `node_ip:6081` (and, from
+appliances that swap the ports, on the sender sockets), go through
+`GwlbNode.from_appliance`, and their inner packet goes back out its endpoint
+veth as an Ethernet frame to the router side's MAC. Sockets are drained in
+batches of up to 64 packets per readiness, into one preallocated buffer.
 
 Control: a Unix stream socket speaking JSON lines, one response per request:
 `{"op": "snapshot"}`, `{"op": "set_target_health", "target": ID, "healthy": B}`,
@@ -76,7 +81,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, ip_address
 from typing import Any, Callable, Mapping
 
-from vpclab.engines.geneve import GENEVE_PORT, int_to_vpce_id, vpce_id_to_int
+from vpclab import unixpath
+from vpclab.engines.geneve import GENEVE_PORT, vpce_id_to_int
 from vpclab.engines.gwlb.core import _KEY_PARTS, SRC_PORT_BITS, Decap, Encap, GwlbConfig, GwlbNode
 
 ETH_P_ALL = 0x0003
@@ -99,6 +105,7 @@ TICK = 1.0                  # expire() and housekeeping period, seconds
 CONTROL_LINE_MAX = 1 << 20
 
 _ZERO_VNET_HDR = bytes(VNET_HDR_LEN)  # no checksum to finish, no segmentation
+_NO_SENDERS: dict = {}
 
 
 # --- configuration ----------------------------------------------------------------
@@ -341,7 +348,9 @@ class NodeProcess:
         self._epoll: select.epoll | None = None
         self._handlers: dict[int, Callable[[float], None]] = {}
         self._geneve: socket.socket | None = None
-        self._src_sockets: dict[int, socket.socket] = {}
+        # target IP → source port → send() of a UDP socket bound to node_ip:port, connected to target:6081
+        self._senders: dict[str, dict[int, Callable[[bytes], int]]] = {}
+        self._src_sockets: list[socket.socket] = []
         self._max_src_sockets = MAX_SRC_SOCKETS
         self._control: socket.socket | None = None
         self._control_conns: dict[int, tuple[socket.socket, bytearray]] = {}
@@ -478,7 +487,7 @@ class NodeProcess:
         buf, view = self._rx_buf, self._rx_view
         recv_into = endpoint.sock.recv_into
         from_endpoint, endpoint_id = self.node.from_endpoint, endpoint.endpoint_id
-        src_sockets, io = self._src_sockets, self.io
+        senders, no_senders, io = self._senders, _NO_SENDERS, self.io
         received = sent = 0
         for _ in range(BATCH):
             try:
@@ -510,11 +519,11 @@ class NodeProcess:
             result = from_endpoint(view[IP_OFFSET:length], endpoint_id, now)
             if type(result) is Encap:
                 target_ip, src_port, datagram = result
-                sock = src_sockets.get(src_port)
-                if sock is None:
-                    sock = self._src_socket(src_port)
+                send = senders.get(target_ip, no_senders).get(src_port)
+                if send is None:
+                    send = self._sender(target_ip, src_port)
                 try:
-                    sock.sendto(datagram, (target_ip, GENEVE_PORT))
+                    send(datagram)
                     sent += 1
                 except OSError:
                     io["tx_errors"] += 1
@@ -556,24 +565,35 @@ class NodeProcess:
         io["geneve_received"] += received
         io["decap_sent"] += sent
 
-    def _src_socket(self, port: int) -> socket.socket:
-        """The UDP socket bound to `node_ip:port`; the GENEVE socket when none can be had."""
+    def _sender(self, target_ip: str, port: int) -> Callable[[bytes], int]:
+        """How to send GENEVE from `node_ip:port` to `target_ip:6081`.
+
+        A socket bound to the port and connected to the target: connected, the
+        kernel keeps the route instead of looking it up per packet (measured
+        faster than sendto). Sockets for two targets share a port (SO_REUSEADDR).
+        Without one (fd limit, port taken) it goes from 6081, which appliances
+        answer just the same, since they reply to 6081 (§1.2)."""
+        senders = self._senders.setdefault(target_ip, {})
         if len(self._src_sockets) < self._max_src_sockets:
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 self._tune_udp(sock)
                 sock.bind((self.spec.node_ip, port))
+                sock.connect((target_ip, GENEVE_PORT))
             except OSError:
                 sock.close()
             else:
-                self._src_sockets[port] = sock
+                self._src_sockets.append(sock)
                 # An appliance that swaps the ports answers here, not on 6081 (§1.2: accept it).
                 self._watch(sock, functools.partial(self._drain_geneve, sock))
-                return sock
+                send = senders[port] = sock.send
+                return send
         self.io["src_port_fallback"] += 1
-        assert self._geneve is not None
-        return self._geneve
+        geneve, address = self._geneve, (target_ip, GENEVE_PORT)
+        assert geneve is not None
+        send = senders[port] = lambda datagram: geneve.sendto(datagram, address)
+        return send
 
     # --- control -----------------------------------------------------------------
 
@@ -584,7 +604,8 @@ class NodeProcess:
         except FileNotFoundError:
             pass
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        server.bind(path)
+        with unixpath.usable(path) as reachable:
+            server.bind(reachable)
         server.listen(16)
         server.setblocking(False)
         self._control = server
@@ -762,7 +783,7 @@ class NodeProcess:
                 os.unlink(self.spec.control_socket)
             except OSError:
                 pass
-        socks = [self._geneve, self._control, *self._src_sockets.values(),
+        socks = [self._geneve, self._control, *self._src_sockets,
                  *(e.sock for e in self.endpoints.values()),
                  *(c for c, _ in self._control_conns.values()), *(self._wakeup or ())]
         for sock in socks:

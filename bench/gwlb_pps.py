@@ -1,0 +1,380 @@
+"""GWLB node and reference appliance throughput and latency, as ratios to baselines run alongside.
+
+    python bench/gwlb_pps.py [--seconds 2] [--sizes 100,1400,8500]
+
+It re-executes itself in a sandbox (unshare: user, net, mount and PID
+namespaces) and builds the topology of tests/lab/gwlb_harness.py: client ─
+router ─ endpoint veth ─ GWLB node ─ GENEVE ─ appliance ─ back ─ router ─ server.
+
+1. Through the GWLB: a client sends UDP packets of each size (the whole IP
+   packet) to an echo server; the router sends both directions through the
+   endpoint, so each round trip crosses the node and the appliance twice.
+   Baseline: the same client, server and namespaces with the router's
+   inspection rules removed (plain kernel forwarding, the node bypassed).
+   - packets/s: closed loop, WINDOW packets in flight, echoed packets per second;
+   - latency: one packet in flight, round-trip time median and 99th percentile.
+   Each figure is the best of 3 rounds, interleaved with its baseline's.
+2. The reference appliance alone: a GWLB-like generator in the node's namespace
+   sends GENEVE datagrams (one flow, 40 B header + inner packet of each size)
+   to the appliance, closed loop as above. Baseline: a bare Python UDP echo
+   (recvfrom/sendto, no parsing) on the same port and path.
+
+The client, echo server and generator use recvmmsg/sendmmsg (ctypes) so that
+they cost little next to the path they measure; the bare echo deliberately
+does not (it is the baseline the issue names). Figures are printed only as
+ratios, with the baseline's absolute value for scale. Every loop is bounded in
+count and time.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "lab"))
+
+WINDOW = 32
+ECHO_PORT = 7007
+GENEVE_PORT = 6081
+GENERATOR_PORT = 50000
+MAX_BATCH = 64
+MSG_WAITFORONE = 0x10000
+
+
+# --- batched UDP I/O with recvmmsg/sendmmsg ---------------------------------------------
+
+class _Iovec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+class _Msghdr(ctypes.Structure):
+    _fields_ = [("msg_name", ctypes.c_void_p), ("msg_namelen", ctypes.c_uint32),
+                ("msg_iov", ctypes.POINTER(_Iovec)), ("msg_iovlen", ctypes.c_size_t),
+                ("msg_control", ctypes.c_void_p), ("msg_controllen", ctypes.c_size_t),
+                ("msg_flags", ctypes.c_int)]
+
+
+class _Mmsghdr(ctypes.Structure):
+    _fields_ = [("msg_hdr", _Msghdr), ("msg_len", ctypes.c_uint)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.recvmmsg.argtypes = [ctypes.c_int, ctypes.POINTER(_Mmsghdr), ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
+_libc.sendmmsg.argtypes = [ctypes.c_int, ctypes.POINTER(_Mmsghdr), ctypes.c_uint, ctypes.c_int]
+
+
+class Batch:
+    """`count` message slots of `size` bytes each, with room for a peer address."""
+
+    def __init__(self, count: int, size: int, payload: bytes | None = None) -> None:
+        self.count, self.size = count, size
+        self.buffers = [ctypes.create_string_buffer(payload or b"", size) for _ in range(count)]
+        self.names = [ctypes.create_string_buffer(16) for _ in range(count)]
+        self.iovecs = (_Iovec * count)()
+        self.msgs = (_Mmsghdr * count)()
+        for i in range(count):
+            self.iovecs[i].iov_base = ctypes.addressof(self.buffers[i])
+            self.iovecs[i].iov_len = size
+            hdr = self.msgs[i].msg_hdr
+            hdr.msg_iov = ctypes.pointer(self.iovecs[i])
+            hdr.msg_iovlen = 1
+
+    def with_names(self, on: bool) -> None:
+        for i in range(self.count):
+            hdr = self.msgs[i].msg_hdr
+            hdr.msg_name = ctypes.addressof(self.names[i]) if on else None
+            hdr.msg_namelen = 16 if on else 0
+
+    def recv(self, fd: int, flags: int = MSG_WAITFORONE) -> int:
+        for i in range(self.count):
+            self.iovecs[i].iov_len = self.size
+            if self.msgs[i].msg_hdr.msg_name:
+                self.msgs[i].msg_hdr.msg_namelen = 16
+        n = _libc.recvmmsg(fd, self.msgs, self.count, flags, None)
+        return n if n > 0 else 0
+
+    def send(self, fd: int, n: int, lengths_from_recv: bool = False) -> int:
+        if lengths_from_recv:
+            for i in range(n):
+                self.iovecs[i].iov_len = self.msgs[i].msg_len
+        sent = _libc.sendmmsg(fd, self.msgs, n, 0)
+        return sent if sent > 0 else 0
+
+
+# --- tools run inside namespaces (subcommands) -------------------------------------------
+
+def tool_mmsg_echo(ip: str, port: int) -> None:
+    """Echo every datagram back to its sender, in batches."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    sock.bind((ip, port))
+    batch = Batch(MAX_BATCH, 9000)
+    batch.with_names(True)
+    fd = sock.fileno()
+    while True:
+        n = batch.recv(fd)
+        if n:
+            batch.send(fd, n, lengths_from_recv=True)
+
+
+def tool_bare_echo(ip: str, port: int) -> None:
+    """The baseline appliance: recvfrom, sendto, nothing else."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((ip, port))
+    recvfrom, sendto = sock.recvfrom, sock.sendto
+    while True:
+        data, peer = recvfrom(65535)
+        sendto(data, peer)
+
+
+def tool_load(dst_ip: str, dst_port: int, payload_hex: str, seconds: float, window: int,
+              bind_ip: str = "", bind_port: int = 0, reply_port: int = 0) -> dict:
+    """Closed loop: keep `window` datagrams in flight for `seconds`; count replies.
+
+    Replies come back to the sending socket, or with `reply_port` to a second
+    socket bound there (the way a GWLB node gets its appliances' returns)."""
+    payload = bytes.fromhex(payload_hex)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    tx.bind((bind_ip, bind_port))
+    tx.connect((dst_ip, dst_port))
+    rx = tx
+    if reply_port:
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rx.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        rx.bind((bind_ip, reply_port))
+    for s in {tx, rx}:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 20_000))
+    sender = Batch(window, len(payload), payload)
+    receiver = Batch(MAX_BATCH, 65536)
+    tx_fd, rx_fd = tx.fileno(), rx.fileno()
+    # Warm up (flows, ARP, the appliance's reply sockets), then measure.
+    received = refills = 0
+    for phase, length in (("warmup", min(0.5, seconds / 4)), ("measure", seconds)):
+        received = refills = 0
+        sender.send(tx_fd, window)
+        start = time.perf_counter()
+        deadline = start + length
+        while True:
+            n = receiver.recv(rx_fd)
+            now = time.perf_counter()
+            if now >= deadline:
+                break
+            if n:
+                received += n
+                sender.send(tx_fd, n)
+            else:  # 20 ms without a reply: whatever was in flight is lost; refill the window
+                refills += 1
+                sender.send(tx_fd, window)
+        elapsed = now - start
+        while receiver.recv(rx_fd, socket.MSG_DONTWAIT):  # drain stragglers, bounded by the socket
+            pass
+    return {"pps": received / elapsed, "refills": refills}
+
+
+def tool_ping(dst_ip: str, dst_port: int, payload_hex: str, count: int, seconds: float,
+              bind_ip: str = "", bind_port: int = 0, reply_port: int = 0) -> dict:
+    """One datagram in flight: round-trip times in microseconds."""
+    payload = bytes.fromhex(payload_hex)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    tx.bind((bind_ip, bind_port))
+    tx.connect((dst_ip, dst_port))
+    rx = tx
+    if reply_port:
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rx.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        rx.bind((bind_ip, reply_port))
+    rx.settimeout(0.2)
+    samples, lost = [], 0
+    deadline = time.monotonic() + seconds
+    for i in range(count):
+        if time.monotonic() >= deadline:
+            break
+        start = time.perf_counter()
+        tx.send(payload)
+        try:
+            rx.recv(65536)
+        except OSError:
+            lost += 1
+            continue
+        if i >= 20:  # the first ones set up flows and neighbours
+            samples.append((time.perf_counter() - start) * 1e6)
+    samples.sort()
+    if not samples:
+        return {"median_us": float("nan"), "p99_us": float("nan"), "lost": lost}
+    return {"median_us": statistics.median(samples),
+            "p99_us": samples[min(len(samples) - 1, int(len(samples) * 0.99))], "lost": lost}
+
+
+# --- packets ------------------------------------------------------------------------
+
+def udp_payload(ip_size: int) -> bytes:
+    """A UDP payload that makes an IPv4 packet of `ip_size` bytes."""
+    return bytes(i & 0xFF for i in range(ip_size - 28))
+
+
+def geneve_datagram(inner_size: int) -> bytes:
+    from vpclab.engines.geneve import GwlbHeader, vpce_id_to_int
+    from gwlb_harness import CLIENT_IP, ENDPOINT_ID, SERVER_IP
+    payload = udp_payload(inner_size)
+    src, dst = socket.inet_aton(CLIENT_IP), socket.inet_aton(SERVER_IP)
+    inner = struct.pack("!BBHHHBBH4s4s", 0x45, 0, inner_size, 0, 0, 64, 17, 0, src, dst)
+    inner += struct.pack("!HHHH", 40000, ECHO_PORT, 8 + len(payload), 0) + payload
+    header = GwlbHeader(protocol=0x0800, endpoint_id=vpce_id_to_int(ENDPOINT_ID), flow_cookie=0x55908770)
+    return header.raw + inner
+
+
+# --- the bench ----------------------------------------------------------------------
+
+ROUNDS = 3
+
+
+def best(rounds: list[tuple[dict, dict]]) -> tuple[dict, dict]:
+    """The best of interleaved rounds: highest rate, lowest median (noise only ever slows)."""
+    load = max((r[0] for r in rounds), key=lambda x: x["pps"])
+    ping = min((r[1] for r in rounds), key=lambda x: x["median_us"])
+    return load, ping
+
+class Bench:
+    def __init__(self, workdir: str, seconds: float) -> None:
+        from gwlb_harness import Topology
+        self.topology = Topology(workdir)
+        self.seconds = seconds
+
+    def tool(self, ns: str, name: str, *args: object, timeout: float = 60) -> dict:
+        argv = ["ip", "netns", "exec", ns, sys.executable, __file__, "--tool", name,
+                json.dumps([*args])]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                                env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        if result.returncode != 0:
+            raise RuntimeError(f"{name} in {ns} failed:\n{result.stderr}")
+        return json.loads(result.stdout)
+
+    def background(self, name: str, ns: str, tool: str, *args: object) -> None:
+        self.topology.spawn(name, ns, [sys.executable, __file__, "--tool", tool, json.dumps([*args])])
+        time.sleep(0.3)
+
+    def through_gwlb(self, sizes: list[int]) -> None:
+        from gwlb_harness import SERVER_IP
+        t = self.topology
+        self.background("echo", "server", "mmsg_echo", SERVER_IP, ECHO_PORT)
+        t.start_appliance()
+        t.start_node()
+        print(f"\n1. Through the GWLB (client → endpoint → node → appliance → node → server and back),\n"
+              f"   vs plain kernel forwarding over the same namespaces; {WINDOW} packets in flight.")
+        print(f"   {'size':>6}  {'pps ratio':>9}  {'baseline pps':>12}  {'rtt ratio':>9}  "
+              f"{'baseline rtt':>12}  {'gwlb rtt':>9}  {'p99 gwlb/base':>13}")
+        for size in sizes:
+            payload = udp_payload(size).hex()
+            rounds: dict[str, list] = {"kernel": [], "gwlb": []}
+            for _ in range(ROUNDS):  # interleaved, so that a noisy moment hits both sides
+                for mode in ("kernel", "gwlb"):
+                    if mode == "kernel":
+                        t.bypass()
+                    else:
+                        t.inspect()
+                    load = self.tool("client", "load", SERVER_IP, ECHO_PORT, payload, self.seconds, WINDOW)
+                    ping = self.tool("client", "ping", SERVER_IP, ECHO_PORT, payload, 3000, self.seconds / 2)
+                    rounds[mode].append((load, ping))
+            (kload, kping), (gload, gping) = best(rounds["kernel"]), best(rounds["gwlb"])
+            target = "  (target ≥ 0.20)" if size == 100 else ""
+            print(f"   {size:>5}B  {gload['pps'] / kload['pps']:>8.2f}x  {kload['pps']:>12,.0f}  "
+                  f"{gping['median_us'] / kping['median_us']:>8.2f}x  {kping['median_us']:>9.0f} µs  "
+                  f"{gping['median_us']:>6.0f} µs  {gping['p99_us'] / kping['p99_us']:>12.2f}x{target}")
+        snapshot = self.node_snapshot()
+        drops = {k: v for k, v in snapshot["io"].items() if k in ("rx_gso", "tx_errors") and v}
+        print(f"   node: {snapshot['io']['encap_sent']:,} encapsulated, {snapshot['io']['decap_sent']:,} "
+              f"returned, drops {snapshot['drops'] or '{}'} {drops or ''}")
+        t.kill("node")
+        t.kill("appl-1")
+        t.kill("echo")
+
+    def node_snapshot(self) -> dict:
+        from gwlb_harness import control
+        return control(self.topology.workdir, {"op": "snapshot"})["snapshot"]
+
+    def appliance_alone(self, sizes: list[int]) -> None:
+        from gwlb_harness import NODE_IP, appliance_ip
+        t = self.topology
+        target = appliance_ip(1)
+        print(f"\n2. The reference appliance alone, driven by a GWLB-like generator ({WINDOW} in flight),\n"
+              f"   vs a bare Python UDP echo (recvfrom/sendto) on the same port and path.")
+        print(f"   {'inner':>6}  {'pps ratio':>9}  {'bare echo pps':>13}  {'rtt ratio':>9}")
+        for size in sizes:
+            datagram = geneve_datagram(size).hex()
+            rounds: dict[str, list] = {"bare": [], "appliance": []}
+            for _ in range(ROUNDS):
+                for mode in ("bare", "appliance"):
+                    if mode == "bare":
+                        self.background("bare", "appl-1", "bare_echo", "0.0.0.0", GENEVE_PORT)
+                        reply_port = 0  # it answers the sender's port
+                    else:
+                        t.start_appliance()
+                        reply_port = GENEVE_PORT  # §1.2: back to 6081, from the generator's port
+                    args = (target, GENEVE_PORT, datagram)
+                    load = self.tool("gwlb", "load", *args, self.seconds, WINDOW, NODE_IP, GENERATOR_PORT,
+                                     reply_port)
+                    ping = self.tool("gwlb", "ping", *args, 3000, self.seconds / 2, NODE_IP, GENERATOR_PORT,
+                                     reply_port)
+                    rounds[mode].append((load, ping))
+                    t.kill("bare" if mode == "bare" else "appl-1")
+            (bload, bping), (aload, aping) = best(rounds["bare"]), best(rounds["appliance"])
+            print(f"   {size:>5}B  {aload['pps'] / bload['pps']:>8.2f}x  {bload['pps']:>13,.0f}  "
+                  f"{aping['median_us'] / bping['median_us']:>8.2f}x  (target ≥ 0.75)")
+
+    def run(self, sizes: list[int]) -> None:
+        self.topology.build()
+        try:
+            self.through_gwlb(sizes)
+            self.appliance_alone(sizes)
+        finally:
+            self.topology.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=2.0, help="time per measurement (max 30)")
+    parser.add_argument("--sizes", default="100,1400,8500", help="IP packet sizes, bytes (68-8500)")
+    parser.add_argument("--inside", help=argparse.SUPPRESS)
+    parser.add_argument("--tool", help=argparse.SUPPRESS)
+    parser.add_argument("args", nargs="?", help=argparse.SUPPRESS)
+    options = parser.parse_args()
+    if options.tool:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        tool = globals()[f"tool_{options.tool}"]
+        result = tool(*json.loads(options.args))
+        print(json.dumps(result))
+        return
+    sizes = [int(s) for s in options.sizes.split(",")]
+    if not all(68 <= s <= 8500 for s in sizes) or not 0 < options.seconds <= 30:
+        parser.error("sizes must be 68-8500 bytes and --seconds 0-30")
+    if options.inside:
+        Bench(options.inside, options.seconds).run(sizes)
+        return
+    from gwlb_harness import UNSHARE, sandbox_available
+    if not sandbox_available():
+        sys.exit("gwlb_pps: user namespaces are not available here")
+    print(f"gwlb_pps: {os.cpu_count()} CPUs, {options.seconds:g} s per figure, sizes {sizes} "
+          f"(whole IP packets)")
+    with tempfile.TemporaryDirectory(prefix="gwlb-pps-") as workdir:
+        command = [*UNSHARE, sys.executable, __file__, "--inside", workdir, "--seconds",
+                   str(options.seconds), "--sizes", options.sizes]
+        sys.exit(subprocess.run(command, timeout=600).returncode)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""Gateway Load Balancer labs, proven with real traffic through GENEVE appliances."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.lab
+DISTRIBUTED = ROOT / "examples" / "gwlb-distributed.yaml"
+TWO_VPC = ROOT / "examples" / "gwlb-two-vpc.yaml"
+HAIRPIN = ROOT / "examples" / "appliances" / "iptables-hairpin.sh"
+
+# web-1 also echoes UDP on port 7, so a test can hold one flow open for as long as it likes.
+UDP_ECHO = """  web-1:
+    SubnetId: app-a
+    PrivateIpAddress: 10.0.11.10
+    AssociatePublicIpAddress: true
+    SecurityGroupIds: [web-sg]
+    Run: ["socat UDP4-RECVFROM:7,reuseaddr,fork PIPE"]"""
+WEB_1 = """  web-1:
+    SubnetId: app-a
+    PrivateIpAddress: 10.0.11.10
+    AssociatePublicIpAddress: true
+    SecurityGroupIds: [web-sg]"""
+
+
+def distributed(**replacements: str) -> str:
+    text = DISTRIBUTED.read_text().replace(WEB_1, UDP_ECHO)
+    for old, new in replacements.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    return text
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+STATS_PERIOD = 1.0  # the reference appliance rewrites its stats file every second
+
+
+def appliances(lab) -> dict[str, dict]:
+    """Each appliance's counters, once they include the traffic just sent."""
+    time.sleep(STATS_PERIOD * 1.5)
+    return {i["name"]: i.get("appliance", {}) for i in lab.status()["instances"] if i["role"] == "appliance"}
+
+
+def target_states(lab, group: str = "appliances") -> dict[str, str]:
+    tg = next(g for g in lab.status()["target_groups"] if g["name"] == group)
+    return {t["name"] or t["id"]: t["state"] for t in tg["targets"]}
+
+
+def all_healthy(lab, group: str = "appliances") -> bool:
+    return all(state == "healthy" for state in target_states(lab, group).values())
+
+
+def web_url(lab) -> str:
+    return f"http://{lab.instance('web-1')['public_ip']}/"
+
+
+UDP_FLOW = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", {sport}))
+s.settimeout(0.5)
+ok = 0
+for i in range({count}):
+    s.sendto(b"ping %d" % i, ("{dst}", 7))
+    try:
+        if s.recv(100) == b"ping %d" % i:
+            ok += 1
+    except socket.timeout:
+        pass
+print(ok)
+"""
+
+
+def udp_exchange(lab, sport: int, count: int = 5) -> int:
+    """Echoes received on one UDP flow (fixed 5-tuple) from client to web-1."""
+    code = UDP_FLOW.format(sport=sport, count=count, dst=lab.instance("web-1")["public_ip"])
+    return int(lab.sh("client", f"python3 -c '{code}'", timeout=count + 20).stdout.strip() or 0)
+
+
+@pytest.fixture
+def gwlb(up):
+    lab = up(distributed(), "gwlb")
+    wait_for(lambda: all_healthy(lab), 30, "both appliances healthy")
+    return lab
+
+
+def test_ingress_and_egress_pass_through_an_appliance(gwlb, tmp_path):
+    before = appliances(gwlb)
+    page = gwlb.curl("client", web_url(gwlb))
+    assert page.startswith("web-1 ")
+    assert "client: 198.51.100.10:" in page  # inspection is transparent: web-1 sees the client
+    nat_ip = gwlb.status()["nat_gateways"][0]["public_ip"]
+    assert f"client: {nat_ip}:" in gwlb.curl("web-1", "http://server.internet.test/")
+    after = appliances(gwlb)
+    packets = lambda stats: sum(s.get("packets_in", 0) for s in stats.values())  # noqa: E731
+    # ingress: SYN, ACK, request... and replies, then egress the same again
+    assert packets(after) - packets(before) >= 10
+
+
+def test_capture_on_appliance_shows_geneve_with_the_three_gwlb_options(gwlb, tmp_path):
+    pcaps = {}
+    captures = []
+    for name in ("appliance-1", "appliance-2"):
+        pcaps[name] = tmp_path / f"{name}.pcap"
+        captures.append(subprocess.Popen(
+            [sys.executable, "-m", "vpclab", "capture", "--lab", gwlb.name, name, "udp port 6081",
+             "-d", "4", "-w", str(pcaps[name])], env=gwlb.env, stderr=subprocess.DEVNULL))
+    time.sleep(1.0)
+    for _ in range(4):
+        gwlb.curl("client", web_url(gwlb))
+    for capture in captures:
+        capture.wait(timeout=20)
+    seen = ""
+    for pcap in pcaps.values():
+        seen += subprocess.run(["tshark", "-r", str(pcap), "-V", "-Y", "geneve"], capture_output=True,
+                               text=True).stdout
+        expert = subprocess.run(["tshark", "-r", str(pcap), "-q", "-z", "expert"], capture_output=True,
+                                text=True).stdout
+        assert "Malformed" not in expert and "Error" not in expert
+    assert "Generic Network Virtualization Encapsulation" in seen
+    assert seen.count("Amazon") >= 3  # tshark names class 0x0108 Amazon
+    for option_type in ("Type: 0x01", "Type: 0x02", "Type: 0x03"):
+        assert option_type in seen
+
+
+def test_a_flow_and_its_replies_use_the_same_appliance(gwlb):
+    before = appliances(gwlb)
+    assert udp_exchange(gwlb, sport=40001, count=6) == 6
+    after = appliances(gwlb)
+    used = {n: after[n]["packets_in"] - before[n]["packets_in"] for n in after}
+    # 6 requests and 6 replies, all on one appliance
+    assert sorted(used.values()) == [0, 12]
+
+
+def test_many_flows_spread_over_both_appliances(gwlb):
+    before = appliances(gwlb)
+    for sport in range(41000, 41016):
+        assert udp_exchange(gwlb, sport=sport, count=1) == 1
+    after = appliances(gwlb)
+    flows = {n: after[n]["flows"] - before[n]["flows"] for n in after}
+    assert all(count > 0 for count in flows.values()), flows
+    assert sum(flows.values()) == 16
+
+
+def test_appliance_deny_rule_blocks_traffic(up):
+    deny_ssh = """    Role: appliance
+    Appliance:
+      inside: [10.0.0.0/16]
+      rules:
+        - {action: deny, direction: inbound, protocol: tcp, port: 22}
+"""
+    text = distributed().replace("    Role: appliance\n", deny_ssh)
+    lab = up(text, "gwlb-deny")
+    wait_for(lambda: all_healthy(lab), 30, "both appliances healthy")
+    public = lab.instance("web-1")["public_ip"]
+    assert lab.curl("client", f"http://{public}/").startswith("web-1 ")
+    banner = lab.sh("client", f"echo | nc -w 2 {public} 22", check=False).stdout
+    assert "SSH-2.0" not in banner
+    assert sum(sum(a.get("dropped", {}).values()) for a in appliances(lab).values()) > 0
+
+
+def test_with_no_healthy_appliance_traffic_does_not_get_through(gwlb):
+    assert gwlb.curl("client", web_url(gwlb)).startswith("web-1 ")
+    for name in ("appliance-1", "appliance-2"):
+        gwlb.sh(name, f"pkill -f 'appliances/[{name[0]}]{name[1:]}.json'")
+    wait_for(lambda: set(target_states(gwlb).values()) == {"unhealthy"}, 30, "both targets unhealthy")
+    assert gwlb.curl("client", web_url(gwlb), timeout=2) == ""
+
+
+def serving_appliance(lab, before: dict) -> str:
+    after = appliances(lab)
+    return max(after, key=lambda n: after[n]["packets_in"] - before[n]["packets_in"])
+
+
+@pytest.mark.parametrize("failover", ["no_rebalance", "rebalance"])
+def test_stopped_appliance_fails_over_new_flows_and_existing_flows_follow_target_failover(up, failover):
+    text = distributed(**{
+        "      deregistration_delay.timeout_seconds: 10":
+        "      deregistration_delay.timeout_seconds: 10\n"
+        f"      target_failover.on_deregistration: {failover}\n"
+        f"      target_failover.on_unhealthy: {failover}"})
+    lab = up(text, f"gwlb-{failover.replace('_', '-')}")
+    wait_for(lambda: all_healthy(lab), 30, "both appliances healthy")
+    before = appliances(lab)
+    assert udp_exchange(lab, sport=42000, count=3) == 3
+    victim = serving_appliance(lab, before)
+    lab.sh(victim, f"pkill -f 'appliances/[{victim[0]}]{victim[1:]}.json'")
+    # interval 5 s x unhealthy threshold 2
+    wait_for(lambda: target_states(lab)[victim] == "unhealthy", 30, f"{victim} unhealthy")
+    for sport in range(42100, 42106):  # new flows all reach the survivor
+        assert udp_exchange(lab, sport=sport, count=1) == 1
+    carried = udp_exchange(lab, sport=42000, count=4)
+    if failover == "no_rebalance":
+        assert carried == 0  # the flow stays pinned to its dead appliance
+    else:
+        assert carried == 4  # the flow moved to a healthy appliance
+
+
+def test_deregistered_target_drains_for_the_delay_then_is_unused(gwlb):
+    before = appliances(gwlb)
+    assert udp_exchange(gwlb, sport=43000, count=2) == 2
+    pinned = serving_appliance(gwlb, before)
+    gwlb.vpclab("deregister", "--lab", gwlb.name, "appliances", pinned)
+    assert target_states(gwlb)[pinned] == "draining" or any(
+        s == "draining" for s in target_states(gwlb).values())
+    assert udp_exchange(gwlb, sport=43000, count=2) == 2  # the existing flow keeps its appliance
+    before = appliances(gwlb)
+    for sport in range(43100, 43106):
+        assert udp_exchange(gwlb, sport=sport, count=1) == 1
+    after = appliances(gwlb)
+    assert after[pinned]["flows"] == before[pinned]["flows"]  # no new flow went to the draining target
+    wait_for(lambda: "draining" not in target_states(gwlb).values(), 25, "the 10 s delay to end")
+    assert udp_exchange(gwlb, sport=43000, count=2) == 0  # no_rebalance: dropped after the delay
+    gwlb.vpclab("register", "--lab", gwlb.name, "appliances", pinned)
+    wait_for(lambda: all_healthy(gwlb), 30, "the re-registered target healthy")
+
+
+def test_endpoint_pending_acceptance_carries_nothing_until_accepted(up):
+    lab = up(TWO_VPC, "gwlb-two-vpc")
+    endpoints = {e["name"]: e for e in lab.status()["vpc_endpoints"]}
+    assert {e["state"] for e in endpoints.values()} == {"pendingAcceptance"}
+    wait_for(lambda: all_healthy(lab), 30, "both appliances healthy")
+    url = web_url(lab)
+    assert lab.curl("client", url, timeout=2) == ""  # routed to the endpoint, and dropped
+    lab.vpclab("endpoint", "--lab", lab.name, "accept", "gwlbe-a")
+    assert {e["name"]: e["state"] for e in lab.status()["vpc_endpoints"]}["gwlbe-a"] == "available"
+    assert lab.curl("client", url).startswith("web-1 ")
+    assert lab.curl("client", f"http://{lab.instance('web-2')['public_ip']}/", timeout=2) == ""
+    lab.vpclab("endpoint", "--lab", lab.name, "reject", "gwlbe-a")
+    assert lab.curl("client", url, timeout=2) == ""
+
+
+def test_iptables_hairpin_appliance_passes_traffic(up):
+    text = distributed().replace("    Role: appliance\n",
+                                 f"    Role: appliance\n    Run: [\"sh {HAIRPIN}\"]\n")
+    lab = up(text, "gwlb-hairpin")
+    wait_for(lambda: all_healthy(lab), 30, "both hairpin appliances healthy")
+    assert lab.curl("client", web_url(lab)).startswith("web-1 ")
+    assert udp_exchange(lab, sport=44000, count=3) == 3
