@@ -152,7 +152,7 @@ def test_sigkilled_daemon_leaves_nothing_running_and_up_restores_live_changes(ba
                  "--protocol", "tcp", "--port", "80", "--cidr", "0.0.0.0/0")
     daemon = _daemon_pid(basic)
     pidns = _pidns(daemon)
-    assert len(_processes_in(pidns)) > 5  # the daemon, namespace holders, services
+    assert len(_processes_in(pidns)) >= 1  # the daemon (namespaces are kept by bind mounts)
     os.kill(daemon, signal.SIGKILL)
     deadline = time.monotonic() + 10
     while _processes_in(pidns) and time.monotonic() < deadline:

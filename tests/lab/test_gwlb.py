@@ -253,3 +253,22 @@ def test_iptables_hairpin_appliance_passes_traffic(up):
     wait_for(lambda: all_healthy(lab), 30, "both hairpin appliances healthy")
     assert lab.curl("client", web_url(lab)).startswith("web-1 ")
     assert udp_exchange(lab, sport=44000, count=3) == 3
+
+
+def node_drops(lab, az: str = "us-east-1a") -> dict:
+    lb = lab.status()["load_balancers"][0]
+    node = next(n for n in lb["nodes"] if n["az"] == az)
+    return node["counters"]["drops"]
+
+
+def test_inner_packets_over_8500_bytes_are_dropped_silently(gwlb):
+    send = ("import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+            "s.setsockopt(socket.IPPROTO_IP, 10, 2); "  # IP_MTU_DISCOVER = IP_PMTUDISC_DO: never fragment
+            "s.sendto(b'x' * {size}, ('198.51.100.250', 9))")  # unassigned: no host link MTU on the way
+    before = node_drops(gwlb).get("oversize", 0)
+    gwlb.sh("web-1", f"python3 -c \"{send.format(size=8400)}\"")  # 8,428-byte packet: carried
+    assert node_drops(gwlb).get("oversize", 0) == before
+    gwlb.sh("web-1", f"python3 -c \"{send.format(size=8600)}\"")  # 8,628 bytes: over the limit
+    assert node_drops(gwlb).get("oversize", 0) == before + 1
+    # no ICMP "fragmentation needed" comes back: the sender's path MTU is still its link's
+    assert "mtu" not in gwlb.sh("web-1", "ip route get 198.51.100.250").stdout.split("cache")[-1]

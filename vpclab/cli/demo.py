@@ -42,32 +42,56 @@ class Steps:
         print(f"   -> applied as change {result['seq']}")
 
 
-def basic_vpc(steps: Steps, status: dict) -> None:
-    ips = {i["name"]: i for i in status["instances"]}
-    web_public = ips["web-1"]["public_ip"]
+def _appliance_packets(lab: Lab) -> dict[str, int]:
+    time.sleep(1.5)  # appliances write their counters every second
+    status = lab.request({"op": "status"})
+    return {i["name"]: i.get("appliance", {}).get("packets_in", 0) for i in status["instances"]
+            if i["role"] == "appliance"}
+
+
+def _wait_targets(lab: Lab, want: str, count: int, timeout: float = 40) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = [d["TargetHealth"]["State"] for d in lab.request({"op": "targets", "target_group": "appliances"})]
+        if states.count(want) >= count:
+            print(f"   target health: {', '.join(states)}")
+            return
+        time.sleep(1)
+    raise LabError(f"targets did not become {want} within {timeout}s")
+
+
+def gwlb_distributed(steps: Steps, status: dict) -> None:
+    lab = steps.lab
+    web = next(i for i in status["instances"] if i["name"] == "web-1")
     nat_ip = status["nat_gateways"][0]["public_ip"]
-    steps.expect("an internet client reaches web-1 on its public IP (through the internet gateway)",
-                 "client", f"curl -s --max-time 3 http://{web_public}/", ok=True, shows="web-1")
-    steps.expect(f"app-1, in a private subnet, reaches the internet through the NAT gateway: "
-                 f"the server sees {nat_ip}",
-                 "app-1", "curl -s --max-time 3 http://server.internet.test/", ok=True, shows=nat_ip)
-    steps.expect("the internet cannot reach app-1 (no public IP, no route)",
-                 "client", f"curl -s --max-time 2 http://{ips['app-1']['private_ip']}/", ok=False)
-    steps.expect("web-1 resolves app-1's hostname through the VPC resolver at base+2",
-                 "web-1", f"getent hosts {ips['app-1']['hostname']}", ok=True,
-                 shows=ips["app-1"]["private_ip"])
-    steps.change("revoke-security-group-ingress", group="web-sg", protocol="tcp", port="80",
-                 cidr="0.0.0.0/0")
-    steps.expect("with port 80 revoked from web-sg, the client is blocked",
-                 "client", f"curl -s --max-time 2 http://{web_public}/", ok=False)
+    url = f"http://{web['public_ip']}/"
+    print("\n== waiting for the GWLB's health checks (TCP 80, every 5 s, 2 passes)")
+    _wait_targets(lab, "healthy", 2)
+    before = _appliance_packets(lab)
+    steps.expect("ingress: client -> IGW -> edge route table -> GWLB endpoint -> appliance -> web-1",
+                 "client", f"curl -s --max-time 3 {url}", ok=True, shows="client: 198.51.100.10")
+    steps.expect(f"egress: web-1 -> endpoint -> appliance -> NAT gateway -> IGW; the server sees {nat_ip}",
+                 "web-1", "curl -s --max-time 3 http://server.internet.test/", ok=True, shows=nat_ip)
+    after = _appliance_packets(lab)
+    print(f"   GENEVE packets inspected per appliance: "
+          f"{ {n: after[n] - before[n] for n in after} }")
+    steps.expect("web-1 resolves the server's name through the VPC resolver at base+2",
+                 "web-1", "getent hosts server.internet.test", ok=True, shows="198.51.100.11")
+    steps.change("revoke-security-group-ingress", group="web-sg", protocol="tcp", port="80", cidr="0.0.0.0/0")
+    steps.expect("with port 80 revoked from web-sg, the client is blocked (after inspection)",
+                 "client", f"curl -s --max-time 2 {url}", ok=False)
     steps.change("authorize-security-group-ingress", group="web-sg", protocol="tcp", port="80",
                  cidr="0.0.0.0/0")
-    steps.expect("authorized again, the client gets through", "client",
-                 f"curl -s --max-time 3 http://{web_public}/", ok=True, shows="web-1")
+    print("\n== failover: stop appliance-1; after 2 failed checks (10 s) new flows go to appliance-2")
+    _run(lab, "appliance-1", "pkill -f 'appliances/[a]ppliance-1.json'")
+    _wait_targets(lab, "unhealthy", 1)
+    for _ in range(3):
+        steps.expect("a new flow from the client reaches web-1 through the surviving appliance",
+                     "client", f"curl -s --max-time 3 {url}", ok=True, shows="web-1")
 
 
 def run_demo() -> int:
-    example = EXAMPLES / "basic-vpc.yaml"
+    example = EXAMPLES / "gwlb-distributed.yaml"
     model = load_lab(example, DEMO_LAB)
     lab = Lab(model.name)
     if lab.exists():
@@ -81,7 +105,7 @@ def run_demo() -> int:
         print(f"up in {time.monotonic() - started:.2f}s\n")
         print(render_status(status))
         steps = Steps(lab)
-        basic_vpc(steps, status)
+        gwlb_distributed(steps, status)
     except LabError as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1

@@ -44,7 +44,27 @@ def render_status(status: dict) -> str:
         rows.append([n["name"], "nat-gateway", n["id"], n["subnet"], "-", n["private_ip"], n["public_ip"]])
     for h in status["internet_hosts"]:
         rows.append([h["name"], "internet", "-", "-", "-", "-", h["ip"]])
-    return f"lab {lab['name']} ({lab['region']}, account {lab['account']})\n" + _table(rows)
+    out = f"lab {lab['name']} ({lab['region']}, account {lab['account']})\n" + _table(rows)
+    if status["load_balancers"]:
+        rows = [["LOAD BALANCER", "TYPE", "AZ", "NODE IP", "FLOWS", "NEW FLOWS", "DROPS"]]
+        for lb in status["load_balancers"]:
+            for n in lb["nodes"]:
+                c = n.get("counters", {})
+                rows.append([lb["name"], lb["type"], n["az"], n["private_ip"], str(c.get("ActiveFlowCount", "-")),
+                             str(c.get("NewFlowCount", "-")), str(sum(c.get("drops", {}).values()))])
+        out += "\n\n" + _table(rows)
+    targets = [(g, t) for g in status["target_groups"] for t in g["targets"]]
+    if targets:
+        rows = [["TARGET GROUP", "TARGET", "NAME", "IP", "AZ", "STATE", "REASON"]]
+        rows += [[g["name"], t["id"], t["name"] or "-", t["ip"] or "-", t["az"] or "-", t["state"] or "-",
+                  t["reason"] or "-"] for g, t in targets]
+        out += "\n\n" + _table(rows)
+    if status["vpc_endpoints"]:
+        rows = [["ENDPOINT", "ID", "TYPE", "VPC", "SUBNET", "STATE", "SERVICE"]]
+        rows += [[e["name"], e["id"], e["type"], e["vpc"], ",".join(n["subnet"] for n in e["enis"]), e["state"],
+                  e["service_name"]] for e in status["vpc_endpoints"]]
+        out += "\n\n" + _table(rows)
+    return out
 
 
 # --- commands -------------------------------------------------------------------

@@ -9,7 +9,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from vpclab import unixpath
 from vpclab.daemon import paths
@@ -139,11 +139,9 @@ class Lab:
         daemon = self.daemon_pid()
         if daemon is None:
             raise LabError(f"lab {self.name} is not running (try `vpclab up`)")
-        host_pid = _host_pid(daemon, spaces[node]["pid"])
-        argv = ["nsenter", "-t", str(host_pid), "--user", "--preserve-credentials", "--net", "--pid"]
-        if spaces[node]["own_mounts"]:
-            argv += ["--mount", "--uts"]
-        return argv + ["--"]
+        # Into the sandbox (its user, mount and PID namespaces), then into the node's.
+        return ["nsenter", "-t", str(daemon), "--user", "--preserve-credentials", "--mount", "--pid", "--",
+                "nsenter", *spaces[node]["nsenter"], "--"]
 
 
 def _start_time(pid: int) -> int | None:
@@ -155,25 +153,3 @@ def _start_time(pid: int) -> int | None:
     if fields[0] == "Z":  # exited; whoever adopted it has not reaped it yet
         return None
     return int(fields[19])
-
-
-def _descendants(pid: int) -> Iterator[int]:
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return
-    for child in map(int, children):
-        yield child
-        yield from _descendants(child)
-
-
-def _host_pid(daemon: int, sandbox_pid: int) -> int:
-    """Map a PID inside the sandbox to the host's view of it."""
-    for pid in _descendants(daemon):
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("NSpid:") and int(line.split()[-1]) == sandbox_pid:
-                    return pid
-        except OSError:
-            continue
-    raise LabError(f"namespace holder {sandbox_pid} is gone")

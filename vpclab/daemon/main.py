@@ -15,10 +15,12 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import traceback
 from pathlib import Path
 
 from vpclab import unixpath
+from vpclab.daemon import sandbox
 from vpclab.daemon.balancers import Balancers
 from vpclab.daemon.changes import apply_change
 from vpclab.daemon.paths import API_SOCKET, NAMESPACES_FILE
@@ -41,7 +43,7 @@ class Progress:
 
     def __init__(self, fd: int | None) -> None:
         if fd is not None:
-            os.set_inheritable(fd, False)  # namespace holders and commands must not keep it open
+            os.set_inheritable(fd, False)  # commands the lab runs must not keep it open
         self.pipe = os.fdopen(fd, "w", buffering=1) if fd is not None else None
 
     def send(self, event: str, **fields) -> None:
@@ -71,9 +73,10 @@ class Daemon:
         self.balancers = Balancers(statedir, self._enter)
         self.tasks: list[asyncio.Task] = []
         self.stopping: asyncio.Event | None = None
+        self.bring_up_seconds = 0.0
 
     def _enter(self, ns: str):
-        return self.fabric.switch.inside(self.fabric.holders[ns])
+        return self.fabric.inside(ns)
 
     # --- bring-up -----------------------------------------------------------
 
@@ -88,11 +91,13 @@ class Daemon:
         return lab
 
     def bring_up(self) -> None:
+        started = time.monotonic()
         self.lab = self.load()
         self.wiring = compile_lab(self.lab)
-        self.fabric.up(self.wiring, lambda m: self.progress.send("progress", message=m))
+        self.fabric.up(self.wiring, lambda m: self.progress.send("progress", message=m), sandbox.unpin)
+        self.bring_up_seconds = time.monotonic() - started
         (self.statedir / NAMESPACES_FILE).write_text(json.dumps({
-            ns.name: {"pid": self.fabric.holders[ns.name], "kind": ns.kind, "own_mounts": ns.own_mounts}
+            ns.name: {"nsenter": self.fabric.nsenter_args(ns.name), "kind": ns.kind}
             for ns in self.wiring.namespaces
         }, indent=1))
 
@@ -130,7 +135,7 @@ class Daemon:
 
     def _listen(self, ns: str, address: str, kind: int) -> socket.socket:
         host, port = address.rsplit(":", 1)
-        with self.fabric.switch.inside(self.fabric.holders[ns]):
+        with self.fabric.inside(ns):
             sock = socket.socket(socket.AF_INET, kind)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, int(port)))
@@ -156,13 +161,9 @@ class Daemon:
 
     def _start_process(self, ns_name: str, command: list[str], log_name: str) -> None:
         """Run a command inside a namespace (and its mounts and hostname), logging to logs/."""
-        ns = self.wiring.namespace(ns_name)
         logdir = self.statedir / "logs"
         logdir.mkdir(exist_ok=True)
-        argv = ["nsenter", "-t", str(self.fabric.holders[ns_name]), "-n"]
-        if ns.own_mounts:
-            argv += ["-m", "-u"]
-        argv += ["--", *command]
+        argv = ["nsenter", *self.fabric.nsenter_args(ns_name), "--", *command]
         with open(logdir / log_name, "ab") as out:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd="/")
         self.commands[proc.pid] = (ns_name, " ".join(command))
@@ -194,8 +195,6 @@ class Daemon:
             if started is not None:
                 log.info("command in %s exited with status %d: %s", started[0],
                          os.waitstatus_to_exitcode(status), started[1])
-            elif pid in self.fabric.holders.values():
-                log.error("the process holding a namespace died (pid %d)", pid)
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
@@ -215,7 +214,6 @@ class Daemon:
         server.close()
         for task in self.tasks:
             task.cancel()
-        self.fabric.down()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -261,6 +259,7 @@ class Daemon:
                     pass
         status = lab_status(self.lab, self.balancers.target_health, await self.balancers.snapshots(), appliances)
         status["dns"] = {ns: r.counters.snapshot() for ns, r in self.resolvers.items()}
+        status["daemon"] = {"fabric_seconds": round(self.bring_up_seconds, 4)}
         return status
 
     def change(self, kind: str, params: dict) -> dict:

@@ -20,6 +20,25 @@ CLONE_NEWPID = 0x20000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
 
 
+# Namespace ids come from per-CPU batches on recent kernels (6.18 here), so a
+# mount namespace made later on another CPU can carry a smaller id than the
+# sandbox's, and the kernel then refuses to bind-mount it ("loop", EINVAL).
+# Creating every mount namespace of a lab on one CPU keeps their ids ordered.
+_affinity: set[int] | None = None
+
+
+def pin_to_one_cpu() -> None:
+    global _affinity
+    _affinity = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(_affinity)})
+
+
+def unpin() -> None:
+    """Once a lab's namespaces exist, its engines may use every CPU again."""
+    if _affinity is not None:
+        os.sched_setaffinity(0, _affinity)
+
+
 def _map_root(uid: int, gid: int) -> None:
     with open("/proc/self/uid_map", "w") as f:
         f.write(f"0 {uid} 1")
@@ -43,6 +62,7 @@ def launch(log_path: Path, keep_fd: int, run: Callable[[], int]) -> int:
         try:
             os.close(report_r)
             os.setsid()
+            pin_to_one_cpu()
             uid, gid = os.getuid(), os.getgid()
             nsutil.unshare(CLONE_NEWUSER)
             _map_root(uid, gid)

@@ -3,11 +3,15 @@
 Runs in the daemon, which is PID 1 of the lab's user, mount, network and PID
 namespaces: everything created here dies with it, so a failed or killed lab
 leaves nothing behind on the host.
+
+No process holds a lab namespace: the daemon creates each one in-process and
+keeps it with a bind mount of its nsfs file on a tmpfs that only the sandbox's
+mount namespace sees (as `ip netns add` does), which is much quicker than a
+process per namespace.
 """
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,32 +29,44 @@ class FabricError(Exception):
 
 @dataclass
 class Fabric:
-    """The live namespaces of one lab: name -> the PID of the process holding it."""
+    """The live namespaces of one lab: name -> its nsfs files (net, and mnt and uts for hosts)."""
 
     statedir: Path
-    holders: dict[str, int] = field(default_factory=dict)
+    files: dict[str, dict[str, str]] = field(default_factory=dict)
     wiring: Wiring | None = None
     switch: nsutil.NetnsSwitch = field(default_factory=nsutil.NetnsSwitch)
 
+    @property
+    def nsdir(self) -> Path:
+        return self.statedir / "ns"
+
+    def nsenter_args(self, name: str) -> list[str]:
+        """nsenter's options that enter a namespace of the lab (from inside the sandbox)."""
+        return [f"--{kind}={path}" for kind, path in self.files[name].items()]
+
+    def inside(self, name: str):
+        """Enter a namespace's network for the calling thread, and come back."""
+        return self.switch.inside(self.files[name]["net"])
+
     # --- bring-up ---------------------------------------------------------
 
-    def up(self, wiring: Wiring, progress: Progress = lambda _m: None) -> None:
+    def up(self, wiring: Wiring, progress: Progress = lambda _m: None,
+           namespaces_made: Callable[[], None] = lambda: None) -> None:
         progress(f"creating {len(wiring.namespaces)} namespaces")
-        # Fork every holder first: their unshare calls then overlap.
-        forked = [(ns, *self._fork_holder(ns)) for ns in wiring.namespaces]
-        for ns, pid, ready in forked:
-            self.holders[ns.name] = pid
-            with os.fdopen(ready, "rb") as pipe:
-                answer = pipe.read().decode()
-            if answer != "ok":
-                raise FabricError(f"namespace {ns.name}: {answer or 'holder died'}")
+        self.nsdir.mkdir(exist_ok=True)
+        nsutil.mount("tmpfs", str(self.nsdir), "tmpfs", 0)  # seen by the sandbox only
+        try:
+            for ns in wiring.namespaces:
+                self.files[ns.name] = self._create_namespace(ns)
+        finally:
+            namespaces_made()
         # Sysctls first: interfaces moved in later inherit the namespace defaults.
         for ns in wiring.namespaces:
             self._write_sysctls(ns)
         progress(f"wiring {len(wiring.links)} links")
         self._run(None, ["ip", "-batch", "-"], "".join(
-            f"link add name {lk.a_ifname} netns {self.holders[lk.a_ns]} mtu {lk.mtu} "
-            f"type veth peer name {lk.b_ifname} netns {self.holders[lk.b_ns]} mtu {lk.mtu}\n"
+            f"link add name {lk.a_ifname} netns {self.files[lk.a_ns]['net']} mtu {lk.mtu} "
+            f"type veth peer name {lk.b_ifname} netns {self.files[lk.b_ns]['net']} mtu {lk.mtu}\n"
             for lk in wiring.links
         ))
         _injected_fault("links")
@@ -91,50 +107,44 @@ class Fabric:
         self.wiring = new
         return changed
 
-    def down(self) -> None:
-        for pid in self.holders.values():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.holders.clear()
-
     # --- helpers ----------------------------------------------------------
 
-    def _fork_holder(self, ns: Namespace) -> tuple[int, int]:
-        """Fork a process that owns the namespace (and its hostname and resolv.conf).
-
-        Returns its PID and a pipe that says "ok" once the namespace is ready."""
-        etc = None
+    def _create_namespace(self, ns: Namespace) -> dict[str, str]:
+        """A new network namespace (and mount and UTS ones for hosts), kept by bind mounts."""
+        kinds = ["net"] + (["mnt", "uts"] if ns.own_mounts else [])
+        flags = nsutil.CLONE_NEWNET | (nsutil.CLONE_NEWNS | nsutil.CLONE_NEWUTS if ns.own_mounts else 0)
         if ns.own_mounts:
             etc = self.statedir / "etc" / ns.name
             etc.mkdir(parents=True, exist_ok=True)
             (etc / "resolv.conf").write_text(ns.resolv_conf or "")
             (etc / "hosts").write_text(ns.etc_hosts or "")
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # child: only system calls, then exec
+        fds: dict[str, int] = {}
+        try:
+            nsutil.unshare(flags)
             try:
-                os.close(r)
-                flags = nsutil.CLONE_NEWNET
-                if ns.own_mounts:
-                    flags |= nsutil.CLONE_NEWNS | nsutil.CLONE_NEWUTS
-                nsutil.unshare(flags)
                 if ns.own_mounts:
                     nsutil.sethostname(ns.hostname or ns.name)
-                    nsutil.mount(None, "/", None, nsutil.MS_REC | nsutil.MS_PRIVATE)
+                    nsutil.umount(str(self.nsdir))  # an instance does not see the lab's internals
                     nsutil.bind_file(str(etc / "resolv.conf"), "/etc/resolv.conf")
                     nsutil.bind_file(str(etc / "hosts"), "/etc/hosts")
-                os.write(w, b"ok")
-                os.execvp("sleep", ["sleep", "infinity"])
-            except BaseException as exc:  # noqa: BLE001 - reported to the parent
-                os.write(w, f"{type(exc).__name__}: {exc}".encode())
-            os._exit(1)
-        os.close(w)
-        return pid, r
+                fds = {k: os.open(f"/proc/thread-self/ns/{k}", os.O_RDONLY | os.O_CLOEXEC) for k in kinds}
+            finally:
+                self.switch.go_home(flags)
+            files = {}
+            for kind, fd in fds.items():
+                path = self.nsdir / f"{ns.name}.{kind}"
+                path.touch()
+                nsutil.mount(f"/proc/self/fd/{fd}", str(path), None, nsutil.MS_BIND)
+                files[{"mnt": "mount"}.get(kind, kind)] = str(path)
+            return files
+        except OSError as exc:
+            raise FabricError(f"namespace {ns.name}: {exc}") from exc
+        finally:
+            for fd in fds.values():
+                os.close(fd)
 
     def _write_sysctls(self, ns: Namespace) -> None:
-        with self.switch.inside(self.holders[ns.name]):
+        with self.inside(ns.name):
             for key, value in ns.sysctls:
                 try:
                     with open(f"/proc/sys/net/{key}", "w") as f:
@@ -152,7 +162,7 @@ class Fabric:
             if ns_name is None:
                 proc = _popen(argv)
             else:
-                with self.switch.inside(self.holders[ns_name]):
+                with self.inside(ns_name):
                     proc = _popen(argv)  # the child inherits the namespace
             running.append((ns_name, argv, stdin, proc))
         errors = []

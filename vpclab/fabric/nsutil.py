@@ -11,6 +11,7 @@ CLONE_NEWNET = 0x40000000
 MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -40,6 +41,10 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int) -> No
     _check(_libc.mount(src, target.encode(), fs, flags, None), f"mount {target}")
 
 
+def umount(target: str) -> None:
+    _check(_libc.umount2(target.encode(), MNT_DETACH), f"umount {target}")
+
+
 def bind_file(source: str, target: str) -> bool:
     """Bind-mount a file over another; False when the target does not exist."""
     real = os.path.realpath(target)
@@ -57,14 +62,21 @@ class NetnsSwitch:
     """
 
     def __init__(self) -> None:
-        self.home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        self.home = {flag: os.open(f"/proc/thread-self/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+                     for flag, kind in ((CLONE_NEWNET, "net"), (CLONE_NEWNS, "mnt"), (CLONE_NEWUTS, "uts"))}
 
     @contextlib.contextmanager
-    def inside(self, pid: int):
-        fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    def inside(self, netns_file: str):
+        fd = os.open(netns_file, os.O_RDONLY | os.O_CLOEXEC)
         try:
             setns(fd, CLONE_NEWNET)
             yield
         finally:
-            setns(self.home, CLONE_NEWNET)
+            setns(self.home[CLONE_NEWNET], CLONE_NEWNET)
             os.close(fd)
+
+    def go_home(self, flags: int) -> None:
+        """Back to the sandbox's own namespaces after an unshare of `flags`."""
+        for flag, fd in self.home.items():
+            if flags & flag:
+                setns(fd, flag)
