@@ -1659,7 +1659,8 @@ def load_lab_text(text: str, source: str, name: str | None = None) -> Lab:
         lab_name = _lab_name(name, document.lab, source)
         region = document.lab.get("region", DEFAULT_REGION)
         account = document.lab.get("account", DEFAULT_ACCOUNT)
-        built = _Builder(document, region, account).build()
+        builder = _Builder(document, region, account)
+        built = builder.build()
     except _Invalid as e:
         raise LabFileError(source, e.path, e.reason) from None
     return Lab(
@@ -1676,6 +1677,7 @@ def load_lab_text(text: str, source: str, name: str | None = None) -> Lab:
         network_acls=built["network_acls"],
         instances=built["instances"],
         internet_hosts=built["hosts"],
+        internet_cidr=builder.internet_cidr,
         load_balancers=built["load_balancers"],
         target_groups=built["target_groups"],
         listeners=built["listeners"],

@@ -265,6 +265,7 @@ class Lab:
     network_acls: Mapping[str, NetworkAcl] = field(default_factory=dict)
     instances: Mapping[str, Instance] = field(default_factory=dict)
     internet_hosts: Mapping[str, InternetHost] = field(default_factory=dict)
+    internet_cidr: IPv4Network = IPv4Network("198.51.100.0/24")  # .1 its router, .2 its resolver
     load_balancers: Mapping[str, LoadBalancer] = field(default_factory=dict)
     target_groups: Mapping[str, TargetGroup] = field(default_factory=dict)
     listeners: Mapping[str, Listener] = field(default_factory=dict)

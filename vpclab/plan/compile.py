@@ -81,7 +81,7 @@ def gwlb_ns(lb: str, az: str) -> str:
     return f"gwlb:{lb}:{az}"
 
 
-INTERNET_NS = "internet"
+INTERNET_NS = "internet:router"  # lab names have no colon, so no instance can collide
 
 
 @dataclass(frozen=True)
@@ -246,9 +246,11 @@ def _router(lab: Lab, vpc: Vpc, enis: list[Eni], igw, endpoints: list[EndpointLi
             f"addr add {eni.subnet.router_ip}/32 dev {eni.ifname}",
             f"ntable change name arp_cache dev {eni.ifname} proxy_delay 0",
             f"route add {eni.ip}/32 dev {eni.ifname} table {ENI_TABLE}",
-            f"rule add pref {pref} iif {eni.ifname} lookup {table}",
+            # within a subnet traffic is layer 2 at AWS: no route table applies to it
+            f"rule add pref {pref} iif {eni.ifname} to {eni.subnet.cidr} lookup {ENI_TABLE}",
+            f"rule add pref {pref + 1} iif {eni.ifname} lookup {table}",
         ]
-        pref += 1
+        pref += 2
     for ep in endpoints:
         # What the GWLB hands back is routed by the endpoint subnet's route table.
         table = tables[lab.route_table_of_subnet(ep.subnet.name).name]
@@ -615,15 +617,8 @@ def _internet_gateway(name: str, vpc: Vpc, public: dict, gw_side, inet_side) -> 
     )
 
 
-def internet_cidr(lab: Lab) -> IPv4Network:
-    hosts = list(lab.internet_hosts.values())
-    if hosts:
-        return IPv4Network(f"{hosts[0].ip}/24", strict=False)
-    return IPv4Network("198.51.100.0/24")
-
-
 def _internet(lab: Lab, gateway_lines: list[str], taken: set[str]):
-    cidr = internet_cidr(lab)
+    cidr = lab.internet_cidr
     gateway, resolver = cidr.network_address + 1, cidr.network_address + 2
     batch = ["link set lo up", f"addr add {resolver}/32 dev lo"]
     namespaces, links, services = [], [], []

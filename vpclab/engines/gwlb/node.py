@@ -104,6 +104,8 @@ MAX_SRC_SOCKETS = 1 << SRC_PORT_BITS
 TICK = 1.0                  # expire() and housekeeping period, seconds
 CONTROL_LINE_MAX = 1 << 20
 
+NFT_TABLE = "vpclab_gwlb_node"  # netdev table: one ingress chain per endpoint veth
+
 _ZERO_VNET_HDR = bytes(VNET_HDR_LEN)  # no checksum to finish, no segmentation
 _NO_SENDERS: dict = {}
 
@@ -301,6 +303,10 @@ def finish_vnet_frame(buf: bytearray, length: int) -> str | None:
     return None
 
 
+def _nft_chain(ifname: str) -> str:
+    return "endpoint_" + ifname.encode().hex()  # any interface name, as a plain nft identifier
+
+
 def ethernet_prefixes(peer_mac: bytes, own_mac: bytes) -> tuple[bytes, bytes]:
     """What goes in front of an inner IPv4 / IPv6 packet sent to the router side."""
     return (_ZERO_VNET_HDR + peer_mac + own_mac + ETH_P_IP.to_bytes(2, "big"),
@@ -310,13 +316,14 @@ def ethernet_prefixes(peer_mac: bytes, own_mac: bytes) -> tuple[bytes, bytes]:
 # --- the process -------------------------------------------------------------------
 
 class _Endpoint:
-    __slots__ = ("spec", "endpoint_id", "sock", "own_mac", "peer_mac", "prefix4", "prefix6",
+    __slots__ = ("spec", "endpoint_id", "sock", "send", "own_mac", "peer_mac", "prefix4", "prefix6",
                  "rx_frames", "tx_frames")
 
     def __init__(self, spec: EndpointSpec) -> None:
         self.spec = spec
         self.endpoint_id = vpce_id_to_int(spec.id)
         self.sock: socket.socket | None = None
+        self.send: Callable[[bytes], int] | None = None  # sock.send, looked up once
         self.own_mac = b""
         self.peer_mac: bytes | None = None
         self.prefix4: bytes | None = None  # None until the peer's MAC is known
@@ -410,6 +417,7 @@ class NodeProcess:
         except (OSError, subprocess.TimeoutExpired) as error:
             self.setup_warnings.append(f"ethtool -K {ifname} tx off: {error}")
         if endpoint:
+            self._drop_kernel_ip_input(ifname)
             for path in (f"/proc/sys/net/ipv4/conf/{ifname}/forwarding",
                          f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"):
                 value = "0" if path.endswith("forwarding") else "1"
@@ -419,6 +427,31 @@ class NodeProcess:
                 except OSError as error:
                     if not (value == "1" and error.errno == errno.ENOENT):  # no IPv6 in this kernel
                         self.setup_warnings.append(f"{path} = {value}: {error.strerror}")
+
+    def _drop_kernel_ip_input(self, ifname: str) -> None:
+        """Best effort: an nftables netdev ingress rule on an endpoint veth drops its IP
+        frames once the node's AF_PACKET socket has its copy (taps run before ingress
+        hooks), so the node's kernel never routes them, not even to refuse them."""
+        chain = _nft_chain(ifname)
+        script = (f"add table netdev {NFT_TABLE}\n"
+                  f"add chain netdev {NFT_TABLE} {chain} "
+                  f"{{ type filter hook ingress device \"{ifname}\" priority 0; policy accept; }}\n"
+                  f"flush chain netdev {NFT_TABLE} {chain}\n"
+                  f"add rule netdev {NFT_TABLE} {chain} meta protocol {{ ip, ip6 }} drop\n")
+        self._nft(script, f"nft ingress drop on {ifname}")
+
+    def _undo_kernel_ip_input(self, ifname: str) -> None:
+        self._nft(f"delete chain netdev {NFT_TABLE} {_nft_chain(ifname)}\n", None)
+
+    def _nft(self, script: str, what: str | None) -> None:
+        try:
+            result = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True,
+                                    timeout=10)
+            error = result.stderr.strip() if result.returncode != 0 else None
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            error = str(exc)
+        if error is not None and what is not None:
+            self.setup_warnings.append(f"{what}: {error}")
 
     def _tune_udp(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -465,6 +498,7 @@ class NodeProcess:
             sock.close()
             raise
         endpoint.sock = sock
+        endpoint.send = sock.send
         if spec.peer_mac is not None:
             endpoint.set_peer_mac(spec.peer_mac)
         self.endpoints[endpoint_id] = endpoint
@@ -479,6 +513,7 @@ class NodeProcess:
         if endpoint.sock is not None:
             self._unwatch(endpoint.sock)
             endpoint.sock.close()
+        self._undo_kernel_ip_input(endpoint.spec.ifname)
 
     # --- the data path -----------------------------------------------------------
 
@@ -557,7 +592,7 @@ class NodeProcess:
                     continue
                 inner = result[1]
                 try:
-                    endpoint.sock.send((endpoint.prefix4 if inner[0] < 0x60 else endpoint.prefix6) + inner)
+                    endpoint.send((endpoint.prefix4 if inner[0] < 0x60 else endpoint.prefix6) + inner)
                     endpoint.tx_frames += 1
                     sent += 1
                 except OSError:
