@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -111,7 +112,7 @@ def test_each_instance_has_own_hostname_resolv_conf_and_vpc_mtu(basic):
 def test_capture_writes_a_pcap_that_tshark_reads(basic, tmp_path):
     pcap = tmp_path / "web.pcap"
     capture = subprocess.Popen(
-        [*basic_cli(basic), "capture", "--lab", basic.name, "web-1", "tcp port 80", "-c", "6", "-d", "10",
+        [sys.executable, "-m", "vpclab", "capture", "--lab", basic.name, "web-1", "tcp port 80", "-c", "6", "-d", "10",
          "-w", str(pcap)], env=basic.env, stderr=subprocess.PIPE)
     time.sleep(1.0)
     web = basic.instance("web-1")
@@ -119,12 +120,7 @@ def test_capture_writes_a_pcap_that_tshark_reads(basic, tmp_path):
     capture.wait(timeout=20)
     decoded = subprocess.run(["tshark", "-r", str(pcap), "-T", "fields", "-e", "ip.src", "-e", "tcp.dstport"],
                              capture_output=True, text=True, check=True).stdout
-    assert f"198.51.100.10\t80" in decoded  # the ENI sees the client's real address
-
-
-def basic_cli(lab):
-    import sys
-    return [sys.executable, "-m", "vpclab"]
+    assert "198.51.100.10\t80" in decoded  # the ENI sees the client's real address
 
 
 def test_status_json_has_the_stable_schema(basic):

@@ -1,11 +1,9 @@
 """Gateway Load Balancer labs, proven with real traffic through GENEVE appliances."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 

@@ -11,8 +11,15 @@ from pathlib import Path
 
 from vpclab.daemon import paths
 from vpclab.daemon.client import Lab, LabError
-from vpclab.model import LabFileError, load_lab
-from vpclab.plan.compile import compile_lab
+from vpclab.model.errors import LabFileError
+
+# The model and the plan are imported where a command reads a lab file: most
+# commands (exec, capture, status...) only talk to a running lab and start faster without them.
+
+
+def load_lab(path, name=None):
+    from vpclab.model import load_lab as load
+    return load(path, name)
 
 
 def _say(message: str) -> None:
@@ -78,6 +85,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_plan(args) -> int:
+    from vpclab.plan.compile import compile_lab
     sys.stdout.write(compile_lab(load_lab(args.file, args.name)).render())
     return 0
 

@@ -1,82 +1,20 @@
-"""The lab model: AWS resources as AWS names them, loaded from a lab file."""
-from .changes import (
-    accept_vpc_endpoint_connections,
-    authorize_security_group_egress,
-    authorize_security_group_ingress,
-    deregister_targets,
-    modify_attributes,
-    modify_listener_attributes,
-    modify_load_balancer_attributes,
-    modify_target_group_attributes,
-    register_targets,
-    reject_vpc_endpoint_connections,
-    revoke_security_group_egress,
-    revoke_security_group_ingress,
-    sg_rule_from_args,
-)
-from .errors import ChangeError, LabFileError
-from .loader import load_lab, load_lab_text
-from .resources import (
-    EndpointEni,
-    Instance,
-    InternetGateway,
-    InternetHost,
-    Lab,
-    Listener,
-    LoadBalancer,
-    LoadBalancerNode,
-    NaclEntry,
-    NatGateway,
-    NetworkAcl,
-    Route,
-    RouteTable,
-    SecurityGroup,
-    SgRule,
-    Subnet,
-    Target,
-    TargetGroup,
-    Vpc,
-    VpcEndpoint,
-    VpcEndpointService,
-)
+"""The lab model: AWS resources as AWS names them, loaded from a lab file.
 
-__all__ = [
-    "ChangeError",
-    "EndpointEni",
-    "Instance",
-    "InternetGateway",
-    "InternetHost",
-    "Lab",
-    "LabFileError",
-    "Listener",
-    "LoadBalancer",
-    "LoadBalancerNode",
-    "NaclEntry",
-    "NatGateway",
-    "NetworkAcl",
-    "Route",
-    "RouteTable",
-    "SecurityGroup",
-    "SgRule",
-    "Subnet",
-    "Target",
-    "TargetGroup",
-    "Vpc",
-    "VpcEndpoint",
-    "VpcEndpointService",
-    "accept_vpc_endpoint_connections",
-    "authorize_security_group_egress",
-    "authorize_security_group_ingress",
-    "deregister_targets",
-    "load_lab",
-    "load_lab_text",
-    "modify_attributes",
-    "modify_listener_attributes",
-    "modify_load_balancer_attributes",
-    "modify_target_group_attributes",
-    "register_targets",
-    "reject_vpc_endpoint_connections",
-    "revoke_security_group_egress",
-    "revoke_security_group_ingress",
-    "sg_rule_from_args",
-]
+Its names are loaded on first use (PEP 562): commands that only talk to a
+running lab then start without the loader, YAML and every resource class.
+"""
+from __future__ import annotations
+
+import importlib
+
+_MODULES = ("errors", "resources", "loader", "changes")  # where public names live, searched in order
+
+
+def __getattr__(name: str):
+    if not name.startswith("_"):
+        for module in _MODULES:
+            value = getattr(importlib.import_module(f"{__name__}.{module}"), name, None)
+            if value is not None:
+                globals()[name] = value
+                return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

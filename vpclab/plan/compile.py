@@ -422,6 +422,12 @@ def _sg_checks(sgs, direction: str, group_ids: dict[str, str], eni: Eni) -> list
 # --- instances, gateways, the internet -------------------------------------
 
 
+def _single_eni(ip, prefixlen: int, gateway) -> tuple[str, ...]:
+    """A namespace with one interface, eth0, whose default route is its subnet's router."""
+    return ("link set lo up", "link set eth0 up", f"addr add {ip}/{prefixlen} dev eth0",
+            f"route add default via {gateway} dev eth0")
+
+
 def _resolv_conf(nameserver: str, search: str | None) -> str:
     lines = [f"nameserver {nameserver}"]
     if search:
@@ -448,12 +454,7 @@ def _instance(lab: Lab, vpc: Vpc, inst: Instance) -> Namespace:
         resolv_conf=_resolv_conf(str(vpc.resolver_ip), dns_search_domain(lab.region)),
         etc_hosts=f"127.0.0.1 localhost\n{inst.private_ip} {inst.hostname} {short}\n",
         sysctls=sysctls,
-        ip_batch=(
-            "link set lo up",
-            "link set eth0 up",
-            f"addr add {inst.private_ip}/{subnet.cidr.prefixlen} dev eth0",
-            f"route add default via {subnet.router_ip} dev eth0",
-        ),
+        ip_batch=_single_eni(inst.private_ip, subnet.cidr.prefixlen, subnet.router_ip),
     )
 
 
@@ -495,8 +496,7 @@ def _gwlb_node(lab: Lab, lb: LoadBalancer, node, endpoints: list[EndpointLink]) 
     name = gwlb_ns(lb.name, node.az)
     subnet = lab.subnets[node.subnet]
     served = [e for e in endpoints if e.node_ns == name]
-    batch = ["link set lo up", "link set eth0 up", f"addr add {node.private_ip}/{subnet.cidr.prefixlen} dev eth0",
-             f"route add default via {subnet.router_ip} dev eth0"]
+    batch = list(_single_eni(node.private_ip, subnet.cidr.prefixlen, subnet.router_ip))
     for ep in served:  # an address only so that the node's kernel answers ARP for the router
         batch += [f"link set {ep.ifname} up", f"addr add {ep.node_ip}/30 dev {ep.ifname}"]
     group = lab.target_groups[gwlb_listener(lab, lb.name).target_group]
@@ -553,12 +553,7 @@ def _nat_gateway(name: str, subnet: Subnet, ip: IPv4Address) -> Namespace:
         name=nat_ns(name),
         kind="nat",
         sysctls=BASE_SYSCTLS + FORWARDING,
-        ip_batch=(
-            "link set lo up",
-            "link set eth0 up",
-            f"addr add {ip}/{subnet.cidr.prefixlen} dev eth0",
-            f"route add default via {subnet.router_ip} dev eth0",
-        ),
+        ip_batch=_single_eni(ip, subnet.cidr.prefixlen, subnet.router_ip),
         nft=nft,
     )
 
@@ -638,12 +633,7 @@ def _internet(lab: Lab, gateway_lines: list[str], taken: set[str]):
             resolv_conf=_resolv_conf(str(resolver), None),
             etc_hosts=f"127.0.0.1 localhost\n{host.ip} {host.dns_name} {host.name}\n",
             sysctls=BASE_SYSCTLS,
-            ip_batch=(
-                "link set lo up",
-                "link set eth0 up",
-                f"addr add {host.ip}/{cidr.prefixlen} dev eth0",
-                f"route add default via {gateway} dev eth0",
-            ),
+            ip_batch=_single_eni(host.ip, cidr.prefixlen, gateway),
         ))
         if host.default_services:
             identity = _identity(name=host.name, public_ip=host.ip, hostname=host.dns_name)
