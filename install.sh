@@ -9,7 +9,7 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 PACKAGES=(iproute2 nftables conntrack util-linux procps tcpdump tshark ethtool haproxy
           curl netcat-openbsd iputils-ping socat
-          python3 python3-yaml python3-dnslib)  # Debian's python3 runs the rootless lab test
+          python3 python3-pip python3-yaml python3-dnslib)  # Debian's python3 runs the rootless lab test
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -81,6 +81,8 @@ def cmd_validate(args) -> int:
     lab = load_lab(args.file)
     print(f"{args.file}: ok ({len(lab.vpcs)} VPCs, {len(lab.subnets)} subnets, "
           f"{len(lab.instances)} instances)")
+    for note in lab.notes:  # valid, but not what the user may expect
+        print(f"{args.file}: note: {note}")
     return 0
 
 

@@ -70,13 +70,10 @@ class Daemon:
         self.wiring: Wiring | None = None
         self.resolvers: dict[str, dns_engine.Resolver] = {}
         self.commands: dict[int, tuple[str, str]] = {}  # pid -> (namespace, command)
-        self.balancers = Balancers(statedir, self._enter)
+        self.balancers = Balancers(statedir, self.fabric.inside)
         self.tasks: list[asyncio.Task] = []
         self.stopping: asyncio.Event | None = None
         self.bring_up_seconds = 0.0
-
-    def _enter(self, ns: str):
-        return self.fabric.inside(ns)
 
     # --- bring-up -----------------------------------------------------------
 
@@ -145,11 +142,18 @@ class Daemon:
         return sock
 
     def _zones(self, svc: Service):
+        private = []
+        for domain, record_sets in svc.param("private_zones", ()):  # (domain, ((name, type, ttl, values), ...))
+            records: dict[str, list] = {}
+            for name, rtype, ttl, values in record_sets:
+                records.setdefault(name, []).extend(dns_engine.Record(rtype, v, ttl) for v in values)
+            private.append(dns_engine.Zone(domain, records, private=True))
         return dns_engine.build_vpc_zones(
             region=svc.param("region"),
             instances=list(svc.param("instances", ())),
             public_names=dict(svc.param("public_names", ())),
             enable_dns_hostnames=svc.param("enable_dns_hostnames", False),
+            private_zones=private,
         )
 
     def _start_dns(self, svc: Service) -> None:

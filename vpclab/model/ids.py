@@ -20,9 +20,12 @@ def aws_id(prefix: str, *parts: str) -> str:
 def hostname_for(ip: IPv4Address, region: str) -> str:
     """The private DNS name AWS gives an instance: `ip-10-0-1-10.ec2.internal`."""
     host = "ip-" + str(ip).replace(".", "-")
-    if region == "us-east-1":
-        return f"{host}.ec2.internal"
-    return f"{host}.{region}.compute.internal"
+    return f"{host}.{hostname_domain(region)}"
+
+
+def hostname_domain(region: str) -> str:
+    """The domain of instances' private hostnames: us-east-1 keeps the legacy ec2.internal."""
+    return "ec2.internal" if region == "us-east-1" else f"{region}.compute.internal"
 
 
 def aws_hex(*parts: str) -> str:
@@ -33,3 +36,18 @@ def aws_hex(*parts: str) -> str:
 def elb_arn(region: str, account: str, resource: str) -> str:
     """`arn:aws:elasticloadbalancing:<region>:<account>:<resource>`."""
     return f"arn:aws:elasticloadbalancing:{region}:{account}:{resource}"
+
+
+_BASE36 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def hosted_zone_id(*parts: str) -> str:
+    """A Route 53 hosted zone ID: `Z0` and 19 uppercase letters or digits hashed from
+    `parts` (account, name), shaped like today's IDs (`Z0123456789ABCDEFGHIJ`).
+    Route 53 is global, so the region plays no part."""
+    number = int(hashlib.sha256("/".join(("hostedzone", *parts)).encode()).hexdigest(), 16)
+    digits = []
+    for _ in range(19):
+        number, digit = divmod(number, 36)
+        digits.append(_BASE36[digit])
+    return "Z0" + "".join(digits)

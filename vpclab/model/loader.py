@@ -6,14 +6,15 @@ A bad file is refused with one `LabFileError`, the first one met in two passes:
    (VPCs, subnets, internet gateways, security groups, then the resources that
    take addresses: NAT gateways, instances, load balancers and VPC endpoints;
    then target groups, listeners, endpoint services, endpoints, route tables,
-   network ACLs, internet hosts), each section in file order.
+   network ACLs, internet hosts, and last hosted zones, whose aliases may point
+   at any of them), each section in file order.
 """
 from __future__ import annotations
 
 import difflib
 import re
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, NoReturn
 
@@ -44,11 +45,13 @@ from .elb import (
 )
 from .errors import LabFileError
 from .health_check import HealthCheckConfig
-from .ids import aws_hex, aws_id, elb_arn, hostname_for
+from .ids import aws_hex, aws_id, elb_arn, hosted_zone_id, hostname_domain, hostname_for
 from .resources import (
     DEFAULT_ACCOUNT,
     DEFAULT_REGION,
+    RECORD_TYPES,
     EndpointEni,
+    HostedZone,
     Instance,
     InternetGateway,
     InternetHost,
@@ -64,11 +67,13 @@ from .resources import (
     SecurityGroup,
     SgRule,
     Subnet,
+    RecordSet,
     Target,
     TargetGroup,
     Vpc,
     VpcEndpoint,
     VpcEndpointService,
+    txt_strings,
 )
 
 LAB_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")
@@ -525,6 +530,109 @@ HEALTH_CHECK_FIELDS: dict[str, Field] = {
 }
 GATEWAY_ONLY = "a Gateway Load Balancer endpoint has"
 
+# -- Route 53 (AWS::Route53::HostedZone, with its record sets inline) --
+
+OTHER_RECORD_TYPES = ("MX", "NS", "SOA", "SRV", "PTR", "CAA", "NAPTR", "SPF", "DS", "HTTPS", "SVCB", "TLSA", "SSHFP")
+TXT_STRING_MAX = 255  # characters in one quoted string of a TXT value
+DEFAULT_RECORD_TTL = 300  # the Route 53 console's default
+
+
+def _record_type(value: Any) -> str:
+    text = _text(value).strip().upper()
+    if text in RECORD_TYPES:
+        return text
+    if text in OTHER_RECORD_TYPES:
+        raise ValueError(f"{text} records are not supported yet; a hosted zone holds A, AAAA, CNAME and TXT records")
+    choices = RECORD_TYPES + OTHER_RECORD_TYPES
+    raise ValueError(f"unknown record type '{value}'{_did_you_mean(text, choices)}")
+
+
+def _record_name(value: Any) -> str:
+    """A fully qualified name, lowercase, without the trailing dot."""
+    text = _text(value).strip().lower().rstrip(".")
+    if text.startswith("*"):
+        raise ValueError("wildcard records are not supported yet")
+    if not DNS_NAME.fullmatch(text):
+        raise ValueError(f"'{value}' is not a DNS name like web.example.local")
+    return text
+
+
+def _record_value(rtype: str, value: Any) -> str:
+    """One of ResourceRecords, checked against the record type and written as Route 53 shows it."""
+    if rtype == "A":
+        return str(parse_address(value))
+    text = _text(value)
+    if rtype == "AAAA":
+        try:
+            return str(IPv6Address(text.strip()))
+        except ValueError:
+            raise ValueError(f"'{text}' is not an IPv6 address like 2001:db8::10") from None
+    if rtype == "CNAME":
+        return _record_name(text)
+    for string in txt_strings(text):  # TXT
+        if len(string) > TXT_STRING_MAX:
+            raise ValueError(
+                f"a TXT string is at most {TXT_STRING_MAX} characters; split it into several quoted strings"
+            )
+    return text
+
+
+def _vpc_association(value: Any, path: str) -> dict[str, Any]:
+    """A VPC a private zone is associated with: its name or ID, or CloudFormation's
+    `{VPCId: ..., VPCRegion: ...}`; `at` is where its VPCId is written."""
+    if isinstance(value, str):
+        return {"VPCId": value, "at": path}
+    props = _fields(value, path, {"VPCId": TEXT, "VPCRegion": _leaf(_region)}, required=("VPCId",))
+    return {**props, "at": _join(path, "VPCId")}
+
+
+_ALIAS_TARGET = {"DNSName": _leaf(_record_name), "HostedZoneId": TEXT, "EvaluateTargetHealth": BOOLEAN}
+_ROUTING_POLICY = _unsupported("routing policies (weighted, latency, failover, geolocation, multivalue...)")
+_RECORD_SET = {
+    "Name": _leaf(_record_name),
+    "Type": _leaf(_record_type),
+    "TTL": _leaf(_between(0, 2**31 - 1)),
+    "ResourceRecords": lambda value, path: value,  # checked below, once the type is known
+    "AliasTarget": _mapping(_ALIAS_TARGET, required=("DNSName",)),
+    "Comment": TEXT,
+    **{key: _ROUTING_POLICY for key in ("SetIdentifier", "Weight", "Region", "Failover", "GeoLocation",
+                                        "MultiValueAnswer", "CidrRoutingConfig", "GeoProximityLocation")},
+    "HealthCheckId": _unsupported("Route 53 health checks"),
+}
+
+
+def _record_set(value: Any, path: str) -> dict[str, Any]:
+    """One record set; its values are checked here, its name against the zone in pass 2."""
+    props = _fields(value, path, _RECORD_SET, required=("Name", "Type"))
+    rtype = props["Type"]
+    if "AliasTarget" in props:
+        alias = _join(path, "AliasTarget")
+        if "ResourceRecords" in props:
+            reason = "an alias record has no ResourceRecords: its target gives them"
+            raise _Invalid(_join(path, "ResourceRecords"), reason)
+        if "TTL" in props:
+            raise _Invalid(_join(path, "TTL"), "an alias record takes its TTL from its target; drop TTL")
+        if rtype != "A":
+            reason = f"an alias answers with its target's A records: Type must be A, not {rtype}"
+            raise _Invalid(_join(path, "Type"), reason)
+        if props["AliasTarget"].get("EvaluateTargetHealth"):
+            raise _Invalid(_join(alias, "EvaluateTargetHealth"), "evaluating target health is not supported yet")
+        return props
+    read_values = _list_of(_leaf(lambda value: _record_value(rtype, value)))
+    values = read_values(props.get("ResourceRecords"), _join(path, "ResourceRecords"))
+    if not values:
+        raise _Invalid(
+            _join(path, "ResourceRecords"),
+            "a record set needs at least one value in ResourceRecords, or an AliasTarget",
+        )
+    for i, item in enumerate(values):
+        if item in values[:i]:
+            reason = f"{item} is already ResourceRecords[{values.index(item)}]"
+            raise _Invalid(f"{_join(path, 'ResourceRecords')}[{i}]", reason)
+    if rtype == "CNAME" and len(values) > 1:
+        raise _Invalid(_join(path, "ResourceRecords"), f"a CNAME has exactly one value, got {len(values)}")
+    return {**props, "ResourceRecords": values}
+
 VPC_CIDR = _leaf(_cidr_sized(16, 28))
 
 # section -> (fields of each resource, required keys)
@@ -649,6 +757,17 @@ RESOURCE_SECTIONS: dict[str, tuple[dict[str, Field], tuple[str, ...]]] = {
         },
         ("ServiceName", "VpcId"),
     ),
+    "hosted_zones": (
+        {
+            "Name": _leaf(_record_name),
+            "VPCs": _list_of(_vpc_association),
+            "RecordSets": _list_of(_record_set),
+            "HostedZoneConfig": _mapping({"Comment": TEXT}),
+            "HostedZoneTags": lambda value, path: value,
+            "QueryLoggingConfig": _unsupported("query logging configurations"),
+        },
+        ("Name",),
+    ),
     "hosts": (  # internet.hosts
         {"Ip": ADDRESS, "DnsName": _leaf(_dns_name), "Run": _commands, "DefaultServices": BOOLEAN},
         (),
@@ -658,7 +777,7 @@ LAB_FIELDS = {"name": TEXT, "region": _leaf(_region), "account": _leaf(_account)
 INTERNET_FIELDS = {"CidrBlock": _leaf(_cidr_sized(8, 28)), "hosts": lambda value, path: value}  # hosts: resources
 SECTIONS = ("lab", "vpcs", "subnets", "route_tables", "internet_gateways", "nat_gateways",
             "security_groups", "network_acls", "instances", "load_balancers", "target_groups",
-            "listeners", "vpc_endpoint_services", "vpc_endpoints", "internet")  # fmt: skip
+            "listeners", "vpc_endpoint_services", "vpc_endpoints", "hosted_zones", "internet")  # fmt: skip
 
 KIND_LABELS = {
     "vpcs": "VPC",
@@ -674,6 +793,7 @@ KIND_LABELS = {
     "listeners": "listener",
     "vpc_endpoint_services": "endpoint service",
     "vpc_endpoints": "VPC endpoint",
+    "hosted_zones": "hosted zone",
     "hosts": "internet host",
 }
 
@@ -803,6 +923,7 @@ class _Builder:
         self.listener_of: dict[str, str] = {}  # load balancer -> its listener
         self.listener_of_group: dict[str, str] = {}  # target group -> the listener that forwards to it
         self.service_of: dict[str, str] = {}  # load balancer -> its endpoint service
+        self.notes: list[str] = []  # "<key path>: <remark>" for what is valid but inert
 
     def build(self) -> dict[str, dict[str, Any]]:
         if self.internet_cidr.overlaps(ELASTIC_IP_POOL):
@@ -819,6 +940,7 @@ class _Builder:
         self._route_tables()
         self._network_acls()
         self._internet_hosts()
+        self._hosted_zones()
         return self.built
 
     # Helpers
@@ -1573,6 +1695,197 @@ class _Builder:
                 ),
             )
 
+    # Route 53 private hosted zones
+
+    def _hosted_zones(self) -> None:
+        """Zones first, each with its records checked; then aliases, which may point into any zone."""
+        zones: dict[str, _ZoneDraft] = {}
+        owner_of_domain: dict[tuple[str, str], str] = {}  # (VPC, domain) -> zone
+        for spec in self.doc.specs["hosted_zones"]:
+            domain = spec.props["Name"]
+            self._check_zone_domain(domain, spec.at("Name"))
+            vpcs = self._zone_vpcs(spec, domain, owner_of_domain)
+            zones[spec.name] = _ZoneDraft(spec, domain, vpcs, self._zone_records(spec, domain))
+        for draft in zones.values():
+            records = []
+            for i, (props, path) in enumerate(draft.records):
+                if "AliasTarget" in props:
+                    values, ttl = self._alias(zones, draft.spec.name, i, ())
+                    record = RecordSet(props["Name"], "A", ttl, values, props["AliasTarget"]["DNSName"])
+                else:
+                    ttl = props.get("TTL", DEFAULT_RECORD_TTL)
+                    record = RecordSet(props["Name"], props["Type"], ttl, tuple(props["ResourceRecords"]))
+                records.append(record)
+            spec = draft.spec
+            zone_id = hosted_zone_id(self.account, spec.name)
+            self._add("hosted_zones", HostedZone(spec.name, zone_id, draft.domain, draft.vpcs, tuple(records)))
+
+    def _check_zone_domain(self, domain: str, path: str) -> None:
+        if domain == hostname_domain(self.region):
+            raise _Invalid(
+                path,
+                f"{domain} holds the instances' private hostnames in every VPC of {self.region}; choose another domain",
+            )
+        if domain.endswith(("in-addr.arpa", "ip6.arpa")):
+            raise _Invalid(path, "reverse lookup zones are not supported yet (PTR records are not)")
+
+    def _zone_vpcs(self, spec: _Spec, domain: str, owner_of_domain: dict[tuple[str, str], str]) -> tuple[str, ...]:
+        associations = spec.props.get("VPCs")
+        if not associations:
+            reason = "a private hosted zone needs at least one VPC; public hosted zones are not supported yet"
+            raise _Invalid(spec.at("VPCs"), reason if associations is None else reason.split(";")[0])
+        vpcs: list[str] = []
+        for i, association in enumerate(associations):
+            vpc: Vpc = self._ref("vpcs", association["VPCId"], association["at"])
+            if "VPCRegion" in association and association["VPCRegion"] != self.region:
+                raise _Invalid(
+                    f"{spec.at('VPCs')}[{i}].VPCRegion", f"VPC {vpc.name} is in the lab's region {self.region}"
+                )
+            if vpc.name in vpcs:
+                raise _Invalid(association["at"], f"VPC {vpc.name} is listed twice")
+            if vpc.account != self.account:
+                raise _Invalid(
+                    association["at"],
+                    f"VPC {vpc.name} is in account {vpc.account}, the zone in the lab's account {self.account}: "
+                    "associating another account's VPC (CreateVPCAssociationAuthorization) is not supported yet",
+                )
+            other = owner_of_domain.get((vpc.name, domain))
+            if other is not None:
+                raise _Invalid(
+                    association["at"],
+                    f"VPC {vpc.name} is already associated with hosted zone {other}, also for {domain}; "
+                    "a VPC can't be associated with two private zones of the same name (ConflictingDomainExists)",
+                )
+            owner_of_domain[(vpc.name, domain)] = spec.name
+            if not (vpc.enable_dns_support and vpc.enable_dns_hostnames):
+                off = " and ".join(
+                    key for key, on in (("EnableDnsSupport", vpc.enable_dns_support),
+                                        ("EnableDnsHostnames", vpc.enable_dns_hostnames)) if not on
+                )  # fmt: skip
+                self.notes.append(
+                    f"{association['at']}: VPC {vpc.name} has {off} false, so its resolver does not answer "
+                    f"{domain}: a private hosted zone needs both EnableDnsSupport and EnableDnsHostnames"
+                )
+            vpcs.append(vpc.name)
+        return tuple(vpcs)
+
+    def _zone_records(self, spec: _Spec, domain: str) -> list[tuple[dict[str, Any], str]]:
+        """The record sets, each inside the zone, one per name and type, a CNAME alone at its name."""
+        records: list[tuple[dict[str, Any], str]] = []
+        for i, props in enumerate(spec.props.get("RecordSets", [])):
+            path = f"{spec.at('RecordSets')}[{i}]"
+            name, rtype = props["Name"], props["Type"]
+            if not _in_domain(name, domain):
+                hint = f" (write the full name, like {name}.{domain})" if "." not in name else ""
+                raise _Invalid(f"{path}.Name", f"{name} is not in zone {domain}{hint}")
+            if rtype == "CNAME" and name == domain:
+                raise _Invalid(
+                    f"{path}.Type", f"a CNAME can't be at the zone apex {domain}; use an alias (AliasTarget) there"
+                )
+            for j, (earlier, _) in enumerate(records):
+                if earlier["Name"] != name:
+                    continue
+                if earlier["Type"] == rtype:
+                    raise _Invalid(
+                        f"{path}.Type",
+                        f"{name} already has a record set of type {rtype}, RecordSets[{j}]; give all its values there",
+                    )
+                if "CNAME" in (rtype, earlier["Type"]):
+                    raise _Invalid(
+                        f"{path}.Type",
+                        f"{name} already has a record set of type {earlier['Type']}, RecordSets[{j}], and a CNAME "
+                        "must be the only record set at its name",
+                    )
+            records.append((props, path))
+        return records
+
+    def _alias(
+        self, zones: dict[str, _ZoneDraft], zone: str, index: int, chain: tuple[tuple[str, int], ...]
+    ) -> tuple[tuple[str, ...], int]:
+        """The A values and TTL an alias record resolves to, following aliases to aliases."""
+        props, path = zones[zone].records[index]
+        target: str = props["AliasTarget"]["DNSName"]
+        at = f"{path}.AliasTarget.DNSName"
+        if (zone, index) in chain:
+            loop = " -> ".join(zones[z].records[i][0]["Name"] for z, i in (*chain, (zone, index)))
+            first = zones[chain[0][0]].records[chain[0][1]][1]
+            raise _Invalid(f"{first}.AliasTarget.DNSName", f"these aliases form a loop: {loop}")
+        chain = (*chain, (zone, index))
+        if "HostedZoneId" in props["AliasTarget"]:
+            where = self._alias_zone(zones, props["AliasTarget"]["HostedZoneId"], f"{path}.AliasTarget.HostedZoneId")
+            if not _in_domain(target, zones[where].domain):
+                raise _Invalid(at, f"{target} is not in hosted zone {where} ({zones[where].domain})")
+            return self._alias_record(zones, where, target, at, chain)
+        for instance in self.built["instances"].values():
+            if instance.hostname == target:
+                return (str(instance.private_ip),), 60
+        for lb in self.built["load_balancers"].values():
+            if lb.dns_name == target:
+                if lb.type == "gateway":
+                    raise _Invalid(
+                        at,
+                        f"{target} is Gateway Load Balancer {lb.name}'s name, and a GWLB has no addresses to alias: "
+                        "traffic reaches it through its endpoints' routes",
+                    )
+                public = lb.scheme == "internet-facing"
+                return tuple(str(n.public_ip if public else n.private_ip) for n in lb.nodes), 60
+        holders = [name for name, draft in zones.items() if _in_domain(target, draft.domain)]
+        if not holders:
+            known = [i.hostname for i in self.built["instances"].values()]
+            known += [lb.dns_name for lb in self.built["load_balancers"].values()]
+            known += [p["Name"] for draft in zones.values() for p, _ in draft.records]
+            raise _Invalid(
+                at,
+                f"{target} is not a name the lab knows: an alias points to an instance's private hostname, "
+                f"a record in a hosted zone of the lab or a load balancer's DNS name{_did_you_mean(target, known)}",
+            )
+        deepest = max(len(zones[name].domain) for name in holders)
+        holders = [name for name in holders if len(zones[name].domain) == deepest]
+        if zone in holders:
+            holders = [zone]
+        if len(holders) > 1:
+            raise _Invalid(
+                at, f"{target} is in hosted zones {', '.join(holders)}, all for {zones[holders[0]].domain}: "
+                "give AliasTarget.HostedZoneId to choose one",
+            )
+        return self._alias_record(zones, holders[0], target, at, chain)
+
+    def _alias_zone(self, zones: dict[str, _ZoneDraft], value: str, path: str) -> str:
+        for name in zones:
+            if value in (name, hosted_zone_id(self.account, name)):
+                return name
+        other = self.doc.name_kinds.get(value)
+        if other is not None:
+            raise _Invalid(path, f"'{value}' is {_a(KIND_LABELS[other])}, not a hosted zone")
+        raise _Invalid(path, f"unknown hosted zone '{value}'{_did_you_mean(value, zones)}")
+
+    def _alias_record(
+        self, zones: dict[str, _ZoneDraft], zone: str, target: str, at: str, chain: tuple[tuple[str, int], ...]
+    ) -> tuple[tuple[str, ...], int]:
+        draft = zones[zone]
+        for index, (props, _) in enumerate(draft.records):
+            if props["Name"] == target and props["Type"] == "A":
+                if "AliasTarget" in props:
+                    return self._alias(zones, zone, index, chain)
+                return tuple(props["ResourceRecords"]), props.get("TTL", DEFAULT_RECORD_TTL)
+        types = [p["Type"] for p, _ in draft.records if p["Name"] == target]
+        has = f" (it has {', '.join(types)})" if types else ""
+        raise _Invalid(at, f"hosted zone {zone} has no A record at {target}{has}; an alias here points to A records")
+
+
+@dataclass
+class _ZoneDraft:
+    """A hosted zone read in pass 2, before its aliases are resolved."""
+
+    spec: _Spec
+    domain: str
+    vpcs: tuple[str, ...]
+    records: list[tuple[dict[str, Any], str]]  # (record set props, its key path)
+
+
+def _in_domain(name: str, domain: str) -> bool:
+    return name == domain or name.endswith("." + domain)
+
 
 def _route_refusal(
     destination: IPv4Network, kind: str, vpc_cidr: IPv4Network, subnet_cidrs: set[IPv4Network], edge: bool
@@ -1683,6 +1996,8 @@ def load_lab_text(text: str, source: str, name: str | None = None) -> Lab:
         listeners=built["listeners"],
         vpc_endpoint_services=built["vpc_endpoint_services"],
         vpc_endpoints=built["vpc_endpoints"],
+        hosted_zones=built["hosted_zones"],
+        notes=tuple(builder.notes),
     )
 
 

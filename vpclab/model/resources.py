@@ -250,6 +250,74 @@ class VpcEndpoint:
     account: str = DEFAULT_ACCOUNT
 
 
+RECORD_TYPES = ("A", "AAAA", "CNAME", "TXT")  # the Route 53 record types a hosted zone may hold
+
+
+@dataclass(frozen=True)
+class RecordSet:
+    """One Route 53 record set: every record of one type at one name.
+
+    `name` is absolute without the trailing dot, lowercase (`web.example.local`).
+    `values` are as Route 53 shows them: addresses, a name for a CNAME, quoted
+    strings for a TXT (`"hello"`; see `txt_text`). For an alias, `alias_target`
+    is the DNSName it points to and `values` and `ttl` are already the target's
+    A records and TTL, resolved when the lab was loaded.
+    """
+
+    name: str
+    type: str  # one of RECORD_TYPES
+    ttl: int
+    values: tuple[str, ...]
+    alias_target: str | None = None
+
+
+@dataclass(frozen=True)
+class HostedZone:
+    """A Route 53 private hosted zone, associated with one or more VPCs of the lab."""
+
+    name: str
+    id: str  # Z and 20 uppercase letters or digits
+    domain: str  # example.local: lowercase, no trailing dot
+    vpcs: tuple[str, ...]  # associated VPC names; the resolver answers only where both DNS attributes are on
+    records: tuple[RecordSet, ...] = ()
+
+
+def txt_text(value: str) -> str:
+    """The text of a Route 53 TXT value: its quoted strings joined (`"a" "b"` -> `ab`),
+    with `\\"` and `\\\\` unescaped; an unquoted value is its own text."""
+    strings = txt_strings(value)
+    return "".join(strings)
+
+
+def txt_strings(value: str) -> tuple[str, ...]:
+    """The character strings of a Route 53 TXT value; ValueError when its quotes are unbalanced."""
+    text = value.strip()
+    if not text.startswith('"'):
+        if '"' in text:
+            raise ValueError(f"{value!r} mixes quoted and unquoted text; quote each string, like \"hello\"")
+        return (text,)
+    strings: list[str] = []
+    i = 0
+    while i < len(text):
+        if text[i] == " ":
+            i += 1
+            continue
+        if text[i] != '"':
+            raise ValueError(f"{value!r}: text between quoted strings; quote each string, like \"hello\"")
+        i += 1
+        out = []
+        while i < len(text) and text[i] != '"':
+            if text[i] == "\\" and i + 1 < len(text):
+                i += 1
+            out.append(text[i])
+            i += 1
+        if i >= len(text):
+            raise ValueError(f"{value!r} has an unterminated quoted string")
+        strings.append("".join(out))
+        i += 1
+    return tuple(strings)
+
+
 @dataclass(frozen=True)
 class Lab:
     name: str
@@ -271,6 +339,13 @@ class Lab:
     listeners: Mapping[str, Listener] = field(default_factory=dict)
     vpc_endpoint_services: Mapping[str, VpcEndpointService] = field(default_factory=dict)
     vpc_endpoints: Mapping[str, VpcEndpoint] = field(default_factory=dict)
+    hosted_zones: Mapping[str, HostedZone] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()  # "<key path>: <remark>": valid, but maybe not what was meant
+
+    def hosted_zones_of(self, vpc: str) -> tuple[HostedZone, ...]:
+        """The private hosted zones associated with a VPC, in file order (whether or not its
+        resolver answers them: that needs both of its DNS attributes)."""
+        return tuple(zone for zone in self.hosted_zones.values() if vpc in zone.vpcs)
 
     def vpc_of_subnet(self, subnet: str) -> Vpc:
         return self.vpcs[self.subnets[subnet].vpc]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
 from vpclab.model.resources import (
+    HostedZone,
     Instance,
     Lab,
     LoadBalancer,
@@ -27,6 +28,7 @@ from vpclab.model.resources import (
     Subnet,
     Vpc,
     VpcEndpoint,
+    txt_text,
 )
 from vpclab.plan.wiring import Link, Namespace, Service, Wiring
 
@@ -520,11 +522,25 @@ def _vpc_dns(lab: Lab, vpc: Vpc) -> Service:
         if lab.subnets[i.subnet].vpc == vpc.name
     )
     public = tuple((h.dns_name, str(h.ip)) for h in lab.internet_hosts.values())
-    return Service(
-        router_ns(vpc.name), "dns", (f"{vpc.resolver_ip}:53", f"{ALT_DNS_IP}:53"),
-        (("region", lab.region), ("instances", instances), ("public_names", public),
-         ("enable_dns_hostnames", vpc.enable_dns_hostnames)),
+    params = (("region", lab.region), ("instances", instances), ("public_names", public),
+              ("enable_dns_hostnames", vpc.enable_dns_hostnames))
+    # §7: the resolver answers private hosted zones only with both DNS attributes on.
+    if vpc.enable_dns_support and vpc.enable_dns_hostnames:
+        zones = tuple(_private_zone(zone) for zone in lab.hosted_zones_of(vpc.name))
+        if zones:
+            params += (("private_zones", zones),)
+    return Service(router_ns(vpc.name), "dns", (f"{vpc.resolver_ip}:53", f"{ALT_DNS_IP}:53"), params)
+
+
+def _private_zone(zone: HostedZone) -> tuple[str, tuple[tuple[str, str, int, tuple[str, ...]], ...]]:
+    """A zone as plain data for the resolver: (domain, ((name, type, ttl, values), ...)).
+
+    Aliases are already A records (the model resolved them); TXT values are their text."""
+    records = tuple(
+        (r.name, r.type, r.ttl, tuple(txt_text(v) for v in r.values) if r.type == "TXT" else r.values)
+        for r in zone.records
     )
+    return zone.domain, records
 
 
 def _nat_gateway(name: str, subnet: Subnet, ip: IPv4Address) -> Namespace:
