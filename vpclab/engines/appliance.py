@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import resource
-import select
 import signal
 import socket
 import sys
@@ -41,6 +40,7 @@ from typing import Any, Callable
 
 import yaml
 
+from vpclab.engines.epoll_loop import EpollLoop
 from vpclab.engines.appliance_core import Appliance, ApplianceConfig, Reply
 from vpclab.engines.geneve import GENEVE_PORT
 
@@ -96,17 +96,14 @@ class ApplianceProcess:
         self.appliance = Appliance(load_rules(rules) if rules else None)
         self._buf = bytearray(RX_BUFFER)
         self._view = memoryview(self._buf)
-        self._epoll: select.epoll | None = None
-        self._handlers: dict[int, Callable[[float], None]] = {}
+        self.loop: EpollLoop | None = None
         self._geneve: socket.socket | None = None
         self._senders: dict[tuple[str, int], Callable[[Any], int]] = {}
         self._reply_sockets: list[socket.socket] = []
         self._max_reply_sockets = 1 << 14
         self._health: socket.socket | None = None
         self._health_conns: dict[int, tuple[socket.socket, bytearray, float]] = {}
-        self._wakeup: tuple[socket.socket, socket.socket] | None = None
         self._reload_requested = False
-        self.running = False
         self.io = dict.fromkeys(("received", "replied", "reply_errors", "rx_errors",
                                  "reply_from_listen_port", "health_requests", "reloads",
                                  "reload_errors"), 0)
@@ -114,7 +111,7 @@ class ApplianceProcess:
     # --- setup ---------------------------------------------------------------
 
     def start(self) -> None:
-        self._epoll = select.epoll()
+        self.loop = EpollLoop(TICK, self.clock)
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft != resource.RLIM_INFINITY:
             wanted = hard if hard == resource.RLIM_INFINITY else min(hard, (1 << 15) + 1024)
@@ -130,7 +127,7 @@ class ApplianceProcess:
         _tune_udp(geneve)
         geneve.bind((self.listen_ip, self.port))
         self._geneve = geneve
-        self._watch(geneve, self._drain_geneve)
+        self.loop.watch(geneve, self._drain_geneve)
         if self.health_port:
             health = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             health.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -138,26 +135,9 @@ class ApplianceProcess:
             health.listen(64)
             health.setblocking(False)
             self._health = health
-            self._watch(health, self._accept_health)
-        read_end, write_end = socket.socketpair()
-        for s in (read_end, write_end):
-            s.setblocking(False)
-        self._wakeup = (read_end, write_end)
-        signal.set_wakeup_fd(write_end.fileno(), warn_on_full_buffer=False)
-        signal.signal(signal.SIGTERM, self._on_stop_signal)
-        signal.signal(signal.SIGINT, self._on_stop_signal)
+            self.loop.watch(health, self._accept_health)
+        self.loop.stop_on(signal.SIGTERM, signal.SIGINT)
         signal.signal(signal.SIGHUP, self._on_reload_signal)
-        self._watch(read_end, self._drain_wakeup)
-
-    def _watch(self, sock: socket.socket, handler: Callable[[float], None]) -> None:
-        assert self._epoll is not None
-        self._handlers[sock.fileno()] = handler
-        self._epoll.register(sock.fileno(), select.EPOLLIN)
-
-    def _unwatch(self, sock: socket.socket) -> None:
-        fd = sock.fileno()
-        if self._handlers.pop(fd, None) is not None and self._epoll is not None:
-            self._epoll.unregister(fd)
 
     # --- GENEVE -------------------------------------------------------------------
 
@@ -226,7 +206,7 @@ class ApplianceProcess:
                 continue
             conn.setblocking(False)
             self._health_conns[conn.fileno()] = (conn, bytearray(), now + HEALTH_CONNECTION_TIMEOUT)
-            self._watch(conn, lambda t, c=conn: self._read_health(c))
+            self.loop.watch(conn, lambda t, c=conn: self._read_health(c))
 
     def _read_health(self, conn: socket.socket) -> None:
         _, pending, _ = self._health_conns[conn.fileno()]
@@ -249,23 +229,13 @@ class ApplianceProcess:
 
     def _close_health(self, conn: socket.socket) -> None:
         self._health_conns.pop(conn.fileno(), None)
-        self._unwatch(conn)
+        self.loop.unwatch(conn)
         conn.close()
 
     # --- the loop ----------------------------------------------------------------
 
-    def _on_stop_signal(self, signum: int, frame: object) -> None:
-        self.running = False
-
     def _on_reload_signal(self, signum: int, frame: object) -> None:
         self._reload_requested = True
-
-    def _drain_wakeup(self, now: float) -> None:
-        try:
-            while self._wakeup[0].recv(512):  # type: ignore[index]
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
 
     def reload(self) -> bool:
         if not self.rules_path:
@@ -297,34 +267,23 @@ class ApplianceProcess:
         self.write_stats()
 
     def run(self) -> None:
-        assert self._epoll is not None
-        poll, handlers, clock = self._epoll.poll, self._handlers, self.clock
+        assert self.loop is not None
         self.write_stats()
-        next_tick = clock() + TICK
-        self.running = True
-        while self.running:
-            events = poll(max(0.0, next_tick - clock()))
-            now = clock()
-            for fd, _ in events:
-                handler = handlers.get(fd)
-                if handler is not None:
-                    handler(now)
-            if self._reload_requested:
-                self._reload_requested = False
-                self.reload()
-            if now >= next_tick:
-                self._tick(now)
-                next_tick = now + TICK
+        self.loop.run(self._tick, self._reload_if_asked)
         self.write_stats()
 
+    def _reload_if_asked(self) -> None:
+        if self._reload_requested:
+            self._reload_requested = False
+            self.reload()
+
     def close(self) -> None:
-        signal.set_wakeup_fd(-1)
         for sock in (self._geneve, self._health, *self._reply_sockets,
-                     *(c for c, _, _ in self._health_conns.values()), *(self._wakeup or ())):
+                     *(c for c, _, _ in self._health_conns.values())):
             if sock is not None:
                 sock.close()
-        if self._epoll is not None:
-            self._epoll.close()
+        if self.loop is not None:
+            self.loop.close()
 
 
 def _tune_udp(sock: socket.socket, receive: bool = True) -> None:

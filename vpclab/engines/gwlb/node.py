@@ -71,7 +71,6 @@ import functools
 import json
 import os
 import resource
-import select
 import signal
 import socket
 import subprocess
@@ -82,6 +81,7 @@ from ipaddress import IPv4Address, ip_address
 from typing import Any, Callable, Mapping
 
 from vpclab import unixpath
+from vpclab.engines.epoll_loop import EpollLoop
 from vpclab.engines.geneve import GENEVE_PORT, vpce_id_to_int
 from vpclab.engines.gwlb.core import _KEY_PARTS, SRC_PORT_BITS, Decap, Encap, GwlbConfig, GwlbNode
 
@@ -352,8 +352,7 @@ class NodeProcess:
         self.endpoints: dict[int, _Endpoint] = {}
         self._rx_buf = bytearray(RX_BUFFER)
         self._rx_view = memoryview(self._rx_buf)
-        self._epoll: select.epoll | None = None
-        self._handlers: dict[int, Callable[[float], None]] = {}
+        self.loop: EpollLoop | None = None
         self._geneve: socket.socket | None = None
         # target IP → source port → send() of a UDP socket bound to node_ip:port, connected to target:6081
         self._senders: dict[str, dict[int, Callable[[bytes], int]]] = {}
@@ -361,8 +360,6 @@ class NodeProcess:
         self._max_src_sockets = MAX_SRC_SOCKETS
         self._control: socket.socket | None = None
         self._control_conns: dict[int, tuple[socket.socket, bytearray]] = {}
-        self._wakeup: tuple[socket.socket, socket.socket] | None = None
-        self.running = False
         self.io: dict[str, int] = dict.fromkeys((
             "rx_frames", "rx_not_ip", "rx_not_unicast", "rx_short", "rx_gso", "rx_bad_offload_header",
             "rx_errors", "checksums_completed", "encap_sent", "geneve_received", "decap_sent",
@@ -373,24 +370,17 @@ class NodeProcess:
 
     def start(self) -> None:
         self._raise_fd_limit()
-        self._epoll = select.epoll()
+        self.loop = EpollLoop(TICK, self.clock)
         self._setup_link(self.spec.uplink, endpoint=False)
         geneve = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         geneve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._tune_udp(geneve)
         geneve.bind((self.spec.node_ip, GENEVE_PORT))
         self._geneve = geneve
-        self._watch(geneve, functools.partial(self._drain_geneve, geneve))
+        self.loop.watch(geneve, functools.partial(self._drain_geneve, geneve))
         for endpoint in self.spec.endpoints:
             self.attach_endpoint(endpoint)
-        read_end, write_end = socket.socketpair()
-        for s in (read_end, write_end):
-            s.setblocking(False)
-        self._wakeup = (read_end, write_end)
-        signal.set_wakeup_fd(write_end.fileno(), warn_on_full_buffer=False)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._on_stop_signal)
-        self._watch(read_end, self._drain_wakeup)
+        self.loop.stop_on(signal.SIGTERM, signal.SIGINT)
         self._open_control()  # last: a connectable control socket means "ready"
 
     def _raise_fd_limit(self) -> None:
@@ -463,16 +453,6 @@ class NodeProcess:
             except OSError:
                 pass
 
-    def _watch(self, sock: socket.socket, handler: Callable[[float], None]) -> None:
-        assert self._epoll is not None
-        self._handlers[sock.fileno()] = handler
-        self._epoll.register(sock.fileno(), select.EPOLLIN)
-
-    def _unwatch(self, sock: socket.socket) -> None:
-        fd = sock.fileno()
-        if self._handlers.pop(fd, None) is not None and self._epoll is not None:
-            self._epoll.unregister(fd)
-
     # --- endpoints -------------------------------------------------------------
 
     def attach_endpoint(self, spec: EndpointSpec) -> None:
@@ -503,7 +483,7 @@ class NodeProcess:
             endpoint.set_peer_mac(spec.peer_mac)
         self.endpoints[endpoint_id] = endpoint
         self.node.attach_endpoint(endpoint_id)
-        self._watch(sock, functools.partial(self._drain_endpoint, endpoint))
+        self.loop.watch(sock, functools.partial(self._drain_endpoint, endpoint))
 
     def detach_endpoint(self, vpce_id: str) -> None:
         endpoint = self.endpoints.pop(vpce_id_to_int(vpce_id), None)
@@ -511,7 +491,7 @@ class NodeProcess:
             raise ValueError(f"endpoint {vpce_id} is not attached")
         self.node.detach_endpoint(endpoint.endpoint_id)
         if endpoint.sock is not None:
-            self._unwatch(endpoint.sock)
+            self.loop.unwatch(endpoint.sock)
             endpoint.sock.close()
         self._undo_kernel_ip_input(endpoint.spec.ifname)
 
@@ -621,7 +601,7 @@ class NodeProcess:
             else:
                 self._src_sockets.append(sock)
                 # An appliance that swaps the ports answers here, not on 6081 (§1.2: accept it).
-                self._watch(sock, functools.partial(self._drain_geneve, sock))
+                self.loop.watch(sock, functools.partial(self._drain_geneve, sock))
                 send = senders[port] = sock.send
                 return send
         self.io["src_port_fallback"] += 1
@@ -644,7 +624,7 @@ class NodeProcess:
         server.listen(16)
         server.setblocking(False)
         self._control = server
-        self._watch(server, self._accept_control)
+        self.loop.watch(server, self._accept_control)
 
     def _accept_control(self, now: float) -> None:
         assert self._control is not None
@@ -655,7 +635,7 @@ class NodeProcess:
                 return
             conn.settimeout(2.0)  # replies are small; never let a stuck client hold the data path long
             self._control_conns[conn.fileno()] = (conn, bytearray())
-            self._watch(conn, functools.partial(self._read_control, conn))
+            self.loop.watch(conn, functools.partial(self._read_control, conn))
 
     def _read_control(self, conn: socket.socket, now: float) -> None:
         _, pending = self._control_conns[conn.fileno()]
@@ -689,7 +669,7 @@ class NodeProcess:
 
     def _close_control(self, conn: socket.socket) -> None:
         self._control_conns.pop(conn.fileno(), None)
-        self._unwatch(conn)
+        self.loop.unwatch(conn)
         conn.close()
 
     def control(self, request: Any) -> dict:
@@ -784,35 +764,11 @@ class NodeProcess:
 
     # --- the loop -------------------------------------------------------------------
 
-    def _on_stop_signal(self, signum: int, frame: object) -> None:
-        self.running = False
-
-    def _drain_wakeup(self, now: float) -> None:
-        assert self._wakeup is not None
-        try:
-            while self._wakeup[0].recv(512):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
-
     def run(self) -> None:
-        assert self._epoll is not None
-        poll, handlers, clock = self._epoll.poll, self._handlers, self.clock
-        next_tick = clock() + TICK
-        self.running = True
-        while self.running:
-            events = poll(max(0.0, next_tick - clock()))
-            now = clock()
-            for fd, _ in events:
-                handler = handlers.get(fd)
-                if handler is not None:
-                    handler(now)
-            if now >= next_tick:
-                self.node.expire(now)
-                next_tick = now + TICK
+        assert self.loop is not None
+        self.loop.run(self.node.expire)
 
     def close(self) -> None:
-        signal.set_wakeup_fd(-1)
         if self._control is not None:
             try:
                 os.unlink(self.spec.control_socket)
@@ -820,12 +776,12 @@ class NodeProcess:
                 pass
         socks = [self._geneve, self._control, *self._src_sockets,
                  *(e.sock for e in self.endpoints.values()),
-                 *(c for c, _ in self._control_conns.values()), *(self._wakeup or ())]
+                 *(c for c, _ in self._control_conns.values())]
         for sock in socks:
             if sock is not None:
                 sock.close()
-        if self._epoll is not None:
-            self._epoll.close()
+        if self.loop is not None:
+            self.loop.close()
 
 
 def _target_id(request: dict) -> str:
