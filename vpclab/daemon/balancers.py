@@ -40,7 +40,7 @@ class Balancers:
     checker: HealthChecker | None = None
     group_of_lb: dict[str, str] = field(default_factory=dict)
 
-    def node_configs(self, services: list[Service]) -> list[tuple[Node, dict]]:
+    def node_configs(self, services: list[Service]) -> list[Node]:
         """The node processes to start, with their config files written."""
         out = []
         directory = self.statedir / "gwlb"
@@ -52,7 +52,7 @@ class Balancers:
             (directory / f"{lb}-{az}.json").write_text(json.dumps(config, indent=1))
             self.nodes.append(node)
             self.group_of_lb[lb] = svc.param("target_group")
-            out.append((node, config))
+            out.append(node)
         return out
 
     async def wait_ready(self, timeout: float = 20.0) -> None:

@@ -102,7 +102,7 @@ class Daemon:
         assert self.wiring is not None
         count = 0
         nodes = [svc for svc in self.wiring.services if svc.kind == "gwlb_node"]
-        for node, _config in self.balancers.node_configs(nodes):
+        for node in self.balancers.node_configs(nodes):
             self._start_process(node.ns, [sys.executable, "-m", "vpclab.engines.gwlb.node",
                                           str(node.control.with_suffix(".json"))], f"{node.ns}.log")
         for svc in self.wiring.services:
@@ -173,10 +173,13 @@ class Daemon:
         self.commands[proc.pid] = (ns_name, " ".join(command))
         log.info("started in %s (pid %d): %s", ns_name, proc.pid, " ".join(command))
 
+    def _appliance_stats(self, name: str) -> Path:
+        return self.statedir / "appliances" / f"{name}.json"
+
     def _start_appliance(self, svc: Service) -> None:
         directory = self.statedir / "appliances"
         directory.mkdir(exist_ok=True)
-        argv = [sys.executable, "-m", "vpclab.engines.appliance", "--stats", str(directory / f"{svc.ns}.json"),
+        argv = [sys.executable, "-m", "vpclab.engines.appliance", "--stats", str(self._appliance_stats(svc.ns)),
                 "--health-port", str(svc.param("health_port", 80))]
         if svc.param("config"):
             rules = directory / f"{svc.ns}-rules.json"
@@ -255,10 +258,10 @@ class Daemon:
 
     async def status(self) -> dict:
         appliances = {}
-        for path in (self.statedir / "appliances").glob("*.json") if (self.statedir / "appliances").is_dir() else ():
-            if not path.name.endswith("-rules.json"):
-                try:
-                    appliances[path.stem] = json.loads(path.read_text())
+        for svc in self.wiring.services:
+            if svc.kind == "appliance":
+                try:  # written by the appliance every second; absent until its first write
+                    appliances[svc.ns] = json.loads(self._appliance_stats(svc.ns).read_text())
                 except (OSError, ValueError):
                     pass
         status = lab_status(self.lab, self.balancers.target_health, await self.balancers.snapshots(), appliances)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Callable, Mapping
 
 from vpclab.model.resources import Lab
+from vpclab.plan.compile import gwlb_ns
 
 
 def _str(value) -> str | None:
@@ -59,8 +60,8 @@ def lab_status(lab: Lab, target_health: Callable[[str], dict] = lambda _g: {},
              "vpc": lb.vpc, "attributes": dict(lb.attributes),
              "nodes": [{"az": n.az, "subnet": n.subnet, "private_ip": str(n.private_ip),
                         "public_ip": _str(n.public_ip),
-                        **({"counters": node_counters[f"gwlb:{lb.name}:{n.az}"]}
-                           if f"gwlb:{lb.name}:{n.az}" in node_counters else {})}
+                        **({"counters": node_counters[gwlb_ns(lb.name, n.az)]}
+                           if gwlb_ns(lb.name, n.az) in node_counters else {})}
                        for n in lb.nodes]}
             for lb in lab.load_balancers.values()
         ],
