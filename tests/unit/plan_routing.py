@@ -47,6 +47,7 @@ class Rule:
     table: int | None = None
     iif: str | None = None
     to: IPv4Network | None = None  # the rule's destination selector
+    fwmark: int | None = None  # the packet mark the rule selects (replies to an NLB node)
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ class PolicyRouter:
         action = None
         it = iter(words)
         for word in it:
-            if word in ("pref", "iif", "lookup", "to"):
+            if word in ("pref", "iif", "lookup", "to", "fwmark"):
                 fields[word] = next(it)
             elif word == "blackhole":
                 action = "blackhole"
@@ -111,7 +112,8 @@ class PolicyRouter:
             raise ValueError(f"a rule needs pref and an action: {line!r}")
         table = fields.get("lookup")
         rule = Rule(int(fields["pref"]), action, TABLE_NAMES.get(table) or (int(table) if table else None),
-                    fields.get("iif"), IPv4Network(fields["to"]) if "to" in fields else None)
+                    fields.get("iif"), IPv4Network(fields["to"]) if "to" in fields else None,
+                    int(fields["fwmark"], 0) if "fwmark" in fields else None)
         if rule in self.rules:
             raise ValueError(f"File exists: {line!r}")
         self.rules.append(rule)
@@ -153,12 +155,14 @@ class PolicyRouter:
         matches = [r for r in self.tables.get(table, {}).values() if dst in r.dest]
         return max(matches, key=lambda r: r.dest.prefixlen, default=None)
 
-    def route(self, iif: str, dst: str | IPv4Address) -> Decision:
+    def route(self, iif: str, dst: str | IPv4Address, mark: int = 0) -> Decision:
         dst = IPv4Address(dst)
         if dst in self.local:
             return Decision("local", pref=0)
         for rule in self.ordered_rules():
             if rule.iif is not None and rule.iif != iif:
+                continue
+            if rule.fwmark is not None and rule.fwmark != mark:
                 continue
             if rule.to is not None and dst not in rule.to:
                 continue

@@ -10,6 +10,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from vpclab.engines.health import (
     match_http_code,
     probe,
 )
+from vpclab.engines.proxy_protocol import local_header
 
 State = TargetHealthState
 
@@ -500,9 +502,11 @@ class ScriptedProbe:
     def __init__(self) -> None:
         self.results: dict[str, list[object]] = {}
         self.calls: list[tuple[str, int, str | None]] = []
+        self.proxy_protocol_v2: list[bool] = []
 
-    async def __call__(self, config, ip, port, connect, *, host_header=None):
+    async def __call__(self, config, ip, port, connect, *, host_header=None, proxy_protocol_v2=False):
         self.calls.append((ip, port, host_header))
+        self.proxy_protocol_v2.append(proxy_protocol_v2)
         result = self.results[ip].pop(0) if self.results.get(ip) else ProbeResult(True)
         if isinstance(result, Exception):
             raise result
@@ -625,6 +629,24 @@ def test_modified_target_group_applies_new_settings_and_keeps_states():
     checker, scripted = asyncio.run(main())
     assert len(scripted.calls) == 3
     assert checker.describe("tg", "i-1") == {"State": "healthy"}
+
+
+def test_proxy_protocol_v2_setting_reaches_each_probe_and_can_be_modified():
+    async def main():
+        checker, clock, scripted, _ = make_checker()
+        checker.add_target_group("tg", config("network", HealthCheckIntervalSeconds=10), proxy_protocol_v2=True)
+        checker.add_target_group("plain", config("network", HealthCheckIntervalSeconds=10))
+        checker.register("tg", "i-1", "10.0.1.10", 80)
+        await poll_at(checker, clock, 0)
+        checker.modify_target_group("tg", config("network", HealthCheckIntervalSeconds=10))  # keeps it on
+        await poll_at(checker, clock, 10)
+        checker.modify_target_group("tg", config("network", HealthCheckIntervalSeconds=10), proxy_protocol_v2=False)
+        await poll_at(checker, clock, 20)
+        checker.register("plain", "i-2", "10.0.1.11", 80)
+        await poll_at(checker, clock, 21)
+        return scripted
+
+    assert asyncio.run(main()).proxy_protocol_v2 == [True, True, False, False]
 
 
 def test_deleting_a_target_group_leaves_its_targets_unused():
@@ -769,6 +791,86 @@ def test_http_health_check_matches_status_and_sends_elb_headers():
     assert "User-Agent: ELB-HealthChecker/2.0" in head
 
 
+async def first_bytes_then(reader, n=100) -> bytes:
+    try:
+        return await reader.readexactly(n)
+    except asyncio.IncompleteReadError as partial:
+        return partial.partial
+
+
+def recording_handler():
+    """A server handler that records each connection's bytes up to 101 or EOF, then closes."""
+    received: list[bytes] = []
+
+    async def handler(reader, writer):
+        received.append(await first_bytes_then(reader, 101))  # a 100-byte header, then EOF
+        writer.close()
+
+    return received, handler
+
+
+async def eventually(predicate, timeout: float = 1.0) -> None:
+    for _ in range(int(timeout / 0.01)):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+
+
+def test_tcp_health_check_with_proxy_protocol_v2_sends_the_local_header():
+    async def main():
+        received, handler = recording_handler()
+        server, port = await serve(handler)
+        async with server:
+            result = await probe(config("network"), "127.0.0.1", port, timeout=SHORT, proxy_protocol_v2=True)
+            await eventually(lambda: received)
+        return result, received
+
+    result, received = asyncio.run(main())
+    assert result == ProbeResult(True)
+    assert received == [local_header()]
+
+
+def test_http_health_check_with_proxy_protocol_v2_sends_the_header_before_the_request():
+    async def main():
+        received: list[bytes] = []
+
+        async def handler(reader, writer):
+            received.append(await first_bytes_then(reader))
+            received.append(await reader.readuntil(b"\r\n\r\n"))
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+            writer.close()
+
+        server, port = await serve(handler)
+        c = config("network", HealthCheckProtocol="HTTP")
+        async with server:
+            result = await probe(c, "127.0.0.1", port, timeout=SHORT, proxy_protocol_v2=True)
+        return result, received
+
+    result, received = asyncio.run(main())
+    assert result == ProbeResult(True)
+    assert received[0] == local_header()
+    assert received[1].startswith(b"GET / HTTP/1.1\r\n")
+
+
+def test_checker_sends_the_local_header_for_a_proxy_protocol_target_group():
+    async def main():
+        received, handler = recording_handler()
+        server, port = await serve(handler)
+        clock = FakeClock()
+        checker = HealthChecker(clock=clock)
+        checker.add_target_group("tg", config("network", HealthCheckTimeoutSeconds=2), proxy_protocol_v2=True)
+        checker.register("tg", "i-1", "127.0.0.1", port)
+        async with server:
+            await poll_at(checker, clock, 0)
+            await eventually(lambda: received)
+        return checker, received
+
+    checker, received = asyncio.run(main())
+    assert received == [local_header()]
+    assert checker.describe("tg", "i-1")["Reason"] == "Elb.InitialHealthChecking"  # one pass so far
+
+
 def test_http_health_check_uses_the_given_host_header():
     async def main():
         heads: list[bytes] = []
@@ -851,6 +953,39 @@ def test_https_health_check_does_not_verify_the_target_certificate(self_signed_c
             return await probe(config("application", HealthCheckProtocol="HTTPS"), "127.0.0.1", port, timeout=2)
 
     assert asyncio.run(main()) == ProbeResult(True)
+
+
+def test_https_health_check_sends_the_proxy_header_before_the_tls_handshake(self_signed_cert):
+    cert, key = self_signed_cert
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    headers: list[bytes] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(2)
+
+    def serve_once():
+        # Blocking sockets, so that reading the header leaves the ClientHello in the kernel for TLS.
+        conn, _ = listener.accept()
+        conn.settimeout(2)
+        header = b""
+        while len(header) < 100 and (chunk := conn.recv(100 - len(header))):
+            header += chunk
+        headers.append(header)
+        with context.wrap_socket(conn, server_side=True) as tls:
+            while b"\r\n\r\n" not in (request := tls.recv(4096)) and request:
+                pass
+            tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    server = threading.Thread(target=serve_once, daemon=True)
+    server.start()
+    c = config("network", HealthCheckProtocol="HTTPS")
+    try:
+        result = asyncio.run(probe(c, "127.0.0.1", listener.getsockname()[1], timeout=2, proxy_protocol_v2=True))
+        server.join(3)
+    finally:
+        listener.close()
+    assert result == ProbeResult(True)
+    assert headers == [local_header()]
 
 
 def test_https_health_check_against_a_plain_http_server_fails():

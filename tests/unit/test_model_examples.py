@@ -17,15 +17,17 @@ DOC_LABS = [block for block in re.findall(r"```yaml\n(.*?)```", DOC, re.S) if bl
 
 def test_there_are_examples_and_doc_labs():
     assert any(path.name == "basic-vpc.yaml" for path in EXAMPLES)
-    assert len(DOC_LABS) >= 2  # the two-tier lab and the GWLB lab
+    assert len(DOC_LABS) >= 3  # the two-tier lab, the GWLB lab and the NLB and PrivateLink lab
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_example_loads(path):
     lab = load_lab(path)
     assert lab.vpcs
-    for endpoint in lab.vpc_endpoints.values():  # what the fabric will rely on
-        assert lab.load_balancer_of_endpoint(endpoint.name).type == "gateway"
+    for endpoint in lab.vpc_endpoints.values():  # what the fabric will rely on: a node in each ENI's AZ
+        for eni in endpoint.enis:
+            lb = lab.load_balancer_of_endpoint(endpoint.name, eni.az)
+            assert lb.type == {"GatewayLoadBalancer": "gateway", "Interface": "network"}[endpoint.type]
     for group in lab.target_groups.values():
         group.health_check_config()
 
@@ -42,6 +44,14 @@ def test_gwlb_examples_when_present():
             lab = load_lab(path)
             assert lab.load_balancers and lab.vpc_endpoints
             assert any(r.target_kind == "vpce" for t in lab.route_tables.values() for r in t.routes)
+
+
+def test_privatelink_example_when_present():
+    path = REPO / "examples" / "privatelink-cross-zone.yaml"
+    if path.exists():
+        lab = load_lab(path)
+        assert any(lb.type == "network" for lb in lab.load_balancers.values())
+        assert any(e.type == "Interface" and e.dns_entries for e in lab.vpc_endpoints.values())
 
 
 def test_every_default_gwlb_attribute_is_accepted_by_the_gwlb_engine():

@@ -39,16 +39,15 @@ VALUES = st.one_of(
 )
 
 
-@settings(max_examples=400, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(PATHS), VALUES), min_size=1, max_size=3))
-def test_mutated_example_loads_or_is_refused_with_a_lab_file_error(mutations):
-    doc = copy.deepcopy(EXAMPLE)
+def loads_or_is_refused(original: dict, mutations: list[tuple[tuple, Any]]) -> None:
+    """Apply each (key path, value) to a copy of `original`; loading it gives a Lab or one LabFileError."""
+    doc = copy.deepcopy(original)
     for path, value in mutations:
         node = doc
         try:
             for key in path[:-1]:
                 node = node[key]
-            node[path[-1]] = value
+            node[path[-1]] = copy.deepcopy(value)
         except (KeyError, IndexError, TypeError):
             continue  # an earlier mutation removed this path
     try:
@@ -57,6 +56,12 @@ def test_mutated_example_loads_or_is_refused_with_a_lab_file_error(mutations):
         assert "\n" not in str(e)
     else:
         assert isinstance(lab, Lab)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(PATHS), VALUES), min_size=1, max_size=3))
+def test_mutated_example_loads_or_is_refused_with_a_lab_file_error(mutations):
+    loads_or_is_refused(EXAMPLE, mutations)
 
 
 # The same over a GWLB lab: load balancer, target group, listener, endpoint service, endpoint, routes.
@@ -76,18 +81,25 @@ GWLB_VALUES = st.one_of(VALUES, GWLB_PLAUSIBLE, st.lists(GWLB_PLAUSIBLE, max_siz
 @settings(max_examples=400, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(GWLB_PATHS), GWLB_VALUES), min_size=1, max_size=3))
 def test_mutated_gwlb_lab_loads_or_is_refused_with_a_lab_file_error(mutations):
-    doc = copy.deepcopy(GWLB_DOC)
-    for path, value in mutations:
-        node = doc
-        try:
-            for key in path[:-1]:
-                node = node[key]
-            node[path[-1]] = copy.deepcopy(value)
-        except (KeyError, IndexError, TypeError):
-            continue
-    try:
-        lab = load_lab_text(yaml.safe_dump(doc), "fuzz.yaml", name="fuzz")
-    except LabFileError as e:
-        assert "\n" not in str(e)
-    else:
-        assert isinstance(lab, Lab)
+    loads_or_is_refused(GWLB_DOC, mutations)
+
+
+# The same over an NLB and PrivateLink lab: listeners, protocol-dependent attributes,
+# interface endpoints, security groups, subnet configurations, aliases by lab name.
+from test_model_privatelink import PRIVATELINK, zone  # noqa: E402
+
+PRIVATELINK_DOC = yaml.safe_load(zone("vpce", PRIVATELINK))
+PRIVATELINK_PATHS = _paths(PRIVATELINK_DOC)
+PRIVATELINK_PLAUSIBLE = st.sampled_from(
+    ["nlb", "svc", "vpce", "web", "http", "consumer", "provider", "consumer-a", "consumer-c", "endpoint-sg",
+     "provider-sg", "TCP", "UDP", "TCP_UDP", "TLS", "Interface", "GatewayLoadBalancer", "internet-facing", "network",
+     "10.0.1.50", "203.0.113.9", 80, "*", "false", {"SubnetId": "consumer-a", "Ipv4": "10.0.1.60"},
+     {"preserve_client_ip.enabled": False}, {"tcp.idle_timeout.seconds": 60}, {"Id": "web-1", "Port": 8080},
+     [{"SubnetId": "provider-a"}]])  # fmt: skip
+PRIVATELINK_VALUES = st.one_of(VALUES, PRIVATELINK_PLAUSIBLE, st.lists(PRIVATELINK_PLAUSIBLE, max_size=2))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(PRIVATELINK_PATHS), PRIVATELINK_VALUES), min_size=1, max_size=3))
+def test_mutated_privatelink_lab_loads_or_is_refused_with_a_lab_file_error(mutations):
+    loads_or_is_refused(PRIVATELINK_DOC, mutations)

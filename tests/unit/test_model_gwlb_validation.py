@@ -23,10 +23,9 @@ def refused_at(text: str, key_path: str) -> str:
 # -- load balancers
 
 
-def test_network_and_application_load_balancers_are_not_supported_yet():
-    for lb_type in ("network", "application"):
-        reason = refused_at(edit("Type: gateway", f"Type: {lb_type}"), "load_balancers.gwlb.Type")
-        assert "not supported yet" in reason
+def test_application_load_balancers_are_not_supported_yet():
+    reason = refused_at(edit("Type: gateway", "Type: application"), "load_balancers.gwlb.Type")
+    assert "not supported yet" in reason
 
 
 def test_missing_type_is_cloudformations_application_and_not_supported_yet():
@@ -122,7 +121,7 @@ def with_group(lines: str) -> str:
 
 
 def test_gwlb_target_group_is_geneve_on_6081():
-    assert "not supported yet" in refused_at(edit("Protocol: GENEVE", "Protocol: TCP"), "target_groups.appliances.Protocol")
+    assert "not supported yet" in refused_at(edit("Protocol: GENEVE", "Protocol: TLS"), "target_groups.appliances.Protocol")
     assert "did you mean 'GENEVE'" in refused_at(edit("Protocol: GENEVE", "Protocol: GENEV"), "target_groups.appliances.Protocol")
     reason = refused_at(edit("Port: 6081", "Port: 6082"), "target_groups.appliances.Port")
     assert reason == "a GENEVE target group's port is 6081, got 6082"
@@ -273,9 +272,16 @@ def test_malformed_principal_is_refused(principal):
     refused_at(text, "vpc_endpoint_services.inspection.AllowedPrincipals[0]")
 
 
-def test_network_load_balancer_endpoint_services_are_not_supported_yet():
+def test_endpoint_service_of_both_gateway_and_network_load_balancers_is_refused():
     text = edit("    GatewayLoadBalancerArns: [gwlb]\n", "    GatewayLoadBalancerArns: [gwlb]\n    NetworkLoadBalancerArns: [x]\n")
-    assert "not supported yet" in refused_at(text, "vpc_endpoint_services.inspection.NetworkLoadBalancerArns")
+    reason = refused_at(text, "vpc_endpoint_services.inspection.NetworkLoadBalancerArns")
+    assert reason.startswith("give GatewayLoadBalancerArns or NetworkLoadBalancerArns, not both")
+
+
+def test_gateway_load_balancer_in_network_load_balancer_arns_is_refused():
+    text = edit("    GatewayLoadBalancerArns: [gwlb]\n", "    NetworkLoadBalancerArns: [gwlb]\n")
+    reason = refused_at(text, "vpc_endpoint_services.inspection.NetworkLoadBalancerArns[0]")
+    assert reason == "load balancer gwlb is a gateway load balancer, not a network one"
 
 
 def test_load_balancer_serves_one_endpoint_service():
@@ -304,9 +310,9 @@ def test_endpoint_subnet_must_be_in_its_vpc():
     assert refused_at(text, "vpc_endpoints.gwlbe-a.SubnetIds[0]") == "subnet sec-a is in VPC sec, not in VPC app"
 
 
-def test_endpoint_types_other_than_gateway_load_balancer_are_not_supported_yet():
+def test_gateway_endpoints_are_not_supported_yet():
     assert "not supported yet" in refused_at(
-        edit("VpcEndpointType: GatewayLoadBalancer", "VpcEndpointType: Interface"), "vpc_endpoints.gwlbe-a.VpcEndpointType"
+        edit("VpcEndpointType: GatewayLoadBalancer", "VpcEndpointType: Gateway"), "vpc_endpoints.gwlbe-a.VpcEndpointType"
     )
     reason = refused_at(edit("    VpcEndpointType: GatewayLoadBalancer\n", ""), "vpc_endpoints.gwlbe-a.VpcEndpointType")
     assert "defaults to Gateway" in reason

@@ -5,7 +5,7 @@ import re
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
-from vpclab.model import Lab, Route, SgRule, load_lab, load_lab_text
+from vpclab.model import Lab, LabFileError, Route, SgRule, load_lab, load_lab_text
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -159,6 +159,18 @@ def test_instance_defaults():
     assert i1.security_groups == ("main-default",)
     assert (i1.public_ip, i1.source_dest_check, i1.role, i1.run, i1.default_services) == (None, True, "instance", (), True)
     assert (box.role, box.run, box.default_services) == ("appliance", ("echo hi",), False)
+
+
+def test_test_page_message_is_kept_and_needs_the_test_page():
+    lab = load(BASE + "instances:\n  web-1: {SubnetId: public-a, TestPageMessage: Hello from subnet 1}\n")
+    assert lab.instances["web-1"].test_page_message == "Hello from subnet 1"
+    assert load(BASE + "instances:\n  web-1: {SubnetId: public-a}\n").instances["web-1"].test_page_message is None
+    try:
+        load(BASE + "instances:\n  web-1: {SubnetId: public-a, TestPageMessage: hi, DefaultServices: false}\n")
+    except LabFileError as e:
+        assert e.key_path == "instances.web-1.TestPageMessage" and "DefaultServices: true" in e.reason
+    else:
+        raise AssertionError("not refused")
 
 
 def test_hostname_follows_private_ip_and_region():

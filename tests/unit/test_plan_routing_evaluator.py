@@ -96,7 +96,7 @@ route add 1.0.0.0/8 dev y table 10
     "route add 10.0.0.1/16 dev x",  # host bits set: ip refuses it
     "route add unreachable 10.0.0.0/16 table 5",
     "route add 10.0.0.0/16 dev x metric 5",
-    "rule add pref 5 fwmark 1 lookup 5",
+    "rule add pref 5 tos 1 lookup 5",
     "rule add lookup 5",
     "rule add pref 5",
     "addr add 10.0.0.1/24",
@@ -114,3 +114,13 @@ def test_lines_it_does_not_understand_are_errors(line):
 def test_adding_the_same_route_or_rule_twice_fails_as_ip_batch_would(lines):
     with pytest.raises(ValueError, match="File exists"):
         router(lines)
+
+
+def test_fwmark_rule_applies_only_to_marked_packets():
+    router = PolicyRouter.from_batch([
+        "route add 10.0.1.5/32 dev a table 200", "route add default via 10.0.1.5 dev a onlink table 400",
+        "rule add pref 100 fwmark 0x100 lookup 400", "rule add pref 2000 lookup 200",
+        "route add 10.0.9.10/32 dev c table 200",
+    ])
+    assert router.route("b", "10.0.9.10").dev == "c"
+    assert router.route("b", "10.0.9.10", mark=0x100).dev == "a"

@@ -16,7 +16,7 @@ from vpclab.plan.compile import INTERNET_NS, ENI_TABLE, VPC_MTU, compile_lab
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
-NAMESPACE_KINDS = {"router", "instance", "igw", "nat", "internet", "host", "gwlb"}
+NAMESPACE_KINDS = {"router", "instance", "igw", "nat", "internet", "host", "gwlb", "nlb", "vpce"}
 
 # Names that truncate to the same 15 characters, or differ only by '.', '_' and '-'.
 LONG_NAMES = """
@@ -75,7 +75,12 @@ def enis(lab):
         yield f"nat:{nat.name}", lab.subnets[nat.subnet], nat.private_ip
     for lb in lab.load_balancers.values():
         for node in lb.nodes:
-            yield f"gwlb:{lb.name}:{node.az}", lab.subnets[node.subnet], node.private_ip
+            kind = "gwlb" if lb.type == "gateway" else "nlb"
+            yield f"{kind}:{lb.name}:{node.az}", lab.subnets[node.subnet], node.private_ip
+    for ep in lab.vpc_endpoints.values():
+        if ep.type == "Interface":
+            for eni in ep.enis:
+                yield f"vpce:{ep.name}:{eni.az}", lab.subnets[eni.subnet], eni.ip
     for inst in lab.instances.values():
         yield inst.name, lab.subnets[inst.subnet], inst.private_ip
 

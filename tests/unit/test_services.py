@@ -20,6 +20,7 @@ from vpclab.engines.services import (
     serve_test_page,
     serve_udp_echo,
 )
+from vpclab.engines.proxy_protocol import local_header, proxy_header
 
 INSTANCE = {
     "name": "web-1",
@@ -29,6 +30,9 @@ INSTANCE = {
     "hostname": "ip-10-0-1-10.ec2.internal",
 }
 CLIENT = ("198.51.100.10", 53314)
+# Reference §3.5's PrivateLink header: consumer 172.31.7.113:51442 to the endpoint ENI 172.31.10.31:80.
+VPCE = "vpce-08d2bf15fac5001c9"
+PP2 = proxy_header(("172.31.7.113", 51442), ("172.31.10.31", 80), vpc_endpoint_id=VPCE)
 
 
 def exchange(raw: bytes, page: Page = Page(INSTANCE)) -> tuple[bytes, bool]:
@@ -174,6 +178,78 @@ def test_parse_request_head_reads_headers_case_insensitively():
         parse_request_head(b"")
 
 
+# ---------------------------------------------------------------- PROXY protocol v2
+
+
+def test_page_reports_the_proxy_protocol_header_and_its_bytes():
+    response, closing = exchange(PP2 + b"GET / HTTP/1.1\r\n\r\n")
+    status, _, body = split(response)
+    assert status == "HTTP/1.1 200 OK" and not closing
+    assert body.decode() == (
+        "web-1 i-0abc1234def567890 us-east-1a\n"
+        "private-ip: 10.0.1.10\n"
+        "hostname: ip-10-0-1-10.ec2.internal\n"
+        "client: 198.51.100.10:53314\n"  # the IP header's source, as before
+        f"proxy-protocol: source=172.31.7.113:51442 destination=172.31.10.31:80 vpc-endpoint-id={VPCE}\n"
+        f"proxy-protocol-hex: {PP2.hex()}\n"
+    )
+
+
+def test_json_page_reports_the_proxy_protocol_header():
+    document = json.loads(split(exchange(PP2 + b"GET /json HTTP/1.1\r\n\r\n")[0])[2])
+    assert document["client"] == "198.51.100.10:53314"
+    assert document["proxy_protocol"] == {
+        "source": "172.31.7.113:51442",
+        "destination": "172.31.10.31:80",
+        "vpc_endpoint_id": VPCE,
+        "hex": PP2.hex(),
+    }
+
+
+def test_header_without_endpoint_id_shows_only_the_addresses():
+    header = proxy_header(("2001:db8::7", 40000), ("2001:db8::1", 80))
+    body = split(exchange(header + b"GET / HTTP/1.1\r\n\r\n")[0])[2].decode()
+    assert "proxy-protocol: source=[2001:db8::7]:40000 destination=[2001:db8::1]:80\n" in body
+
+
+def test_proxy_header_arriving_byte_by_byte_is_assembled():
+    connection = HttpConnection(Page(INSTANCE), CLIENT)
+    for i in range(len(PP2)):
+        assert connection.receive(PP2[i:i + 1]) == b""
+    assert connection.proxy_header is not None and connection.proxy_header.vpc_endpoint_id == VPCE
+    assert b"proxy-protocol-hex: " + PP2.hex().encode() in connection.receive(b"GET / HTTP/1.1\r\n\r\n")
+
+
+def test_every_request_on_the_connection_shows_the_header():
+    response, _ = exchange(PP2 + b"GET / HTTP/1.1\r\n\r\n" * 2)
+    assert response.count(b"proxy-protocol: source=172.31.7.113:51442") == 2
+
+
+def test_health_check_local_header_is_consumed_silently():
+    response, closing = exchange(local_header() + b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+    status, _, body = split(response)
+    assert status == "HTTP/1.1 200 OK" and closing
+    assert body == Page(INSTANCE).text(CLIENT).encode()
+
+
+def test_malformed_proxy_header_is_a_bad_request():
+    garbled = PP2[:12] + b"\x31" + PP2[13:]  # version 3
+    response, closing = exchange(garbled + b"GET / HTTP/1.1\r\n\r\n")
+    status, headers, body = split(response)
+    assert status == "HTTP/1.1 400 Bad Request" and closing
+    assert body.startswith(b"bad PROXY protocol header")
+
+
+def test_proxy_header_only_counts_at_the_start_of_a_connection():
+    response, closing = exchange(b"GET / HTTP/1.1\r\n\r\n" + PP2 + b"GET / HTTP/1.1\r\n\r\n")
+    assert re.findall(rb"HTTP/1\.1 \d{3}", response) == [b"HTTP/1.1 200", b"HTTP/1.1 400"]
+    assert b"proxy-protocol" not in response and closing
+
+
+def test_leading_blank_lines_are_still_skipped():
+    assert exchange(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n")[0].startswith(b"HTTP/1.1 200 OK")
+
+
 # ---------------------------------------------------------------- the asyncio shells
 
 
@@ -221,6 +297,21 @@ def test_test_page_shows_client_address():
         assert status == "HTTP/1.1 200 OK"
         assert f"client: {ip}:{port}\n".encode() in body
         assert b"private-ip: 10.0.1.10\n" in body
+
+    run_with_server(serving_page(), listening_socket(), scenario)
+
+
+def test_test_page_reports_a_proxy_protocol_header_from_a_real_connection():
+    async def scenario(address):
+        reader, writer = await asyncio.open_connection(*address)
+        ip, port = writer.get_extra_info("sockname")[:2]
+        writer.write(PP2[:50])
+        await writer.drain()
+        writer.write(PP2[50:] + b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+        body = split(await reader.read())[2].decode()
+        writer.close()
+        assert f"client: {ip}:{port}\n" in body
+        assert f"proxy-protocol: source=172.31.7.113:51442 destination=172.31.10.31:80 vpc-endpoint-id={VPCE}\n" in body
 
     run_with_server(serving_page(), listening_socket(), scenario)
 

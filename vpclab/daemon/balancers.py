@@ -1,8 +1,10 @@
-"""The load balancers' runtime in the daemon: their node processes, the shared
-health checker, and live target and attribute changes.
+"""The load balancers' runtime in the daemon: GWLB node processes, NLB node
+rulesets, the shared health checker, and live target and attribute changes.
 
 Health checks run from inside a node's namespace (AWS probes from the load
-balancer's nodes) and feed every node of the load balancer.
+balancer's nodes) and feed every node of the load balancer: GWLB nodes over
+their control sockets, NLB nodes as a new nftables ruleset (engines.nlb) applied
+in their namespace. Conntrack keeps every open connection where it is.
 """
 from __future__ import annotations
 
@@ -15,10 +17,11 @@ from pathlib import Path
 from typing import Callable
 
 from vpclab import unixpath
+from vpclab.engines import nlb as nlb_engine
 from vpclab.engines.health import HealthChecker
 from vpclab.model.health_check import HealthCheckConfig
 from vpclab.model.resources import Lab
-from vpclab.plan.compile import gwlb_node_attributes
+from vpclab.plan.compile import gwlb_node_attributes, nlb_node_config
 from vpclab.plan.wiring import Service
 
 log = logging.getLogger("vpclab.balancers")
@@ -33,12 +36,26 @@ class Node:
 
 
 @dataclass
+class NlbNode:
+    load_balancer: str
+    az: str
+    ns: str
+    config: nlb_engine.NodeConfig
+    routable: dict[str, list] = field(default_factory=dict)  # listener -> targets, as last applied
+
+
+@dataclass
 class Balancers:
     statedir: Path
     enter: Callable[[str], object]  # a context manager that enters a namespace by name
+    run_in: Callable[..., None] = lambda ns, argv, stdin="": None  # runs a tool in a namespace (Fabric.run_in)
     nodes: list[Node] = field(default_factory=list)
     checker: HealthChecker | None = None
-    group_of_lb: dict[str, str] = field(default_factory=dict)
+    group_of_lb: dict[str, str] = field(default_factory=dict)  # GWLB -> its target group
+    on_routing_change: Callable[[], None] = lambda: None  # which NLB AZs are in service may have changed
+    nlb_nodes: list[NlbNode] = field(default_factory=list)
+    lab: Lab | None = None
+    _address_of: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)  # (group, target id)
 
     def node_configs(self, services: list[Service]) -> list[Node]:
         """The node processes to start, with their config files written."""
@@ -74,12 +91,16 @@ class Balancers:
 
     def start_health_checks(self, lab: Lab) -> asyncio.Future:
         self.checker = HealthChecker(on_change=self._on_health_change)
-        for lb_name, group_name in self.group_of_lb.items():
+        probes = {group: next(n.ns for n in self.nodes if n.load_balancer == lb)
+                  for lb, group in self.group_of_lb.items()}
+        for node in self.nlb_nodes:
+            for listener in node.config.listeners:
+                probes.setdefault(listener.target_group, node.ns)
+        for group_name, probe_ns in probes.items():
             group = lab.target_groups[group_name]
-            lb = lab.load_balancers[lb_name]
-            config = HealthCheckConfig.for_target_group(lb.type, group.protocol, **dict(group.health_check))
-            probe_from = next(n for n in self.nodes if n.load_balancer == lb_name)
-            self.checker.add_target_group(group_name, config, connect=self._connector(probe_from.ns))
+            config = group.health_check_config()
+            self.checker.add_target_group(group_name, config, connect=self._connector(probe_ns),
+                                          proxy_protocol_v2=_proxy_protocol_v2(group))
             for target in group.targets:
                 self.checker.register(group_name, target.id, str(target.ip), target.port)
         return asyncio.ensure_future(self.checker.run())
@@ -103,6 +124,110 @@ class Balancers:
         if state in ("healthy", "unhealthy"):
             self._to_nodes_of(group, {"op": "set_target_health", "target": target_id,
                                       "healthy": state == "healthy"})
+        if group in self._nlb_groups():
+            self.refresh_nlb_nodes(groups={group})
+            self._terminate_if_due(group, target_id, state, health.get("Reason"))
+            self.on_routing_change()
+
+    # --- Network Load Balancer nodes ------------------------------------------------
+
+    def start_nlb_nodes(self, lab: Lab, services: list[Service]) -> None:
+        """Load every NLB node's ruleset; until health checks say otherwise, all targets are
+        `initial`, so each node fails open to every target in its scope."""
+        self.lab = lab
+        self._remember_addresses(lab)
+        for svc in services:
+            lb, az = svc.param("load_balancer"), svc.param("availability_zone")
+            config = nlb_engine.NodeConfig.from_dict(nlb_node_config(lab, lb, az))
+            node = NlbNode(lb, az, svc.ns, config)
+            self.nlb_nodes.append(node)
+            self._apply_nlb(node, first=True)
+
+    def zone_in_service(self, lb: str, az: str) -> bool:
+        """Whether an NLB's AZ stays in its DNS answer: a listener there has a healthy target in scope."""
+        node = next((n for n in self.nlb_nodes if n.load_balancer == lb and n.az == az), None)
+        if node is None or self.lab is None:
+            return True
+        return any(nlb_engine.zone_in_service(self._target_views(li.target_group), az, li.cross_zone)
+                   for li in node.config.listeners)
+
+    def _remember_addresses(self, lab: Lab) -> None:
+        """Where targets are, kept after they are deregistered: their connections may outlive them."""
+        for group in lab.target_groups.values():
+            for t in group.targets:
+                self._address_of[(group.name, t.id)] = (str(t.ip), t.port)
+
+    def _nlb_groups(self) -> set[str]:
+        return {li.target_group for n in self.nlb_nodes for li in n.config.listeners}
+
+    def _target_views(self, group_name: str) -> list[nlb_engine.TargetView]:
+        group = self.lab.target_groups[group_name]
+        states = {}
+        if self.checker is not None:
+            states = {d["Target"]["Id"]: d["TargetHealth"]["State"]
+                      for d in self.checker.describe_target_health(group_name)}
+        return [nlb_engine.TargetView(t.id, str(t.ip), t.port, t.az, states.get(t.id, nlb_engine.INITIAL))
+                for t in group.targets]
+
+    def _apply_nlb(self, node: NlbNode, first: bool = False) -> None:
+        groups = {li.target_group for li in node.config.listeners}
+        routable = nlb_engine.listener_routes(node.config, {g: self._target_views(g) for g in groups})
+        if not first and routable == node.routable:
+            return
+        ruleset = nlb_engine.node_ruleset(node.config, routable, update=not first)
+        self.run_in(node.ns, ["nft", "-f", "-"], ruleset)
+        node.routable = routable
+        log.info("NLB node %s routes %s", node.ns,
+                 {name: [f"{t.ip}:{t.port}" for t in ts] for name, ts in routable.items()})
+
+    def refresh_nlb_nodes(self, groups: set[str] | None = None, lab: Lab | None = None) -> None:
+        """Recompute and reload the nodes whose listeners use `groups` (None: all); with `lab`,
+        their configuration too (a live attribute or target change)."""
+        if lab is not None:
+            self.lab = lab
+        for node in self.nlb_nodes:
+            if lab is not None:
+                config = nlb_engine.NodeConfig.from_dict(nlb_node_config(lab, node.load_balancer, node.az))
+                if config != node.config:
+                    node.config, node.routable = config, {}
+            if groups is None or any(li.target_group in groups for li in node.config.listeners):
+                try:
+                    self._apply_nlb(node)
+                except Exception as exc:  # a node keeps its last ruleset; the daemon lives on
+                    log.warning("NLB node %s: ruleset not applied: %s", node.ns, exc)
+
+    def _terminate_if_due(self, group: str, target_id: str, state: str | None, reason: str | None) -> None:
+        """Reset a target's connections where AWS does (§3.6, §3.7): when it turns unhealthy and the
+        node does not fail open to it, and when its deregistration delay ends."""
+        attributes = self.lab.target_groups[group].attributes
+        if state == "unhealthy":
+            if attributes.get("target_health_state.unhealthy.connection_termination.enabled", "true") != "true":
+                return
+            nodes = [n for n in self.nlb_nodes if not any(
+                t.id == target_id for li in n.config.listeners if li.target_group == group
+                for t in n.routable.get(li.name, ()))]
+        elif state == "unused" and reason == "Target.NotRegistered":
+            if attributes.get("deregistration_delay.connection_termination.enabled", "false") != "true":
+                return
+            nodes = list(self.nlb_nodes)
+        else:
+            return
+        address = self._address_of.get((group, target_id))
+        if address is None:
+            return
+        for node in nodes:
+            if any(li.target_group == group for li in node.config.listeners):
+                self._delete_connections(node, *address)
+
+    def _delete_connections(self, node: NlbNode, ip: str, port: int) -> None:
+        """Forget a target's connections on a node: their next segment gets a RST (engines.nlb)."""
+        for proto in ("tcp", "udp"):
+            try:
+                self.run_in(node.ns, ["conntrack", "-D", "-p", proto, "--reply-src", ip,
+                                      "--reply-port-src", str(port)])
+            except Exception:  # conntrack fails when there is nothing to delete
+                pass
+        log.info("NLB node %s: reset connections to %s:%d", node.ns, ip, port)
 
     def _to_nodes_of(self, group: str, message: dict) -> None:
         for node in self.nodes:
@@ -132,7 +257,9 @@ class Balancers:
 
     def apply(self, old: Lab, new: Lab) -> None:
         """Tell the checker and the nodes what a live change did to targets and attributes."""
-        for group_name in set(self.group_of_lb.values()):
+        self._remember_addresses(new)
+        checked = set(self.group_of_lb.values()) | self._nlb_groups()
+        for group_name in checked:
             before, after = old.target_groups[group_name], new.target_groups[group_name]
             was = {t.id: t for t in before.targets}
             now = {t.id: t for t in after.targets}
@@ -144,6 +271,14 @@ class Balancers:
                 t = now[target_id]
                 self.checker.register(group_name, t.id, str(t.ip), t.port)
                 self._to_nodes_of(group_name, {"op": "register", "target": t.id, "ip": str(t.ip), "az": t.az})
+        if self.nlb_nodes:
+            self.refresh_nlb_nodes(lab=new)
+            for group_name in checked & self._nlb_groups():
+                group = new.target_groups[group_name]
+                if group.health_check != old.target_groups[group_name].health_check or \
+                        _proxy_protocol_v2(group) != _proxy_protocol_v2(old.target_groups[group_name]):
+                    self.checker.modify_target_group(group_name, group.health_check_config(),
+                                                     proxy_protocol_v2=_proxy_protocol_v2(group))
         for node in self.nodes:
             attributes = gwlb_node_attributes(new, node.load_balancer)
             if attributes != gwlb_node_attributes(old, node.load_balancer):
@@ -152,7 +287,7 @@ class Balancers:
     # --- what status shows ------------------------------------------------------------
 
     def target_health(self, group: str) -> dict[str, dict]:
-        if self.checker is None or group not in self.group_of_lb.values():
+        if self.checker is None or group not in set(self.group_of_lb.values()) | self._nlb_groups():
             return {}
         return {d["Target"]["Id"]: d["TargetHealth"] for d in self.checker.describe_target_health(group)}
 
@@ -165,6 +300,11 @@ class Balancers:
             except (OSError, asyncio.TimeoutError) as exc:
                 out[node.ns] = {"error": str(exc)}
         return out
+
+
+def _proxy_protocol_v2(group) -> bool:
+    """AWS's NLB health checks start with a PROXY v2 LOCAL header when the group has it on (§3.5)."""
+    return group.attributes.get("proxy_protocol_v2.enabled") == "true"
 
 
 def _tail(path: Path, lines: int = 3) -> str:

@@ -70,7 +70,8 @@ class Daemon:
         self.wiring: Wiring | None = None
         self.resolvers: dict[str, dns_engine.Resolver] = {}
         self.commands: dict[int, tuple[str, str]] = {}  # pid -> (namespace, command)
-        self.balancers = Balancers(statedir, self.fabric.inside)
+        self.balancers = Balancers(statedir, self.fabric.inside, self.fabric.run_in, on_routing_change=self.refresh_dns)
+        self.relays: dict[Service, int] = {}  # Proxy Protocol v2 relays -> pid
         self.tasks: list[asyncio.Task] = []
         self.stopping: asyncio.Event | None = None
         self.bring_up_seconds = 0.0
@@ -110,8 +111,10 @@ class Daemon:
                 self._start_process(svc.ns, ["sh", "-c", svc.param("command")], f"{svc.ns}.log")
             elif svc.kind == "appliance":
                 self._start_appliance(svc)
-            elif svc.kind == "gwlb_node":
-                pass  # started above, first: they take longest
+            elif svc.kind in ("gwlb_node", "nlb_node"):
+                pass  # started above and below
+            elif svc.kind == "pp2_relay":
+                self._start_relay(svc)
             elif svc.kind == "dns":
                 self._start_dns(svc)
             else:
@@ -119,14 +122,19 @@ class Daemon:
                     sock = self._listen(svc.ns, address, socket.SOCK_STREAM)
                     if svc.kind == "test_page":
                         identity = dict(svc.param("identity", ()))
-                        coro = services_engine.serve_test_page(sock, identity)
+                        coro = services_engine.serve_test_page(sock, identity, message=svc.param("message"))
                     else:
                         coro = services_engine.serve_banner(sock)
                     self.tasks.append(asyncio.ensure_future(coro))
             count += 1
+        nlb_nodes = [svc for svc in self.wiring.services if svc.kind == "nlb_node"]
+        if nlb_nodes:
+            self.progress.send("progress", message=f"loading {len(nlb_nodes)} NLB node ruleset(s)")
+            self.balancers.start_nlb_nodes(self.lab, nlb_nodes)
         if nodes:
             self.progress.send("progress", message=f"waiting for {len(nodes)} GWLB node(s)")
             await self.balancers.wait_ready()
+        if nodes or nlb_nodes:
             self.tasks.append(self.balancers.start_health_checks(self.lab))
         self.progress.send("progress", message=f"started {count} services")
 
@@ -141,6 +149,21 @@ class Daemon:
         sock.setblocking(False)
         return sock
 
+    def _aws_names(self, svc: Service) -> dict[str, list[str]]:
+        """NLB and endpoint names; an NLB's AZs without a healthy target leave its answers,
+        unless every AZ is in that state (reference §3.1)."""
+        out = {}
+        for name, entries in svc.param("aws_names", ()):
+            kept = [ip for ip, lb, az in entries if not lb or self.balancers.zone_in_service(lb, az)]
+            out[name] = kept or [ip for ip, _lb, _az in entries]
+        return out
+
+    def refresh_dns(self) -> None:
+        """Health changed: answer NLB names with the AZs now in service."""
+        for svc in self.wiring.services:
+            if svc.kind == "dns" and svc.ns in self.resolvers and svc.param("aws_names"):
+                self.resolvers[svc.ns].replace_zones(self._zones(svc))
+
     def _zones(self, svc: Service):
         private = []
         for domain, record_sets in svc.param("private_zones", ()):  # (domain, ((name, type, ttl, values), ...))
@@ -154,6 +177,7 @@ class Daemon:
             public_names=dict(svc.param("public_names", ())),
             enable_dns_hostnames=svc.param("enable_dns_hostnames", False),
             private_zones=private,
+            aws_names=self._aws_names(svc) if self is not None else None,
         )
 
     def _start_dns(self, svc: Service) -> None:
@@ -163,7 +187,7 @@ class Daemon:
         tcp = [self._listen(svc.ns, a, socket.SOCK_STREAM) for a in svc.addresses]
         self.tasks.append(asyncio.ensure_future(dns_engine.serve_dns(resolver, udp, tcp)))
 
-    def _start_process(self, ns_name: str, command: list[str], log_name: str) -> None:
+    def _start_process(self, ns_name: str, command: list[str], log_name: str) -> int:
         """Run a command inside a namespace (and its mounts and hostname), logging to logs/."""
         logdir = self.statedir / "logs"
         logdir.mkdir(exist_ok=True)
@@ -172,6 +196,25 @@ class Daemon:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd="/")
         self.commands[proc.pid] = (ns_name, " ".join(command))
         log.info("started in %s (pid %d): %s", ns_name, proc.pid, " ".join(command))
+        return proc.pid
+
+    def _start_relay(self, svc: Service) -> None:
+        argv = [sys.executable, "-m", "vpclab.engines.pp2_relay", "--listen", svc.addresses[0],
+                "--upstream", svc.param("upstream")]
+        if svc.param("vpc_endpoint_id"):
+            argv += ["--vpc-endpoint-id", svc.param("vpc_endpoint_id")]
+        self.relays[svc] = self._start_process(svc.ns, argv, f"{svc.ns}.log")
+
+    def _restart_relays(self, wiring: Wiring) -> None:
+        """A live change can switch proxy_protocol_v2 on or off: start and stop relays to match."""
+        wanted = {svc for svc in wiring.services if svc.kind == "pp2_relay"}
+        for svc in list(self.relays):
+            if svc not in wanted:
+                pid = self.relays.pop(svc)
+                if pid in self.commands:  # ours and still running
+                    os.kill(pid, signal.SIGTERM)
+        for svc in wanted - self.relays.keys():
+            self._start_relay(svc)
 
     def _appliance_stats(self, name: str) -> Path:
         return self.statedir / "appliances" / f"{name}.json"
@@ -275,6 +318,7 @@ class Daemon:
         changed = self.fabric.reconcile(new_wiring)
         seq = self.store.append_change(kind, params)
         self.balancers.apply(self.lab, new_lab)
+        self._restart_relays(new_wiring)
         self.lab, self.wiring = new_lab, new_wiring
         log.info("change %d %s %s: reapplied %s", seq, kind, params, changed)
         return {"seq": seq, "reapplied": changed}

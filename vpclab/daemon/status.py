@@ -59,10 +59,15 @@ def lab_status(lab: Lab, target_health: Callable[[str], dict] = lambda _g: {},
             {"name": lb.name, "arn": lb.arn, "type": lb.type, "scheme": lb.scheme, "dns_name": lb.dns_name,
              "vpc": lb.vpc, "attributes": dict(lb.attributes),
              "nodes": [{"az": n.az, "subnet": n.subnet, "private_ip": str(n.private_ip),
-                        "public_ip": _str(n.public_ip),
+                        "public_ip": _str(n.public_ip), "eni_id": n.eni_id,
+                        # AWS's per-AZ name; a GWLB has no addresses behind it
+                        "zonal_dns_name": lb.zonal_dns_name(n.az) if lb.type != "gateway" else None,
                         **({"counters": node_counters[gwlb_ns(lb.name, n.az)]}
                            if gwlb_ns(lb.name, n.az) in node_counters else {})}
-                       for n in lb.nodes]}
+                       for n in lb.nodes],
+             "listeners": [{"name": li.name, "arn": li.arn, "protocol": li.protocol, "port": li.port,
+                            "target_group": li.target_group, "attributes": dict(li.attributes)}
+                           for li in lab.listeners_of(lb.name)]}
             for lb in lab.load_balancers.values()
         ],
         "target_groups": [_target_group(lab, g, target_health(g.name)) for g in lab.target_groups.values()],
@@ -74,11 +79,25 @@ def lab_status(lab: Lab, target_health: Callable[[str], dict] = lambda _g: {},
         ],
         "vpc_endpoints": [
             {"id": e.id, "name": e.name, "type": e.type, "vpc": e.vpc, "state": e.state,
-             "service_name": lab.vpc_endpoint_services[e.service].service_name, "dns_names": [],
+             "service_name": lab.vpc_endpoint_services[e.service].service_name,
+             "dns_names": list(e.dns_entries),  # regional first, then one zonal name per ENI
+             "dns_entries": _dns_entries(e),
+             "security_groups": [lab.security_groups[g].id for g in e.security_groups],
              "enis": [{"id": n.id, "subnet": n.subnet, "az": n.az, "ip": str(n.ip)} for n in e.enis]}
             for e in lab.vpc_endpoints.values()
         ],
     }
+
+
+def _dns_entries(endpoint) -> list[dict]:
+    """An interface endpoint's DNS names, as AWS's DnsEntries list them: the regional one
+    (az None: every ENI's address) first, then one per ENI's AZ."""
+    if not endpoint.dns_entries:
+        return []
+    regional, *zonal = endpoint.dns_entries
+    return [{"dns_name": regional, "az": None}] + [
+        {"dns_name": name, "az": eni.az} for name, eni in zip(zonal, endpoint.enis)
+    ]
 
 
 def _target_group(lab: Lab, group, health: dict) -> dict:

@@ -361,15 +361,23 @@ def reverse_name(ip: str) -> str:
     return ipaddress.ip_address(ip).reverse_pointer
 
 
-def build_public_zone(public_names: Mapping[str, str], ttl: int = 300) -> Zone:
+AWS_NAME_TTL = 60  # ELB and endpoint names (reference §3.1)
+
+
+def build_public_zone(public_names: Mapping[str, str], ttl: int = 300,
+                      aws_names: Mapping[str, Sequence[str]] | None = None) -> Zone:
     """The lab's internet: one public zone at the root, with A and reverse PTR records.
 
-    This zone alone also serves the internet hosts' own resolver.
+    `aws_names` are the public names AWS gives load balancers and endpoints: A
+    records only, TTL 60 (an internal NLB's name resolves to private IPs from
+    anywhere, as at AWS). This zone alone also serves the internet hosts' own resolver.
     """
     records: dict[str, list[Record]] = {}
     for name, ip in public_names.items():
         records.setdefault(name, []).append(Record("A", ip, ttl))
         records.setdefault(reverse_name(ip), []).append(Record("PTR", name, ttl))
+    for name, addresses in (aws_names or {}).items():
+        records.setdefault(name, []).extend(Record("A", ip, AWS_NAME_TTL) for ip in addresses)
     return Zone(".", records, private=False)
 
 
@@ -379,6 +387,7 @@ def build_vpc_zones(
     public_names: Mapping[str, str],
     enable_dns_hostnames: bool,
     private_zones: Iterable[Zone] = (),
+    aws_names: Mapping[str, Sequence[str]] | None = None,
 ) -> list[Zone]:
     """The zones the resolver of one VPC serves.
 
@@ -390,7 +399,7 @@ def build_vpc_zones(
     resolve. With enableDnsSupport off there is no resolver at all: the daemon
     must not serve base + 2, so queries time out as at AWS.
     """
-    zones = [build_public_zone(public_names)]
+    zones = [build_public_zone(public_names, aws_names=aws_names)]
     if not enable_dns_hostnames:
         return zones
     domain = instance_hostname_domain(region)

@@ -15,7 +15,8 @@ application). The core is sans-IO and takes `now` from the caller:
 The asyncio shell is thin: `probe()` sends one TCP/HTTP/HTTPS health check over
 a connection opened by an injected `connect` (so the socket can live in a
 network namespace), and `HealthChecker` runs probes on schedule for many target
-groups and reports state changes.
+groups and reports state changes. A target group with proxy_protocol_v2.enabled
+has its checks start with the PROXY v2 LOCAL header, as an NLB's do (§3.5).
 
 References: /work/shared/reference/aws-behaviour.md §2.3, §3.6, §3.7, §4.4, and
 the ELBv2 API reference for `TargetHealth`.
@@ -31,6 +32,8 @@ import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Awaitable, Callable, Hashable, Mapping
+
+from vpclab.engines.proxy_protocol import local_header
 
 # The configuration is pure and lives in the model (the lab loader validates it);
 # re-exported here so `vpclab.engines.health.HealthCheckConfig` keeps working.
@@ -460,14 +463,17 @@ async def probe(
     *,
     host_header: str | None = None,
     timeout: float | None = None,
+    proxy_protocol_v2: bool = False,
 ) -> ProbeResult:
     """Send one health check on a fresh connection and close it.
 
     TCP passes when the connection opens; HTTP(S) sends a GET and needs a
     matching status, all within `timeout_seconds`. `host_header` defaults to
     `<target ip>:<port>`; an NLB sends its node IP and listener port (§3.6).
-    `timeout` overrides `timeout_seconds` (tests use sub-second ones).
-    Errors the target causes become failed results; anything else raises.
+    `proxy_protocol_v2` sends the 100-byte PROXY v2 LOCAL header first (before
+    any TLS handshake). `timeout` overrides `timeout_seconds` (tests use
+    sub-second ones). Errors the target causes become failed results; anything
+    else raises.
     """
     port = config.port_for(traffic_port)
     if host_header is None:
@@ -477,6 +483,9 @@ async def probe(
         async with asyncio.timeout(config.timeout_seconds if timeout is None else timeout):
             streams = await connect(target_ip, port)
             writer = streams[1]
+            if proxy_protocol_v2:
+                writer.write(local_header())
+                await writer.drain()
             if config.protocol == "TCP":
                 return ProbeResult(True)
             return await _http_check(config, streams, host_header)
@@ -503,6 +512,7 @@ def _close(writer: asyncio.StreamWriter) -> None:
 
 OnChange = Callable[[str, str, dict[str, str]], object]
 _PROBE_GRACE_SECONDS = 1.0
+# Called as probe(config, ip, port, connect, *, host_header=..., proxy_protocol_v2=...), like `probe`.
 ProbeFunction = Callable[..., Awaitable[ProbeResult]]
 
 
@@ -513,6 +523,7 @@ class _TargetGroup:
     connect: Connect
     host_header: str | None
     detailed_failure_reasons: bool
+    proxy_protocol_v2: bool = False
     targets: dict[str, _Target] = field(default_factory=dict)
 
 
@@ -575,21 +586,31 @@ class HealthChecker:
         connect: Connect | None = None,
         host_header: str | None = None,
         detailed_failure_reasons: bool | None = None,
+        proxy_protocol_v2: bool = False,
     ) -> None:
         """`connect` opens this group's probe connections (e.g. inside the load
-        balancer's namespace); `host_header` overrides `<target ip>:<port>`."""
+        balancer's namespace); `host_header` overrides `<target ip>:<port>`;
+        `proxy_protocol_v2` (the group's proxy_protocol_v2.enabled) starts each
+        TCP, HTTP or HTTPS check with the PROXY v2 LOCAL header."""
         if name in self._groups:
             raise ValueError(f"target group {name!r} already exists")
         if detailed_failure_reasons is None:
             detailed_failure_reasons = DETAILED_FAILURE_REASONS[config.lb_type]
-        self._groups[name] = _TargetGroup(name, config, connect or self._connect, host_header, detailed_failure_reasons)
+        self._groups[name] = _TargetGroup(
+            name, config, connect or self._connect, host_header, detailed_failure_reasons, proxy_protocol_v2
+        )
 
-    def modify_target_group(self, name: str, config: HealthCheckConfig) -> None:
-        """ModifyTargetGroup: new settings from each target's next probe; states are kept."""
+    def modify_target_group(
+        self, name: str, config: HealthCheckConfig, *, proxy_protocol_v2: bool | None = None
+    ) -> None:
+        """ModifyTargetGroup: new settings from each target's next probe; states are kept.
+        `proxy_protocol_v2` None keeps the group's setting."""
         group = self._group(name)
         if config.lb_type != group.config.lb_type or config.enabled != group.config.enabled:
             raise ValueError("ModifyTargetGroup cannot change the load balancer type or HealthCheckEnabled here")
         group.config = config
+        if proxy_protocol_v2 is not None:
+            group.proxy_protocol_v2 = proxy_protocol_v2
         for target in group.targets.values():
             target.health.reconfigure(config)
             key = (name, target.id)
@@ -752,7 +773,8 @@ class HealthChecker:
                 # Guard against a probe (or injected connect) that ignores its timeout.
                 async with asyncio.timeout(config.timeout_seconds + _PROBE_GRACE_SECONDS):
                     result = await self._probe(
-                        config, target.ip, target.port, target.group.connect, host_header=target.group.host_header
+                        config, target.ip, target.port, target.group.connect,
+                        host_header=target.group.host_header, proxy_protocol_v2=target.group.proxy_protocol_v2,
                     )
         except asyncio.CancelledError:
             raise

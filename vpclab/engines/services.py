@@ -2,6 +2,10 @@
 
 The test page tells who served a request and whom it saw, so a lab can show
 which target a load balancer picked and what address NAT left on the packet.
+A connection may start with a PROXY protocol v2 header, as a target behind an
+NLB with proxy_protocol_v2.enabled receives it (reference §3.5): the page then
+also shows what the header says, and its bytes; a LOCAL header (a health
+check) is consumed silently.
 `HttpConnection` is the sans-IO core: bytes in, bytes out. The `serve_*`
 coroutines are thin asyncio shells over sockets the daemon has already bound.
 """
@@ -15,6 +19,8 @@ import logging
 import socket
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Mapping
+
+from vpclab.engines.proxy_protocol import ProxyHeader, ProxyProtocolError, bytes_needed, parse_header
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +142,19 @@ def format_client(client: Client) -> str:
     return f"{host}:{port}"
 
 
+def proxy_protocol_fields(header: ProxyHeader) -> dict[str, str]:
+    """What the page shows of a PROXY header: source, destination, vpc-endpoint-id when present."""
+    fields = {}
+    if header.source is not None and header.destination is not None:
+        fields["source"] = format_client(header.source)
+        fields["destination"] = format_client(header.destination)
+    else:
+        fields["family"] = header.family_name
+    if header.vpc_endpoint_id is not None:
+        fields["vpc-endpoint-id"] = header.vpc_endpoint_id
+    return fields
+
+
 @dataclass(frozen=True)
 class TestPage:
     """What the page shows: a host's identity (any plain dict) and an optional message.
@@ -147,7 +166,10 @@ class TestPage:
     identity: Mapping[str, str]
     message: str | None = None
 
-    def text(self, client: Client) -> str:
+    def text(self, client: Client, proxy: ProxyHeader | None = None) -> str:
+        """`client` is the connection's peer (the IP header's source); `proxy`, the
+        PROXY header the connection started with, adds `proxy-protocol:` and
+        `proxy-protocol-hex:` lines."""
         lines = [self.message] if self.message else []
         headline = " ".join(str(self.identity[k]) for k in HEADLINE_KEYS if self.identity.get(k))
         if headline:
@@ -155,23 +177,29 @@ class TestPage:
         lines += [f"{k.replace('_', '-')}: {v}" for k, v in self.identity.items()
                   if k not in HEADLINE_KEYS]
         lines.append(f"client: {format_client(client)}")
+        if proxy is not None:
+            fields = " ".join(f"{k}={v}" for k, v in proxy_protocol_fields(proxy).items())
+            lines += [f"proxy-protocol: {fields}", f"proxy-protocol-hex: {proxy.raw.hex()}"]
         return "\n".join(lines) + "\n"
 
-    def json(self, client: Client) -> str:
+    def json(self, client: Client, proxy: ProxyHeader | None = None) -> str:
         document: dict[str, object] = {k: str(v) for k, v in self.identity.items()}
         if self.message:
             document["message"] = self.message
         document["client"] = format_client(client)
         document["client_ip"], document["client_port"] = client[0], client[1]
+        if proxy is not None:
+            fields = {k.replace("-", "_"): v for k, v in proxy_protocol_fields(proxy).items()}
+            document["proxy_protocol"] = {**fields, "hex": proxy.raw.hex()}
         return json.dumps(document, indent=2) + "\n"
 
-    def respond(self, request: HttpRequest, client: Client) -> HttpResponse:
+    def respond(self, request: HttpRequest, client: Client, proxy: ProxyHeader | None = None) -> HttpResponse:
         if request.method not in ("GET", "HEAD"):
             return HttpResponse(405, b"method not allowed\n", extra_headers=(("Allow", "GET, HEAD"),))
         if request.path == "/":
-            return HttpResponse(200, self.text(client).encode())
+            return HttpResponse(200, self.text(client, proxy).encode())
         if request.path == "/json":
-            return HttpResponse(200, self.json(client).encode(), "application/json")
+            return HttpResponse(200, self.json(client, proxy).encode(), "application/json")
         return HttpResponse(404, b"not found\n")
 
 
@@ -180,16 +208,27 @@ class HttpConnection:
 
     Feed received bytes to `receive`; send what it returns; close once `closing`
     is set and the output is sent. Pipelined requests are answered in order.
+    A PROXY v2 header may come first: a PROXY one is kept in `proxy_header` and
+    shown on every page of the connection, a LOCAL one is dropped, and a
+    malformed one gets a 400.
     """
 
     def __init__(self, page: TestPage, client: Client) -> None:
         self.page = page
         self.client = client
         self.closing = False
+        self.proxy_header: ProxyHeader | None = None
+        self._at_start = True  # a PROXY header may still be arriving
         self._buffer = b""
 
     def receive(self, data: bytes) -> bytes:
         self._buffer += data
+        if self._at_start:
+            try:
+                if not self._take_proxy_header():
+                    return b""
+            except ProxyProtocolError as error:
+                return self._fail(BadRequest(f"bad PROXY protocol header: {error}"))
         out = []
         # RFC 9112 §2.2: ignore empty lines before a request line.
         self._buffer = self._buffer.lstrip(b"\r\n")
@@ -209,10 +248,23 @@ class HttpConnection:
                 out.append(self._fail(error))
                 break
             self.closing = not request.keep_alive or request.has_body
-            response = self.page.respond(request, self.client)
+            response = self.page.respond(request, self.client, self.proxy_header)
             out.append(response.encode(head_only=request.method == "HEAD", close=self.closing,
                                        http10=request.version == "HTTP/1.0"))
         return b"".join(out)
+
+    def _take_proxy_header(self) -> bool:
+        """Consume a PROXY v2 header at the start; False while more bytes are needed."""
+        needed = bytes_needed(self._buffer)
+        if needed is not None and len(self._buffer) < needed:
+            return False
+        self._at_start = False
+        header = parse_header(self._buffer)
+        if header is not None:
+            self._buffer = self._buffer[header.header_length:]
+            if not header.is_local:
+                self.proxy_header = header
+        return True
 
     def _fail(self, error: BadRequest) -> bytes:
         log.debug("test page: %s from %s", error, format_client(self.client))

@@ -64,7 +64,7 @@ class Fabric:
         for ns in wiring.namespaces:
             self._write_sysctls(ns)
         progress(f"wiring {len(wiring.links)} links")
-        self._run(None, ["ip", "-batch", "-"], "".join(
+        self.run_in(None, ["ip", "-batch", "-"], "".join(
             f"link add name {lk.a_ifname} netns {self.files[lk.a_ns]['net']} mtu {lk.mtu} "
             f"type veth peer name {lk.b_ifname} netns {self.files[lk.b_ns]['net']} mtu {lk.mtu}\n"
             for lk in wiring.links
@@ -152,7 +152,8 @@ class Fabric:
                 except OSError as exc:
                     raise FabricError(f"namespace {ns.name}: sysctl {key}={value}: {exc}") from exc
 
-    def _run(self, ns_name: str | None, argv: list[str], stdin: str) -> None:
+    def run_in(self, ns_name: str | None, argv: list[str], stdin: str = "") -> None:
+        """Run one tool inside a namespace of the lab (None: the sandbox); FabricError with its stderr."""
         self._parallel([(ns_name, argv, stdin)])
 
     def _parallel(self, jobs: list[tuple[str | None, list[str], str]]) -> None:

@@ -9,19 +9,18 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 from ipaddress import IPv4Network
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, Callable, Iterable, Literal, Mapping
 
 from .elb import (
-    LISTENER_ATTRIBUTES,
     LOAD_BALANCER_ATTRIBUTES,
-    TARGET_GROUP_ATTRIBUTES,
     AttributeProblem,
     resolve_attributes,
+    resolve_listener_attributes,
     resolve_target,
+    resolve_target_group_attributes,
 )
 from .errors import ChangeError
-from .health_check import lb_type_for_protocol
-from .loader import parse_integer, parse_network, parse_protocol, port_range, same_permission
+from .loader import GENEVE_PORT, parse_integer, parse_network, parse_protocol, port_range, same_permission
 from .resources import Lab, Listener, LoadBalancer, SecurityGroup, SgRule, Target, TargetGroup, VpcEndpoint
 
 Direction = Literal["ingress", "egress"]
@@ -156,32 +155,48 @@ def _summary(rule: SgRule) -> str:
 
 # -- Elastic Load Balancing: targets
 
+TargetArg = str | Mapping[str, Any]  # `web-1`, `web-1:8080`, `Id=web-1,Port=8080` or {"Id": ..., "Port": ...}
+TARGET_SHORTHAND = re.compile(r"Id=([^,\s]+)(?:,Port=([^,\s]+))?")
 
-def register_targets(lab: Lab, target_group: str, targets: Iterable[str]) -> Lab:
-    """RegisterTargets: instance names or IDs, or IPs, as the lab file names them.
+
+def register_targets(lab: Lab, target_group: str, targets: Iterable[TargetArg]) -> Lab:
+    """RegisterTargets: instance names or IDs, or IPs, as the lab file names them, each
+    optionally with a port (`web-1:8080`, AWS CLI's `Id=web-1,Port=8080`, or a mapping
+    `{"Id": "web-1", "Port": 8080}`); without one, the group's port.
 
     All or nothing: one bad target (`InvalidTarget`) refuses the call. A target
-    already registered is left as it is (AWS is idempotent). Unknown group:
-    `TargetGroupNotFound`.
+    already registered on the same port is left as it is (AWS is idempotent); on
+    another port it is refused (one port per target is all vpclab supports yet).
+    Unknown group: `TargetGroupNotFound`.
     """
     group = _target_group(lab, target_group)
     registered = list(group.targets)
-    for target in _targets(lab, group, targets):
-        if all(t.id != target.id for t in registered):
+    for target, _ in _targets(lab, group, targets):
+        same = next((t for t in registered if t.id == target.id), None)
+        if same is None:
             registered.append(target)
+        elif same.port != target.port:
+            raise ChangeError(
+                "InvalidTarget",
+                f"target {target.id} is already registered in target group {group.name} on port {same.port}; "
+                "registering one target on several ports is not supported yet",
+            )
     return _with_targets(lab, group, tuple(registered))
 
 
-def deregister_targets(lab: Lab, target_group: str, targets: Iterable[str]) -> Lab:
-    """DeregisterTargets. A target that is not registered is refused (`InvalidTarget`)."""
+def deregister_targets(lab: Lab, target_group: str, targets: Iterable[TargetArg]) -> Lab:
+    """DeregisterTargets. A target that is not registered (on the port given, if one is) is
+    refused (`InvalidTarget`)."""
     group = _target_group(lab, target_group)
     leaving = _targets(lab, group, targets)
-    for target in leaving:
-        if all(t.id != target.id for t in group.targets):
+    for target, port_given in leaving:
+        if all(t.id != target.id or (port_given and t.port != target.port) for t in group.targets):
+            on_port = f" on port {target.port}" if port_given else ""
             raise ChangeError(
-                "InvalidTarget", f"The following targets are not registered in target group {group.name}: {target.id}"
+                "InvalidTarget",
+                f"The following targets are not registered in target group {group.name}: {target.id}{on_port}",
             )
-    ids = {t.id for t in leaving}
+    ids = {t.id for t, _ in leaving}
     return _with_targets(lab, group, tuple(t for t in group.targets if t.id not in ids))
 
 
@@ -192,18 +207,53 @@ def _target_group(lab: Lab, name_or_arn: str) -> TargetGroup:
     raise ChangeError("TargetGroupNotFound", f"Target group '{name_or_arn}' not found")
 
 
-def _targets(lab: Lab, group: TargetGroup, values: Iterable[str]) -> list[Target]:
-    if isinstance(values, str):
+def _targets(lab: Lab, group: TargetGroup, values: Iterable[TargetArg]) -> list[tuple[Target, bool]]:
+    """Each target, and whether its port was given."""
+    if isinstance(values, (str, Mapping)):
         values = [values]
     found = []
     for value in values:
+        target_id, port = _target_arg(value)
+        if port is not None and group.protocol == "GENEVE" and port != GENEVE_PORT:
+            raise ChangeError("ValidationError", f"a GENEVE target's port is {GENEVE_PORT}, got {port}")
         try:
-            found.append(resolve_target(value, group.target_type, group.vpc, group.port, lab.instances, lab.subnets))
+            target = resolve_target(
+                target_id, group.target_type, group.vpc, group.port if port is None else port, lab.instances,
+                lab.subnets,
+            )  # fmt: skip
         except ValueError as e:
             raise ChangeError("InvalidTarget", str(e)) from None
+        found.append((target, port is not None))
     if not found:
         raise ChangeError("ValidationError", "give at least one target")
     return found
+
+
+def _target_arg(value: TargetArg) -> tuple[str, int | None]:
+    """A target's Id and port (None: the group's) from any of the forms register_targets takes."""
+    if isinstance(value, Mapping):
+        unknown = sorted(set(map(str, value)) - {"Id", "Port"})
+        if unknown or "Id" not in value:
+            raise ChangeError("ValidationError", f"a target is {{Id: ..., Port: ...}}, got {dict(value)}")
+        target_id, port = value["Id"], value.get("Port")
+    elif isinstance(value, str):
+        target_id, port = value.strip(), None
+        match = TARGET_SHORTHAND.fullmatch(target_id)
+        if match:
+            target_id, port = match[1], match[2]
+        elif ":" in target_id:
+            target_id, _, port = target_id.rpartition(":")
+    else:
+        raise ChangeError("ValidationError", f"a target is an Id or {{Id: ..., Port: ...}}, got {value!r}")
+    if port is None:
+        return str(target_id), None
+    try:
+        number = parse_integer(port)
+    except ValueError:
+        number = 0
+    if not 1 <= number <= 65535:
+        raise ChangeError("ValidationError", f"a target's port is 1-65535, got '{port}'")
+    return str(target_id), number
 
 
 def _with_targets(lab: Lab, group: TargetGroup, targets: tuple[Target, ...]) -> Lab:
@@ -246,14 +296,18 @@ def modify_load_balancer_attributes(lab: Lab, load_balancer: str, attributes: Ma
     lb = next((b for b in lab.load_balancers.values() if load_balancer in (b.name, b.arn)), None)
     if lb is None:
         raise ChangeError("LoadBalancerNotFound", f"Load balancer '{load_balancer}' not found")
-    changed = _modified(LOAD_BALANCER_ATTRIBUTES, lb.type, lb.attributes, attributes, "load balancer")
+    schema = LOAD_BALANCER_ATTRIBUTES[lb.type]
+    changed = _modified(lambda: resolve_attributes(schema, lb.attributes, attributes, "load balancer"), attributes)
     return replace(lab, load_balancers={**lab.load_balancers, lb.name: replace(lb, attributes=changed)})
 
 
 def modify_target_group_attributes(lab: Lab, target_group: str, attributes: Mapping[str, Any]) -> Lab:
+    """Checked against the rules of the group's protocol too (a UDP group keeps the client IP...)."""
     group = _target_group(lab, target_group)
-    lb_type = lb_type_for_protocol(group.protocol)
-    changed = _modified(TARGET_GROUP_ATTRIBUTES, lb_type, group.attributes, attributes, "target group")
+    changed = _modified(
+        lambda: resolve_target_group_attributes(group.protocol, group.target_type, group.attributes, attributes),
+        attributes,
+    )
     return replace(lab, target_groups={**lab.target_groups, group.name: replace(group, attributes=changed)})
 
 
@@ -262,16 +316,18 @@ def modify_listener_attributes(lab: Lab, listener: str, attributes: Mapping[str,
     if found is None:
         raise ChangeError("ListenerNotFound", f"Listener '{listener}' not found")
     lb_type = lab.load_balancers[found.load_balancer].type
-    changed = _modified(LISTENER_ATTRIBUTES, lb_type, found.attributes, attributes, "listener")
+    changed = _modified(
+        lambda: resolve_listener_attributes(lb_type, found.protocol, found.attributes, attributes), attributes
+    )
     return replace(lab, listeners={**lab.listeners, found.name: replace(found, attributes=changed)})
 
 
-def _modified(schemas: Mapping[str, Any], lb_type: str, current: Mapping[str, str], changes: Mapping[str, Any],
-              what: str) -> dict[str, str]:  # fmt: skip
+def _modified(resolve: Callable[[], dict[str, str]], changes: Mapping[str, Any]) -> dict[str, str]:
+    """The attributes `resolve` gives (one of elb's resolvers), its refusal as a ChangeError."""
     if not changes:
         raise ChangeError("ValidationError", "give at least one attribute")
     try:
-        return resolve_attributes(schemas[lb_type], current, changes, what)
+        return resolve()
     except AttributeProblem as e:
         message = e.reason if e.key is None or e.key in e.reason else f"{e.key}: {e.reason}"
         raise ChangeError(e.code, message) from None

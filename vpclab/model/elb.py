@@ -6,14 +6,18 @@ error code (`ChangeError`).
 
 - Attributes: the AWS keys of each resource, their defaults and their checks
   (`LOAD_BALANCER_ATTRIBUTES`, `TARGET_GROUP_ATTRIBUTES`, `LISTENER_ATTRIBUTES`,
-  `resolve_attributes`). Values are stored as AWS returns them: strings.
+  `resolve_attributes`). Values are stored as AWS returns them: strings. Some
+  defaults and rules of a Network Load Balancer's target groups and listeners
+  depend on their protocol and target type: `target_group_defaults`,
+  `resolve_target_group_attributes`, `listener_defaults` and
+  `resolve_listener_attributes` hold them for the loader and live changes alike.
 - Names: `elb_name_problem` (load balancer and target group names are
   DNS-friendly and at most 32 characters).
 - Targets: `resolve_target` turns `appliance-1`, `i-0…` or `10.0.21.20` into a
   `Target` of a target group, as RegisterTargets does.
 - Principals: `parse_principal`, `principal_allows` (endpoint service permissions).
 
-References: /work/shared/reference/aws-behaviour.md §2.2, §2.4, §6.
+References: /work/shared/reference/aws-behaviour.md §2.2, §2.4, §3.3-§3.7, §6.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any, Callable, Iterable, Mapping
 
+from .health_check import lb_type_for_protocol
 from .resources import Instance, Subnet, Target
 
 # -- Attributes --
@@ -92,23 +97,46 @@ def one_of(*choices: str) -> Callable[[Any], str]:
     return parse
 
 
+def boolean_or(*choices: str) -> Callable[[Any], str]:
+    """true, false or one of `choices` (`load_balancing.cross_zone.enabled` of an NLB's target group)."""
+    words = ("true", "false", *choices)
+
+    def parse(value: Any) -> str:
+        if isinstance(value, bool):
+            return str(value).lower()
+        return one_of(*words)(value)
+
+    return parse
+
+
 NO_REBALANCE, REBALANCE = "no_rebalance", "rebalance"
 STICKINESS_TYPES = ("source_ip_dest_ip_proto", "source_ip_dest_ip")
+USE_LOAD_BALANCER_CONFIGURATION = "use_load_balancer_configuration"
+UDP_PROTOCOLS = ("UDP", "TCP_UDP")  # target group and listener protocols that carry UDP
 
-# Per load balancer type. Only gateway is supported so far.
+_DELETION_PROTECTION = AttributeSpec("false", boolean_value, "refuse deletion")
+_CROSS_ZONE = AttributeSpec("false", boolean_value, "each node may send flows to targets in every enabled AZ")
+_DEREGISTRATION_DELAY = AttributeSpec(
+    "300", integer_between(0, 3600), "seconds a deregistered target keeps its existing flows"
+)
+_TCP_IDLE_TIMEOUT = AttributeSpec("350", integer_between(60, 6000), "TCP flow idle timeout")
+
+# Per load balancer type (gateway, network).
 LOAD_BALANCER_ATTRIBUTES: Mapping[str, Mapping[str, AttributeSpec]] = {
     "gateway": {
-        "deletion_protection.enabled": AttributeSpec("false", boolean_value, "refuse deletion"),
-        "load_balancing.cross_zone.enabled": AttributeSpec(
-            "false", boolean_value, "each node may send flows to targets in every enabled AZ"
-        ),
+        "deletion_protection.enabled": _DELETION_PROTECTION,
+        "load_balancing.cross_zone.enabled": _CROSS_ZONE,
+    },
+    "network": {
+        "deletion_protection.enabled": _DELETION_PROTECTION,
+        "load_balancing.cross_zone.enabled": _CROSS_ZONE,
     },
 }
+# A network target group's defaults of deregistration_delay.connection_termination.enabled and
+# preserve_client_ip.enabled depend on its protocol and target type: see `target_group_defaults`.
 TARGET_GROUP_ATTRIBUTES: Mapping[str, Mapping[str, AttributeSpec]] = {
     "gateway": {
-        "deregistration_delay.timeout_seconds": AttributeSpec(
-            "300", integer_between(0, 3600), "seconds a deregistered target keeps its existing flows"
-        ),
+        "deregistration_delay.timeout_seconds": _DEREGISTRATION_DELAY,
         "stickiness.enabled": AttributeSpec("false", boolean_value, "hash on fewer fields than the 5-tuple"),
         "stickiness.type": AttributeSpec(
             "source_ip_dest_ip_proto", one_of(*STICKINESS_TYPES), "3-tuple or 2-tuple, when stickiness is enabled"
@@ -123,17 +151,51 @@ TARGET_GROUP_ATTRIBUTES: Mapping[str, Mapping[str, AttributeSpec]] = {
             "true", boolean_value, "vpclab's own: drop returns whose endpoint ID and cookie match no live flow"
         ),
     },
-}
-LISTENER_ATTRIBUTES: Mapping[str, Mapping[str, AttributeSpec]] = {
-    "gateway": {
-        "tcp.idle_timeout.seconds": AttributeSpec("350", integer_between(60, 6000), "TCP flow idle timeout"),
+    "network": {
+        "deregistration_delay.timeout_seconds": _DEREGISTRATION_DELAY,
+        "deregistration_delay.connection_termination.enabled": AttributeSpec(
+            "false", boolean_value, "close a deregistered target's connections when the delay ends"
+        ),
+        "preserve_client_ip.enabled": AttributeSpec(
+            "true", boolean_value, "targets see the client's address, not the load balancer node's"
+        ),
+        "proxy_protocol_v2.enabled": AttributeSpec(
+            "false", boolean_value, "prepend a Proxy Protocol v2 header to each TCP connection"
+        ),
+        "load_balancing.cross_zone.enabled": AttributeSpec(
+            USE_LOAD_BALANCER_CONFIGURATION,
+            boolean_or(USE_LOAD_BALANCER_CONFIGURATION),
+            "override the load balancer's cross-zone setting for this group",
+        ),
+        "target_health_state.unhealthy.connection_termination.enabled": AttributeSpec(
+            "true", boolean_value, "reset an unhealthy target's connections"
+        ),
+        "target_health_state.unhealthy.draining_interval_seconds": AttributeSpec(
+            "0", integer_between(0, 360000), "seconds an unhealthy target keeps its connections (unhealthy.draining)"
+        ),
+        "stickiness.enabled": AttributeSpec("false", boolean_value, "send a client's flows to one target"),
+        "stickiness.type": AttributeSpec("source_ip", one_of("source_ip"), "the only type a network group has"),
     },
 }
+LISTENER_ATTRIBUTES: Mapping[str, Mapping[str, AttributeSpec]] = {
+    "gateway": {"tcp.idle_timeout.seconds": _TCP_IDLE_TIMEOUT},
+    "network": {"tcp.idle_timeout.seconds": _TCP_IDLE_TIMEOUT},  # TCP and TCP_UDP listeners only
+}
 # AWS keys vpclab knows but does not take, per attribute set: refused with this reason, not as unknown.
+_NOT_YET = "is not supported yet"
 UNSUPPORTED_ATTRIBUTES: Mapping[str, Mapping[str, str]] = {
-    "load balancer": {},
+    "load balancer": {
+        "dns_record.client_routing_policy": _NOT_YET,
+        "zonal_shift.config.enabled": _NOT_YET,
+        "access_logs.s3.enabled": _NOT_YET,
+    },
     "target group": {
         "load_balancing.cross_zone.enabled": "is a load balancer attribute for a Gateway Load Balancer",
+        **{
+            f"target_group_health.{kind}.minimum_healthy_targets.{measure}": _NOT_YET
+            for kind in ("dns_failover", "unhealthy_state_routing")
+            for measure in ("count", "percentage")
+        },
     },
     "listener": {
         "send_tcp_reset.on_idle_timeout.enabled": "is not supported yet (vpclab's GWLB never sends a TCP reset)",
@@ -170,14 +232,107 @@ def resolve_attributes(
             raise AttributeProblem(name, str(e)) from None
     for first, second in EQUAL_ATTRIBUTES:
         if first in result and second in result and result[first] != result[second]:
-            blamed = second if second in changes or first not in changes else first
             raise AttributeProblem(
-                blamed,
+                _blamed(first, second, changes),
                 f"{first} ({result[first]}) and {second} ({result[second]}) must be equal, as AWS requires; "
                 "set both",
                 "InvalidConfigurationRequest",
             )
     return result
+
+
+def _blamed(first: str, second: str, changes: Mapping[Any, Any]) -> str:
+    """Which of two contradicting attributes to blame: the one being changed, `second` if both or neither."""
+    return second if second in changes or first not in changes else first
+
+
+# A network target group's attributes whose rules depend on its protocol (reference §3.4, §3.5, §3.6).
+PRESERVE_CLIENT_IP = "preserve_client_ip.enabled"
+PROXY_PROTOCOL_V2 = "proxy_protocol_v2.enabled"
+UNHEALTHY_TERMINATION = "target_health_state.unhealthy.connection_termination.enabled"
+UNHEALTHY_DRAINING = "target_health_state.unhealthy.draining_interval_seconds"
+TCP_IDLE_TIMEOUT = "tcp.idle_timeout.seconds"
+
+
+def target_group_defaults(protocol: str, target_type: str) -> dict[str, str]:
+    """Every attribute of a target group of `protocol` (GENEVE, TCP, UDP, TCP_UDP) and
+    `target_type`, at AWS's default, as AWS returns them.
+
+    Network groups: `deregistration_delay.connection_termination.enabled` is true for
+    UDP and TCP_UDP groups, false for TCP; `preserve_client_ip.enabled` is false for ip
+    targets over TCP, true otherwise (instance targets, and UDP or TCP_UDP).
+    """
+    lb_type = lb_type_for_protocol(protocol)
+    defaults = default_attributes(TARGET_GROUP_ATTRIBUTES[lb_type])
+    if lb_type == "network":
+        udp = protocol.upper() in UDP_PROTOCOLS
+        defaults["deregistration_delay.connection_termination.enabled"] = str(udp).lower()
+        defaults[PRESERVE_CLIENT_IP] = str(udp or target_type != "ip").lower()
+    return defaults
+
+
+def resolve_target_group_attributes(
+    protocol: str, target_type: str, current: Mapping[str, str] | None, changes: Mapping[Any, Any]
+) -> dict[str, str]:
+    """A target group's attributes (`current`, or its defaults when None) with `changes`
+    applied, checked as `resolve_attributes` does and against the rules its protocol sets:
+
+    - UDP and TCP_UDP groups always preserve the client IP (AWS: it "can't be disabled");
+    - vpclab sends Proxy Protocol v2 on TCP groups only;
+    - an unhealthy draining interval needs unhealthy connection termination off.
+    """
+    lb_type = lb_type_for_protocol(protocol)
+    if current is None:
+        current = target_group_defaults(protocol, target_type)
+    result = resolve_attributes(TARGET_GROUP_ATTRIBUTES[lb_type], current, changes, "target group")
+    if lb_type != "network":
+        return result
+    protocol = protocol.upper()
+    if protocol in UDP_PROTOCOLS and result[PRESERVE_CLIENT_IP] == "false":
+        raise AttributeProblem(
+            PRESERVE_CLIENT_IP, f"client IP preservation cannot be disabled for UDP and TCP_UDP target groups, "
+            f"and this one is {protocol}",
+        )
+    if protocol in UDP_PROTOCOLS and result[PROXY_PROTOCOL_V2] == "true":
+        raise AttributeProblem(
+            PROXY_PROTOCOL_V2, f"Proxy Protocol v2 is for TCP target groups, and this one is {protocol} "
+            "(vpclab does not send it over UDP)",
+        )
+    if result[UNHEALTHY_TERMINATION] == "true" and result[UNHEALTHY_DRAINING] != "0":
+        raise AttributeProblem(
+            _blamed(UNHEALTHY_TERMINATION, UNHEALTHY_DRAINING, changes),
+            f"{UNHEALTHY_DRAINING} ({result[UNHEALTHY_DRAINING]}) can be set only when "
+            f"{UNHEALTHY_TERMINATION} is false, as AWS requires; set it to false",
+            "InvalidConfigurationRequest",
+        )
+    return result
+
+
+def listener_defaults(lb_type: str, protocol: str | None) -> dict[str, str]:
+    """Every attribute of a listener, at AWS's default; a UDP listener has none
+    (its flows' idle timeout is 120 s, fixed)."""
+    if protocol == "UDP":
+        return {}
+    return default_attributes(LISTENER_ATTRIBUTES[lb_type])
+
+
+def resolve_listener_attributes(
+    lb_type: str, protocol: str | None, current: Mapping[str, str] | None, changes: Mapping[Any, Any]
+) -> dict[str, str]:
+    """A listener's attributes (`current`, or its defaults when None) with `changes` applied.
+
+    `protocol` is None for a Gateway Load Balancer's listener, else TCP, UDP or TCP_UDP.
+    """
+    if current is None:
+        current = listener_defaults(lb_type, protocol)
+    if protocol == "UDP":
+        if TCP_IDLE_TIMEOUT in changes:
+            raise AttributeProblem(
+                TCP_IDLE_TIMEOUT, f"{TCP_IDLE_TIMEOUT} applies to TCP and TCP_UDP listeners, and this one is UDP "
+                "(a UDP flow's idle timeout is 120 seconds, fixed)",
+            )
+        return resolve_attributes({}, current, changes, "listener")
+    return resolve_attributes(LISTENER_ATTRIBUTES[lb_type], current, changes, "listener")
 
 
 # -- Names --

@@ -31,17 +31,16 @@ from .alloc import (
 )
 from .appliance import ApplianceConfig, ApplianceConfigError
 from .elb import (
-    LISTENER_ATTRIBUTES,
     LOAD_BALANCER_ATTRIBUTES,
-    TARGET_GROUP_ATTRIBUTES,
     AttributeProblem,
-    AttributeSpec,
     default_attributes,
     elb_name_problem,
     parse_principal,
     principal_allows,
     resolve_attributes,
+    resolve_listener_attributes,
     resolve_target,
+    resolve_target_group_attributes,
 )
 from .errors import LabFileError
 from .health_check import HealthCheckConfig
@@ -276,8 +275,12 @@ def _dns_name(value: Any) -> str:
 
 
 def _unsupported(what: str) -> Field:
+    return _refused(f"{what} are not supported yet")
+
+
+def _refused(reason: str) -> Field:
     def read(value: Any, path: str) -> NoReturn:
-        raise _Invalid(path, f"{what} are not supported yet")
+        raise _Invalid(path, reason)
 
     return read
 
@@ -689,6 +692,7 @@ RESOURCE_SECTIONS: dict[str, tuple[dict[str, Field], tuple[str, ...]]] = {
             "Role": _leaf(_choice("instance", "appliance")),
             "Run": _commands,
             "DefaultServices": BOOLEAN,
+            "TestPageMessage": TEXT,
             "Appliance": _appliance,
         },
         ("SubnetId",),
@@ -704,7 +708,11 @@ RESOURCE_SECTIONS: dict[str, tuple[dict[str, Field], tuple[str, ...]]] = {
                     {
                         "SubnetId": TEXT,
                         "PrivateIPv4Address": ADDRESS,
-                        "AllocationId": _unsupported("Elastic IPs for load balancers"),
+                        "PublicIPv4Address": ADDRESS,  # vpclab's own: the lab has no Elastic IP resources
+                        "AllocationId": _refused(
+                            "Elastic IP allocations (AllocationId) are not supported yet: the lab has no Elastic "
+                            "IP resources; give PublicIPv4Address to choose a node's address from 203.0.113.0/24"
+                        ),
                         "IPv6Address": _unsupported("IPv6 addresses"),
                     },
                     ("SubnetId",),
@@ -730,8 +738,8 @@ RESOURCE_SECTIONS: dict[str, tuple[dict[str, Field], tuple[str, ...]]] = {
         {
             "LoadBalancerArn": TEXT,
             "DefaultActions": _list_of(_mapping({"Type": TEXT, "TargetGroupArn": TEXT}, ("Type",))),
-            "Protocol": TEXT,
-            "Port": INTEGER,
+            "Protocol": _leaf(_upper),
+            "Port": _leaf(_between(1, 65535)),
             "ListenerAttributes": _attributes,
         },
         ("LoadBalancerArn", "DefaultActions"),
@@ -739,11 +747,11 @@ RESOURCE_SECTIONS: dict[str, tuple[dict[str, Field], tuple[str, ...]]] = {
     "vpc_endpoint_services": (
         {
             "GatewayLoadBalancerArns": NAMES,
-            "NetworkLoadBalancerArns": _unsupported("endpoint services for Network Load Balancers"),
+            "NetworkLoadBalancerArns": NAMES,
             "AcceptanceRequired": BOOLEAN,
             "AllowedPrincipals": _list_of(_leaf(parse_principal)),
         },
-        ("GatewayLoadBalancerArns",),
+        (),
     ),
     "vpc_endpoints": (
         {
@@ -752,6 +760,9 @@ RESOURCE_SECTIONS: dict[str, tuple[dict[str, Field], tuple[str, ...]]] = {
             "VpcId": TEXT,
             "SubnetIds": NAMES,
             "SecurityGroupIds": NAMES,
+            "SubnetConfigurations": _list_of(
+                _mapping({"SubnetId": TEXT, "Ipv4": ADDRESS, "Ipv6": _unsupported("IPv6 addresses")}, ("SubnetId",))
+            ),
             "PolicyDocument": lambda value, path: value,
             "PrivateDnsEnabled": BOOLEAN,
         },
@@ -882,13 +893,25 @@ class _AddressClaim:
     owner: str  # "instance web-1", for messages
     subnet: Subnet
     public: bool  # needs a public address
-    public_ip_key: str  # the key that may give it: PublicIp or PublicIpAddress ("" for none)
     groups: tuple[str, ...] = ()  # an instance's security groups
     explicit: IPv4Address | None = None  # the private address the file gives
     explicit_path: str = ""  # where it gives it
+    explicit_public: IPv4Address | None = None  # the public address the file gives
+    explicit_public_path: str = ""  # where it gives it
     path: str = ""  # where a failed allocation is reported; the resource's path if empty
     private_ip: IPv4Address | None = None
     public_ip: IPv4Address | None = None
+
+
+def _one_subnet_per_az(claims: list[_AddressClaim], subnet: Subnet, path: str, what: str) -> None:
+    """A load balancer or interface endpoint takes one subnet per AZ: `subnet` may join `claims`."""
+    for earlier in claims:
+        if earlier.subnet.az == subnet.az:
+            raise _Invalid(
+                path,
+                f"subnet {subnet.name} is in {subnet.az}, where the {what} already has subnet "
+                f"{earlier.subnet.name}; {_a(what)} takes one subnet per AZ",
+            )
 
 
 def _assign(pool: AddressPool, explicit: IPv4Address | None, owner: str, path: str) -> IPv4Address:
@@ -903,12 +926,42 @@ def _assign(pool: AddressPool, explicit: IPv4Address | None, owner: str, path: s
 
 
 GENEVE_PORT = 6081
+ELB_ALIAS_TTL = 60  # an alias to a load balancer or endpoint answers with its records' TTL (Route 53: 60 s)
 _ARN_TYPES = {"gateway": "gwy", "network": "net", "application": "app"}
 
 
 def _is_named(resource: Any, value: str) -> bool:
     """Whether `value` is the resource's ID, ARN or (endpoint service) service name."""
     return value in (getattr(resource, key, None) for key in ("id", "arn", "service_name"))
+
+
+TARGET_GROUP_PROTOCOLS = ("GENEVE", "TCP", "UDP", "TCP_UDP")
+LISTENER_PROTOCOLS = ("TCP", "UDP", "TCP_UDP")
+# A Network Load Balancer listener's protocol -> the target group protocols it may forward to
+# (AWS's create-target-group guide: TCP -> TCP or TCP_UDP, UDP -> UDP or TCP_UDP, TCP_UDP -> TCP_UDP).
+LISTENER_GROUP_PROTOCOLS = {"TCP": ("TCP", "TCP_UDP"), "UDP": ("UDP", "TCP_UDP"), "TCP_UDP": ("TCP_UDP",)}
+NOT_YET_PROTOCOLS = {
+    "TLS": "TLS {what} (Network Load Balancers with certificates) are not supported yet",
+    "HTTP": "HTTP {what} (for Application Load Balancers) are not supported yet",
+    "HTTPS": "HTTPS {what} (for Application Load Balancers) are not supported yet",
+    "QUIC": "QUIC {what} are not supported yet",
+    "TCP_QUIC": "TCP_QUIC {what} are not supported yet",
+}
+
+
+def _protocol_problem(protocol: str, supported: tuple[str, ...], what: str) -> str:
+    """Why a target group or listener protocol outside `supported` is refused."""
+    if protocol in NOT_YET_PROTOCOLS:
+        return NOT_YET_PROTOCOLS[protocol].format(what=what)
+    choices = supported + tuple(NOT_YET_PROTOCOLS)
+    return f"unknown protocol '{protocol}'{_did_you_mean(protocol, choices)}; expected {', '.join(supported)}"
+
+
+def _target_group_type(protocol: str, path: str) -> str:
+    """The load balancer type a target group protocol serves: GENEVE gateway, TCP/UDP/TCP_UDP network."""
+    if protocol not in TARGET_GROUP_PROTOCOLS:
+        raise _Invalid(path, _protocol_problem(protocol, TARGET_GROUP_PROTOCOLS, "target groups"))
+    return "gateway" if protocol == "GENEVE" else "network"
 
 
 class _Builder:
@@ -919,9 +972,10 @@ class _Builder:
         self.internet_cidr: IPv4Network = document.internet.get("CidrBlock", DEFAULT_INTERNET_CIDR)
         # section -> name -> resource, as resolved so far (implicit resources included)
         self.built: dict[str, dict[str, Any]] = {section: {} for section in RESOURCE_SECTIONS}
-        self.endpoint_enis: dict[str, EndpointEni] = {}  # endpoint name -> its interface, once allocated
-        self.listener_of: dict[str, str] = {}  # load balancer -> its listener
-        self.listener_of_group: dict[str, str] = {}  # target group -> the listener that forwards to it
+        self.endpoint_enis: dict[str, list[EndpointEni]] = {}  # endpoint name -> its interfaces, once allocated
+        self.endpoint_groups: dict[str, tuple[str, ...]] = {}  # interface endpoint name -> its security groups
+        self.listener_of: dict[str, str] = {}  # load balancer -> its (first) listener
+        self.listener_of_group: dict[str, str] = {}  # target group -> the (first) listener that forwards to it
         self.service_of: dict[str, str] = {}  # load balancer -> its endpoint service
         self.notes: list[str] = []  # "<key path>: <remark>" for what is valid but inert
 
@@ -1103,7 +1157,8 @@ class _Builder:
         claims += [self._instance_claim(spec) for spec in self.doc.specs["instances"]]
         for spec in self.doc.specs["load_balancers"]:
             claims += self._load_balancer_claims(spec)
-        claims += [self._endpoint_claim(spec) for spec in self.doc.specs["vpc_endpoints"]]
+        for spec in self.doc.specs["vpc_endpoints"]:
+            claims += self._endpoint_claims(spec)
         self._allocate(sorted(claims, key=lambda claim: claim.spec.order))
         nodes: dict[str, list[_AddressClaim]] = {}
         for claim in claims:
@@ -1115,7 +1170,7 @@ class _Builder:
             if spec.section == "vpc_endpoints":
                 eni = EndpointEni(subnet.name, subnet.az, self._id("eni", account, f"{spec.name}/{subnet.name}"),
                                   claim.private_ip)  # fmt: skip
-                self.endpoint_enis[spec.name] = eni
+                self.endpoint_enis.setdefault(spec.name, []).append(eni)
                 continue
             if spec.section == "nat_gateways":
                 resource: Any = NatGateway(
@@ -1143,7 +1198,14 @@ class _Builder:
                     appliance=spec.props.get("Appliance"),
                     default_services=spec.props.get("DefaultServices", role == "instance"),
                     hostname=hostname_for(claim.private_ip, self.region),
+                    test_page_message=spec.props.get("TestPageMessage"),
                 )
+                if resource.test_page_message is not None and not resource.default_services:
+                    raise _Invalid(
+                        spec.at("TestPageMessage"),
+                        "the message is shown on the test page, which this instance does not serve: it needs "
+                        "DefaultServices: true",
+                    )
             self._add(spec.section, resource)
         for spec in self.doc.specs["load_balancers"]:
             self._add("load_balancers", self._load_balancer(spec, nodes[spec.name]))
@@ -1151,31 +1213,24 @@ class _Builder:
     def _subnet_for(self, spec: _Spec) -> Subnet:
         return self._ref("subnets", spec.props["SubnetId"], spec.at("SubnetId"))
 
-    def _need_internet_gateway(self, subnet: Subnet, what: str, path: str) -> None:
+    def _need_internet_gateway(self, subnet: Subnet, what: str, path: str, hint: str = "") -> None:
         vpc = self._subnet_vpc(subnet.name)
         if not any(igw.vpc == vpc.name for igw in self.built["internet_gateways"].values()):
-            raise _Invalid(path, f"{what} needs an internet gateway attached to VPC {vpc.name}, and it has none")
+            raise _Invalid(path, f"{what} needs an internet gateway attached to VPC {vpc.name}, and it has none{hint}")
 
     def _nat_claim(self, spec: _Spec) -> _AddressClaim:
         subnet = self._subnet_for(spec)
         self._need_internet_gateway(subnet, "a NAT gateway (public, with an Elastic IP)", spec.at("SubnetId"))
         return _AddressClaim(
-            spec, f"NAT gateway {spec.name}", subnet, True, "PublicIp",
+            spec, f"NAT gateway {spec.name}", subnet, True,
             explicit=spec.props.get("PrivateIpAddress"), explicit_path=spec.at("PrivateIpAddress"),
+            explicit_public=spec.props.get("PublicIp"), explicit_public_path=spec.at("PublicIp"),
         )  # fmt: skip
 
     def _instance_claim(self, spec: _Spec) -> _AddressClaim:
         subnet = self._subnet_for(spec)
         vpc = self._subnet_vpc(subnet.name)
-        groups: list[str] = []
-        for i, value in enumerate(spec.props.get("SecurityGroupIds", [f"{vpc.name}-default"])):
-            path = f"{spec.at('SecurityGroupIds')}[{i}]"
-            group = self._ref("security_groups", value, path, vpc)
-            if group.name in groups:
-                raise _Invalid(path, f"security group {group.name} is listed twice")
-            groups.append(group.name)
-        if not groups:
-            raise _Invalid(spec.at("SecurityGroupIds"), "an instance needs at least one security group")
+        groups = self._security_groups_of(spec, vpc, "an instance needs at least one security group")
         associate = spec.props.get("AssociatePublicIpAddress")
         if "PublicIpAddress" in spec.props and associate is False:
             raise _Invalid(spec.at("AssociatePublicIpAddress"), "false contradicts the PublicIpAddress given")
@@ -1194,8 +1249,9 @@ class _Builder:
                     "Appliance configures the reference appliance, which does not run when Run is given; drop one",
                 )
         return _AddressClaim(
-            spec, f"instance {spec.name}", subnet, public, "PublicIpAddress", tuple(groups),
+            spec, f"instance {spec.name}", subnet, public, groups,
             explicit=spec.props.get("PrivateIpAddress"), explicit_path=spec.at("PrivateIpAddress"),
+            explicit_public=spec.props.get("PublicIpAddress"), explicit_public_path=spec.at("PublicIpAddress"),
         )  # fmt: skip
 
     def _allocate(self, claims: list[_AddressClaim]) -> None:
@@ -1206,9 +1262,8 @@ class _Builder:
             if claim.explicit is not None:
                 claim.private_ip = _assign(subnets[claim.subnet.name], claim.explicit, claim.owner, claim.explicit_path)
         for claim in claims:
-            if claim.public_ip_key and claim.public_ip_key in claim.spec.props:
-                ip, path = claim.spec.props[claim.public_ip_key], claim.spec.at(claim.public_ip_key)
-                claim.public_ip = _assign(public, ip, claim.owner, path)
+            if claim.explicit_public is not None:
+                claim.public_ip = _assign(public, claim.explicit_public, claim.owner, claim.explicit_public_path)
         for claim in claims:
             if claim.private_ip is None:
                 claim.private_ip = _assign(subnets[claim.subnet.name], None, claim.owner, claim.path or claim.spec.path)
@@ -1219,20 +1274,24 @@ class _Builder:
     # Load balancers, target groups, listeners
 
     def _load_balancer_claims(self, spec: _Spec) -> list[_AddressClaim]:
-        """One address claim per node: one enabled subnet per AZ, all in one VPC."""
+        """One address claim per node: one enabled subnet per AZ, all in one VPC; an
+        internet-facing load balancer's nodes each take an Elastic IP too."""
         lb_type = spec.props.get("Type")
         if lb_type is None:
             raise _Invalid(
                 spec.at("Type"),
                 "Type defaults to application, as in CloudFormation, and Application Load Balancers "
-                "are not supported yet: write Type: gateway",
+                "are not supported yet: write Type: network or Type: gateway",
             )
-        if lb_type != "gateway":
-            raise _Invalid(spec.at("Type"), f"{lb_type} load balancers are not supported yet; only gateway is")
+        if lb_type == "application":
+            raise _Invalid(
+                spec.at("Type"), "application load balancers are not supported yet; only network and gateway are"
+            )
         problem = elb_name_problem(spec.name, "load balancer")
         if problem:
             raise _Invalid(spec.path, problem)
-        if spec.props.get("Scheme") == "internet-facing":
+        scheme = spec.props.get("Scheme", "internal" if lb_type == "gateway" else "internet-facing")
+        if lb_type == "gateway" and scheme == "internet-facing":
             raise _Invalid(spec.at("Scheme"), "a Gateway Load Balancer is always internal")
         if spec.props.get("IpAddressType") == "dualstack":
             raise _Invalid(spec.at("IpAddressType"), "dualstack load balancers are not supported yet")
@@ -1240,36 +1299,44 @@ class _Builder:
             raise _Invalid(spec.at("SubnetMappings"), "give Subnets or SubnetMappings, not both")
         if "Subnets" in spec.props:
             key = "Subnets"
-            entries = [(value, None, f"{spec.at(key)}[{i}]") for i, value in enumerate(spec.props[key])]
+            mappings = [{"SubnetId": value} for value in spec.props[key]]
         elif "SubnetMappings" in spec.props:
             key = "SubnetMappings"
-            entries = [
-                (m["SubnetId"], m.get("PrivateIPv4Address"), f"{spec.at(key)}[{i}]")
-                for i, m in enumerate(spec.props[key])
-            ]
+            mappings = spec.props[key]
         else:
             raise _Invalid(
                 spec.at("Subnets"), "required key is missing: a load balancer needs Subnets (or SubnetMappings)"
             )
-        if not entries:
+        if not mappings:
             raise _Invalid(spec.at(key), "a load balancer needs at least one subnet")
+        public = scheme == "internet-facing"
         claims: list[_AddressClaim] = []
         vpc: Vpc | None = None
-        for value, ip, path in entries:
+        for i, mapping in enumerate(mappings):
+            path = f"{spec.at(key)}[{i}]"
             subnet_path = f"{path}.SubnetId" if key == "SubnetMappings" else path
-            subnet = self._ref("subnets", value, subnet_path, vpc)
-            vpc = vpc or self._subnet_vpc(subnet.name)
-            for earlier in claims:
-                if earlier.subnet.az == subnet.az:
-                    raise _Invalid(
-                        subnet_path,
-                        f"subnet {subnet.name} is in {subnet.az}, where the load balancer already has subnet "
-                        f"{earlier.subnet.name}; a load balancer takes one subnet per AZ",
-                    )
+            subnet = self._ref("subnets", mapping["SubnetId"], subnet_path, vpc)
+            if vpc is None:
+                vpc = self._subnet_vpc(subnet.name)
+                if public:
+                    default = "" if "Scheme" in spec.props else " (the default Scheme, as in CloudFormation)"
+                    self._need_internet_gateway(
+                        subnet, f"an internet-facing load balancer{default}", spec.at("Scheme"),
+                        "; write Scheme: internal for one reachable only from inside the VPC",
+                    )  # fmt: skip
+            _one_subnet_per_az(claims, subnet, subnet_path, "load balancer")
+            if "PublicIPv4Address" in mapping and not public:
+                raise _Invalid(
+                    f"{path}.PublicIPv4Address",
+                    "an internal load balancer's nodes have no public address; PublicIPv4Address is for "
+                    "Scheme: internet-facing",
+                )
             claims.append(
                 _AddressClaim(
-                    spec, f"load balancer {spec.name}", subnet, False, "",
-                    explicit=ip, explicit_path=f"{path}.PrivateIPv4Address", path=subnet_path,
+                    spec, f"load balancer {spec.name}", subnet, public,
+                    explicit=mapping.get("PrivateIPv4Address"), explicit_path=f"{path}.PrivateIPv4Address",
+                    explicit_public=mapping.get("PublicIPv4Address"), explicit_public_path=f"{path}.PublicIPv4Address",
+                    path=subnet_path,
                 )  # fmt: skip
             )
         return claims
@@ -1284,31 +1351,32 @@ class _Builder:
                 c.subnet.az,
                 self._id("eni", vpc.account, f"{spec.name}/{c.subnet.name}"),
                 c.private_ip,
+                c.public_ip,
             )
             for c in claims
         )
+        schema = LOAD_BALANCER_ATTRIBUTES[lb_type]
         attributes = self._attributes(
-            spec, "LoadBalancerAttributes", LOAD_BALANCER_ATTRIBUTES[lb_type], "load balancer"
-        )
+            spec, "LoadBalancerAttributes",
+            lambda changes: resolve_attributes(schema, default_attributes(schema), changes, "load balancer"),
+        )  # fmt: skip
         return LoadBalancer(
             name=spec.name,
             arn=elb_arn(self.region, vpc.account, f"loadbalancer/{_ARN_TYPES[lb_type]}/{spec.name}/{hex_id}"),
             type=lb_type,
-            scheme="internal",
+            scheme="internet-facing" if claims[0].public else "internal",
             vpc=vpc.name,
             nodes=nodes,
             dns_name=f"{spec.name}-{hex_id}.elb.{self.region}.amazonaws.com".lower(),
             attributes=attributes,
         )
 
-    def _attributes(
-        self, spec: _Spec, key: str, schema: Mapping[str, AttributeSpec], what: str
-    ) -> dict[str, str]:
+    def _attributes(self, spec: _Spec, key: str, resolve: Callable[[dict[str, Any]], dict[str, str]]) -> dict[str, str]:
+        """The attributes under `key`, resolved from the defaults by `resolve` (one of elb's resolvers);
+        a refused one is pinned to its key path."""
         given: dict[str, tuple[Any, str]] = spec.props.get(key, {})
         try:
-            return resolve_attributes(
-                schema, default_attributes(schema), {k: value for k, (value, _) in given.items()}, what
-            )
+            return resolve({k: value for k, (value, _) in given.items()})
         except AttributeProblem as e:
             path = given[e.key][1] if e.key in given else spec.at(key)
             raise _Invalid(path, e.reason) from None
@@ -1319,25 +1387,20 @@ class _Builder:
             if problem:
                 raise _Invalid(spec.path, problem)
             protocol = spec.props["Protocol"]
-            if protocol != "GENEVE":
-                if protocol in ("TCP", "UDP", "TCP_UDP", "TLS", "HTTP", "HTTPS"):
-                    reason = (
-                        f"{protocol} target groups (for Network and Application Load Balancers) are not supported yet"
-                    )
-                else:
-                    choices = ("GENEVE", "TCP", "UDP", "TCP_UDP", "TLS", "HTTP", "HTTPS")
-                    reason = f"unknown protocol '{protocol}'{_did_you_mean(protocol, choices)}"
-                raise _Invalid(spec.at("Protocol"), f"{reason}; a Gateway Load Balancer's target group is GENEVE")
-            lb_type = "gateway"
+            lb_type = _target_group_type(protocol, spec.at("Protocol"))
             port = spec.props["Port"]
-            if port != GENEVE_PORT:
+            if lb_type == "gateway" and port != GENEVE_PORT:
                 raise _Invalid(spec.at("Port"), f"a GENEVE target group's port is {GENEVE_PORT}, got {port}")
             vpc = self._vpc_of(spec)
             target_type = spec.props.get("TargetType", "instance")
             if target_type not in ("instance", "ip"):
-                raise _Invalid(
-                    spec.at("TargetType"), f"a GENEVE target group takes instance or ip targets, not {target_type}"
-                )
+                if lb_type == "gateway":
+                    reason = f"a GENEVE target group takes instance or ip targets, not {target_type}"
+                elif target_type == "alb":
+                    reason = "alb target groups (an Application Load Balancer as target) are not supported yet"
+                else:
+                    reason = f"a {protocol} target group takes instance or ip targets, not {target_type}"
+                raise _Invalid(spec.at("TargetType"), reason)
             health_check = {key: spec.props[key] for key in HEALTH_CHECK_FIELDS if key in spec.props}
             try:
                 HealthCheckConfig.for_target_group(lb_type, protocol, TargetType=target_type, **health_check)
@@ -1345,22 +1408,29 @@ class _Builder:
                 first_word = str(e).split(" ", 1)[0]
                 key = first_word if first_word in HEALTH_CHECK_FIELDS or first_word == "Protocol" else None
                 raise _Invalid(spec.at(key) if key else spec.path, str(e)) from None
-            schema = TARGET_GROUP_ATTRIBUTES[lb_type]
-            attributes = self._attributes(spec, "TargetGroupAttributes", schema, "target group")
+            attributes = self._attributes(
+                spec, "TargetGroupAttributes",
+                lambda changes: resolve_target_group_attributes(protocol, target_type, None, changes),
+            )  # fmt: skip
             targets: list[Target] = []
             for i, ref in enumerate(spec.props.get("Targets", [])):
                 path = f"{spec.at('Targets')}[{i}]"
-                if ref.get("Port", port) != port:
+                if lb_type == "gateway" and ref.get("Port", port) != port:
                     raise _Invalid(f"{path}.Port", f"a GENEVE target's port is the group's, {port}, got {ref['Port']}")
                 try:
                     target = resolve_target(
-                        ref["Id"], target_type, vpc.name, port, self.built["instances"], self.built["subnets"]
-                    )
+                        ref["Id"], target_type, vpc.name, ref.get("Port", port),
+                        self.built["instances"], self.built["subnets"],
+                    )  # fmt: skip
                 except ValueError as e:
                     raise _Invalid(ref["at"], str(e)) from None
                 for j, earlier in enumerate(targets):
                     if earlier.id == target.id:
-                        raise _Invalid(path, f"target {target.id} is already Targets[{j}]")
+                        also = (
+                            "; registering one target on several ports is not supported yet"
+                            if earlier.port != target.port else ""
+                        )
+                        raise _Invalid(path, f"target {target.id} is already Targets[{j}]{also}")
                 targets.append(target)
             hex_id = aws_hex("targetgroup", vpc.account, self.region, spec.name)
             self._add(
@@ -1379,76 +1449,140 @@ class _Builder:
             )
 
     def _listeners(self) -> None:
+        taken: dict[str, list[tuple[str, int, str]]] = {}  # load balancer -> (protocol, port, listener)
         for spec in self.doc.specs["listeners"]:
             lb: LoadBalancer = self._ref("load_balancers", spec.props["LoadBalancerArn"], spec.at("LoadBalancerArn"))
-            if lb.name in self.listener_of:
-                raise _Invalid(
-                    spec.at("LoadBalancerArn"),
-                    f"load balancer {lb.name} already has listener {self.listener_of[lb.name]}; "
-                    "a Gateway Load Balancer has exactly one",
-                )
-            for key in ("Protocol", "Port"):
-                if key in spec.props:
-                    raise _Invalid(
-                        spec.at(key), "a Gateway Load Balancer listener takes every IP packet: no Protocol or Port"
-                    )
-            actions = spec.props["DefaultActions"]
-            if len(actions) != 1:
-                raise _Invalid(
-                    spec.at("DefaultActions"),
-                    f"a Gateway Load Balancer listener has exactly one default action, "
-                    f"{{Type: forward, TargetGroupArn: <target group>}}; got {len(actions)}",
-                )
-            action, action_path = actions[0], f"{spec.at('DefaultActions')}[0]"
-            if action["Type"].lower() != "forward":
-                raise _Invalid(
-                    f"{action_path}.Type", f"a Gateway Load Balancer listener can only forward, got '{action['Type']}'"
-                )
-            if "TargetGroupArn" not in action:
-                raise _Invalid(f"{action_path}.TargetGroupArn", "required key is missing")
-            group_path = f"{action_path}.TargetGroupArn"
-            group: TargetGroup = self._ref("target_groups", action["TargetGroupArn"], group_path)
-            if group.name in self.listener_of_group:
-                raise _Invalid(
-                    group_path,
-                    f"target group {group.name} is already used by listener {self.listener_of_group[group.name]}; "
-                    "vpclab lets a target group serve one load balancer",
-                )
-            if group.vpc != lb.vpc:
-                raise _Invalid(
-                    group_path,
-                    f"target group {group.name} is in VPC {group.vpc}, but load balancer {lb.name} is in VPC {lb.vpc}",
-                )
-            attributes = self._attributes(spec, "ListenerAttributes", LISTENER_ATTRIBUTES[lb.type], "listener")
-            self.listener_of[lb.name] = spec.name
-            self.listener_of_group[group.name] = spec.name
+            if lb.type == "gateway":
+                self._gateway_listener(spec, lb)
+                protocol, port = None, None
+            else:
+                protocol, port = self._network_listener(spec, lb, taken.setdefault(lb.name, []))
+            group = self._forward_target(spec, lb, protocol)
+            attributes = self._attributes(
+                spec, "ListenerAttributes",
+                lambda changes: resolve_listener_attributes(lb.type, protocol, None, changes),
+            )  # fmt: skip
+            self.listener_of.setdefault(lb.name, spec.name)
+            self.listener_of_group.setdefault(group.name, spec.name)
             account = lb.arn.split(":")[4]
             lb_hex = lb.arn.rsplit("/", 1)[1]
             hex_id = aws_hex("listener", account, self.region, lb.name, spec.name)
             arn = elb_arn(self.region, account, f"listener/{_ARN_TYPES[lb.type]}/{lb.name}/{lb_hex}/{hex_id}")
-            self._add("listeners", Listener(spec.name, arn, lb.name, group.name, attributes=attributes))
+            self._add("listeners", Listener(spec.name, arn, lb.name, group.name, protocol, port, attributes))
         for spec in self.doc.specs["load_balancers"]:
-            if spec.name not in self.listener_of:
+            if spec.props["Type"] == "gateway" and spec.name not in self.listener_of:
                 raise _Invalid(
                     spec.path,
                     f"a Gateway Load Balancer needs exactly one listener, and {spec.name} has none: "
                     f"add one under listeners with LoadBalancerArn: {spec.name}",
                 )
 
+    def _gateway_listener(self, spec: _Spec, lb: LoadBalancer) -> None:
+        """A GWLB has exactly one listener, which takes every IP packet."""
+        if lb.name in self.listener_of:
+            raise _Invalid(
+                spec.at("LoadBalancerArn"),
+                f"load balancer {lb.name} already has listener {self.listener_of[lb.name]}; "
+                "a Gateway Load Balancer has exactly one",
+            )
+        for key in ("Protocol", "Port"):
+            if key in spec.props:
+                raise _Invalid(
+                    spec.at(key), "a Gateway Load Balancer listener takes every IP packet: no Protocol or Port"
+                )
+
+    def _network_listener(
+        self, spec: _Spec, lb: LoadBalancer, taken: list[tuple[str, int, str]]
+    ) -> tuple[str, int]:
+        """An NLB listener's protocol and port, not colliding with its other listeners':
+        TCP and UDP may share a port, TCP_UDP takes it for both."""
+        for key in ("Protocol", "Port"):
+            if key not in spec.props:
+                raise _Invalid(spec.at(key), f"required key is missing: a Network Load Balancer listener has a {key}")
+        protocol, port = spec.props["Protocol"], spec.props["Port"]
+        if protocol not in LISTENER_PROTOCOLS:
+            raise _Invalid(spec.at("Protocol"), _protocol_problem(protocol, LISTENER_PROTOCOLS, "listeners"))
+        for other_protocol, other_port, other in taken:
+            if other_port == port and (other_protocol == protocol or "TCP_UDP" in (protocol, other_protocol)):
+                raise _Invalid(
+                    spec.at("Port"),
+                    f"load balancer {lb.name} already has listener {other} on {other_protocol} port {port}; "
+                    "two listeners can share a port only as TCP and UDP (TCP_UDP takes both)",
+                )
+        taken.append((protocol, port, spec.name))
+        return protocol, port
+
+    def _forward_target(self, spec: _Spec, lb: LoadBalancer, protocol: str | None) -> TargetGroup:
+        """The target group of a listener's one default action, a forward, in the load balancer's VPC."""
+        kind = "a Gateway Load Balancer listener" if lb.type == "gateway" else "a Network Load Balancer listener"
+        actions = spec.props["DefaultActions"]
+        if len(actions) != 1:
+            raise _Invalid(
+                spec.at("DefaultActions"),
+                f"{kind} has exactly one default action, "
+                f"{{Type: forward, TargetGroupArn: <target group>}}; got {len(actions)}",
+            )
+        action, action_path = actions[0], f"{spec.at('DefaultActions')}[0]"
+        if action["Type"].lower() != "forward":
+            raise _Invalid(f"{action_path}.Type", f"{kind} can only forward, got '{action['Type']}'")
+        if "TargetGroupArn" not in action:
+            raise _Invalid(f"{action_path}.TargetGroupArn", "required key is missing")
+        group_path = f"{action_path}.TargetGroupArn"
+        group: TargetGroup = self._ref("target_groups", action["TargetGroupArn"], group_path)
+        if lb.type == "gateway" and group.protocol != "GENEVE":
+            raise _Invalid(
+                group_path, f"target group {group.name} is {group.protocol}; a Gateway Load Balancer forwards to GENEVE"
+            )
+        if protocol is not None and group.protocol not in LISTENER_GROUP_PROTOCOLS[protocol]:
+            allowed = " or ".join(LISTENER_GROUP_PROTOCOLS[protocol])
+            raise _Invalid(
+                group_path,
+                f"target group {group.name} is {group.protocol}, and a {protocol} listener forwards to a {allowed} "
+                "target group",
+            )
+        first = self.listener_of_group.get(group.name)
+        if first is not None and self.built["listeners"][first].load_balancer != lb.name:
+            raise _Invalid(
+                group_path,
+                f"target group {group.name} is already used by listener {first}; "
+                "vpclab lets a target group serve one load balancer",
+            )
+        if group.vpc != lb.vpc:
+            raise _Invalid(
+                group_path,
+                f"target group {group.name} is in VPC {group.vpc}, but load balancer {lb.name} is in VPC {lb.vpc}",
+            )
+        return group
+
     # PrivateLink
 
     def _endpoint_services(self) -> None:
         for spec in self.doc.specs["vpc_endpoint_services"]:
+            if "GatewayLoadBalancerArns" in spec.props and "NetworkLoadBalancerArns" in spec.props:
+                raise _Invalid(
+                    spec.at("NetworkLoadBalancerArns"),
+                    "give GatewayLoadBalancerArns or NetworkLoadBalancerArns, not both: an endpoint service "
+                    "fronts one kind of load balancer",
+                )
+            if "NetworkLoadBalancerArns" in spec.props:
+                key, lb_type, service_type = "NetworkLoadBalancerArns", "network", "Interface"
+            elif "GatewayLoadBalancerArns" in spec.props:
+                key, lb_type, service_type = "GatewayLoadBalancerArns", "gateway", "GatewayLoadBalancer"
+            else:
+                raise _Invalid(
+                    spec.at("NetworkLoadBalancerArns"),
+                    "required key is missing: an endpoint service needs NetworkLoadBalancerArns (for interface "
+                    "endpoints) or GatewayLoadBalancerArns (for Gateway Load Balancer endpoints)",
+                )
             names: list[str] = []
             account: str | None = None
-            key = "GatewayLoadBalancerArns"
             if not spec.props[key]:
-                raise _Invalid(spec.at(key), "an endpoint service needs at least one Gateway Load Balancer")
+                raise _Invalid(spec.at(key), f"an endpoint service needs at least one {lb_type.title()} Load Balancer")
             for i, value in enumerate(spec.props[key]):
                 path = f"{spec.at(key)}[{i}]"
                 lb: LoadBalancer = self._ref("load_balancers", value, path)
-                if lb.type != "gateway":
-                    raise _Invalid(path, f"load balancer {lb.name} is a {lb.type} load balancer, not a gateway one")
+                if lb.type != lb_type:
+                    raise _Invalid(path, f"load balancer {lb.name} is a {lb.type} load balancer, not a {lb_type} one")
                 if lb.name in self.service_of:
                     raise _Invalid(
                         path, f"load balancer {lb.name} already serves endpoint service {self.service_of[lb.name]}"
@@ -1474,7 +1608,7 @@ class _Builder:
                     name=spec.name,
                     id=service_id,
                     service_name=f"com.amazonaws.vpce.{self.region}.{service_id}",
-                    type="GatewayLoadBalancer",
+                    type=service_type,
                     load_balancers=tuple(names),
                     acceptance_required=spec.props.get("AcceptanceRequired", True),
                     allowed_principals=tuple(principals),
@@ -1482,69 +1616,122 @@ class _Builder:
                 ),
             )
 
-    def _endpoint_claim(self, spec: _Spec) -> _AddressClaim:
-        """A GatewayLoadBalancer endpoint: one interface in one subnet of its VPC."""
+    def _endpoint_claims(self, spec: _Spec) -> list[_AddressClaim]:
+        """A GatewayLoadBalancer endpoint: one interface in one subnet of its VPC. An
+        Interface endpoint: one interface in each of its subnets, at most one per AZ."""
         endpoint_type = spec.props.get("VpcEndpointType")
         if endpoint_type is None:
             raise _Invalid(
                 spec.at("VpcEndpointType"),
                 "VpcEndpointType defaults to Gateway, as in CloudFormation, and gateway endpoints (S3, DynamoDB) "
-                "are not supported yet: write VpcEndpointType: GatewayLoadBalancer",
+                "are not supported yet: write VpcEndpointType: Interface or GatewayLoadBalancer",
             )
-        if endpoint_type != "GatewayLoadBalancer":
-            what = {"Interface": "interface endpoints", "Gateway": "gateway endpoints (S3, DynamoDB)"}[endpoint_type]
-            raise _Invalid(spec.at("VpcEndpointType"), f"{what} are not supported yet")
-        for key, what in (
-            ("SecurityGroupIds", "no security groups"),
-            ("PolicyDocument", "no endpoint policy"),
-            ("PrivateDnsEnabled", "no private DNS"),
-        ):
-            if key in spec.props:
-                raise _Invalid(spec.at(key), f"{GATEWAY_ONLY} {what}")
+        if endpoint_type == "Gateway":
+            raise _Invalid(spec.at("VpcEndpointType"), "gateway endpoints (S3, DynamoDB) are not supported yet")
+        if endpoint_type == "GatewayLoadBalancer":
+            for key, what in (
+                ("SecurityGroupIds", "no security groups"),
+                ("PolicyDocument", "no endpoint policy"),
+                ("PrivateDnsEnabled", "no private DNS"),
+                ("SubnetConfigurations", "no subnet configurations: its address comes from its subnet"),
+            ):
+                if key in spec.props:
+                    raise _Invalid(spec.at(key), f"{GATEWAY_ONLY} {what}")
+        else:
+            if "PolicyDocument" in spec.props:
+                raise _Invalid(spec.at("PolicyDocument"), "endpoint policies are not supported yet")
+            if spec.props.get("PrivateDnsEnabled"):
+                raise _Invalid(
+                    spec.at("PrivateDnsEnabled"),
+                    "private DNS names for interface endpoints are not supported yet; alias the endpoint's "
+                    "DNS name in a private hosted zone instead",
+                )
         vpc = self._vpc_of(spec)
         subnets = spec.props.get("SubnetIds", [])
-        if len(subnets) != 1:
+        if endpoint_type == "GatewayLoadBalancer" and len(subnets) != 1:
             raise _Invalid(
                 spec.at("SubnetIds"), f"{GATEWAY_ONLY} exactly one subnet (one AZ), got {len(subnets)}"
             )
-        path = f"{spec.at('SubnetIds')}[0]"
-        subnet = self._ref("subnets", subnets[0], path, vpc)
-        return _AddressClaim(spec, f"VPC endpoint {spec.name}", subnet, False, "", path=path)
+        if not subnets:
+            raise _Invalid(spec.at("SubnetIds"), "an interface endpoint needs at least one subnet (one per AZ)")
+        if endpoint_type == "Interface":
+            self.endpoint_groups[spec.name] = self._security_groups_of(
+                spec, vpc, f"an interface endpoint needs at least one security group; leave SecurityGroupIds out for "
+                f"{vpc.name}-default",
+            )  # fmt: skip
+        claims: list[_AddressClaim] = []
+        for i, value in enumerate(subnets):
+            path = f"{spec.at('SubnetIds')}[{i}]"
+            subnet = self._ref("subnets", value, path, vpc)
+            _one_subnet_per_az(claims, subnet, path, "interface endpoint")
+            claims.append(_AddressClaim(spec, f"VPC endpoint {spec.name}", subnet, False, path=path))
+        for i, config in enumerate(spec.props.get("SubnetConfigurations", [])):
+            path = f"{spec.at('SubnetConfigurations')}[{i}]"
+            subnet = self._ref("subnets", config["SubnetId"], f"{path}.SubnetId", vpc)
+            claim = next((c for c in claims if c.subnet.name == subnet.name), None)
+            if claim is None:
+                raise _Invalid(f"{path}.SubnetId", f"subnet {subnet.name} is not one of the endpoint's SubnetIds")
+            if claim.explicit_path:
+                raise _Invalid(f"{path}.SubnetId", f"subnet {subnet.name} is configured twice")
+            claim.explicit, claim.explicit_path = config.get("Ipv4"), f"{path}.Ipv4"
+        return claims
+
+    def _security_groups_of(self, spec: _Spec, vpc: Vpc, none_given: str) -> tuple[str, ...]:
+        """The groups of an instance or interface endpoint (`SecurityGroupIds`), all in `vpc`, each
+        once: by default the VPC's default group. `none_given` refuses an empty list."""
+        groups: list[str] = []
+        for i, value in enumerate(spec.props.get("SecurityGroupIds", [f"{vpc.name}-default"])):
+            path = f"{spec.at('SecurityGroupIds')}[{i}]"
+            group = self._ref("security_groups", value, path, vpc)
+            if group.name in groups:
+                raise _Invalid(path, f"security group {group.name} is listed twice")
+            groups.append(group.name)
+        if not groups:
+            raise _Invalid(spec.at("SecurityGroupIds"), none_given)
+        return tuple(groups)
 
     def _endpoints(self) -> None:
         for spec in self.doc.specs["vpc_endpoints"]:
             vpc = self._vpc_of(spec)
             path = spec.at("ServiceName")
             service: VpcEndpointService = self._ref("vpc_endpoint_services", spec.props["ServiceName"], path)
-            if service.type != spec.props["VpcEndpointType"]:
-                wanted = spec.props["VpcEndpointType"]
-                raise _Invalid(path, f"endpoint service {service.name} is of type {service.type}, not {wanted}")
+            endpoint_type = spec.props["VpcEndpointType"]
+            if service.type != endpoint_type:
+                raise _Invalid(path, f"endpoint service {service.name} is of type {service.type}, not {endpoint_type}")
             if not principal_allows(service.allowed_principals, vpc.account):
                 raise _Invalid(
                     path,
                     f"account {vpc.account} (VPC {vpc.name}'s) is not an allowed principal of endpoint service "
                     f"{service.name} ({service.id}): add arn:aws:iam::{vpc.account}:root to its AllowedPrincipals",
                 )
-            eni = self.endpoint_enis[spec.name]
+            enis = self.endpoint_enis[spec.name]
             balancers = [self.built["load_balancers"][name] for name in service.load_balancers]
             zones = sorted({node.az for lb in balancers for node in lb.nodes})
-            if eni.az not in zones:
-                raise _Invalid(
-                    f"{spec.at('SubnetIds')}[0]",
-                    f"subnet {eni.subnet} is in {eni.az}, but endpoint service {service.name} is only in "
-                    f"{', '.join(zones)} (where its load balancers have nodes)",
-                )
+            for i, eni in enumerate(enis):
+                if eni.az not in zones:
+                    raise _Invalid(
+                        f"{spec.at('SubnetIds')}[{i}]",
+                        f"subnet {eni.subnet} is in {eni.az}, but endpoint service {service.name} is only in "
+                        f"{', '.join(zones)} (where its load balancers have nodes)",
+                    )
+            endpoint_id = aws_id("vpce", vpc.account, self.region, spec.name)
+            dns_entries: tuple[str, ...] = ()
+            if endpoint_type == "Interface":
+                suffix = f"{service.id}.{self.region}.vpce.amazonaws.com"
+                dns_entries = (f"{endpoint_id}.{suffix}", *(f"{endpoint_id}-{eni.az}.{suffix}" for eni in enis))
             self._add(
                 "vpc_endpoints",
                 VpcEndpoint(
                     name=spec.name,
-                    id=aws_id("vpce", vpc.account, self.region, spec.name),
-                    type="GatewayLoadBalancer",
+                    id=endpoint_id,
+                    type=endpoint_type,
                     vpc=vpc.name,
                     service=service.name,
-                    enis=(eni,),
+                    enis=tuple(enis),
                     state="pendingAcceptance" if service.acceptance_required else "available",
                     account=vpc.account,
+                    security_groups=self.endpoint_groups.get(spec.name, ()),
+                    dns_entries=dns_entries,
                 ),
             )
 
@@ -1706,12 +1893,16 @@ class _Builder:
             self._check_zone_domain(domain, spec.at("Name"))
             vpcs = self._zone_vpcs(spec, domain, owner_of_domain)
             zones[spec.name] = _ZoneDraft(spec, domain, vpcs, self._zone_records(spec, domain))
+        self._alias_tables()
         for draft in zones.values():
             records = []
             for i, (props, path) in enumerate(draft.records):
                 if "AliasTarget" in props:
                     values, ttl = self._alias(zones, draft.spec.name, i, ())
-                    record = RecordSet(props["Name"], "A", ttl, values, props["AliasTarget"]["DNSName"])
+                    target = props["AliasTarget"]["DNSName"]
+                    if "HostedZoneId" not in props["AliasTarget"]:
+                        target = self._alias_dns_name(zones, target, path)
+                    record = RecordSet(props["Name"], "A", ttl, values, target)
                 else:
                     ttl = props.get("TTL", DEFAULT_RECORD_TTL)
                     record = RecordSet(props["Name"], props["Type"], ttl, tuple(props["ResourceRecords"]))
@@ -1819,25 +2010,23 @@ class _Builder:
         for instance in self.built["instances"].values():
             if instance.hostname == target:
                 return (str(instance.private_ip),), 60
-        for lb in self.built["load_balancers"].values():
-            if lb.dns_name == target:
-                if lb.type == "gateway":
-                    raise _Invalid(
-                        at,
-                        f"{target} is Gateway Load Balancer {lb.name}'s name, and a GWLB has no addresses to alias: "
-                        "traffic reaches it through its endpoints' routes",
-                    )
-                public = lb.scheme == "internet-facing"
-                return tuple(str(n.public_ip if public else n.private_ip) for n in lb.nodes), 60
+        target = self._alias_dns_name(zones, target, at)
+        if target in self.alias_names:
+            values = self.alias_names[target]
+            if isinstance(values, str):
+                raise _Invalid(at, values)
+            return values, ELB_ALIAS_TTL
         holders = [name for name, draft in zones.items() if _in_domain(target, draft.domain)]
         if not holders:
             known = [i.hostname for i in self.built["instances"].values()]
-            known += [lb.dns_name for lb in self.built["load_balancers"].values()]
+            known += [*self.alias_names, *self.lab_alias_names]
             known += [p["Name"] for draft in zones.values() for p, _ in draft.records]
             raise _Invalid(
                 at,
                 f"{target} is not a name the lab knows: an alias points to an instance's private hostname, "
-                f"a record in a hosted zone of the lab or a load balancer's DNS name{_did_you_mean(target, known)}",
+                "a record in a hosted zone of the lab, a Network Load Balancer's or interface endpoint's DNS name "
+                "(regional or zonal), or the lab name of a Network Load Balancer or interface endpoint"
+                f"{_did_you_mean(target, known)}",
             )
         deepest = max(len(zones[name].domain) for name in holders)
         holders = [name for name in holders if len(zones[name].domain) == deepest]
@@ -1849,6 +2038,49 @@ class _Builder:
                 "give AliasTarget.HostedZoneId to choose one",
             )
         return self._alias_record(zones, holders[0], target, at, chain)
+
+    def _alias_tables(self) -> None:
+        """What an alias may name besides hostnames and records: the DNS names of load balancers and
+        interface endpoints (`alias_names`: name -> A values, or why it can't be aliased) and, as
+        vpclab's convenience, their lab names (`lab_alias_names`: name -> DNS name, None for none)."""
+        self.alias_names: dict[str, tuple[str, ...] | str] = {}
+        self.lab_alias_names: dict[str, str | None] = {}
+        for lb in self.built["load_balancers"].values():
+            self.lab_alias_names[lb.name.lower()] = lb.dns_name
+            if lb.type == "gateway":
+                self.alias_names[lb.dns_name] = (
+                    f"{lb.dns_name} is Gateway Load Balancer {lb.name}'s name, and a GWLB has no addresses to "
+                    "alias: traffic reaches it through its endpoints' routes"
+                )
+                continue
+            public = lb.scheme == "internet-facing"
+            addresses = {n.az: str(n.public_ip if public else n.private_ip) for n in lb.nodes}
+            self.alias_names[lb.dns_name] = tuple(addresses.values())
+            self.alias_names.update({lb.zonal_dns_name(az): (ip,) for az, ip in addresses.items()})
+        for endpoint in self.built["vpc_endpoints"].values():
+            if endpoint.type != "Interface":
+                self.lab_alias_names[endpoint.name.lower()] = None
+                continue
+            regional, *zonal = endpoint.dns_entries
+            self.lab_alias_names[endpoint.name.lower()] = regional
+            self.alias_names[regional] = tuple(str(eni.ip) for eni in endpoint.enis)
+            self.alias_names.update({name: (str(eni.ip),) for name, eni in zip(zonal, endpoint.enis)})
+
+    def _alias_dns_name(self, zones: dict[str, _ZoneDraft], target: str, at: str) -> str:
+        """`target`, or, when it is no DNS name the lab knows and in no hosted zone, the regional
+        DNS name of the Network Load Balancer or interface endpoint it is the lab name of."""
+        if target in self.alias_names or any(_in_domain(target, draft.domain) for draft in zones.values()):
+            return target
+        if target not in self.lab_alias_names:
+            return target
+        dns_name = self.lab_alias_names[target]
+        if dns_name is None:
+            raise _Invalid(
+                at,
+                f"{target} is a Gateway Load Balancer endpoint, which has no DNS name or addresses to alias: "
+                "routes send traffic to it",
+            )
+        return dns_name
 
     def _alias_zone(self, zones: dict[str, _ZoneDraft], value: str, path: str) -> str:
         for name in zones:

@@ -142,6 +142,7 @@ class Instance:
     appliance: Mapping[str, object] | None = None  # reference appliance config (role appliance)
     default_services: bool = True  # the test page on :80 and a listener on :22
     hostname: str = ""  # ip-10-0-1-10.ec2.internal
+    test_page_message: str | None = None  # TestPageMessage: a first line the test page on :80 shows
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,10 @@ class LoadBalancer:
 
     def node_in(self, az: str) -> LoadBalancerNode | None:
         return next((n for n in self.nodes if n.az == az), None)
+
+    def zonal_dns_name(self, az: str) -> str:
+        """AWS's per-AZ name of a Network Load Balancer: `<az>.<dns name>`."""
+        return f"{az}.{self.dns_name}"
 
 
 @dataclass(frozen=True)
@@ -245,9 +250,13 @@ class VpcEndpoint:
     type: Literal["GatewayLoadBalancer", "Interface"]
     vpc: str
     service: str  # the endpoint service's name in the lab file
-    enis: tuple[EndpointEni, ...]  # a GWLB endpoint has exactly one
+    enis: tuple[EndpointEni, ...]  # a GWLB endpoint has exactly one; an interface endpoint one per subnet (AZ)
     state: str = "pendingAcceptance"  # pendingAcceptance, available, rejected
     account: str = DEFAULT_ACCOUNT
+    security_groups: tuple[str, ...] = ()  # interface endpoints: enforced on every ENI
+    # Interface endpoints: the regional name `<id>.<service id>.<region>.vpce.amazonaws.com`
+    # first, then one zonal name `<id>-<az>.<service id>...` per ENI, in ENI order.
+    dns_entries: tuple[str, ...] = ()
 
 
 RECORD_TYPES = ("A", "AAAA", "CNAME", "TXT")  # the Route 53 record types a hosted zone may hold
@@ -368,10 +377,15 @@ class Lab:
     def endpoint_service_of(self, load_balancer: str) -> VpcEndpointService | None:
         return next((s for s in self.vpc_endpoint_services.values() if load_balancer in s.load_balancers), None)
 
-    def load_balancer_of_endpoint(self, endpoint: str) -> LoadBalancer:
-        """The GWLB a GatewayLoadBalancer endpoint sends to: its service's first one with a node in its AZ."""
+    def listeners_of(self, load_balancer: str) -> tuple[Listener, ...]:
+        """Every listener of a load balancer, in file order (a GWLB has one, an NLB any number)."""
+        return tuple(li for li in self.listeners.values() if li.load_balancer == load_balancer)
+
+    def load_balancer_of_endpoint(self, endpoint: str, az: str | None = None) -> LoadBalancer:
+        """The load balancer an endpoint's ENI in `az` (default: its first) sends to: its
+        service's first one with a node in that AZ (AWS binds each ENI to one NLB of its AZ)."""
         vpce = self.vpc_endpoints[endpoint]
-        az = vpce.enis[0].az
+        az = az or vpce.enis[0].az
         for name in self.vpc_endpoint_services[vpce.service].load_balancers:
             if self.load_balancers[name].node_in(az) is not None:
                 return self.load_balancers[name]

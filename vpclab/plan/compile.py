@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
 from vpclab.model.resources import (
+    EndpointEni,
     HostedZone,
     Instance,
     Lab,
@@ -79,6 +80,14 @@ def nat_ns(nat: str) -> str:
     return f"nat:{nat}"
 
 
+def nlb_ns(lb: str, az: str) -> str:
+    return f"nlb:{lb}:{az}"
+
+
+def vpce_ns(endpoint: str, az: str) -> str:
+    return f"vpce:{endpoint}:{az}"
+
+
 def gwlb_ns(lb: str, az: str) -> str:
     return f"gwlb:{lb}:{az}"
 
@@ -115,6 +124,51 @@ def endpoint_links(lab: Lab) -> list[EndpointLink]:
         links.append(EndpointLink(ep, lab.subnets[eni.subnet], gwlb_ns(lb, eni.az),
                                   ifname_for("ep-", ep.name, taken),
                                   slot.network_address + 1, slot.network_address + 2))
+    return links
+
+
+INTERFACE_LINKS = IPv4Network("169.254.64.0/18")  # interface endpoint ENI <-> NLB node, a /30 each
+NLB_REPLY_MARK = 0x100  # + node index: replies to preserved-client connections go back to their node
+NLB_REPLY_TABLE = 400  # + node index
+NLB_RELAY_PORT = 20000  # + listener index: a node's local Proxy Protocol v2 relays
+
+
+@dataclass(frozen=True)
+class InterfaceLink:
+    """One ENI of an interface endpoint: a namespace in the consumer subnet, linked
+    privately to the NLB node of its AZ (the consumer's and provider's CIDRs may collide)."""
+
+    endpoint: VpcEndpoint
+    eni: EndpointEni
+    subnet: Subnet
+    load_balancer: str
+    node_ns: str
+    ifname: str  # the same on both sides
+    endpoint_ip: IPv4Address  # its side of the link: what the provider's node sees as the source
+    node_ip: IPv4Address
+
+    @property
+    def ns(self) -> str:
+        return vpce_ns(self.endpoint.name, self.eni.az)
+
+    @property
+    def available(self) -> bool:
+        return self.endpoint.state == "available"
+
+
+def interface_links(lab: Lab) -> list[InterfaceLink]:
+    links = []
+    slots = INTERFACE_LINKS.subnets(new_prefix=30)
+    taken: set[str] = set()
+    for ep in lab.vpc_endpoints.values():
+        if ep.type != "Interface":
+            continue
+        for eni in ep.enis:
+            lb = lab.load_balancer_of_endpoint(ep.name, eni.az).name
+            slot = next(slots)
+            links.append(InterfaceLink(ep, eni, lab.subnets[eni.subnet], lb, nlb_ns(lb, eni.az),
+                                       ifname_for("pl-", f"{ep.name}-{eni.az[-1]}", taken),
+                                       slot.network_address + 1, slot.network_address + 2))
     return links
 
 
@@ -158,6 +212,7 @@ def compile_lab(lab: Lab) -> Wiring:
 
     transits = iter(IGW_TRANSIT.subnets(new_prefix=30))
     endpoints = endpoint_links(lab)
+    interfaces = interface_links(lab)
     for vpc in lab.vpcs.values():
         enis = _enis_of(lab, vpc)
         igw = next((g for g in lab.internet_gateways.values() if g.vpc == vpc.name), None)
@@ -172,6 +227,14 @@ def compile_lab(lab: Lab) -> Wiring:
                 ns, svc = _gwlb_node(lab, lb, node, endpoints)
                 namespaces.append(ns)
                 services.append(svc)
+        for lb in (b for b in lab.load_balancers.values() if b.vpc == vpc.name and b.type == "network"):
+            for node in lb.nodes:
+                namespaces.append(_nlb_node(lab, lb, node, interfaces))
+                services.extend(_nlb_node_services(lab, lb, node))
+        for link in (i for i in interfaces if i.endpoint.vpc == vpc.name):
+            namespaces.append(_interface_endpoint(lab, link))
+            links.append(Link(link.ns, link.ifname, link.node_ns, link.ifname, VPC_MTU))
+            services.extend(_interface_endpoint_services(lab, link))
         for nat in (n for n in lab.nat_gateways.values() if lab.subnets[n.subnet].vpc == vpc.name):
             namespaces.append(_nat_gateway(nat.name, lab.subnets[nat.subnet], nat.private_ip))
         for inst in (i for i in lab.instances.values() if lab.subnets[i.subnet].vpc == vpc.name):
@@ -218,10 +281,21 @@ def _enis_of(lab: Lab, vpc: Vpc) -> list[Eni]:
     for lb in lab.load_balancers.values():
         for node in lb.nodes:
             subnet = lab.subnets[node.subnet]
-            if subnet.vpc == vpc.name:  # an ENI AWS manages: no security groups on a GWLB
+            if subnet.vpc != vpc.name:
+                continue
+            if lb.type == "gateway":  # an ENI AWS manages: no security groups on a GWLB
                 enis.append(Eni(node.eni_id, f"{lb.name}:{node.az}", gwlb_ns(lb.name, node.az),
                                 ifname_for("g-", f"{lb.name}-{node.az[-1]}", taken), node.private_ip,
                                 subnet, (), True))
+            else:  # an NLB node forwards with the client's address when it preserves it: no source check
+                enis.append(Eni(node.eni_id, f"{lb.name}:{node.az}", nlb_ns(lb.name, node.az),
+                                ifname_for("l-", f"{lb.name}-{node.az[-1]}", taken), node.private_ip,
+                                subnet, (), False))
+    for link in interface_links(lab):
+        if link.subnet.vpc == vpc.name:
+            enis.append(Eni(link.eni.id, f"{link.endpoint.name}:{link.eni.az}", link.ns,
+                            ifname_for("v-", f"{link.endpoint.name}-{link.eni.az[-1]}", taken), link.eni.ip,
+                            link.subnet, link.endpoint.security_groups, True))
     for inst in lab.instances.values():
         subnet = lab.subnets[inst.subnet]
         if subnet.vpc == vpc.name:
@@ -273,6 +347,10 @@ def _router(lab: Lab, vpc: Vpc, enis: list[Eni], igw, endpoints: list[EndpointLi
         if rt.vpc == vpc.name:
             batch += _route_table(rt, tables[rt.name], by_owner, by_eni_id,
                                   {e.endpoint.name: e for e in endpoints})
+    for i, eni in enumerate(_nlb_node_enis(enis)):
+        # replies to connections an NLB node forwarded with the client's address go back through it
+        batch += [f"route add default via {eni.ip} dev {eni.ifname} onlink table {NLB_REPLY_TABLE + i}",
+                  f"rule add pref {100 + i} fwmark {NLB_REPLY_MARK + i:#x} lookup {NLB_REPLY_TABLE + i}"]
     batch += [
         f"rule add pref 2000 lookup {ENI_TABLE}",
         "rule add pref 2001 blackhole",  # no route: dropped silently, as at AWS
@@ -384,7 +462,14 @@ def router_ruleset(lab: Lab, vpc: Vpc, enis: list[Eni]) -> str:
     for eni in enis:
         if eni.source_dest_check:
             out.append(f"\t\tiifname \"{eni.ifname}\" ip saddr != {eni.ip} drop comment \"source check {eni.id}\"")
-    out += ["\t}", "\tchain forward {", "\t\ttype filter hook forward priority filter; policy accept;"]
+    out.append("\t}")
+    nlb_nodes = _nlb_node_enis(enis)
+    if nlb_nodes:
+        out += ["\tchain nlb_replies {", "\t\ttype filter hook prerouting priority mangle; policy accept;"]
+        out += [f"\t\tiifname \"{eni.ifname}\" ct state new ct mark set {NLB_REPLY_MARK + i:#x}"
+                for i, eni in enumerate(nlb_nodes)]
+        out += ["\t\tct direction reply ct mark != 0 meta mark set ct mark", "\t}"]
+    out += ["\tchain forward {", "\t\ttype filter hook forward priority filter; policy accept;"]
     for eni in enis:
         out.append(f"\t\tiifname \"{eni.ifname}\" jump from_{eni.chain}")
         out.append(f"\t\toifname \"{eni.ifname}\" jump to_{eni.chain}")
@@ -407,6 +492,10 @@ def router_ruleset(lab: Lab, vpc: Vpc, enis: list[Eni]) -> str:
         out.append("\t}")
     out.append("}")
     return "\n".join(out) + "\n"
+
+
+def _nlb_node_enis(enis: list[Eni]) -> list[Eni]:
+    return [e for e in enis if e.owner_ns.startswith("nlb:")]
 
 
 def _sg_checks(sgs, direction: str, group_ids: dict[str, str], eni: Eni) -> list[str]:
@@ -471,6 +560,8 @@ def _instance_services(lab: Lab, inst: Instance) -> list[Service]:
             name=inst.name, instance_id=inst.id, az=lab.subnets[inst.subnet].az,
             private_ip=inst.private_ip, hostname=inst.hostname, public_ip=inst.public_ip,
         )
+        if inst.test_page_message:
+            identity += (("message", inst.test_page_message),)
         services.append(Service(inst.name, "test_page", ("0.0.0.0:80",), identity))
         services.append(Service(inst.name, "banner", ("0.0.0.0:22",)))
     services += [Service(inst.name, "command", params=(("command", c),)) for c in inst.run]
@@ -516,6 +607,132 @@ def _gwlb_node(lab: Lab, lb: LoadBalancer, node, endpoints: list[EndpointLink]) 
     return namespace, service
 
 
+# --- Network Load Balancers and interface endpoints -----------------------------
+
+
+def _effective_cross_zone(lab: Lab, lb: LoadBalancer, group_name: str) -> bool:
+    """The target group's `load_balancing.cross_zone.enabled` wins unless it defers to the load balancer's."""
+    own = lab.target_groups[group_name].attributes.get("load_balancing.cross_zone.enabled",
+                                                        "use_load_balancer_configuration")
+    if own == "use_load_balancer_configuration":
+        own = lb.attributes.get("load_balancing.cross_zone.enabled", "false")
+    return own == "true"
+
+
+def nlb_node_config(lab: Lab, lb_name: str, az: str) -> dict:
+    """What an NLB node's ruleset is made of (engines.nlb.NodeConfig), from the live model."""
+    lb = lab.load_balancers[lb_name]
+    node = lb.node_in(az)
+    listeners = []
+    for i, li in enumerate(lab.listeners_of(lb_name)):
+        attrs = lab.target_groups[li.target_group].attributes
+        listeners.append({
+            "name": li.name, "protocol": li.protocol, "port": li.port, "target_group": li.target_group,
+            "idle_timeout": int(li.attributes.get("tcp.idle_timeout.seconds", 350)),
+            "preserve_client_ip": attrs.get("preserve_client_ip.enabled") == "true",
+            "proxy_protocol_v2": attrs.get("proxy_protocol_v2.enabled") == "true",
+            "cross_zone": _effective_cross_zone(lab, lb, li.target_group),
+            "source_ip_stickiness": attrs.get("stickiness.enabled") == "true",
+            "relay_port": NLB_RELAY_PORT + i,
+        })
+    link_ips = [str(link.node_ip) for link in interface_links(lab) if link.node_ns == nlb_ns(lb_name, az)]
+    return {"load_balancer": lb_name, "availability_zone": az, "node_ip": str(node.private_ip),
+            "link_ips": link_ips, "listeners": listeners}
+
+
+def _nlb_node(lab: Lab, lb: LoadBalancer, node, interfaces: list[InterfaceLink]) -> Namespace:
+    """The node's namespace; its ruleset is the daemon's (engines.nlb): it follows target health."""
+    subnet = lab.subnets[node.subnet]
+    batch = list(_single_eni(node.private_ip, subnet.cidr.prefixlen, subnet.router_ip))
+    for link in interfaces:
+        if link.node_ns == nlb_ns(lb.name, node.az):
+            batch += [f"link set {link.ifname} up", f"addr add {link.node_ip}/30 dev {link.ifname}"]
+    return Namespace(name=nlb_ns(lb.name, node.az), kind="nlb", sysctls=BASE_SYSCTLS + FORWARDING,
+                     ip_batch=tuple(batch))
+
+
+def _nlb_node_services(lab: Lab, lb: LoadBalancer, node) -> list[Service]:
+    ns = nlb_ns(lb.name, node.az)
+    services = [Service(ns, "nlb_node", params=(("load_balancer", lb.name), ("availability_zone", node.az)))]
+    for li in nlb_node_config(lab, lb.name, node.az)["listeners"]:
+        if li["proxy_protocol_v2"] and li["protocol"] == "TCP":
+            # direct clients: the node redirects them here; the relay connects back to the listener
+            services.append(Service(ns, "pp2_relay", (f"{node.private_ip}:{li['relay_port']}",),
+                                    (("upstream", f"{node.private_ip}:{li['port']}"),)))
+    return services
+
+
+def _interface_listeners(lab: Lab, link: InterfaceLink) -> list[tuple[str, int, bool]]:
+    """(protocol, port, proxy protocol v2) of each listener the endpoint forwards to."""
+    out = []
+    for li in lab.listeners_of(link.load_balancer):
+        pp2 = lab.target_groups[li.target_group].attributes.get("proxy_protocol_v2.enabled") == "true"
+        for proto in (("tcp", "udp") if li.protocol == "TCP_UDP" else (li.protocol.lower(),)):
+            out.append((proto, li.port, pp2 and proto == "tcp"))
+    return out
+
+
+def _interface_endpoint(lab: Lab, link: InterfaceLink) -> Namespace:
+    """An interface endpoint's ENI. It forwards the listener ports to its NLB node, translating both
+    addresses to the private link's (the provider never sees the consumer's VPC). With Proxy
+    Protocol v2 on, a relay here writes the header: only here are the consumer's IP, the ENI's IP
+    and the endpoint ID all known. Nothing passes unless the endpoint is available."""
+    eni_ip = link.eni.ip
+    lines = ["table ip vpce {",
+             "\tchain prerouting {", "\t\ttype nat hook prerouting priority dstnat; policy accept;"]
+    relayed = []
+    if link.available:
+        for proto, port, pp2 in _interface_listeners(lab, link):
+            if pp2:
+                relayed.append(port)
+            else:
+                lines.append(f"\t\tiifname \"eth0\" ip daddr {eni_ip} {proto} dport {port} "
+                             f"dnat ip to {link.node_ip}")
+    lines += ["\t}", "\tchain postrouting {", "\t\ttype nat hook postrouting priority srcnat; policy accept;",
+              f"\t\toifname \"{link.ifname}\" snat ip to {link.endpoint_ip}", "\t}",
+              "\tchain forward {", "\t\ttype filter hook forward priority filter; policy drop;",
+              "\t\tct state established,related accept",
+              f"\t\tiifname \"eth0\" oifname \"{link.ifname}\" ct status dnat accept", "\t}",
+              "\tchain input {", "\t\ttype filter hook input priority filter; policy drop;",
+              "\t\tct state established,related accept", "\t\tiifname \"lo\" accept"]
+    if relayed:
+        ports = relayed[0] if len(relayed) == 1 else "{ " + ", ".join(map(str, relayed)) + " }"
+        lines.append(f"\t\tiifname \"eth0\" ip daddr {eni_ip} tcp dport {ports} accept comment \"PPv2 relay\"")
+    lines += ["\t}", "}"]
+    return Namespace(
+        name=link.ns, kind="vpce", sysctls=BASE_SYSCTLS + FORWARDING,
+        ip_batch=_single_eni(eni_ip, link.subnet.cidr.prefixlen, link.subnet.router_ip)
+        + (f"link set {link.ifname} up", f"addr add {link.endpoint_ip}/30 dev {link.ifname}"),
+        nft="\n".join(lines) + "\n",
+    )
+
+
+def _interface_endpoint_services(lab: Lab, link: InterfaceLink) -> list[Service]:
+    return [Service(link.ns, "pp2_relay", (f"{link.eni.ip}:{port}",),
+                    (("upstream", f"{link.node_ip}:{port}"), ("vpc_endpoint_id", link.endpoint.id)))
+            for proto, port, pp2 in _interface_listeners(lab, link) if pp2]
+
+
+def aws_dns_names(lab: Lab) -> tuple[tuple[str, tuple[tuple[str, str, str], ...]], ...]:
+    """The public names of NLBs (regional and zonal, §3.1) and interface endpoints (§6), each with
+    its addresses as (ip, load balancer, az): the resolver drops an NLB's AZs that are out of
+    service (load balancer "" for endpoint names, which never change)."""
+    names = []
+    for lb in lab.load_balancers.values():
+        if lb.type != "network":
+            continue
+        entries = tuple((str(n.public_ip or n.private_ip), lb.name, n.az) for n in lb.nodes)
+        names.append((lb.dns_name, entries))
+        names += [(lb.zonal_dns_name(entry[2]), (entry,)) for entry in entries]
+    for ep in lab.vpc_endpoints.values():
+        if ep.type != "Interface" or not ep.dns_entries:
+            continue
+        entries = tuple((str(eni.ip), "", eni.az) for eni in ep.enis)
+        names.append((ep.dns_entries[0], entries))
+        names += [(name, (entry,)) for name, entry in zip(ep.dns_entries[1:], entries)]
+    return tuple(names)
+
+
 def _vpc_dns(lab: Lab, vpc: Vpc) -> Service:
     instances = tuple(
         (i.hostname, str(i.private_ip)) for i in lab.instances.values()
@@ -523,7 +740,7 @@ def _vpc_dns(lab: Lab, vpc: Vpc) -> Service:
     )
     public = tuple((h.dns_name, str(h.ip)) for h in lab.internet_hosts.values())
     params = (("region", lab.region), ("instances", instances), ("public_names", public),
-              ("enable_dns_hostnames", vpc.enable_dns_hostnames))
+              ("enable_dns_hostnames", vpc.enable_dns_hostnames), ("aws_names", aws_dns_names(lab)))
     # §7: the resolver answers private hosted zones only with both DNS attributes on.
     if vpc.enable_dns_support and vpc.enable_dns_hostnames:
         zones = tuple(_private_zone(zone) for zone in lab.hosted_zones_of(vpc.name))
@@ -583,6 +800,10 @@ def _public_map(lab: Lab, vpc: Vpc) -> dict[IPv4Address, IPv4Address]:
     for inst in lab.instances.values():
         if inst.public_ip is not None and lab.subnets[inst.subnet].vpc == vpc.name:
             public[inst.public_ip] = inst.private_ip
+    for lb in lab.load_balancers.values():  # an internet-facing NLB's Elastic IPs
+        for node in lb.nodes:
+            if node.public_ip is not None and lb.vpc == vpc.name:
+                public[node.public_ip] = node.private_ip
     return public
 
 
@@ -660,7 +881,7 @@ def _internet(lab: Lab, gateway_lines: list[str], taken: set[str]):
     services.append(Service(
         INTERNET_NS, "dns", (f"{resolver}:53",),
         (("region", lab.region), ("instances", ()), ("public_names", public_names),
-         ("enable_dns_hostnames", False)),
+         ("enable_dns_hostnames", False), ("aws_names", aws_dns_names(lab))),
     ))
     inet = Namespace(
         name=INTERNET_NS,

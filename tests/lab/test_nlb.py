@@ -1,0 +1,218 @@
+"""Network Load Balancer behaviour (reference §3), proven with real connections through the kernel."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import LABS
+from vpclab.engines.proxy_protocol import parse_header, proxy_header
+
+pytestmark = pytest.mark.lab
+LAB = LABS / "nlb.yaml"
+NODE_A, NODE_B = "10.0.1.5", "10.0.2.5"
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def target_states(lab, group: str) -> dict[str, str]:
+    tg = next(g for g in lab.status()["target_groups"] if g["name"] == group)
+    return {t["name"] or t["id"]: t["state"] for t in tg["targets"]}
+
+
+def page(lab, url: str, node: str = "client") -> dict:
+    """The test page's fields (`name`, `client`, ...), or {} when the request failed."""
+    body = lab.curl(node, url)
+    if not body:
+        return {}
+    fields = {"headline": body.splitlines()[0]}
+    for line in body.splitlines()[1:]:
+        key, _, value = line.partition(": ")
+        fields[key] = value
+    fields["name"] = fields["headline"].split()[0]
+    return fields
+
+
+def served_by(lab, url: str, count: int, node: str = "client") -> list[str]:
+    return [page(lab, url, node).get("name", "") for _ in range(count)]
+
+
+@pytest.fixture(scope="module")
+def nlb(request, tmp_path_factory):
+    """One lab for the tests that leave it as they found it."""
+    from conftest import RunningLab, ROOT
+    import os
+    home = tmp_path_factory.mktemp("home")
+    env = dict(os.environ, VPCLAB_HOME=str(home))
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    lab = RunningLab("nlb", env)
+    lab.vpclab("up", str(LAB), "--name", "nlb", timeout=120)
+    try:
+        wait_for(lambda: target_states(lab, "web-instances") == {"web-a": "healthy", "web-b": "healthy"}, 40,
+                 "web targets healthy")
+        yield lab
+    finally:
+        lab.vpclab("down", "--lab", "nlb", check=False, timeout=60)
+
+
+def test_instance_targets_see_the_clients_own_ip(nlb):
+    assert page(nlb, f"http://{NODE_A}/")["client"].startswith("10.0.9.10:")
+
+
+def test_ip_targets_on_tcp_see_the_nodes_private_ip(nlb):
+    seen = page(nlb, f"http://{NODE_A}:8080/")
+    assert seen["name"] == "web-a" and seen["client"].startswith(f"{NODE_A}:")
+
+
+def test_cross_zone_off_each_node_sends_only_to_its_own_zone(nlb):
+    assert set(served_by(nlb, f"http://{NODE_A}/", 8)) == {"web-a"}
+    assert set(served_by(nlb, f"http://{NODE_B}/", 8)) == {"web-b"}
+
+
+def test_internet_facing_nlb_is_reached_on_its_elastic_ips_with_the_client_ip_preserved(nlb):
+    lb = next(b for b in nlb.status()["load_balancers"] if b["name"] == "web-nlb")
+    public = {n["az"]: n["public_ip"] for n in lb["nodes"]}
+    seen = page(nlb, f"http://{public['us-east-1a']}/", node="outside")
+    assert seen["name"] == "web-a"
+    assert seen["client"].startswith("198.51.100.")
+
+
+UDP_ECHO = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1)
+ok = 0
+for i in range(5):
+    s.sendto(b"ping %d" % i, ("{dst}", 7))
+    try:
+        ok += s.recv(100) == b"ping %d" % i
+    except socket.timeout:
+        pass
+print(ok)
+"""
+
+
+def test_udp_listener_carries_datagrams_both_ways(nlb):
+    out = nlb.sh("client", f"python3 -c '{UDP_ECHO.format(dst=NODE_B)}'", timeout=30).stdout
+    assert int(out.strip()) == 5
+
+
+def test_proxy_protocol_v2_header_is_byte_exact(nlb):
+    seen = page(nlb, f"http://{NODE_A}:8081/")
+    raw = bytes.fromhex(seen["proxy-protocol-hex"])
+    header = parse_header(raw)
+    client_ip, client_port = header.source
+    assert client_ip == "10.0.9.10"
+    assert header.destination == (NODE_A, 8081)
+    assert raw == proxy_header((client_ip, client_port), (NODE_A, 8081))
+    assert len(raw) == 100
+
+
+def test_zone_without_a_healthy_target_leaves_dns_and_its_node_fails_open(nlb):
+    wait_for(lambda: target_states(nlb, "half-healthy") == {"web-a": "unhealthy", "web-b": "healthy"}, 40,
+             "web-a unhealthy, web-b healthy in half-healthy")
+    # Cross-zone off: node A has only unhealthy targets, so it fails open to them.
+    assert set(served_by(nlb, f"http://{NODE_A}:8082/", 4)) == {"web-a"}
+    assert set(served_by(nlb, f"http://{NODE_B}:8082/", 4)) == {"web-b"}
+
+
+def test_regional_dns_name_answers_with_every_node(nlb):
+    lb = next(b for b in nlb.status()["load_balancers"] if b["name"] == "web-nlb")
+    out = nlb.sh("client", f"getent ahostsv4 {lb['dns_name']}").stdout.split()
+    assert {ip for ip in out if ip.count(".") == 3} == {n["public_ip"] for n in lb["nodes"]}
+
+
+def test_cross_zone_on_failing_open_across_zones_only_when_no_zone_is_healthy(up):
+    lab = up(LAB.read_text().replace("    HealthCheckPort: \"9001\"\n",
+                                     "    HealthCheckPort: \"9001\"\n"
+                                     "    TargetGroupAttributes: {load_balancing.cross_zone.enabled: true}\n"),
+             "nlbx")
+    wait_for(lambda: target_states(lab, "half-healthy") == {"web-a": "unhealthy", "web-b": "healthy"}, 40,
+             "web-a unhealthy, web-b healthy")
+    # One healthy target anywhere: both nodes send only to it.
+    assert set(served_by(lab, f"http://{NODE_A}:8082/", 6)) == {"web-b"}
+    # web-b stops answering its checks too: every target is unhealthy, so both nodes use all of them.
+    lab.sh("web-b", "pkill -f 'TCP4-LISTEN:9001'")
+    wait_for(lambda: target_states(lab, "half-healthy") == {"web-a": "unhealthy", "web-b": "unhealthy"}, 40,
+             "both unhealthy")
+    assert set(served_by(lab, f"http://{NODE_A}:8082/", 16)) == {"web-a", "web-b"}
+
+
+HOLD = """
+import os, socket, sys, time
+s = socket.create_connection(("{dst}", 80), timeout=5)
+def get():
+    s.sendall(b"GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+    data = b""
+    while b"client: " not in data or not data.endswith(b"\\n"):
+        chunk = s.recv(4096)
+        if not chunk:
+            return "closed"
+        data += chunk
+    return data.split(b"\\r\\n\\r\\n", 1)[1].split()[0].decode()
+print(get(), flush=True)
+for _ in range(300):
+    if os.path.exists("{flag}"):
+        break
+    time.sleep(0.1)
+try:
+    print(get(), flush=True)
+except OSError as e:
+    print(type(e).__name__, flush=True)
+"""
+
+
+def test_deregistered_target_keeps_its_open_connection_while_new_ones_avoid_it(up, tmp_path):
+    lab = up(LAB.read_text().replace(
+        "    Targets: [web-a, web-b]\n  web-ips:",
+        "    TargetGroupAttributes: {load_balancing.cross_zone.enabled: true, "
+        "deregistration_delay.timeout_seconds: 30}\n    Targets: [web-a, web-b]\n  web-ips:"), "nlbd")
+    wait_for(lambda: target_states(lab, "web-instances") == {"web-a": "healthy", "web-b": "healthy"}, 40, "healthy")
+    flag = tmp_path / "go"
+    holder, first = None, ""
+    for _ in range(10):  # until the held connection lands on web-a
+        holder = subprocess.Popen(
+            [sys.executable, "-m", "vpclab", "exec", "--lab", lab.name, "client", "--", "python3", "-c",
+             HOLD.format(dst=NODE_A, flag=flag)], env=lab.env, stdout=subprocess.PIPE, text=True)
+        first = holder.stdout.readline().strip()
+        if first == "web-a":
+            break
+        flag.touch()
+        holder.wait(timeout=30)
+        flag.unlink()
+    assert first == "web-a"
+    lab.vpclab("deregister", "--lab", lab.name, "web-instances", "web-a")
+    assert wait_for(lambda: target_states(lab, "web-instances").get("web-a") == "draining", 10, "draining")
+    assert set(served_by(lab, f"http://{NODE_A}/", 8)) == {"web-b"}
+    flag.touch()
+    out, _ = holder.communicate(timeout=30)
+    assert out.strip() == "web-a"  # the open connection still reaches its target
+
+
+def test_connection_termination_resets_connections_when_the_delay_ends(up, tmp_path):
+    lab = up(LAB.read_text().replace(
+        "    Targets: [web-a, web-b]\n  web-ips:",
+        "    TargetGroupAttributes: {deregistration_delay.timeout_seconds: 2, "
+        "deregistration_delay.connection_termination.enabled: true}\n    Targets: [web-a, web-b]\n  web-ips:"),
+        "nlbt")
+    flag = tmp_path / "go"
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "vpclab", "exec", "--lab", lab.name, "client", "--", "python3", "-c",
+         HOLD.format(dst=NODE_A, flag=flag)], env=lab.env, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "web-a"  # cross-zone off: node A has web-a only
+    lab.vpclab("deregister", "--lab", lab.name, "web-instances", "web-a")
+    wait_for(lambda: "web-a" not in target_states(lab, "web-instances"), 15, "the delay to end")
+    time.sleep(0.5)
+    flag.touch()
+    out, _ = holder.communicate(timeout=30)
+    assert out.strip() in ("ConnectionResetError", "closed")

@@ -1,0 +1,160 @@
+"""The NLB node's pure core: target choice (reference §3.3, §3.6) and its nftables ruleset."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from vpclab.engines.nlb import (
+    DRAINING, HEALTHY, INITIAL, UNHEALTHY, UNUSED, ListenerConfig, NodeConfig, TargetView,
+    listener_routes, node_ruleset, routable_targets, zone_in_service,
+)
+
+A, B = "us-east-1a", "us-east-1b"
+
+
+def t(ip: str, az: str, state: str = HEALTHY, port: int = 80) -> TargetView:
+    return TargetView(f"i-{ip.replace('.', '')}", ip, port, az, state)
+
+
+def ips(targets) -> list[str]:
+    return [x.ip for x in targets]
+
+
+def test_cross_zone_off_sends_only_to_targets_in_the_nodes_zone():
+    targets = [t("10.0.1.10", A), t("10.0.2.10", B)]
+    assert ips(routable_targets(targets, A, cross_zone=False)) == ["10.0.1.10"]
+
+
+def test_cross_zone_on_sends_to_every_zone():
+    targets = [t("10.0.1.10", A), t("10.0.2.10", B)]
+    assert ips(routable_targets(targets, A, cross_zone=True)) == ["10.0.1.10", "10.0.2.10"]
+
+
+def test_unhealthy_targets_get_no_new_connections_while_one_is_healthy():
+    targets = [t("10.0.1.10", A, UNHEALTHY), t("10.0.1.11", A), t("10.0.1.12", A, INITIAL)]
+    assert ips(routable_targets(targets, A, cross_zone=False)) == ["10.0.1.11"]
+
+
+def test_all_targets_unhealthy_in_the_zone_fails_open_to_the_zone_only():
+    targets = [t("10.0.1.10", A, UNHEALTHY), t("10.0.1.11", A, UNHEALTHY), t("10.0.2.10", B)]
+    assert ips(routable_targets(targets, A, cross_zone=False)) == ["10.0.1.10", "10.0.1.11"]
+
+
+def test_all_targets_unhealthy_everywhere_fails_open_across_zones_with_cross_zone_on():
+    targets = [t("10.0.1.10", A, UNHEALTHY), t("10.0.2.10", B, UNHEALTHY)]
+    assert ips(routable_targets(targets, A, cross_zone=True)) == ["10.0.1.10", "10.0.2.10"]
+
+
+def test_one_healthy_target_in_another_zone_ends_fail_open_with_cross_zone_on():
+    targets = [t("10.0.1.10", A, UNHEALTHY), t("10.0.2.10", B)]
+    assert ips(routable_targets(targets, A, cross_zone=True)) == ["10.0.2.10"]
+
+
+def test_draining_and_unused_targets_never_take_new_connections_even_failing_open():
+    targets = [t("10.0.1.10", A, DRAINING), t("10.0.1.11", A, UNUSED), t("10.0.1.12", A, UNHEALTHY)]
+    assert ips(routable_targets(targets, A, cross_zone=False)) == ["10.0.1.12"]
+
+
+def test_a_zone_without_targets_has_nothing_to_route_to():
+    assert routable_targets([t("10.0.2.10", B)], A, cross_zone=False) == []
+
+
+def test_new_targets_in_initial_state_are_used_when_nothing_is_healthy_yet():
+    targets = [t("10.0.1.10", A, INITIAL), t("10.0.1.11", A, INITIAL)]
+    assert ips(routable_targets(targets, A, cross_zone=False)) == ["10.0.1.10", "10.0.1.11"]
+
+
+def test_zone_leaves_dns_without_a_healthy_target():
+    assert zone_in_service([t("10.0.1.10", A), t("10.0.2.10", B, UNHEALTHY)], A, cross_zone=False)
+    assert not zone_in_service([t("10.0.1.10", A), t("10.0.2.10", B, UNHEALTHY)], B, cross_zone=False)
+    assert zone_in_service([t("10.0.1.10", A), t("10.0.2.10", B, UNHEALTHY)], B, cross_zone=True)
+
+
+def config(**listener) -> NodeConfig:
+    base = dict(name="web", protocol="TCP", port=80, target_group="tg")
+    base.update(listener)
+    return NodeConfig.from_dict({"load_balancer": "nlb", "availability_zone": A, "node_ip": "10.0.1.5",
+                                 "link_ips": ["169.254.64.2"], "listeners": [base]})
+
+
+def test_tcp_connections_pick_a_random_target_and_conntrack_pins_them():
+    rules = node_ruleset(config(), {"web": [t("10.0.1.10", A), t("10.0.1.11", A, port=8080)]})
+    assert ("ip daddr { 10.0.1.5, 169.254.64.2 } tcp dport 80 meta mark set 0x1 dnat ip to numgen random mod 2 "
+            "map { 0 : 10.0.1.10 . 80, 1 : 10.0.1.11 . 8080 }") in rules
+
+
+def test_udp_flows_hash_on_the_five_tuple():
+    rules = node_ruleset(config(protocol="UDP", preserve_client_ip=True), {"web": [t("10.0.1.10", A)]})
+    assert "udp dport 80 dnat ip to jhash ip saddr . udp sport . ip daddr . udp dport mod 1" in rules
+    assert "ct timeout udp_idle" in rules and "unreplied: 120" in rules
+
+
+def test_tcp_udp_listener_dispatches_both_protocols():
+    rules = node_ruleset(config(protocol="TCP_UDP"), {"web": [t("10.0.1.10", A)]})
+    assert "tcp dport 80 meta mark set 0x1 dnat" in rules and "udp dport 80 meta mark set 0x1 dnat" in rules
+
+
+def test_source_ip_stickiness_hashes_on_the_client_address():
+    rules = node_ruleset(config(source_ip_stickiness=True), {"web": [t("10.0.1.10", A), t("10.0.1.11", A)]})
+    assert "dnat ip to jhash ip saddr mod 2" in rules
+
+
+def test_client_ip_preservation_leaves_the_source_alone():
+    preserved = node_ruleset(config(preserve_client_ip=True), {"web": [t("10.0.1.10", A)]})
+    assert "tcp dport 80 dnat ip to numgen" in preserved
+    assert "tcp dport 80 meta mark set" not in preserved
+    # but traffic from an interface endpoint is always translated to the node's IP
+    assert 'iifname != "eth0" meta mark set 0x1' in preserved
+
+
+def test_listener_idle_timeout_is_a_conntrack_timeout_named_by_its_value():
+    rules = node_ruleset(config(idle_timeout=600), {"web": [t("10.0.1.10", A)]})
+    assert "ct timeout tcp_600" in rules and "policy = { established: 600 }" in rules
+    assert 'tcp dport 80 ct timeout set "tcp_600"' in rules
+
+
+def test_a_listener_without_targets_dispatches_nothing():
+    rules = node_ruleset(config(), {"web": []})
+    assert "dnat" not in rules.split("chain dispatch {")[1].split("}")[0]
+
+
+def test_segments_of_unknown_connections_are_reset():
+    rules = node_ruleset(config(), {"web": [t("10.0.1.10", A)]})
+    assert "tcp flags & (fin | syn | rst | ack) != syn return" in rules
+    assert "tcp dport 80 tcp flags & (fin | syn | rst | ack) != syn reject with tcp reset" in rules
+
+
+def test_proxy_protocol_listener_redirects_direct_clients_to_the_relay():
+    rules = node_ruleset(config(proxy_protocol_v2=True, relay_port=20000), {"web": [t("10.0.1.10", A)]})
+    assert 'iifname "eth0" ip daddr { 10.0.1.5, 169.254.64.2 } tcp dport 80 redirect to :20000' in rules
+    out = rules.split("chain dispatch_out {")[1].split("}")[0]
+    assert "ip daddr 10.0.1.5 tcp dport 80 dnat ip to numgen random mod 1" in out
+
+
+def test_update_flushes_every_chain_in_the_same_transaction():
+    rules = node_ruleset(config(), {"web": [t("10.0.1.10", A)]}, update=True)
+    assert rules.splitlines()[:6] == [f"flush chain ip nlb {c}" for c in
+                                      ("raw", "dispatch", "dispatch_out", "postrouting", "forward", "input")]
+
+
+def test_listener_routes_use_each_listeners_own_cross_zone_setting():
+    cfg = NodeConfig.from_dict({"load_balancer": "nlb", "availability_zone": A, "node_ip": "10.0.1.5",
+                                "listeners": [dict(name="a", protocol="TCP", port=80, target_group="tg"),
+                                              dict(name="b", protocol="TCP", port=81, target_group="tg",
+                                                   cross_zone=True)]})
+    routes = listener_routes(cfg, {"tg": [t("10.0.1.10", A), t("10.0.2.10", B)]})
+    assert ips(routes["a"]) == ["10.0.1.10"] and ips(routes["b"]) == ["10.0.1.10", "10.0.2.10"]
+
+
+@pytest.mark.skipif(shutil.which("nft") is None or shutil.which("unshare") is None, reason="needs nft")
+def test_ruleset_and_its_update_load_in_nftables():
+    cfg = config(protocol="TCP_UDP", proxy_protocol_v2=True, relay_port=20000)
+    first = node_ruleset(cfg, {"web": [t("10.0.1.10", A), t("10.0.1.11", A)]})
+    update = node_ruleset(cfg, {"web": [t("10.0.1.10", A)]}, update=True)
+    script = f"nft -c -f - <<'EOF'\n{first}EOF\nnft -f - <<'EOF'\n{first}EOF\nnft -f - <<'EOF'\n{update}EOF\n"
+    result = subprocess.run(["unshare", "-rn", "sh", "-c", script], capture_output=True, text=True, timeout=20)
+    if result.returncode != 0 and "Operation not permitted" in result.stderr:
+        pytest.skip("no user namespaces here")
+    assert result.returncode == 0, result.stderr
