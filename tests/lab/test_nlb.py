@@ -142,7 +142,7 @@ def test_cross_zone_on_failing_open_across_zones_only_when_no_zone_is_healthy(up
     # One healthy target anywhere: both nodes send only to it.
     assert set(served_by(lab, f"http://{NODE_A}:8082/", 6)) == {"web-b"}
     # web-b stops answering its checks too: every target is unhealthy, so both nodes use all of them.
-    lab.sh("web-b", "pkill -f 'TCP4-LISTEN:9001'")
+    lab.sh("web-b", "pkill -f 'TCP4-LISTEN:900[1]'")
     wait_for(lambda: target_states(lab, "half-healthy") == {"web-a": "unhealthy", "web-b": "unhealthy"}, 40,
              "both unhealthy")
     assert set(served_by(lab, f"http://{NODE_A}:8082/", 16)) == {"web-a", "web-b"}
