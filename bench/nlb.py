@@ -37,16 +37,16 @@ ROOT = Path(__file__).resolve().parents[1]
 LAB = """
 lab: {region: us-east-1, account: "111111111111"}
 vpcs:
-  provider: {CidrBlock: 10.0.0.0/16}
-  consumer: {CidrBlock: 10.0.0.0/16, Account: "222222222222"}
+  provider-vpc: {CidrBlock: 10.0.0.0/16}
+  consumer-vpc: {CidrBlock: 10.0.0.0/16, Account: "222222222222"}
 subnets:
-  targets: {VpcId: provider, AvailabilityZone: a, CidrBlock: 10.0.1.0/24}
-  clients: {VpcId: provider, AvailabilityZone: a, CidrBlock: 10.0.2.0/24}
-  nodes: {VpcId: provider, AvailabilityZone: a, CidrBlock: 10.0.3.0/24}
-  consumers: {VpcId: consumer, AvailabilityZone: a, CidrBlock: 10.0.1.0/24}
+  targets: {VpcId: provider-vpc, AvailabilityZone: a, CidrBlock: 10.0.1.0/24}
+  clients: {VpcId: provider-vpc, AvailabilityZone: a, CidrBlock: 10.0.2.0/24}
+  nodes: {VpcId: provider-vpc, AvailabilityZone: a, CidrBlock: 10.0.3.0/24}
+  consumers: {VpcId: consumer-vpc, AvailabilityZone: a, CidrBlock: 10.0.1.0/24}
 security_groups:
   open:
-    VpcId: provider
+    VpcId: provider-vpc
     SecurityGroupIngress: [{IpProtocol: tcp, FromPort: 5001, ToPort: 5002, CidrIp: 0.0.0.0/0}]
 instances:
   target:
@@ -54,30 +54,31 @@ instances:
     PrivateIpAddress: 10.0.1.10
     SecurityGroupIds: [open]
     DefaultServices: false
-    Run: ["python3 -c '{sink}'"]
-  client: {{SubnetId: clients, PrivateIpAddress: 10.0.2.10, DefaultServices: false}}
-  consumer: {{SubnetId: consumers, PrivateIpAddress: 10.0.1.20, DefaultServices: false}}
+    Run: ["python3 @SINK@"]
+  client: {SubnetId: clients, PrivateIpAddress: 10.0.2.10, DefaultServices: false}
+  consumer: {SubnetId: consumers, PrivateIpAddress: 10.0.1.20, DefaultServices: false}
 load_balancers:
   bench-nlb:
     Type: network
     Scheme: internal
-    SubnetMappings: [{{SubnetId: nodes, PrivateIPv4Address: 10.0.3.5}}]
+    SubnetMappings: [{SubnetId: nodes, PrivateIPv4Address: 10.0.3.5}]
 target_groups:
   sink:
-    {{Protocol: TCP, Port: 5001, VpcId: provider, TargetType: ip, HealthCheckPort: "5002", Targets: [10.0.1.10]}}
+    {Protocol: TCP, Port: 5001, VpcId: provider-vpc, TargetType: ip, HealthCheckPort: "5002", Targets: [10.0.1.10]}
   accept:
-    {{Protocol: TCP, Port: 5002, VpcId: provider, TargetType: ip, Targets: [10.0.1.10]}}
+    {Protocol: TCP, Port: 5002, VpcId: provider-vpc, TargetType: ip, Targets: [10.0.1.10]}
 listeners:
-  sink: {{LoadBalancerArn: bench-nlb, Protocol: TCP, Port: 5001, DefaultActions: [{{Type: forward, TargetGroupArn: sink}}]}}
-  accept: {{LoadBalancerArn: bench-nlb, Protocol: TCP, Port: 5002, DefaultActions: [{{Type: forward, TargetGroupArn: accept}}]}}
+  sink-listener: {LoadBalancerArn: bench-nlb, Protocol: TCP, Port: 5001, DefaultActions: [{Type: forward, TargetGroupArn: sink}]}
+  accept-listener: {LoadBalancerArn: bench-nlb, Protocol: TCP, Port: 5002, DefaultActions: [{Type: forward, TargetGroupArn: accept}]}
 vpc_endpoint_services:
-  bench: {{NetworkLoadBalancerArns: [bench-nlb], AcceptanceRequired: false, AllowedPrincipals: ["*"]}}
+  bench: {NetworkLoadBalancerArns: [bench-nlb], AcceptanceRequired: false, AllowedPrincipals: ["*"]}
 vpc_endpoints:
   bench-endpoint:
     VpcEndpointType: Interface
     ServiceName: bench
-    VpcId: consumer
-    SubnetConfigurations: [{{SubnetId: consumers, Ipv4: 10.0.1.50}}]
+    VpcId: consumer-vpc
+    SubnetIds: [consumers]
+    SubnetConfigurations: [{SubnetId: consumers, Ipv4: 10.0.1.50}]
 """
 
 # The target's servers: 5001 discards a stream, 5002 accepts and closes (threads: both at once).
@@ -158,7 +159,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as home:
         env = dict(os.environ, VPCLAB_HOME=home, PYTHONPATH=str(ROOT))
         lab_file = Path(home) / "bench-nlb.yaml"
-        lab_file.write_text(LAB.format(sink=SINK.replace("\n", "\\n").replace('"', '\\"')))
+        sink = Path(home) / "sink.py"
+        sink.write_text(SINK)
+        lab_file.write_text(LAB.replace("@SINK@", str(sink)))
         vpclab(env, "up", str(lab_file), "--name", "bench-nlb")
         try:
             for node, dst in paths.values():

@@ -1,0 +1,94 @@
+"""PrivateLink (reference §6): interface endpoints to an NLB, proven with real connections."""
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from conftest import ROOT
+from vpclab.engines.proxy_protocol import parse_header, proxy_header
+
+pytestmark = pytest.mark.lab
+LAB = ROOT / "examples" / "privatelink-cross-zone.yaml"
+URL = "http://provider-nlb.example.local/"
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def hellos(lab, count: int) -> Counter:
+    """Which provider subnet answered each of `count` curls from the consumer (one exec, many curls)."""
+    script = f"for i in $(seq {count}); do curl -s --max-time 3 {URL} | head -1; echo; done"
+    lines = lab.sh("consumer", script, timeout=count * 4 + 20).stdout.splitlines()
+    return Counter(line for line in lines if line.strip())
+
+
+def endpoint(lab) -> dict:
+    return next(e for e in lab.status()["vpc_endpoints"] if e["name"] == "provider-endpoint")
+
+
+def test_cross_zone_off_reaches_only_subnet_1_and_on_reaches_all_three(up):
+    lab = up(LAB, "pl")
+    assert hellos(lab, 30) == {"Hello from Provider VPC on Subnet 1": 30}
+    lab.vpclab("modify", "--lab", lab.name, "provider-nlb", "load_balancing.cross_zone.enabled=true")
+    seen = hellos(lab, 30)
+    assert set(seen) == {f"Hello from Provider VPC on Subnet {n}" for n in (1, 2, 3)}
+    assert sum(seen.values()) == 30
+
+
+def test_targets_see_the_nlb_nodes_ip_though_the_cidrs_are_identical(up):
+    lab = up(LAB, "pl")
+    body = lab.curl("consumer", URL)
+    node_a = next(b for b in lab.status()["load_balancers"] if b["name"] == "provider-nlb")["nodes"][0]
+    assert f"client: {node_a['private_ip']}:" in body
+
+
+def test_endpoint_security_group_is_enforced(up):
+    # The consumer moves to 10.11.0.128/26, a subnet the endpoint's group does not allow.
+    text = LAB.read_text().replace(
+        "  consumer-2: {VpcId: consumer-vpc, AvailabilityZone: b, CidrBlock: 10.11.0.64/26}",
+        "  consumer-2: {VpcId: consumer-vpc, AvailabilityZone: b, CidrBlock: 10.11.0.64/26}\n"
+        "  consumer-3: {VpcId: consumer-vpc, AvailabilityZone: c, CidrBlock: 10.11.0.128/26}")
+    text = text.replace("  consumer: {SubnetId: consumer-1}",
+                        "  consumer: {SubnetId: consumer-1}\n  outsider: {SubnetId: consumer-3}")
+    lab = up(text, "plsg")
+    assert "Subnet 1" in lab.curl("consumer", URL)
+    assert lab.curl("outsider", URL) == ""
+
+
+def test_endpoint_pending_acceptance_carries_nothing_until_accepted(up):
+    lab = up(LAB.read_text().replace("AcceptanceRequired: false", "AcceptanceRequired: true"), "placc")
+    assert endpoint(lab)["state"] == "pendingAcceptance"
+    assert lab.curl("consumer", URL) == ""
+    lab.vpclab("endpoint", "--lab", lab.name, "accept", endpoint(lab)["id"])
+    assert endpoint(lab)["state"] == "available"
+    assert "Subnet 1" in wait_for(lambda: lab.curl("consumer", URL), 10, "the endpoint to carry traffic")
+    lab.vpclab("endpoint", "--lab", lab.name, "reject", endpoint(lab)["id"])
+    assert lab.curl("consumer", URL) == ""
+
+
+def test_proxy_protocol_v2_through_the_endpoint_carries_the_consumer_the_eni_and_the_endpoint_id(up):
+    lab = up(LAB.read_text().replace(
+        "    UnhealthyThresholdCount: 2\n    Targets: [web-1, web-2, web-3]",
+        "    UnhealthyThresholdCount: 2\n    TargetGroupAttributes: {proxy_protocol_v2.enabled: true}\n"
+        "    Targets: [web-1, web-2, web-3]"), "plpp")
+    ep = endpoint(lab)
+    eni_ip = ep["enis"][0]["ip"]
+    consumer_ip = lab.instance("consumer")["private_ip"]
+    body = wait_for(lambda: lab.curl("consumer", URL), 15, "an answer through the relay")
+    fields = dict(line.split(": ", 1) for line in body.splitlines() if ": " in line)
+    raw = bytes.fromhex(fields["proxy-protocol-hex"])
+    header = parse_header(raw)
+    assert header.source[0] == consumer_ip
+    assert header.destination == (eni_ip, 80)
+    assert header.vpc_endpoint_id == ep["id"]
+    assert raw == proxy_header(header.source, (eni_ip, 80), vpc_endpoint_id=ep["id"])
+    assert len(raw) == 100
