@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 class Namespace:
     """One network namespace, held by a process of the lab.
 
-    `kind` is router, instance, igw, nat, internet or host. Instances and hosts
+    `kind` is router, instance, igw, nat, internet, host, gwlb, nlb (an NLB node;
+    its ruleset is the daemon's, as it follows target health) or vpce (an
+    interface endpoint's ENI). Instances and hosts
     also get their own mount and UTS namespaces (hostname, resolv.conf).
     """
 
@@ -48,7 +50,9 @@ class Service:
 
     kind: `test_page` (TCP 80), `banner` (TCP 22), `dns` (UDP and TCP 53 on
     `addresses`), `command` (a shell command run inside the namespace),
-    `appliance` (the reference GENEVE appliance) or `gwlb_node` (one GWLB node).
+    `appliance` (the reference GENEVE appliance), `gwlb_node` (one GWLB node),
+    `nlb_node` (one NLB node's ruleset, loaded by the daemon) or `pp2_relay`
+    (a Proxy Protocol v2 relay listening on `addresses`).
     """
 
     ns: str
