@@ -216,3 +216,24 @@ def test_connection_termination_resets_connections_when_the_delay_ends(up, tmp_p
     flag.touch()
     out, _ = holder.communicate(timeout=30)
     assert out.strip() in ("ConnectionResetError", "closed")
+
+
+def test_az_without_a_healthy_target_leaves_the_dns_answer_until_every_az_has_none(up):
+    text = LAB.read_text()
+    head, rest = text.split("listeners:\n")
+    half = next(line for line in rest.splitlines() if line.startswith("  half:"))
+    lab = up(head + "listeners:\n" + half + "\ninternet:\n  hosts:\n    outside: {}\n", "nlbdns")
+    lb = next(b for b in lab.status()["load_balancers"] if b["name"] == "web-nlb")
+    public = {n["az"]: n["public_ip"] for n in lb["nodes"]}
+
+    def answer(name: str) -> set[str]:
+        out = lab.sh("client", f"getent ahostsv4 {name}", check=False).stdout.split()
+        return {word for word in out if word.count(".") == 3}
+
+    wait_for(lambda: target_states(lab, "half-healthy") == {"web-a": "unhealthy", "web-b": "healthy"}, 40,
+             "web-a unhealthy, web-b healthy")
+    assert wait_for(lambda: answer(lb["dns_name"]) == {public["us-east-1b"]}, 10, "AZ a to leave DNS")
+    assert answer(f"us-east-1a.{lb['dns_name']}") == {public["us-east-1a"]}  # the zonal name stays
+    lab.sh("web-b", "pkill -f 'TCP4-LISTEN:900[1]'")
+    wait_for(lambda: target_states(lab, "half-healthy")["web-b"] == "unhealthy", 40, "web-b unhealthy")
+    assert wait_for(lambda: answer(lb["dns_name"]) == set(public.values()), 10, "every AZ back in DNS")
