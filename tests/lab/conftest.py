@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,23 @@ class RunningLab:
 
     def instance(self, name: str) -> dict:
         return next(i for i in self.status()["instances"] if i["name"] == name)
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
+    """Poll until `predicate()` is truthy and return its value; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def target_states(lab: RunningLab, group: str) -> dict[str, str]:
+    """Each target's health state in a target group, by instance name (or ID)."""
+    tg = next(g for g in lab.status()["target_groups"] if g["name"] == group)
+    return {t["name"] or t["id"]: t["state"] for t in tg["targets"]}
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, target_states, wait_for
 
 pytestmark = pytest.mark.lab
 DISTRIBUTED = ROOT / "examples" / "gwlb-distributed.yaml"
@@ -36,16 +36,6 @@ def distributed(**replacements: str) -> str:
     return text
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 STATS_PERIOD = 1.0  # the reference appliance rewrites its stats file every second
 
 
@@ -55,9 +45,8 @@ def appliances(lab) -> dict[str, dict]:
     return {i["name"]: i.get("appliance", {}) for i in lab.status()["instances"] if i["role"] == "appliance"}
 
 
-def target_states(lab, group: str = "appliances") -> dict[str, str]:
-    tg = next(g for g in lab.status()["target_groups"] if g["name"] == group)
-    return {t["name"] or t["id"]: t["state"] for t in tg["targets"]}
+def appliance_states(lab) -> dict[str, str]:
+    return target_states(lab, "appliances")
 
 
 def all_healthy(lab, group: str = "appliances") -> bool:
@@ -177,7 +166,7 @@ def test_with_no_healthy_appliance_traffic_does_not_get_through(gwlb):
     assert gwlb.curl("client", web_url(gwlb)).startswith("web-1 ")
     for name in ("appliance-1", "appliance-2"):
         gwlb.sh(name, f"pkill -f 'appliances/[{name[0]}]{name[1:]}.json'")
-    wait_for(lambda: set(target_states(gwlb).values()) == {"unhealthy"}, 30, "both targets unhealthy")
+    wait_for(lambda: set(appliance_states(gwlb).values()) == {"unhealthy"}, 30, "both targets unhealthy")
     assert gwlb.curl("client", web_url(gwlb), timeout=2) == ""
 
 
@@ -200,7 +189,7 @@ def test_stopped_appliance_fails_over_new_flows_and_existing_flows_follow_target
     victim = serving_appliance(lab, before)
     lab.sh(victim, f"pkill -f 'appliances/[{victim[0]}]{victim[1:]}.json'")
     # interval 5 s x unhealthy threshold 2
-    wait_for(lambda: target_states(lab)[victim] == "unhealthy", 30, f"{victim} unhealthy")
+    wait_for(lambda: appliance_states(lab)[victim] == "unhealthy", 30, f"{victim} unhealthy")
     for sport in range(42100, 42106):  # new flows all reach the survivor
         assert udp_exchange(lab, sport=sport, count=1) == 1
     carried = udp_exchange(lab, sport=42000, count=4)
@@ -215,14 +204,14 @@ def test_deregistered_target_drains_for_the_delay_then_is_unused(gwlb):
     assert udp_exchange(gwlb, sport=43000, count=2) == 2
     pinned = serving_appliance(gwlb, before)
     gwlb.vpclab("deregister", "--lab", gwlb.name, "appliances", pinned)
-    assert target_states(gwlb)[pinned] == "draining"
+    assert appliance_states(gwlb)[pinned] == "draining"
     assert udp_exchange(gwlb, sport=43000, count=2) == 2  # the existing flow keeps its appliance
     before = appliances(gwlb)
     for sport in range(43100, 43106):
         assert udp_exchange(gwlb, sport=sport, count=1) == 1
     after = appliances(gwlb)
     assert after[pinned]["flows"] == before[pinned]["flows"]  # no new flow went to the draining target
-    wait_for(lambda: "draining" not in target_states(gwlb).values(), 25, "the 10 s delay to end")
+    wait_for(lambda: "draining" not in appliance_states(gwlb).values(), 25, "the 10 s delay to end")
     assert udp_exchange(gwlb, sport=43000, count=2) == 0  # no_rebalance: dropped after the delay
     gwlb.vpclab("register", "--lab", gwlb.name, "appliances", pinned)
     wait_for(lambda: all_healthy(gwlb), 30, "the re-registered target healthy")

@@ -1,34 +1,18 @@
 """Network Load Balancer behaviour (reference §3), proven with real connections through the kernel."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
 
 import pytest
 
-from conftest import LABS
+from conftest import LABS, target_states, wait_for
 from vpclab.engines.proxy_protocol import parse_header, proxy_header
 
 pytestmark = pytest.mark.lab
 LAB = LABS / "nlb.yaml"
 NODE_A, NODE_B = "10.0.1.5", "10.0.2.5"
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def target_states(lab, group: str) -> dict[str, str]:
-    tg = next(g for g in lab.status()["target_groups"] if g["name"] == group)
-    return {t["name"] or t["id"]: t["state"] for t in tg["targets"]}
 
 
 def page(lab, url: str, node: str = "client") -> dict:

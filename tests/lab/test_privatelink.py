@@ -5,23 +5,12 @@ from collections import Counter
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, wait_for
 from vpclab.engines.proxy_protocol import parse_header, proxy_header
 
 pytestmark = pytest.mark.lab
 LAB = ROOT / "examples" / "privatelink-cross-zone.yaml"
 URL = "http://provider-nlb.example.local/"
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
-    import time
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def hellos(lab, count: int) -> Counter:
