@@ -79,11 +79,16 @@ def vpclab_home(tmp_path):
     return home
 
 
-@pytest.fixture
-def lab_env(vpclab_home):
-    env = dict(os.environ, VPCLAB_HOME=str(vpclab_home))
+def lab_environment(home: Path) -> dict:
+    """The environment that runs this checkout's vpclab with its labs under `home`."""
+    env = dict(os.environ, VPCLAB_HOME=str(home))
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     return env
+
+
+@pytest.fixture
+def lab_env(vpclab_home):
+    return lab_environment(vpclab_home)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import LABS, target_states, wait_for
+from conftest import LABS, RunningLab, lab_environment, target_states, wait_for
 from vpclab.engines.proxy_protocol import parse_header, proxy_header
 
 pytestmark = pytest.mark.lab
@@ -33,14 +33,9 @@ def served_by(lab, url: str, count: int, node: str = "client") -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def nlb(request, tmp_path_factory):
+def nlb(tmp_path_factory):
     """One lab for the tests that leave it as they found it."""
-    from conftest import RunningLab, ROOT
-    import os
-    home = tmp_path_factory.mktemp("home")
-    env = dict(os.environ, VPCLAB_HOME=str(home))
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    lab = RunningLab("nlb", env)
+    lab = RunningLab("nlb", lab_environment(tmp_path_factory.mktemp("home")))
     lab.vpclab("up", str(LAB), "--name", "nlb", timeout=120)
     try:
         wait_for(lambda: target_states(lab, "web-instances") == {"web-a": "healthy", "web-b": "healthy"}, 40,

@@ -2,7 +2,7 @@
 and the daemon turns them into zones the resolver serves."""
 from __future__ import annotations
 
-from vpclab.daemon.main import Daemon
+from vpclab.daemon.main import dns_zones
 from vpclab.engines import dns as dns_engine
 from vpclab.model import load_lab_text
 from vpclab.plan.compile import compile_lab
@@ -68,7 +68,7 @@ def test_lab_without_hosted_zones_plans_dns_as_before():
 
 
 def resolver_for(vpc: str) -> dns_engine.Resolver:
-    return dns_engine.Resolver(Daemon._zones(None, dns_services()[vpc]))
+    return dns_engine.Resolver(dns_zones(dns_services()[vpc]))
 
 
 def test_daemon_zones_answer_records_cname_alias_and_nxdomain_in_zone():

@@ -19,7 +19,6 @@ from typing import Callable
 from vpclab import unixpath
 from vpclab.engines import nlb as nlb_engine
 from vpclab.engines.health import HealthChecker
-from vpclab.model.health_check import HealthCheckConfig
 from vpclab.model.resources import Lab
 from vpclab.plan.compile import gwlb_node_attributes, nlb_node_config
 from vpclab.plan.wiring import Service
@@ -48,7 +47,7 @@ class NlbNode:
 class Balancers:
     statedir: Path
     enter: Callable[[str], object]  # a context manager that enters a namespace by name
-    run_in: Callable[..., None] = lambda ns, argv, stdin="": None  # runs a tool in a namespace (Fabric.run_in)
+    run_in: Callable[..., None]  # runs a tool in a namespace (Fabric.run_in)
     nodes: list[Node] = field(default_factory=list)
     checker: HealthChecker | None = None
     group_of_lb: dict[str, str] = field(default_factory=dict)  # GWLB -> its target group
@@ -138,8 +137,7 @@ class Balancers:
         self._remember_addresses(lab)
         for svc in services:
             lb, az = svc.param("load_balancer"), svc.param("availability_zone")
-            config = nlb_engine.NodeConfig.from_dict(nlb_node_config(lab, lb, az))
-            node = NlbNode(lb, az, svc.ns, config)
+            node = NlbNode(lb, az, svc.ns, _node_config(lab, lb, az))
             self.nlb_nodes.append(node)
             self._apply_nlb(node, first=True)
 
@@ -159,6 +157,10 @@ class Balancers:
 
     def _nlb_groups(self) -> set[str]:
         return {li.target_group for n in self.nlb_nodes for li in n.config.listeners}
+
+    def _checked_groups(self) -> set[str]:
+        """Every target group a load balancer of the lab uses: the ones the checker probes."""
+        return set(self.group_of_lb.values()) | self._nlb_groups()
 
     def _target_views(self, group_name: str) -> list[nlb_engine.TargetView]:
         group = self.lab.target_groups[group_name]
@@ -187,7 +189,7 @@ class Balancers:
             self.lab = lab
         for node in self.nlb_nodes:
             if lab is not None:
-                config = nlb_engine.NodeConfig.from_dict(nlb_node_config(lab, node.load_balancer, node.az))
+                config = _node_config(lab, node.load_balancer, node.az)
                 if config != node.config:
                     node.config, node.routable = config, {}
             if groups is None or any(li.target_group in groups for li in node.config.listeners):
@@ -203,9 +205,7 @@ class Balancers:
         if state == "unhealthy":
             if attributes.get("target_health_state.unhealthy.connection_termination.enabled", "true") != "true":
                 return
-            nodes = [n for n in self.nlb_nodes if not any(
-                t.id == target_id for li in n.config.listeners if li.target_group == group
-                for t in n.routable.get(li.name, ()))]
+            nodes = [n for n in self.nlb_nodes if not _routes_to(n, group, target_id)]
         elif state == "unused" and reason == "Target.NotRegistered":
             if attributes.get("deregistration_delay.connection_termination.enabled", "false") != "true":
                 return
@@ -258,7 +258,7 @@ class Balancers:
     def apply(self, old: Lab, new: Lab) -> None:
         """Tell the checker and the nodes what a live change did to targets and attributes."""
         self._remember_addresses(new)
-        checked = set(self.group_of_lb.values()) | self._nlb_groups()
+        checked = self._checked_groups()
         for group_name in checked:
             before, after = old.target_groups[group_name], new.target_groups[group_name]
             was = {t.id: t for t in before.targets}
@@ -287,7 +287,7 @@ class Balancers:
     # --- what status shows ------------------------------------------------------------
 
     def target_health(self, group: str) -> dict[str, dict]:
-        if self.checker is None or group not in set(self.group_of_lb.values()) | self._nlb_groups():
+        if self.checker is None or group not in self._checked_groups():
             return {}
         return {d["Target"]["Id"]: d["TargetHealth"] for d in self.checker.describe_target_health(group)}
 
@@ -300,6 +300,16 @@ class Balancers:
             except (OSError, asyncio.TimeoutError) as exc:
                 out[node.ns] = {"error": str(exc)}
         return out
+
+
+def _node_config(lab: Lab, lb: str, az: str) -> nlb_engine.NodeConfig:
+    return nlb_engine.NodeConfig.from_dict(nlb_node_config(lab, lb, az))
+
+
+def _routes_to(node: NlbNode, group: str, target_id: str) -> bool:
+    """Whether the node still sends new connections of `group` to the target (it fails open to it)."""
+    return any(t.id == target_id for li in node.config.listeners if li.target_group == group
+               for t in node.routable.get(li.name, ()))
 
 
 def _proxy_protocol_v2(group) -> bool:

@@ -158,27 +158,14 @@ class Daemon:
             out[name] = kept or [ip for ip, _lb, _az in entries]
         return out
 
+    def _zones(self, svc: Service):
+        return dns_zones(svc, self._aws_names(svc))
+
     def refresh_dns(self) -> None:
         """Health changed: answer NLB names with the AZs now in service."""
         for svc in self.wiring.services:
             if svc.kind == "dns" and svc.ns in self.resolvers and svc.param("aws_names"):
                 self.resolvers[svc.ns].replace_zones(self._zones(svc))
-
-    def _zones(self, svc: Service):
-        private = []
-        for domain, record_sets in svc.param("private_zones", ()):  # (domain, ((name, type, ttl, values), ...))
-            records: dict[str, list] = {}
-            for name, rtype, ttl, values in record_sets:
-                records.setdefault(name, []).extend(dns_engine.Record(rtype, v, ttl) for v in values)
-            private.append(dns_engine.Zone(domain, records, private=True))
-        return dns_engine.build_vpc_zones(
-            region=svc.param("region"),
-            instances=list(svc.param("instances", ())),
-            public_names=dict(svc.param("public_names", ())),
-            enable_dns_hostnames=svc.param("enable_dns_hostnames", False),
-            private_zones=private,
-            aws_names=self._aws_names(svc) if self is not None else None,
-        )
 
     def _start_dns(self, svc: Service) -> None:
         resolver = dns_engine.Resolver(self._zones(svc))
@@ -322,6 +309,24 @@ class Daemon:
         self.lab, self.wiring = new_lab, new_wiring
         log.info("change %d %s %s: reapplied %s", seq, kind, params, changed)
         return {"seq": seq, "reapplied": changed}
+
+
+def dns_zones(svc: Service, aws_names: dict[str, list[str]] | None = None):
+    """The zones a `dns` service answers; `aws_names` are the NLB and endpoint names it gives now."""
+    private = []
+    for domain, record_sets in svc.param("private_zones", ()):  # (domain, ((name, type, ttl, values), ...))
+        records: dict[str, list] = {}
+        for name, rtype, ttl, values in record_sets:
+            records.setdefault(name, []).extend(dns_engine.Record(rtype, v, ttl) for v in values)
+        private.append(dns_engine.Zone(domain, records, private=True))
+    return dns_engine.build_vpc_zones(
+        region=svc.param("region"),
+        instances=list(svc.param("instances", ())),
+        public_names=dict(svc.param("public_names", ())),
+        enable_dns_hostnames=svc.param("enable_dns_hostnames", False),
+        private_zones=private,
+        aws_names=aws_names,
+    )
 
 
 def run_daemon(statedir: Path, progress_fd: int | None) -> int:

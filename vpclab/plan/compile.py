@@ -214,7 +214,7 @@ def compile_lab(lab: Lab) -> Wiring:
     endpoints = endpoint_links(lab)
     interfaces = interface_links(lab)
     for vpc in lab.vpcs.values():
-        enis = _enis_of(lab, vpc)
+        enis = _enis_of(lab, vpc, interfaces)
         igw = next((g for g in lab.internet_gateways.values() if g.vpc == vpc.name), None)
         own_endpoints = [e for e in endpoints if e.endpoint.vpc == vpc.name]
         namespaces.append(_router(lab, vpc, enis, igw, own_endpoints))
@@ -268,7 +268,7 @@ def compile_lab(lab: Lab) -> Wiring:
 # --- the VPC router -------------------------------------------------------
 
 
-def _enis_of(lab: Lab, vpc: Vpc) -> list[Eni]:
+def _enis_of(lab: Lab, vpc: Vpc, interfaces: list[InterfaceLink]) -> list[Eni]:
     taken: set[str] = {"lo", "igw"}
     enis: list[Eni] = []
     for nat in lab.nat_gateways.values():
@@ -291,7 +291,7 @@ def _enis_of(lab: Lab, vpc: Vpc) -> list[Eni]:
                 enis.append(Eni(node.eni_id, f"{lb.name}:{node.az}", nlb_ns(lb.name, node.az),
                                 ifname_for("l-", f"{lb.name}-{node.az[-1]}", taken), node.private_ip,
                                 subnet, (), False))
-    for link in interface_links(lab):
+    for link in interfaces:
         if link.subnet.vpc == vpc.name:
             enis.append(Eni(link.eni.id, f"{link.endpoint.name}:{link.eni.az}", link.ns,
                             ifname_for("v-", f"{link.endpoint.name}-{link.eni.az[-1]}", taken), link.eni.ip,
