@@ -196,10 +196,10 @@ def peer(wiring, ns: str, ifname: str) -> str:
     return ends[0]
 
 
-def router_side(wiring, ns: str) -> tuple[str, str]:
-    """(router namespace, router's interface) of the ENI veth from `ns`'s eth0 into its VPC router."""
+def router_side(wiring, ns: str, ifname: str = "eth0") -> tuple[str, str]:
+    """(router namespace, router's interface) of the ENI veth from `ns`'s `ifname` into its VPC router."""
     ends = [(l.b_ns, l.b_ifname) for l in wiring.links
-            if (l.a_ns, l.a_ifname) == (ns, "eth0") and l.b_ns.startswith("router:")]
+            if (l.a_ns, l.a_ifname) == (ns, ifname) and l.b_ns.startswith("router:")]
     assert len(ends) == 1, f"{ns} has {len(ends)} links into a router"
     return ends[0]
 

@@ -72,11 +72,15 @@ def test_zone_leaves_dns_without_a_healthy_target():
     assert zone_in_service([t("10.0.1.10", A), t("10.0.2.10", B, UNHEALTHY)], B, cross_zone=True)
 
 
-def config(**listener) -> NodeConfig:
+ENDPOINT = {"vpc_endpoint_id": "vpce-0123456789abcdef0", "ifname": "pl-consumer-a", "eni_ip": "10.0.1.50",
+            "link_ip": "169.254.64.2", "mark": 0x100, "available": True}
+
+
+def config(endpoints=(ENDPOINT,), **listener) -> NodeConfig:
     base = dict(name="web", protocol="TCP", port=80, target_group="tg")
     base.update(listener)
     return NodeConfig.from_dict({"load_balancer": "nlb", "availability_zone": A, "node_ip": "10.0.1.5",
-                                 "link_ips": ["169.254.64.2"], "listeners": [base]})
+                                 "endpoints": list(endpoints), "listeners": [base]})
 
 
 def test_tcp_connections_pick_a_random_target_and_conntrack_pins_them():
@@ -126,16 +130,59 @@ def test_segments_of_unknown_connections_are_reset():
     assert "tcp dport 80 tcp flags & (fin | syn | rst | ack) != syn reject with tcp reset" in rules
 
 
-def test_proxy_protocol_listener_redirects_direct_clients_to_the_relay():
+def test_proxy_protocol_listener_redirects_clients_to_the_relay_on_the_address_they_reached():
     rules = node_ruleset(config(proxy_protocol_v2=True, relay_port=20000), {"web": [t("10.0.1.10", A)]})
-    assert 'iifname "eth0" ip daddr { 10.0.1.5, 169.254.64.2 } tcp dport 80 redirect to :20000' in rules
+    # direct clients reach the node's IP, endpoint clients its link address: each has its own relay
+    assert 'ip daddr { 10.0.1.5, 169.254.64.2 } tcp dport 80 redirect to :20000' in rules
     out = rules.split("chain dispatch_out {")[1].split("}")[0]
     assert "ip daddr 10.0.1.5 tcp dport 80 dnat ip to numgen random mod 1" in out
 
 
+def test_endpoint_eni_ip_becomes_the_link_address_before_conntrack_and_again_after_nat():
+    rules = node_ruleset(config(), {"web": [t("10.0.1.10", A)]})
+    raw = rules.split("chain raw {")[1].split("}")[0]
+    assert 'iifname "pl-consumer-a" ip daddr 10.0.1.50 ip daddr set 169.254.64.2' in raw
+    unmap = rules.split("chain unmap {")[1].split("}")[0]
+    assert "priority srcnat + 200" in unmap
+    assert 'oifname "pl-consumer-a" ip saddr 169.254.64.2 ip saddr set 10.0.1.50' in unmap
+
+
+def test_endpoint_replies_are_routed_back_by_connection_mark():
+    rules = node_ruleset(config(), {"web": [t("10.0.1.10", A)]})
+    assert 'ct mark set iifname map { "pl-consumer-a" : 0x100 }' in rules
+    assert "ct direction reply ct mark != 0 meta mark set ct mark" in rules.split("chain replies {")[1]
+    assert "type route hook output" in rules.split("chain replies_out {")[1].split("}")[0]
+
+
+def test_an_endpoint_that_is_not_available_carries_nothing():
+    rules = node_ruleset(config(endpoints=[dict(ENDPOINT, available=False)]), {"web": [t("10.0.1.10", A)]})
+    raw = rules.split("chain raw {")[1].split("}")[0]
+    # not rewritten, so dropped, even where the ENI's IP is also the node's (identical CIDRs)
+    assert "ip daddr set" not in raw
+    assert 'iifname "pl-consumer-a" ip daddr != 169.254.64.2 drop' in raw
+
+
+def test_an_endpoint_link_carries_only_traffic_to_its_eni():
+    raw = node_ruleset(config(), {"web": [t("10.0.1.10", A)]}).split("chain raw {")[1].split("}")[0]
+    lines = [line.strip() for line in raw.splitlines()]
+    rewrite = lines.index('iifname "pl-consumer-a" ip daddr 10.0.1.50 ip daddr set 169.254.64.2 comment '
+                          '"vpce-0123456789abcdef0"')
+    assert lines[rewrite + 1] == 'iifname "pl-consumer-a" ip daddr != 169.254.64.2 drop'
+
+
+def test_a_node_without_endpoints_has_no_endpoint_chains():
+    rules = node_ruleset(config(endpoints=()), {"web": [t("10.0.1.10", A)]})
+    assert "chain replies" not in rules and "chain unmap" not in rules and "ct mark" not in rules
+    assert "ip daddr 10.0.1.5 tcp dport 80" in rules
+
+
 def test_update_flushes_every_chain_in_the_same_transaction():
     rules = node_ruleset(config(), {"web": [t("10.0.1.10", A)]}, update=True)
-    assert rules.splitlines()[:6] == [f"flush chain ip nlb {c}" for c in
+    assert rules.splitlines()[:9] == [f"flush chain ip nlb {c}" for c in
+                                      ("raw", "replies", "dispatch", "dispatch_out", "replies_out", "postrouting",
+                                       "unmap", "forward", "input")]
+    plain = node_ruleset(config(endpoints=()), {"web": [t("10.0.1.10", A)]}, update=True)
+    assert plain.splitlines()[:6] == [f"flush chain ip nlb {c}" for c in
                                       ("raw", "dispatch", "dispatch_out", "postrouting", "forward", "input")]
 
 
@@ -153,7 +200,8 @@ def test_ruleset_and_its_update_load_in_nftables():
     cfg = config(protocol="TCP_UDP", proxy_protocol_v2=True, relay_port=20000)
     first = node_ruleset(cfg, {"web": [t("10.0.1.10", A), t("10.0.1.11", A)]})
     update = node_ruleset(cfg, {"web": [t("10.0.1.10", A)]}, update=True)
-    script = f"nft -c -f - <<'EOF'\n{first}EOF\nnft -f - <<'EOF'\n{first}EOF\nnft -f - <<'EOF'\n{update}EOF\n"
+    script = (f"ip link add pl-consumer-a type veth peer name peer\n"  # iifname maps want the interface
+              f"nft -c -f - <<'EOF'\n{first}EOF\nnft -f - <<'EOF'\n{first}EOF\nnft -f - <<'EOF'\n{update}EOF\n")
     result = subprocess.run(["unshare", "-rn", "sh", "-c", script], capture_output=True, text=True, timeout=20)
     if result.returncode != 0 and "Operation not permitted" in result.stderr:
         pytest.skip("no user namespaces here")

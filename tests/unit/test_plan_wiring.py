@@ -12,11 +12,11 @@ import pytest
 
 from plan_routing import PolicyRouter, router_side
 from vpclab.model import accept_vpc_endpoint_connections, load_lab, load_lab_text
-from vpclab.plan.compile import INTERNET_NS, ENI_TABLE, VPC_MTU, compile_lab
+from vpclab.plan.compile import INTERNET_NS, ENI_TABLE, VPC_MTU, compile_lab, interface_links
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
-NAMESPACE_KINDS = {"router", "instance", "igw", "nat", "internet", "host", "gwlb", "nlb", "vpce"}
+NAMESPACE_KINDS = {"router", "instance", "igw", "nat", "internet", "host", "gwlb", "nlb"}
 
 # Names that truncate to the same 15 characters, or differ only by '.', '_' and '-'.
 LONG_NAMES = """
@@ -70,19 +70,17 @@ def labs():
 
 
 def enis(lab):
-    """(owner namespace, VPC, subnet, private IP) of every ENI the router serves."""
+    """(owner namespace, owner's interface, subnet, private IP) of every ENI the router serves."""
     for nat in lab.nat_gateways.values():
-        yield f"nat:{nat.name}", lab.subnets[nat.subnet], nat.private_ip
+        yield f"nat:{nat.name}", "eth0", lab.subnets[nat.subnet], nat.private_ip
     for lb in lab.load_balancers.values():
         for node in lb.nodes:
             kind = "gwlb" if lb.type == "gateway" else "nlb"
-            yield f"{kind}:{lb.name}:{node.az}", lab.subnets[node.subnet], node.private_ip
-    for ep in lab.vpc_endpoints.values():
-        if ep.type == "Interface":
-            for eni in ep.enis:
-                yield f"vpce:{ep.name}:{eni.az}", lab.subnets[eni.subnet], eni.ip
+            yield f"{kind}:{lb.name}:{node.az}", "eth0", lab.subnets[node.subnet], node.private_ip
+    for link in interface_links(lab):  # an interface endpoint's ENI ends in its AZ's NLB node
+        yield link.node_ns, link.ifname, lab.subnets[link.eni.subnet], link.eni.ip
     for inst in lab.instances.values():
-        yield inst.name, lab.subnets[inst.subnet], inst.private_ip
+        yield inst.name, "eth0", lab.subnets[inst.subnet], inst.private_ip
 
 
 @pytest.mark.parametrize("make_lab", labs())
@@ -90,11 +88,11 @@ def test_every_eni_is_a_veth_into_its_vpc_router_with_mtu_9001(make_lab):
     lab = make_lab()
     wiring = compile_lab(lab)
     count = 0
-    for ns, subnet, ip in enis(lab):
+    for ns, owner_ifname, subnet, ip in enis(lab):
         count += 1
         rns = f"router:{subnet.vpc}"
         veths = [link for link in wiring.links if link.a_ns == ns and link.b_ns.startswith("router:")
-                 and link.a_ifname == "eth0"]
+                 and link.a_ifname == owner_ifname]
         assert len(veths) == 1, ns
         link = veths[0]
         assert link.b_ns == rns and link.mtu == VPC_MTU == 9001
@@ -112,12 +110,21 @@ def test_every_eni_is_a_veth_into_its_vpc_router_with_mtu_9001(make_lab):
         assert len(tables) == 1, ns
         aws_table = lab.route_table_of_subnet(subnet.name)
         assert set(policy.tables[tables[0]]) == {route.destination for route in aws_table.routes}, ns
-        # The ENI's side: its address in the subnet, the router as default gateway.
         own = wiring.namespace(ns).ip_batch
-        assert f"addr add {ip}/{subnet.cidr.prefixlen} dev eth0" in own
-        assert f"route add default via {subnet.router_ip} dev eth0" in own
+        if owner_ifname == "eth0":
+            # The ENI's side: its address in the subnet, the router as default gateway.
+            assert f"addr add {ip}/{subnet.cidr.prefixlen} dev eth0" in own
+            assert f"route add default via {subnet.router_ip} dev eth0" in own
+        else:
+            # An interface endpoint's ENI in its NLB node: the node answers ARP for the ENI's IP
+            # (proxy ARP, without holding it: the CIDRs may collide) and sends replies via the router.
+            assert ("ipv4/conf/default/proxy_arp", "1") in wiring.namespace(ns).sysctls
+            assert f"ntable change name arp_cache dev {owner_ifname} proxy_delay 0" in own
+            assert any(line.startswith(f"route add default via {subnet.router_ip} dev {owner_ifname} onlink table ")
+                       for line in own)
     # One veth per ENI, no more; the router answers ARP for the whole subnet.
-    assert count == sum(1 for link in wiring.links if link.a_ifname == "eth0" and link.b_ns.startswith("router:"))
+    assert count == sum(1 for link in wiring.links
+                        if link.b_ns.startswith("router:") and not link.a_ns.startswith("router:"))
     for ns in wiring.namespaces:
         if ns.kind == "router":
             assert ("ipv4/conf/default/proxy_arp", "1") in ns.sysctls
@@ -232,8 +239,8 @@ def test_examples_compile(path):
         policy = PolicyRouter.from_batch(router.ip_batch)  # every line understood, no route or rule twice
         assert policy.rules[-1].action == "blackhole"
         assert len({r.pref for r in policy.rules}) == len(policy.rules)
-    for ns, _, _ in enis(lab):
-        router_side(wiring, ns)  # exactly one veth into a router
+    for ns, owner_ifname, _, _ in enis(lab):
+        router_side(wiring, ns, owner_ifname)  # exactly one veth into a router
     for name in lab.internet_gateways:
         assert wiring.namespace(f"igw:{name}").kind == "igw"
     if lab.internet_hosts or lab.internet_gateways:

@@ -189,7 +189,7 @@ class Daemon:
         argv = [sys.executable, "-m", "vpclab.engines.pp2_relay", "--listen", svc.addresses[0],
                 "--upstream", svc.param("upstream")]
         if svc.param("vpc_endpoint_id"):
-            argv += ["--vpc-endpoint-id", svc.param("vpc_endpoint_id")]
+            argv += ["--vpc-endpoint-id", svc.param("vpc_endpoint_id"), "--dst-ip", svc.param("dst_ip")]
         self.relays[svc] = self._start_process(svc.ns, argv, f"{svc.ns}.log")
 
     def _restart_relays(self, wiring: Wiring) -> None:

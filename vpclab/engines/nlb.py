@@ -23,11 +23,20 @@ How AWS's behaviour maps onto the ruleset:
   On: the client's own address; the VPC router returns the replies to the node
   by connection mark. Traffic from an interface endpoint is always translated to
   the node's IP (PrivateLink never preserves the client IP).
-- `proxy_protocol_v2.enabled`: direct traffic on that TCP listener is redirected
+- Interface endpoints: each endpoint ENI is a veth from the consumer VPC's router
+  straight into this namespace (no hop of its own). The consumer's and the
+  provider's CIDRs may be the same, so the ENI's IP is rewritten statelessly to
+  the node's side of the link (a private /30) before conntrack, which keeps every
+  endpoint's connections apart, and back after NAT on the way out. Replies find
+  their way back to the consumer by connection mark (one per endpoint link,
+  routed by the plan's ip rules). Nothing is rewritten while the endpoint is not
+  `available`, so nothing passes.
+- `proxy_protocol_v2.enabled`: TCP connections on that listener are redirected
   to a local relay (`pp2_relay`), which writes the header and connects back to
   the listener address; that connection is dispatched by the same rule in the
-  `output` hook. Traffic from an interface endpoint already carries the header
-  (the endpoint writes it, knowing the consumer, its own IP and its ID).
+  `output` hook. Direct clients go to the relay on the node's IP; each interface
+  endpoint has its own relay on its link address, which adds the endpoint ID and
+  the ENI's IP.
 """
 from __future__ import annotations
 
@@ -40,7 +49,8 @@ HEALTHY, UNHEALTHY, INITIAL, DRAINING, UNUSED, UNAVAILABLE = (
 UDP_IDLE_TIMEOUT = 120  # fixed at AWS
 SNAT_MARK = 0x1  # new connections the node translates to its own IP
 TABLE = "nlb"
-CHAINS = ("raw", "dispatch", "dispatch_out", "postrouting", "forward", "input")
+CHAINS = ("raw", "replies", "dispatch", "dispatch_out", "replies_out", "postrouting", "unmap", "forward",
+          "input")
 
 
 @dataclass(frozen=True)
@@ -73,23 +83,35 @@ class ListenerConfig:
 
 
 @dataclass(frozen=True)
+class EndpointLinkConfig:
+    """One interface endpoint ENI whose veth ends in this node."""
+
+    vpc_endpoint_id: str
+    ifname: str  # the node's side of the ENI's veth
+    eni_ip: str  # the ENI's IP in the consumer VPC
+    link_ip: str  # the node's own address on that veth, what the ENI's IP becomes here
+    mark: int  # connection mark of its connections; the plan routes it back out `ifname`
+    available: bool = False
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     load_balancer: str
     availability_zone: str
     node_ip: str
-    link_ips: tuple[str, ...] = ()  # the node's side of its interface endpoint links
+    endpoints: tuple[EndpointLinkConfig, ...] = ()
     listeners: tuple[ListenerConfig, ...] = ()
     hash_seed: int = field(default=0)
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "NodeConfig":
         listeners = tuple(ListenerConfig(**li) for li in data.get("listeners", ()))
-        return cls(data["load_balancer"], data["availability_zone"], data["node_ip"],
-                   tuple(data.get("link_ips", ())), listeners,
+        endpoints = tuple(EndpointLinkConfig(**e) for e in data.get("endpoints", ()))
+        return cls(data["load_balancer"], data["availability_zone"], data["node_ip"], endpoints, listeners,
                    zlib.crc32(data["load_balancer"].encode()) & 0xFFFFFFFF)
 
     def addresses(self) -> tuple[str, ...]:
-        return (self.node_ip, *self.link_ips)
+        return (self.node_ip, *(e.link_ip for e in self.endpoints))
 
 
 def routable_targets(targets: Iterable[TargetView], az: str, cross_zone: bool) -> list[TargetView]:
@@ -125,6 +147,13 @@ def _pick(listener: ListenerConfig, protocol: str, targets: Sequence[TargetView]
     return f"dnat ip to {index} map {{ {elements} }}"
 
 
+def chains(config: NodeConfig) -> tuple[str, ...]:
+    """The chains of the node's table: the endpoint ones only where endpoints end here."""
+    if config.endpoints:
+        return CHAINS
+    return tuple(c for c in CHAINS if c not in ("replies", "replies_out", "unmap"))
+
+
 def node_ruleset(config: NodeConfig, routable: Mapping[str, Sequence[TargetView]], update: bool = False) -> str:
     """The node's whole nftables table; `routable` maps listener names to their targets.
 
@@ -135,7 +164,8 @@ def node_ruleset(config: NodeConfig, routable: Mapping[str, Sequence[TargetView]
     here = _set(config.addresses())
     listen = [(li, proto) for li in config.listeners for proto in li.protocols]
     timeouts = sorted({li.idle_timeout for li, proto in listen if proto == "tcp"})
-    out = [f"flush chain ip {TABLE} {chain}" for chain in CHAINS] if update else []
+    endpoints = config.endpoints
+    out = [f"flush chain ip {TABLE} {chain}" for chain in chains(config)] if update else []
     out.append(f"table ip {TABLE} {{")
     for seconds in timeouts:
         out += [f"\tct timeout tcp_{seconds} {{", "\t\tprotocol tcp; l3proto ip;",
@@ -144,10 +174,23 @@ def node_ruleset(config: NodeConfig, routable: Mapping[str, Sequence[TargetView]
         out += ["\tct timeout udp_idle {", "\t\tprotocol udp; l3proto ip;",
                 f"\t\tpolicy = {{ unreplied: {UDP_IDLE_TIMEOUT}, replied: {UDP_IDLE_TIMEOUT} }}", "\t}"]
     out += ["\tchain raw {", "\t\ttype filter hook prerouting priority raw; policy accept;"]
+    # before conntrack: an endpoint's connections are tracked by its own link address
+    out += [f"\t\tiifname \"{e.ifname}\" ip daddr {e.eni_ip} ip daddr set {e.link_ip} comment \"{e.vpc_endpoint_id}\""
+            for e in endpoints if e.available]
+    # and nothing else comes in on its link: not to another address, and nothing unless it is available
+    out += [f"\t\tiifname \"{e.ifname}\" ip daddr != {e.link_ip} drop" for e in endpoints]
     for li, proto in listen:
         timeout = f"tcp_{li.idle_timeout}" if proto == "tcp" else "udp_idle"
         out.append(f"\t\tip daddr {here} {proto} dport {li.port} ct timeout set \"{timeout}\"")
-    out += ["\t}", "\tchain dispatch {", "\t\ttype nat hook prerouting priority dstnat; policy accept;",
+    out.append("\t}")
+    if endpoints:
+        out += ["\tchain replies {", "\t\ttype filter hook prerouting priority mangle; policy accept;",
+                "\t\tct direction reply ct mark != 0 meta mark set ct mark", "\t}"]
+    out += ["\tchain dispatch {", "\t\ttype nat hook prerouting priority dstnat; policy accept;"]
+    if endpoints:
+        marks = ", ".join(f"\"{e.ifname}\" : {e.mark:#x}" for e in endpoints)
+        out.append(f"\t\tct mark set iifname map {{ {marks} }} comment \"replies go back to the endpoint\"")
+    out += [
             # neither a SYN nor a known connection: not dispatched, so the input chain resets it
             "\t\ttcp flags & (fin | syn | rst | ack) != syn return",
             f"\t\tiifname != \"eth0\" meta mark set {SNAT_MARK:#x} comment \"PrivateLink: targets see the node\""]
@@ -158,18 +201,26 @@ def node_ruleset(config: NodeConfig, routable: Mapping[str, Sequence[TargetView]
             continue
         match = f"ip daddr {here} {proto} dport {li.port}"
         if proto == "tcp" and li.proxy_protocol_v2 and li.relay_port:
-            out.append(f"\t\tiifname \"eth0\" {match} redirect to :{li.relay_port} comment \"PPv2 relay\"")
+            # to the relay on the address the client reached: the node's IP, or an endpoint's link
+            out.append(f"\t\t{match} redirect to :{li.relay_port} comment \"PPv2 relay\"")
         mark = "" if li.preserve_client_ip else f"meta mark set {SNAT_MARK:#x} "
         out.append(f"\t\t{match} {mark}{_pick(li, proto, targets, config.hash_seed)}")
         if proto == "tcp" and li.proxy_protocol_v2 and li.relay_port:
-            # the relay's own connection to the listener: dispatched, and from the node's IP
+            # a relay's own connection to the listener: dispatched, and from the node's IP
             out_rules.append(f"\t\tip daddr {config.node_ip} tcp dport {li.port} "
                              f"{_pick(li, proto, targets, config.hash_seed)}")
     out += ["\t}", "\tchain dispatch_out {", "\t\ttype nat hook output priority -100; policy accept;",
-            *out_rules, "\t}",
-            "\tchain postrouting {", "\t\ttype nat hook postrouting priority srcnat; policy accept;",
-            f"\t\tmeta mark {SNAT_MARK:#x} snat ip to {config.node_ip}", "\t}",
-            "\tchain forward {", "\t\ttype filter hook forward priority filter; policy drop;",
+            *out_rules, "\t}"]
+    if endpoints:  # a relay's replies to a consumer
+        out += ["\tchain replies_out {", "\t\ttype route hook output priority mangle; policy accept;",
+                "\t\tct mark != 0 meta mark set ct mark", "\t}"]
+    out += ["\tchain postrouting {", "\t\ttype nat hook postrouting priority srcnat; policy accept;",
+            f"\t\tmeta mark {SNAT_MARK:#x} snat ip to {config.node_ip}", "\t}"]
+    if endpoints:  # after NAT: the consumer sees its endpoint's IP again
+        out += ["\tchain unmap {", "\t\ttype filter hook postrouting priority srcnat + 200; policy accept;"]
+        out += [f"\t\toifname \"{e.ifname}\" ip saddr {e.link_ip} ip saddr set {e.eni_ip}" for e in endpoints]
+        out.append("\t}")
+    out += ["\tchain forward {", "\t\ttype filter hook forward priority filter; policy drop;",
             "\t\tct state established,related accept",
             "\t\tct state new ct status dnat accept", "\t}",
             "\tchain input {", "\t\ttype filter hook input priority filter; policy drop;",

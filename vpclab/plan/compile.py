@@ -84,10 +84,6 @@ def nlb_ns(lb: str, az: str) -> str:
     return f"nlb:{lb}:{az}"
 
 
-def vpce_ns(endpoint: str, az: str) -> str:
-    return f"vpce:{endpoint}:{az}"
-
-
 def gwlb_ns(lb: str, az: str) -> str:
     return f"gwlb:{lb}:{az}"
 
@@ -127,48 +123,55 @@ def endpoint_links(lab: Lab) -> list[EndpointLink]:
     return links
 
 
-INTERFACE_LINKS = IPv4Network("169.254.64.0/18")  # interface endpoint ENI <-> NLB node, a /30 each
+INTERFACE_LINKS = IPv4Network("169.254.64.0/18")  # the node's address on each endpoint ENI's veth, from a /30
 NLB_REPLY_MARK = 0x100  # + node index: replies to preserved-client connections go back to their node
 NLB_REPLY_TABLE = 400  # + node index
 NLB_RELAY_PORT = 20000  # + listener index: a node's local Proxy Protocol v2 relays
+ENDPOINT_MARK = 0x100  # + endpoint link index, in an NLB node: connections from that endpoint
+ENDPOINT_TABLE = 100  # + endpoint link index, in an NLB node: routes their replies back to it
 
 
 @dataclass(frozen=True)
 class InterfaceLink:
-    """One ENI of an interface endpoint: a namespace in the consumer subnet, linked
-    privately to the NLB node of its AZ (the consumer's and provider's CIDRs may collide)."""
+    """One ENI of an interface endpoint: a veth from the consumer VPC's router straight into the
+    NLB node of its AZ (engines.nlb explains how colliding CIDRs are kept apart there)."""
 
     endpoint: VpcEndpoint
     eni: EndpointEni
     subnet: Subnet
     load_balancer: str
     node_ns: str
-    ifname: str  # the same on both sides
-    endpoint_ip: IPv4Address  # its side of the link: what the provider's node sees as the source
-    node_ip: IPv4Address
-
-    @property
-    def ns(self) -> str:
-        return vpce_ns(self.endpoint.name, self.eni.az)
+    ifname: str  # the node's side of the veth
+    node_ip: IPv4Address  # the node's own address on it, which the ENI's IP becomes in the node
+    index: int  # among the node's endpoint links: its connection mark and reply table
 
     @property
     def available(self) -> bool:
         return self.endpoint.state == "available"
 
+    @property
+    def mark(self) -> int:
+        return ENDPOINT_MARK + self.index
+
+    @property
+    def table(self) -> int:
+        return ENDPOINT_TABLE + self.index
+
 
 def interface_links(lab: Lab) -> list[InterfaceLink]:
     links = []
     slots = INTERFACE_LINKS.subnets(new_prefix=30)
-    taken: set[str] = set()
+    taken: dict[str, set[str]] = {}  # interface names per node namespace
     for ep in lab.vpc_endpoints.values():
         if ep.type != "Interface":
             continue
         for eni in ep.enis:
             lb = lab.load_balancer_of_endpoint(ep.name, eni.az).name
-            slot = next(slots)
-            links.append(InterfaceLink(ep, eni, lab.subnets[eni.subnet], lb, nlb_ns(lb, eni.az),
-                                       ifname_for("pl-", f"{ep.name}-{eni.az[-1]}", taken),
-                                       slot.network_address + 1, slot.network_address + 2))
+            node_ns = nlb_ns(lb, eni.az)
+            names = taken.setdefault(node_ns, {"lo", "eth0"})
+            links.append(InterfaceLink(ep, eni, lab.subnets[eni.subnet], lb, node_ns,
+                                       ifname_for("pl-", f"{ep.name}-{eni.az[-1]}", names),
+                                       next(slots).network_address + 2, len(names) - 3))
     return links
 
 
@@ -184,6 +187,7 @@ class Eni:
     subnet: Subnet
     security_groups: tuple[str, ...]
     source_dest_check: bool
+    owner_ifname: str = "eth0"  # the owner's side; an NLB node has one more per interface endpoint
 
     @property
     def chain(self) -> str:
@@ -219,7 +223,7 @@ def compile_lab(lab: Lab) -> Wiring:
         own_endpoints = [e for e in endpoints if e.endpoint.vpc == vpc.name]
         namespaces.append(_router(lab, vpc, enis, igw, own_endpoints))
         for eni in enis:
-            links.append(Link(eni.owner_ns, "eth0", router_ns(vpc.name), eni.ifname, VPC_MTU))
+            links.append(Link(eni.owner_ns, eni.owner_ifname, router_ns(vpc.name), eni.ifname, VPC_MTU))
         for ep in own_endpoints:
             links.append(Link(router_ns(vpc.name), ep.ifname, ep.node_ns, ep.ifname, VPC_MTU))
         for lb in (b for b in lab.load_balancers.values() if b.vpc == vpc.name and b.type == "gateway"):
@@ -230,11 +234,7 @@ def compile_lab(lab: Lab) -> Wiring:
         for lb in (b for b in lab.load_balancers.values() if b.vpc == vpc.name and b.type == "network"):
             for node in lb.nodes:
                 namespaces.append(_nlb_node(lab, lb, node, interfaces))
-                services.extend(_nlb_node_services(lab, lb, node))
-        for link in (i for i in interfaces if i.endpoint.vpc == vpc.name):
-            namespaces.append(_interface_endpoint(lab, link))
-            links.append(Link(link.ns, link.ifname, link.node_ns, link.ifname, VPC_MTU))
-            services.extend(_interface_endpoint_services(lab, link))
+                services.extend(_nlb_node_services(lab, lb, node, interfaces))
         for nat in (n for n in lab.nat_gateways.values() if lab.subnets[n.subnet].vpc == vpc.name):
             namespaces.append(_nat_gateway(nat.name, lab.subnets[nat.subnet], nat.private_ip))
         for inst in (i for i in lab.instances.values() if lab.subnets[i.subnet].vpc == vpc.name):
@@ -293,9 +293,9 @@ def _enis_of(lab: Lab, vpc: Vpc, interfaces: list[InterfaceLink]) -> list[Eni]:
                                 subnet, (), False))
     for link in interfaces:
         if link.subnet.vpc == vpc.name:
-            enis.append(Eni(link.eni.id, f"{link.endpoint.name}:{link.eni.az}", link.ns,
+            enis.append(Eni(link.eni.id, f"{link.endpoint.name}:{link.eni.az}", link.node_ns,
                             ifname_for("v-", f"{link.endpoint.name}-{link.eni.az[-1]}", taken), link.eni.ip,
-                            link.subnet, link.endpoint.security_groups, True))
+                            link.subnet, link.endpoint.security_groups, True, link.ifname))
     for inst in lab.instances.values():
         subnet = lab.subnets[inst.subnet]
         if subnet.vpc == vpc.name:
@@ -495,7 +495,8 @@ def router_ruleset(lab: Lab, vpc: Vpc, enis: list[Eni]) -> str:
 
 
 def _nlb_node_enis(enis: list[Eni]) -> list[Eni]:
-    return [e for e in enis if e.owner_ns.startswith("nlb:")]
+    """NLB nodes' own ENIs (not the interface endpoint ENIs that also end in a node)."""
+    return [e for e in enis if e.owner_ns.startswith("nlb:") and e.owner_ifname == "eth0"]
 
 
 def _sg_checks(sgs, direction: str, group_ids: dict[str, str], eni: Eni) -> list[str]:
@@ -635,82 +636,43 @@ def nlb_node_config(lab: Lab, lb_name: str, az: str) -> dict:
             "source_ip_stickiness": attrs.get("stickiness.enabled") == "true",
             "relay_port": NLB_RELAY_PORT + i,
         })
-    link_ips = [str(link.node_ip) for link in interface_links(lab) if link.node_ns == nlb_ns(lb_name, az)]
+    endpoints = [{"vpc_endpoint_id": link.endpoint.id, "ifname": link.ifname, "eni_ip": str(link.eni.ip),
+                  "link_ip": str(link.node_ip), "mark": link.mark, "available": link.available}
+                 for link in interface_links(lab) if link.node_ns == nlb_ns(lb_name, az)]
     return {"load_balancer": lb_name, "availability_zone": az, "node_ip": str(node.private_ip),
-            "link_ips": link_ips, "listeners": listeners}
+            "endpoints": endpoints, "listeners": listeners}
 
 
 def _nlb_node(lab: Lab, lb: LoadBalancer, node, interfaces: list[InterfaceLink]) -> Namespace:
-    """The node's namespace; its ruleset is the daemon's (engines.nlb): it follows target health."""
+    """The node's namespace; its ruleset is the daemon's (engines.nlb): it follows target health.
+    Each interface endpoint ENI of its AZ is a veth into it: the node answers ARP for the ENI's
+    IP there (proxy ARP) and routes that endpoint's replies back out by connection mark."""
     subnet = lab.subnets[node.subnet]
     batch = list(_single_eni(node.private_ip, subnet.cidr.prefixlen, subnet.router_ip))
-    for link in interfaces:
-        if link.node_ns == nlb_ns(lb.name, node.az):
-            batch += [f"link set {link.ifname} up", f"addr add {link.node_ip}/30 dev {link.ifname}"]
-    return Namespace(name=nlb_ns(lb.name, node.az), kind="nlb", sysctls=BASE_SYSCTLS + FORWARDING,
-                     ip_batch=tuple(batch))
+    own = [link for link in interfaces if link.node_ns == nlb_ns(lb.name, node.az)]
+    for link in own:
+        batch += [f"link set {link.ifname} up", f"addr add {link.node_ip}/30 dev {link.ifname}",
+                  f"ntable change name arp_cache dev {link.ifname} proxy_delay 0",
+                  f"route add default via {link.subnet.router_ip} dev {link.ifname} onlink table {link.table}",
+                  f"rule add pref {100 + link.index} fwmark {link.mark:#x} lookup {link.table}"]
+    return Namespace(name=nlb_ns(lb.name, node.az), kind="nlb",
+                     sysctls=BASE_SYSCTLS + FORWARDING + (PROXY_ARP if own else ()), ip_batch=tuple(batch))
 
 
-def _nlb_node_services(lab: Lab, lb: LoadBalancer, node) -> list[Service]:
+def _nlb_node_services(lab: Lab, lb: LoadBalancer, node, interfaces: list[InterfaceLink]) -> list[Service]:
+    """The node's ruleset keeper, and a Proxy Protocol v2 relay per PPv2 listener: one for direct
+    clients on the node's IP, and one per interface endpoint on its link address, which alone
+    knows the endpoint ID and the ENI's IP."""
     ns = nlb_ns(lb.name, node.az)
     services = [Service(ns, "nlb_node", params=(("load_balancer", lb.name), ("availability_zone", node.az)))]
     for li in nlb_node_config(lab, lb.name, node.az)["listeners"]:
         if li["proxy_protocol_v2"] and li["protocol"] == "TCP":
-            # direct clients: the node redirects them here; the relay connects back to the listener
-            services.append(Service(ns, "pp2_relay", (f"{node.private_ip}:{li['relay_port']}",),
-                                    (("upstream", f"{node.private_ip}:{li['port']}"),)))
+            upstream = ("upstream", f"{node.private_ip}:{li['port']}")
+            services.append(Service(ns, "pp2_relay", (f"{node.private_ip}:{li['relay_port']}",), (upstream,)))
+            services += [Service(ns, "pp2_relay", (f"{link.node_ip}:{li['relay_port']}",),
+                                 (upstream, ("vpc_endpoint_id", link.endpoint.id), ("dst_ip", str(link.eni.ip))))
+                         for link in interfaces if link.node_ns == ns]
     return services
-
-
-def _interface_listeners(lab: Lab, link: InterfaceLink) -> list[tuple[str, int, bool]]:
-    """(protocol, port, proxy protocol v2) of each listener the endpoint forwards to."""
-    out = []
-    for li in lab.listeners_of(link.load_balancer):
-        pp2 = lab.target_groups[li.target_group].attributes.get("proxy_protocol_v2.enabled") == "true"
-        for proto in (("tcp", "udp") if li.protocol == "TCP_UDP" else (li.protocol.lower(),)):
-            out.append((proto, li.port, pp2 and proto == "tcp"))
-    return out
-
-
-def _interface_endpoint(lab: Lab, link: InterfaceLink) -> Namespace:
-    """An interface endpoint's ENI. It forwards the listener ports to its NLB node, translating both
-    addresses to the private link's (the provider never sees the consumer's VPC). With Proxy
-    Protocol v2 on, a relay here writes the header: only here are the consumer's IP, the ENI's IP
-    and the endpoint ID all known. Nothing passes unless the endpoint is available."""
-    eni_ip = link.eni.ip
-    lines = ["table ip vpce {",
-             "\tchain prerouting {", "\t\ttype nat hook prerouting priority dstnat; policy accept;"]
-    relayed = []
-    if link.available:
-        for proto, port, pp2 in _interface_listeners(lab, link):
-            if pp2:
-                relayed.append(port)
-            else:
-                lines.append(f"\t\tiifname \"eth0\" ip daddr {eni_ip} {proto} dport {port} "
-                             f"dnat ip to {link.node_ip}")
-    lines += ["\t}", "\tchain postrouting {", "\t\ttype nat hook postrouting priority srcnat; policy accept;",
-              f"\t\toifname \"{link.ifname}\" snat ip to {link.endpoint_ip}", "\t}",
-              "\tchain forward {", "\t\ttype filter hook forward priority filter; policy drop;",
-              "\t\tct state established,related accept",
-              f"\t\tiifname \"eth0\" oifname \"{link.ifname}\" ct status dnat accept", "\t}",
-              "\tchain input {", "\t\ttype filter hook input priority filter; policy drop;",
-              "\t\tct state established,related accept", "\t\tiifname \"lo\" accept"]
-    if relayed:
-        ports = relayed[0] if len(relayed) == 1 else "{ " + ", ".join(map(str, relayed)) + " }"
-        lines.append(f"\t\tiifname \"eth0\" ip daddr {eni_ip} tcp dport {ports} accept comment \"PPv2 relay\"")
-    lines += ["\t}", "}"]
-    return Namespace(
-        name=link.ns, kind="vpce", sysctls=BASE_SYSCTLS + FORWARDING,
-        ip_batch=_single_eni(eni_ip, link.subnet.cidr.prefixlen, link.subnet.router_ip)
-        + (f"link set {link.ifname} up", f"addr add {link.endpoint_ip}/30 dev {link.ifname}"),
-        nft="\n".join(lines) + "\n",
-    )
-
-
-def _interface_endpoint_services(lab: Lab, link: InterfaceLink) -> list[Service]:
-    return [Service(link.ns, "pp2_relay", (f"{link.eni.ip}:{port}",),
-                    (("upstream", f"{link.node_ip}:{port}"), ("vpc_endpoint_id", link.endpoint.id)))
-            for proto, port, pp2 in _interface_listeners(lab, link) if pp2]
 
 
 def aws_dns_names(lab: Lab) -> tuple[tuple[str, tuple[tuple[str, str, str], ...]], ...]:

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 class Namespace:
     """One network namespace, held by a process of the lab.
 
-    `kind` is router, instance, igw, nat, internet, host, gwlb, nlb (an NLB node;
-    its ruleset is the daemon's, as it follows target health) or vpce (an
-    interface endpoint's ENI). Instances and hosts
-    also get their own mount and UTS namespaces (hostname, resolv.conf).
+    `kind` is router, instance, igw, nat, internet, host, gwlb or nlb (an NLB
+    node; its ruleset is the daemon's, as it follows target health, and the ENIs
+    of interface endpoints in its AZ end in it). Instances and hosts also get
+    their own mount and UTS namespaces (hostname, resolv.conf).
     """
 
     name: str
