@@ -157,11 +157,13 @@ def test_security_group_rules_compile_to_stateful_allow_rules():
     wiring = compile_lab(lab)
     forward = chains(nft)["forward"]
     assert forward[0] == "type filter hook forward priority filter; policy accept;"
+    # leaving one ENI first, then entering the other: one verdict map lookup each
+    assert forward[1].startswith("iifname vmap { ") and forward[2].startswith("oifname vmap { ")
     for name, inst in lab.instances.items():
         ifname = router_side(wiring, name)[1]
         key = inst.eni_id.replace("-", "_")
-        assert f'iifname "{ifname}" jump from_{key}' in forward
-        assert f'oifname "{ifname}" jump to_{key}' in forward
+        assert f'"{ifname}" : jump from_{key}' in forward[1]
+        assert f'"{ifname}" : jump to_{key}' in forward[2]
 
 
 def test_referenced_security_group_becomes_a_set_of_member_ips():

@@ -470,9 +470,9 @@ def router_ruleset(lab: Lab, vpc: Vpc, enis: list[Eni]) -> str:
                 for i, eni in enumerate(nlb_nodes)]
         out += ["\t\tct direction reply ct mark != 0 meta mark set ct mark", "\t}"]
     out += ["\tchain forward {", "\t\ttype filter hook forward priority filter; policy accept;"]
-    for eni in enis:
-        out.append(f"\t\tiifname \"{eni.ifname}\" jump from_{eni.chain}")
-        out.append(f"\t\toifname \"{eni.ifname}\" jump to_{eni.chain}")
+    if enis:  # one lookup each way, however many ENIs the VPC has
+        out.append("\t\tiifname vmap { " + ", ".join(f"\"{e.ifname}\" : jump from_{e.chain}" for e in enis) + " }")
+        out.append("\t\toifname vmap { " + ", ".join(f"\"{e.ifname}\" : jump to_{e.chain}" for e in enis) + " }")
     out.append("\t}")
     for acl in acls:
         out += _nacl_chain(acl, egress=False) + _nacl_chain(acl, egress=True)
