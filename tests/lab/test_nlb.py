@@ -95,6 +95,9 @@ def test_proxy_protocol_v2_header_is_byte_exact(nlb):
     assert header.destination == (NODE_A, 8081)
     assert raw == proxy_header((client_ip, client_port), (NODE_A, 8081))
     assert len(raw) == 100
+    # instance targets preserve the client's IP, with the header on too: the connection comes from it
+    # (from another port: the relay's own connection cannot reuse the client's while it is open)
+    assert seen["client"].rsplit(":", 1)[0] == client_ip
 
 
 def test_zone_without_a_healthy_target_leaves_dns_and_its_node_fails_open(nlb):

@@ -170,10 +170,21 @@ def test_an_endpoint_link_carries_only_traffic_to_its_eni():
     assert lines[rewrite + 1] == 'iifname "pl-consumer-a" ip daddr != 169.254.64.2 drop'
 
 
-def test_a_node_without_endpoints_has_no_endpoint_chains():
+def test_a_node_without_endpoints_rewrites_nothing():
     rules = node_ruleset(config(endpoints=()), {"web": [t("10.0.1.10", A)]})
-    assert "chain replies" not in rules and "chain unmap" not in rules and "ct mark" not in rules
+    assert "chain unmap" not in rules and "ip daddr set" not in rules and "iifname map" not in rules
     assert "ip daddr 10.0.1.5 tcp dport 80" in rules
+
+
+def test_proxy_protocol_with_client_ip_preserved_relays_from_the_clients_address():
+    rules = node_ruleset(config(proxy_protocol_v2=True, preserve_client_ip=True, relay_port=20000),
+                         {"web": [t("10.0.1.10", A)]})
+    # the relay binds to the client's IP; its connections are marked so that replies come home
+    out = rules.split("chain replies_out {")[1].split("}")[0]
+    assert 'ip daddr 10.0.1.5 tcp dport 80 ct state new ct mark set 0x2 comment "transparent relay"' in out
+    assert "ct direction reply ct mark != 0 meta mark set ct mark" in rules.split("chain replies {")[1]
+    plain = node_ruleset(config(proxy_protocol_v2=True, relay_port=20000), {"web": [t("10.0.1.10", A)]})
+    assert "transparent relay" not in plain
 
 
 def test_update_flushes_every_chain_in_the_same_transaction():
@@ -182,8 +193,9 @@ def test_update_flushes_every_chain_in_the_same_transaction():
                                       ("raw", "replies", "dispatch", "dispatch_out", "replies_out", "postrouting",
                                        "unmap", "forward", "input")]
     plain = node_ruleset(config(endpoints=()), {"web": [t("10.0.1.10", A)]}, update=True)
-    assert plain.splitlines()[:6] == [f"flush chain ip nlb {c}" for c in
-                                      ("raw", "dispatch", "dispatch_out", "postrouting", "forward", "input")]
+    assert plain.splitlines()[:8] == [f"flush chain ip nlb {c}" for c in
+                                      ("raw", "replies", "dispatch", "dispatch_out", "replies_out", "postrouting",
+                                       "forward", "input")]
 
 
 def test_listener_routes_use_each_listeners_own_cross_zone_setting():
@@ -197,7 +209,7 @@ def test_listener_routes_use_each_listeners_own_cross_zone_setting():
 
 @pytest.mark.skipif(shutil.which("nft") is None or shutil.which("unshare") is None, reason="needs nft")
 def test_ruleset_and_its_update_load_in_nftables():
-    cfg = config(protocol="TCP_UDP", proxy_protocol_v2=True, relay_port=20000)
+    cfg = config(protocol="TCP_UDP", proxy_protocol_v2=True, preserve_client_ip=True, relay_port=20000)
     first = node_ruleset(cfg, {"web": [t("10.0.1.10", A), t("10.0.1.11", A)]})
     update = node_ruleset(cfg, {"web": [t("10.0.1.10", A)]}, update=True)
     script = (f"ip link add pl-consumer-a type veth peer name peer\n"  # iifname maps want the interface

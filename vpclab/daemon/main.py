@@ -190,6 +190,8 @@ class Daemon:
                 "--upstream", svc.param("upstream")]
         if svc.param("vpc_endpoint_id"):
             argv += ["--vpc-endpoint-id", svc.param("vpc_endpoint_id"), "--dst-ip", svc.param("dst_ip")]
+        if svc.param("transparent"):
+            argv.append("--transparent")
         self.relays[svc] = self._start_process(svc.ns, argv, f"{svc.ns}.log")
 
     def _restart_relays(self, wiring: Wiring) -> None:

@@ -36,7 +36,9 @@ How AWS's behaviour maps onto the ruleset:
   the listener address; that connection is dispatched by the same rule in the
   `output` hook. Direct clients go to the relay on the node's IP; each interface
   endpoint has its own relay on its link address, which adds the endpoint ID and
-  the ENI's IP.
+  the ENI's IP. With the client IP preserved, the direct relay connects from the
+  client's address (IP_TRANSPARENT); its connections carry `relay_mark`, and the
+  plan routes replies with that mark to the node itself.
 """
 from __future__ import annotations
 
@@ -101,6 +103,7 @@ class NodeConfig:
     node_ip: str
     endpoints: tuple[EndpointLinkConfig, ...] = ()
     listeners: tuple[ListenerConfig, ...] = ()
+    relay_mark: int = 0x2  # connection mark of transparent relays' connections; the plan routes it home
     hash_seed: int = field(default=0)
 
     @classmethod
@@ -108,7 +111,7 @@ class NodeConfig:
         listeners = tuple(ListenerConfig(**li) for li in data.get("listeners", ()))
         endpoints = tuple(EndpointLinkConfig(**e) for e in data.get("endpoints", ()))
         return cls(data["load_balancer"], data["availability_zone"], data["node_ip"], endpoints, listeners,
-                   zlib.crc32(data["load_balancer"].encode()) & 0xFFFFFFFF)
+                   data.get("relay_mark", 0x2), zlib.crc32(data["load_balancer"].encode()) & 0xFFFFFFFF)
 
     def addresses(self) -> tuple[str, ...]:
         return (self.node_ip, *(e.link_ip for e in self.endpoints))
@@ -148,10 +151,8 @@ def _pick(listener: ListenerConfig, protocol: str, targets: Sequence[TargetView]
 
 
 def chains(config: NodeConfig) -> tuple[str, ...]:
-    """The chains of the node's table: the endpoint ones only where endpoints end here."""
-    if config.endpoints:
-        return CHAINS
-    return tuple(c for c in CHAINS if c not in ("replies", "replies_out", "unmap"))
+    """The chains of the node's table: `unmap` only where endpoints end here."""
+    return CHAINS if config.endpoints else tuple(c for c in CHAINS if c != "unmap")
 
 
 def node_ruleset(config: NodeConfig, routable: Mapping[str, Sequence[TargetView]], update: bool = False) -> str:
@@ -183,9 +184,9 @@ def node_ruleset(config: NodeConfig, routable: Mapping[str, Sequence[TargetView]
         timeout = f"tcp_{li.idle_timeout}" if proto == "tcp" else "udp_idle"
         out.append(f"\t\tip daddr {here} {proto} dport {li.port} ct timeout set \"{timeout}\"")
     out.append("\t}")
-    if endpoints:
-        out += ["\tchain replies {", "\t\ttype filter hook prerouting priority mangle; policy accept;",
-                "\t\tct direction reply ct mark != 0 meta mark set ct mark", "\t}"]
+    # replies to endpoint clients and to transparent relays, routed by their connection mark
+    out += ["\tchain replies {", "\t\ttype filter hook prerouting priority mangle; policy accept;",
+            "\t\tct direction reply ct mark != 0 meta mark set ct mark", "\t}"]
     out += ["\tchain dispatch {", "\t\ttype nat hook prerouting priority dstnat; policy accept;"]
     if endpoints:
         marks = ", ".join(f"\"{e.ifname}\" : {e.mark:#x}" for e in endpoints)
@@ -194,7 +195,7 @@ def node_ruleset(config: NodeConfig, routable: Mapping[str, Sequence[TargetView]
             # neither a SYN nor a known connection: not dispatched, so the input chain resets it
             "\t\ttcp flags & (fin | syn | rst | ack) != syn return",
             f"\t\tiifname != \"eth0\" meta mark set {SNAT_MARK:#x} comment \"PrivateLink: targets see the node\""]
-    out_rules = []
+    out_rules, relay_marks = [], []
     for li, proto in listen:
         targets = routable.get(li.name, ())
         if not targets:
@@ -206,14 +207,18 @@ def node_ruleset(config: NodeConfig, routable: Mapping[str, Sequence[TargetView]
         mark = "" if li.preserve_client_ip else f"meta mark set {SNAT_MARK:#x} "
         out.append(f"\t\t{match} {mark}{_pick(li, proto, targets, config.hash_seed)}")
         if proto == "tcp" and li.proxy_protocol_v2 and li.relay_port:
-            # a relay's own connection to the listener: dispatched, and from the node's IP
+            # a relay's own connection to the listener: dispatched (from the node's IP, or
+            # from the client's when it is preserved)
             out_rules.append(f"\t\tip daddr {config.node_ip} tcp dport {li.port} "
                              f"{_pick(li, proto, targets, config.hash_seed)}")
+            if li.preserve_client_ip:
+                relay_marks.append(f"\t\tip daddr {config.node_ip} tcp dport {li.port} ct state new "
+                                   f"ct mark set {config.relay_mark:#x} comment \"transparent relay\"")
     out += ["\t}", "\tchain dispatch_out {", "\t\ttype nat hook output priority -100; policy accept;",
             *out_rules, "\t}"]
-    if endpoints:  # a relay's replies to a consumer
-        out += ["\tchain replies_out {", "\t\ttype route hook output priority mangle; policy accept;",
-                "\t\tct mark != 0 meta mark set ct mark", "\t}"]
+    # a relay's replies to a consumer, routed out its endpoint
+    out += ["\tchain replies_out {", "\t\ttype route hook output priority mangle; policy accept;",
+            *relay_marks, "\t\tct direction reply ct mark != 0 meta mark set ct mark", "\t}"]
     out += ["\tchain postrouting {", "\t\ttype nat hook postrouting priority srcnat; policy accept;",
             f"\t\tmeta mark {SNAT_MARK:#x} snat ip to {config.node_ip}", "\t}"]
     if endpoints:  # after NAT: the consumer sees its endpoint's IP again

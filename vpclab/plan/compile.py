@@ -129,6 +129,8 @@ NLB_REPLY_TABLE = 400  # + node index
 NLB_RELAY_PORT = 20000  # + listener index: a node's local Proxy Protocol v2 relays
 ENDPOINT_MARK = 0x100  # + endpoint link index, in an NLB node: connections from that endpoint
 ENDPOINT_TABLE = 100  # + endpoint link index, in an NLB node: routes their replies back to it
+RELAY_MARK = 0x2  # in an NLB node: connections of its transparent PPv2 relays (engines.nlb)
+RELAY_TABLE = 99  # their replies, addressed to the client, are local there
 
 
 @dataclass(frozen=True)
@@ -640,7 +642,7 @@ def nlb_node_config(lab: Lab, lb_name: str, az: str) -> dict:
                   "link_ip": str(link.node_ip), "mark": link.mark, "available": link.available}
                  for link in interface_links(lab) if link.node_ns == nlb_ns(lb_name, az)]
     return {"load_balancer": lb_name, "availability_zone": az, "node_ip": str(node.private_ip),
-            "endpoints": endpoints, "listeners": listeners}
+            "endpoints": endpoints, "listeners": listeners, "relay_mark": RELAY_MARK}
 
 
 def _nlb_node(lab: Lab, lb: LoadBalancer, node, interfaces: list[InterfaceLink]) -> Namespace:
@@ -650,6 +652,9 @@ def _nlb_node(lab: Lab, lb: LoadBalancer, node, interfaces: list[InterfaceLink])
     subnet = lab.subnets[node.subnet]
     batch = list(_single_eni(node.private_ip, subnet.cidr.prefixlen, subnet.router_ip))
     own = [link for link in interfaces if link.node_ns == nlb_ns(lb.name, node.az)]
+    # a transparent PPv2 relay's replies are addressed to the client: deliver them here (engines.nlb)
+    batch += [f"route add local default dev lo table {RELAY_TABLE}",
+              f"rule add pref 99 fwmark {RELAY_MARK:#x} lookup {RELAY_TABLE}"]
     for link in own:
         batch += [f"link set {link.ifname} up", f"addr add {link.node_ip}/30 dev {link.ifname}",
                   f"ntable change name arp_cache dev {link.ifname} proxy_delay 0",
@@ -668,7 +673,8 @@ def _nlb_node_services(lab: Lab, lb: LoadBalancer, node, interfaces: list[Interf
     for li in nlb_node_config(lab, lb.name, node.az)["listeners"]:
         if li["proxy_protocol_v2"] and li["protocol"] == "TCP":
             upstream = ("upstream", f"{node.private_ip}:{li['port']}")
-            services.append(Service(ns, "pp2_relay", (f"{node.private_ip}:{li['relay_port']}",), (upstream,)))
+            direct = (upstream, ("transparent", True)) if li["preserve_client_ip"] else (upstream,)
+            services.append(Service(ns, "pp2_relay", (f"{node.private_ip}:{li['relay_port']}",), direct))
             services += [Service(ns, "pp2_relay", (f"{link.node_ip}:{li['relay_port']}",),
                                  (upstream, ("vpc_endpoint_id", link.endpoint.id), ("dst_ip", str(link.eni.ip))))
                          for link in interfaces if link.node_ns == ns]
