@@ -200,11 +200,21 @@ def test_connection_termination_resets_connections_when_the_delay_ends(up, tmp_p
     assert out.strip() in ("ConnectionResetError", "closed")
 
 
+ALIAS_ZONE = """
+hosted_zones:
+  example:
+    Name: example.local
+    VPCs: [app]
+    RecordSets:
+      - {Name: web.example.local, Type: A, AliasTarget: {DNSName: web-nlb}}
+"""
+
+
 def test_az_without_a_healthy_target_leaves_the_dns_answer_until_every_az_has_none(up):
     text = LAB.read_text()
     head, rest = text.split("listeners:\n")
     half = next(line for line in rest.splitlines() if line.startswith("  half:"))
-    lab = up(head + "listeners:\n" + half + "\ninternet:\n  hosts:\n    outside: {}\n", "nlbdns")
+    lab = up(head + "listeners:\n" + half + "\ninternet:\n  hosts:\n    outside: {}\n" + ALIAS_ZONE, "nlbdns")
     lb = next(b for b in lab.status()["load_balancers"] if b["name"] == "web-nlb")
     public = {n["az"]: n["public_ip"] for n in lb["nodes"]}
 
@@ -216,6 +226,8 @@ def test_az_without_a_healthy_target_leaves_the_dns_answer_until_every_az_has_no
              "web-a unhealthy, web-b healthy")
     assert wait_for(lambda: answer(lb["dns_name"]) == {public["us-east-1b"]}, 10, "AZ a to leave DNS")
     assert answer(f"us-east-1a.{lb['dns_name']}") == {public["us-east-1a"]}  # the zonal name stays
+    assert answer("web.example.local") == {public["us-east-1b"]}  # an alias answers as its target does
     lab.sh("web-b", "pkill -f 'TCP4-LISTEN:900[1]'")
     wait_for(lambda: target_states(lab, "half-healthy")["web-b"] == "unhealthy", 40, "web-b unhealthy")
     assert wait_for(lambda: answer(lb["dns_name"]) == set(public.values()), 10, "every AZ back in DNS")
+    assert answer("web.example.local") == set(public.values())

@@ -55,10 +55,10 @@ def test_zones_are_plain_data_with_aliases_as_a_records_and_txt_as_text():
     (domain, records), _ = dns_services()["app"].param("private_zones")
     assert domain == "example.local"
     assert records == (
-        ("web.example.local", "A", 60, ("10.0.1.10",)),
-        ("www.example.local", "CNAME", 300, ("web.example.local",)),
-        ("txt.example.local", "TXT", 300, ("helloworld",)),
-        ("example.local", "A", 60, ("10.0.1.10",)),
+        ("web.example.local", "A", 60, ("10.0.1.10",), ""),
+        ("www.example.local", "CNAME", 300, ("web.example.local",), ""),
+        ("txt.example.local", "TXT", 300, ("helloworld",), ""),
+        ("example.local", "A", 60, ("10.0.1.10",), "ip-10-0-1-10.ec2.internal"),
     )
 
 
@@ -91,3 +91,32 @@ def test_daemon_zones_most_specific_zone_wins():
 def test_daemon_zones_of_a_vpc_not_associated_do_not_answer_the_zone():
     assert resolver_for("other").resolve("web.example.local", "A") == ("NXDOMAIN", ())
     assert resolver_for("no-hostnames").resolve("web.example.local", "A") == ("NXDOMAIN", ())
+
+
+NLB_ALIAS = """
+vpcs:
+  app: {CidrBlock: 10.0.0.0/16, EnableDnsHostnames: true}
+subnets:
+  a: {VpcId: app, AvailabilityZone: a, CidrBlock: 10.0.1.0/24}
+  b: {VpcId: app, AvailabilityZone: b, CidrBlock: 10.0.2.0/24}
+load_balancers:
+  web: {Type: network, Scheme: internal, SubnetMappings: [{SubnetId: a, PrivateIPv4Address: 10.0.1.5},
+                                                          {SubnetId: b, PrivateIPv4Address: 10.0.2.5}]}
+hosted_zones:
+  example:
+    Name: example.local
+    VPCs: [app]
+    RecordSets:
+      - {Name: web.example.local, Type: A, AliasTarget: {DNSName: web}}
+"""
+
+
+def test_alias_to_a_load_balancer_answers_as_the_load_balancer_does_now():
+    service = dns_services(NLB_ALIAS)["app"]
+    lab = load_lab_text(NLB_ALIAS, "lab.yaml", name="t")
+    regional = lab.load_balancers["web"].dns_name
+    static = dns_engine.Resolver(dns_zones(service))
+    assert sorted(a.value for a in static.resolve("web.example.local", "A")[1]) == ["10.0.1.5", "10.0.2.5"]
+    # AZ a has no healthy target: the daemon's names drop it, and the alias follows
+    live = dns_engine.Resolver(dns_zones(service, {regional: ["10.0.2.5"]}))
+    assert [a.value for a in live.resolve("web.example.local", "A")[1]] == ["10.0.2.5"]

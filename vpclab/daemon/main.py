@@ -316,9 +316,11 @@ class Daemon:
 def dns_zones(svc: Service, aws_names: dict[str, list[str]] | None = None):
     """The zones a `dns` service answers; `aws_names` are the NLB and endpoint names it gives now."""
     private = []
-    for domain, record_sets in svc.param("private_zones", ()):  # (domain, ((name, type, ttl, values), ...))
+    for domain, record_sets in svc.param("private_zones", ()):  # compile._private_zone
         records: dict[str, list] = {}
-        for name, rtype, ttl, values in record_sets:
+        for name, rtype, ttl, values, alias_target in record_sets:
+            if aws_names and alias_target in aws_names:  # an alias answers as its target does now
+                values = aws_names[alias_target]
             records.setdefault(name, []).extend(dns_engine.Record(rtype, v, ttl) for v in values)
         private.append(dns_engine.Zone(domain, records, private=True))
     return dns_engine.build_vpc_zones(

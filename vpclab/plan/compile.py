@@ -717,12 +717,15 @@ def _vpc_dns(lab: Lab, vpc: Vpc) -> Service:
     return Service(router_ns(vpc.name), "dns", (f"{vpc.resolver_ip}:53", f"{ALT_DNS_IP}:53"), params)
 
 
-def _private_zone(zone: HostedZone) -> tuple[str, tuple[tuple[str, str, int, tuple[str, ...]], ...]]:
-    """A zone as plain data for the resolver: (domain, ((name, type, ttl, values), ...)).
+def _private_zone(zone: HostedZone) -> tuple[str, tuple[tuple[str, str, int, tuple[str, ...], str], ...]]:
+    """A zone as plain data for the resolver: (domain, ((name, type, ttl, values, alias target), ...)).
 
-    Aliases are already A records (the model resolved them); TXT values are their text."""
+    Aliases are already A records (the model resolved them), with the DNS name they point to
+    ("" for other records): the daemon answers an alias to a load balancer's name as that name
+    answers now. TXT values are their text."""
     records = tuple(
-        (r.name, r.type, r.ttl, tuple(txt_text(v) for v in r.values) if r.type == "TXT" else r.values)
+        (r.name, r.type, r.ttl, tuple(txt_text(v) for v in r.values) if r.type == "TXT" else r.values,
+         r.alias_target or "")
         for r in zone.records
     )
     return zone.domain, records
