@@ -149,6 +149,28 @@ def test_idle_flows_expire_and_the_next_packet_starts_a_new_flow():
     assert box.snapshot()["flows"] == 2
 
 
+def test_a_flow_idle_past_its_timeout_is_judged_afresh_even_before_expire_runs():
+    box = appliance(flow_idle_timeout=60, inside=["10.0.0.0/16"],
+                    rules=[{"action": "deny", "direction": "inbound"}])
+    outbound = wrap(tcp(INSIDE_HOST, OUTSIDE_HOST, 40000, 443, flags=0x02), cookie=5)
+    reply = wrap(tcp(OUTSIDE_HOST, INSIDE_HOST, 443, 40000, flags=0x12), cookie=5)
+    assert isinstance(box.handle(outbound, 0), Reply)
+    assert isinstance(box.handle(reply, 59), Reply)  # the flow's verdict
+    assert box.handle(reply, 200) == Drop("denied")  # idle: a new flow, started from outside
+    assert box.snapshot()["flows"] == 2
+
+
+def test_drop_all_switched_on_live_stops_flows_already_passing_and_off_again_resumes_them():
+    box = appliance()
+    datagram = wrap(udp(OUTSIDE_HOST, INSIDE_HOST, 1, 2))
+    assert isinstance(box.handle(datagram, 0), Reply)
+    box.configure(ApplianceConfig.from_dict({"drop_all": True}))
+    assert box.handle(datagram, 1) == Drop("drop_all")
+    box.configure(ApplianceConfig())
+    assert isinstance(box.handle(datagram, 2), Reply)
+    assert box.snapshot()["flows"] == 1
+
+
 def test_malformed_datagrams_are_counted_by_reason():
     box = appliance()
     good = wrap(udp(OUTSIDE_HOST, INSIDE_HOST, 1, 2))

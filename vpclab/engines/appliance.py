@@ -94,8 +94,6 @@ class ApplianceProcess:
         self.rules_path, self.stats_path = rules, stats
         self.clock = clock
         self.appliance = Appliance(load_rules(rules) if rules else None)
-        self._buf = bytearray(RX_BUFFER)
-        self._view = memoryview(self._buf)
         self.loop: EpollLoop | None = None
         self._geneve: socket.socket | None = None
         self._senders: dict[tuple[str, int], Callable[[Any], int]] = {}
@@ -142,20 +140,21 @@ class ApplianceProcess:
     # --- GENEVE -------------------------------------------------------------------
 
     def _drain_geneve(self, now: float) -> None:
-        buf, view = self._buf, self._view
-        recvfrom_into = self._geneve.recvfrom_into  # type: ignore[union-attr]
+        # recvfrom's bytes, not recvfrom_into a buffer: the core slices the header off
+        # as bytes to look its flow up, and a view would need copying for that (measured).
+        recvfrom = self._geneve.recvfrom  # type: ignore[union-attr]
         handle, senders, io = self.appliance.handle, self._senders, self.io
         received = replied = 0
         for _ in range(BATCH):
             try:
-                length, address = recvfrom_into(buf)
+                datagram, address = recvfrom(RX_BUFFER)
             except BlockingIOError:
                 break
             except OSError:
                 io["rx_errors"] += 1
                 break
             received += 1
-            result = handle(view[:length], now)
+            result = handle(datagram, now)
             if type(result) is Reply:
                 send = senders.get(address)
                 if send is None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 from ipaddress import ip_address
 from typing import NamedTuple
 
-from vpclab.engines.geneve import GeneveError, decode, parse_inner
+from vpclab.engines.geneve import HEADER_LEN, GeneveError, decode, parse_inner
 
 # The configuration is pure and lives in the model (the lab loader validates an
 # instance's `Appliance` with it); re-exported here so existing imports keep working.
@@ -59,7 +59,7 @@ _tuple_new = tuple.__new__  # builds a NamedTuple without its Python-level __new
 
 
 class _Flow:
-    __slots__ = ("initiator", "allowed", "rule", "last_seen", "gen")
+    __slots__ = ("initiator", "allowed", "rule", "last_seen", "gen", "head")
 
 
 class Appliance:
@@ -67,10 +67,12 @@ class Appliance:
 
     def __init__(self, config: ApplianceConfig | None = None) -> None:
         self._flows: dict[tuple[int, int], _Flow] = {}
+        # A flow's 40-byte header as first received: GWLB repeats it on every packet,
+        # so most packets are one lookup here, with no decode (the bytes were valid once).
+        self._by_header: dict[bytes, _Flow] = {}
         self._gen = 0
         self.flows = 0
         self.packets_in = 0
-        self.packets_out = 0
         self.dropped: dict[str, int] = {}
         self.malformed: dict[str, int] = {}
         self.configure(config or ApplianceConfig())
@@ -78,11 +80,22 @@ class Appliance:
     def configure(self, config: ApplianceConfig) -> None:
         """Swap the rules live; each flow is judged again, by its initiator, on its next packet."""
         self.config = config
+        self._idle_timeout = config.flow_idle_timeout
         self.rule_flows = [0] * len(config.rules)
         self._gen += 1
 
     def handle(self, datagram: bytes | memoryview, now: float) -> Reply | Drop:
         self.packets_in += 1
+        head = datagram[:HEADER_LEN]
+        if type(head) is not bytes:
+            head = bytes(head)
+        flow = self._by_header.get(head)
+        if (flow is not None and flow.gen == self._gen
+                and now - flow.last_seen < self._idle_timeout):
+            flow.last_seen = now
+            if not flow.allowed:
+                return self._drop("denied")
+            return _tuple_new(Reply, (datagram,))
         try:
             header, offset = decode(datagram)
         except GeneveError as error:
@@ -95,24 +108,28 @@ class Appliance:
             info = parse_inner(memoryview(datagram)[offset:])
             if info is None:
                 return self._malformed("malformed_inner")
+            if flow is not None:
+                self._by_header.pop(flow.head, None)
             flow = _Flow()
             flow.initiator = (info[0], ip_address(info[1]), ip_address(info[2]), info[4])
+            flow.head = header.raw
             self._judge(flow)
             self._flows[key] = flow
+            if offset == HEADER_LEN:
+                self._by_header[head] = flow
             self.flows += 1
         elif flow.gen != self._gen:
             self._judge(flow)
         flow.last_seen = now
         if not flow.allowed:
             return self._drop("denied")
-        self.packets_out += 1
         return _tuple_new(Reply, (datagram,))
 
     def expire(self, now: float) -> int:
         timeout = self.config.flow_idle_timeout
         idle = [k for k, f in self._flows.items() if now - f.last_seen >= timeout]
         for key in idle:
-            del self._flows[key]
+            self._by_header.pop(self._flows.pop(key).head, None)
         return len(idle)
 
     def _judge(self, flow: _Flow) -> None:
@@ -133,6 +150,11 @@ class Appliance:
     def _malformed(self, reason: str) -> Drop:
         self.malformed[reason] = self.malformed.get(reason, 0) + 1
         return Drop(reason)
+
+    @property
+    def packets_out(self) -> int:
+        """Every packet in is replied to or dropped (and counted as such): no counter per reply."""
+        return self.packets_in - sum(self.dropped.values()) - sum(self.malformed.values())
 
     def snapshot(self) -> dict:
         return {

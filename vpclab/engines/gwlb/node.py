@@ -56,8 +56,7 @@ IP ID is the kernel's). Returning datagrams arrive on `node_ip:6081` (and, from
 appliances that swap the ports, on the sender sockets), go through
 `GwlbNode.from_appliance`, and their inner packet goes back out its endpoint
 veth as an Ethernet frame to the router side's MAC. Rings and sockets are
-drained in batches of up to 64 packets per readiness, the UDP sockets into one
-preallocated buffer.
+drained in batches of up to 64 packets per readiness.
 
 Tried and measured no better: the returning GENEVE off a ring on the uplink
 too (a BPF filter for node_ip:6081, an nft netdev drop so the kernel skips its
@@ -369,8 +368,6 @@ class NodeProcess:
             if target.healthy is not None:
                 self.node.set_target_health(target.id, target.healthy, now)
         self.endpoints: dict[int, _Endpoint] = {}
-        self._rx_buf = bytearray(RX_BUFFER)
-        self._rx_view = memoryview(self._rx_buf)
         self.loop: EpollLoop | None = None
         self._geneve: socket.socket | None = None
         # target IP → source port → send() of a UDP socket bound to node_ip:port, connected to target:6081
@@ -578,20 +575,21 @@ class NodeProcess:
 
     def _drain_geneve(self, sock: socket.socket, now: float) -> None:
         """GENEVE back from appliances → inner packets out their endpoint veth."""
-        buf, view = self._rx_buf, self._rx_view
-        recvfrom_into = sock.recvfrom_into
+        # recvfrom's bytes rather than recvfrom_into a buffer: the core looks the flow up
+        # by the header's bytes, which a view would have to copy out first (measured).
+        recvfrom = sock.recvfrom
         from_appliance, endpoints, io = self.node.from_appliance, self.endpoints, self.io
         received = sent = 0
         for _ in range(BATCH):
             try:
-                length, address = recvfrom_into(buf)
+                datagram, address = recvfrom(RX_BUFFER)
             except BlockingIOError:
                 break
             except OSError:
                 io["rx_errors"] += 1
                 break
             received += 1
-            result = from_appliance(view[:length], address[0], now)
+            result = from_appliance(datagram, address[0], now)
             if type(result) is Decap:
                 endpoint = endpoints.get(result[0])
                 if endpoint is None:
