@@ -67,6 +67,21 @@ def test_internet_facing_nlb_is_reached_on_its_elastic_ips_with_the_client_ip_pr
     assert seen["client"].startswith("198.51.100.")
 
 
+
+def test_an_idle_connection_is_forgotten_after_the_listeners_idle_timeout(nlb):
+    # conntrack on the node holds the connection for 350 s of silence, not the kernel's 5 days
+    idle = (f"import socket, time; s = socket.create_connection(('{NODE_A}', 8080), timeout=5); "
+            "print('open', flush=True); time.sleep(5)")
+    holder = subprocess.Popen([sys.executable, "-m", "vpclab", "exec", "--lab", nlb.name, "client", "--",
+                               "python3", "-c", idle], env=nlb.env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        entries = nlb.sh("nlb:web-nlb:us-east-1a", "conntrack -L -p tcp --dport 8080 --state ESTABLISHED").stdout
+        timeouts = [int(line.split()[2]) for line in entries.splitlines() if "ESTABLISHED" in line]
+        assert timeouts and all(340 <= t <= 350 for t in timeouts), entries
+    finally:
+        holder.wait(timeout=30)
+
 UDP_ECHO = """
 import socket
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1)

@@ -85,19 +85,21 @@ def config(endpoints=(ENDPOINT,), **listener) -> NodeConfig:
 
 def test_tcp_connections_pick_a_random_target_and_conntrack_pins_them():
     rules = node_ruleset(config(), {"web": [t("10.0.1.10", A), t("10.0.1.11", A, port=8080)]})
-    assert ("ip daddr { 10.0.1.5, 169.254.64.2 } tcp dport 80 meta mark set 0x1 dnat ip to numgen random mod 2 "
-            "map { 0 : 10.0.1.10 . 80, 1 : 10.0.1.11 . 8080 }") in rules
+    assert ('ip daddr { 10.0.1.5, 169.254.64.2 } tcp dport 80 ct timeout set "tcp_350" meta mark set 0x1 '
+            "dnat ip to numgen random mod 2 map { 0 : 10.0.1.10 . 80, 1 : 10.0.1.11 . 8080 }") in rules
 
 
 def test_udp_flows_hash_on_the_five_tuple():
     rules = node_ruleset(config(protocol="UDP", preserve_client_ip=True), {"web": [t("10.0.1.10", A)]})
-    assert "udp dport 80 dnat ip to jhash ip saddr . udp sport . ip daddr . udp dport mod 1" in rules
+    assert ('udp dport 80 ct timeout set "udp_idle" dnat ip to jhash ip saddr . udp sport . ip daddr . udp dport '
+            "mod 1") in rules
     assert "ct timeout udp_idle" in rules and "unreplied: 120" in rules
 
 
 def test_tcp_udp_listener_dispatches_both_protocols():
     rules = node_ruleset(config(protocol="TCP_UDP"), {"web": [t("10.0.1.10", A)]})
-    assert "tcp dport 80 meta mark set 0x1 dnat" in rules and "udp dport 80 meta mark set 0x1 dnat" in rules
+    assert 'tcp dport 80 ct timeout set "tcp_350" meta mark set 0x1 dnat' in rules
+    assert 'udp dport 80 ct timeout set "udp_idle" meta mark set 0x1 dnat' in rules
 
 
 def test_source_ip_stickiness_hashes_on_the_client_address():
@@ -107,7 +109,7 @@ def test_source_ip_stickiness_hashes_on_the_client_address():
 
 def test_client_ip_preservation_leaves_the_source_alone():
     preserved = node_ruleset(config(preserve_client_ip=True), {"web": [t("10.0.1.10", A)]})
-    assert "tcp dport 80 dnat ip to numgen" in preserved
+    assert 'tcp dport 80 ct timeout set "tcp_350" dnat ip to numgen' in preserved
     assert "tcp dport 80 meta mark set" not in preserved
     # but traffic from an interface endpoint is always translated to the node's IP
     assert 'iifname != "eth0" meta mark set 0x1' in preserved
@@ -116,7 +118,11 @@ def test_client_ip_preservation_leaves_the_source_alone():
 def test_listener_idle_timeout_is_a_conntrack_timeout_named_by_its_value():
     rules = node_ruleset(config(idle_timeout=600), {"web": [t("10.0.1.10", A)]})
     assert "ct timeout tcp_600" in rules and "policy = { established: 600 }" in rules
-    assert 'tcp dport 80 ct timeout set "tcp_600"' in rules
+    # set on the connection conntrack has just made, by the rule that dispatches it: before
+    # conntrack (priority raw) there is no connection yet, and the kernel ignores it there
+    dispatch = rules.split("chain dispatch {")[1].split("\n\t}")[0]
+    assert 'tcp dport 80 ct timeout set "tcp_600" meta mark set 0x1 dnat' in dispatch
+    assert rules.count("ct timeout set") == 1
 
 
 def test_a_listener_without_targets_dispatches_nothing():
@@ -133,18 +139,25 @@ def test_segments_of_unknown_connections_are_reset():
 def test_proxy_protocol_listener_redirects_clients_to_the_relay_on_the_address_they_reached():
     rules = node_ruleset(config(proxy_protocol_v2=True, relay_port=20000), {"web": [t("10.0.1.10", A)]})
     # direct clients reach the node's IP, endpoint clients its link address: each has its own relay
-    assert 'ip daddr { 10.0.1.5, 169.254.64.2 } tcp dport 80 redirect to :20000' in rules
+    assert 'ip daddr { 10.0.1.5, 169.254.64.2 } tcp dport 80 ct timeout set "tcp_350" redirect to :20000' in rules
     out = rules.split("chain dispatch_out {")[1].split("}")[0]
-    assert "ip daddr 10.0.1.5 tcp dport 80 dnat ip to numgen random mod 1" in out
+    assert 'ip daddr 10.0.1.5 tcp dport 80 ct timeout set "tcp_350" dnat ip to numgen random mod 1' in out
+
+
+def link_chain(rules: str, hook: str) -> list[str]:
+    """The rules of the endpoint link's netdev chain on `hook` (ingress or egress)."""
+    netdev = rules.split("table netdev nlb {")[1]
+    body = netdev.split(f'hook {hook} device "pl-consumer-a"')[1].split("}")[0]
+    return [line.strip() for line in body.splitlines()[1:] if line.strip()]
 
 
 def test_endpoint_eni_ip_becomes_the_link_address_before_conntrack_and_again_after_nat():
     rules = node_ruleset(config(), {"web": [t("10.0.1.10", A)]})
-    raw = rules.split("chain raw {")[1].split("}")[0]
-    assert 'iifname "pl-consumer-a" ip daddr 10.0.1.50 ip daddr set 169.254.64.2' in raw
-    unmap = rules.split("chain unmap {")[1].split("}")[0]
-    assert "priority srcnat + 200" in unmap
-    assert 'oifname "pl-consumer-a" ip saddr 169.254.64.2 ip saddr set 10.0.1.50' in unmap
+    # hooked on the endpoint's veth alone (netdev ingress runs before conntrack, egress after NAT):
+    # nothing else that crosses the node pays for them
+    assert "ip daddr 10.0.1.50 ip daddr set 169.254.64.2" in link_chain(rules, "ingress")[0]
+    assert link_chain(rules, "egress") == ["ip saddr 169.254.64.2 ip saddr set 10.0.1.50"]
+    assert "ip daddr set" not in rules.split("table netdev")[0]
 
 
 def test_endpoint_replies_are_routed_back_by_connection_mark():
@@ -156,24 +169,22 @@ def test_endpoint_replies_are_routed_back_by_connection_mark():
 
 def test_an_endpoint_that_is_not_available_carries_nothing():
     rules = node_ruleset(config(endpoints=[dict(ENDPOINT, available=False)]), {"web": [t("10.0.1.10", A)]})
-    raw = rules.split("chain raw {")[1].split("}")[0]
     # not rewritten, so dropped, even where the ENI's IP is also the node's (identical CIDRs)
-    assert "ip daddr set" not in raw
-    assert 'iifname "pl-consumer-a" ip daddr != 169.254.64.2 drop' in raw
+    assert link_chain(rules, "ingress") == ["ip daddr != 169.254.64.2 drop"]
 
 
 def test_an_endpoint_link_carries_only_traffic_to_its_eni():
-    raw = node_ruleset(config(), {"web": [t("10.0.1.10", A)]}).split("chain raw {")[1].split("}")[0]
-    lines = [line.strip() for line in raw.splitlines()]
-    rewrite = lines.index('iifname "pl-consumer-a" ip daddr 10.0.1.50 ip daddr set 169.254.64.2 comment '
-                          '"vpce-0123456789abcdef0"')
-    assert lines[rewrite + 1] == 'iifname "pl-consumer-a" ip daddr != 169.254.64.2 drop'
+    assert link_chain(node_ruleset(config(), {"web": [t("10.0.1.10", A)]}), "ingress") == [
+        'ip daddr 10.0.1.50 ip daddr set 169.254.64.2 comment "vpce-0123456789abcdef0"',
+        "ip daddr != 169.254.64.2 drop"]
 
 
 def test_a_node_without_endpoints_rewrites_nothing():
     rules = node_ruleset(config(endpoints=()), {"web": [t("10.0.1.10", A)]})
-    assert "chain unmap" not in rules and "ip daddr set" not in rules and "iifname map" not in rules
+    assert "table netdev" not in rules and "ip daddr set" not in rules and "iifname map" not in rules
     assert "ip daddr 10.0.1.5 tcp dport 80" in rules
+    # and nothing on its hooks that only endpoints and relays need
+    assert "chain replies " not in rules and "chain dispatch_out" not in rules and "chain replies_out" not in rules
 
 
 def test_proxy_protocol_with_client_ip_preserved_relays_from_the_clients_address():
@@ -187,15 +198,19 @@ def test_proxy_protocol_with_client_ip_preserved_relays_from_the_clients_address
     assert "transparent relay" not in plain
 
 
-def test_update_flushes_every_chain_in_the_same_transaction():
+def test_update_resets_every_chain_in_the_same_transaction():
     rules = node_ruleset(config(), {"web": [t("10.0.1.10", A)]}, update=True)
-    assert rules.splitlines()[:9] == [f"flush chain ip nlb {c}" for c in
-                                      ("raw", "replies", "dispatch", "dispatch_out", "replies_out", "postrouting",
-                                       "unmap", "forward", "input")]
+    head = rules.split("table ip nlb {")[0].splitlines()
+    # every chain the node may have is declared (so one it now needs exists) and flushed
+    for chain in ("replies", "dispatch", "dispatch_out", "replies_out", "postrouting", "forward", "input"):
+        assert f"flush chain ip nlb {chain}" in head
+    # those it does not need (no relay here) go
+    assert [line for line in head if line.startswith("delete")] == ["delete chain ip nlb dispatch_out"]
+    assert "flush chain netdev nlb in_pl_consumer_a" in head and "flush chain netdev nlb out_pl_consumer_a" in head
     plain = node_ruleset(config(endpoints=()), {"web": [t("10.0.1.10", A)]}, update=True)
-    assert plain.splitlines()[:8] == [f"flush chain ip nlb {c}" for c in
-                                      ("raw", "replies", "dispatch", "dispatch_out", "replies_out", "postrouting",
-                                       "forward", "input")]
+    assert [line for line in plain.splitlines() if line.startswith("delete")] == [
+        f"delete chain ip nlb {c}" for c in ("replies", "dispatch_out", "replies_out")]
+    assert "netdev" not in plain
 
 
 def test_listener_routes_use_each_listeners_own_cross_zone_setting():
@@ -212,9 +227,15 @@ def test_ruleset_and_its_update_load_in_nftables():
     cfg = config(protocol="TCP_UDP", proxy_protocol_v2=True, preserve_client_ip=True, relay_port=20000)
     first = node_ruleset(cfg, {"web": [t("10.0.1.10", A), t("10.0.1.11", A)]})
     update = node_ruleset(cfg, {"web": [t("10.0.1.10", A)]}, update=True)
+    # a live attribute change: the relays go, and with them the chains only they needed, and come back
+    fewer = node_ruleset(config(protocol="TCP_UDP", endpoints=()), {"web": [t("10.0.1.10", A)]}, update=True)
     script = (f"ip link add pl-consumer-a type veth peer name peer\n"  # iifname maps want the interface
-              f"nft -c -f - <<'EOF'\n{first}EOF\nnft -f - <<'EOF'\n{first}EOF\nnft -f - <<'EOF'\n{update}EOF\n")
+              f"nft -c -f - <<'EOF'\n{first}EOF\nnft -f - <<'EOF'\n{first}EOF\nnft -f - <<'EOF'\n{update}EOF\n"
+              f"nft -f - <<'EOF'\n{fewer}EOF\nnft list table ip nlb\nnft -f - <<'EOF'\n{update}EOF\n"
+              "nft list table ip nlb\n")
     result = subprocess.run(["unshare", "-rn", "sh", "-c", script], capture_output=True, text=True, timeout=20)
     if result.returncode != 0 and "Operation not permitted" in result.stderr:
         pytest.skip("no user namespaces here")
     assert result.returncode == 0, result.stderr
+    without, again = result.stdout.split("table ip nlb {")[1:]
+    assert "chain replies_out" not in without and "chain replies_out" in again

@@ -1,7 +1,10 @@
 """A Network Load Balancer node, sans-IO (reference §3).
 
 The kernel forwards: each node is a namespace whose nftables table DNATs new
-connections to a target and lets conntrack pin them for life. This module is the
+connections to a target and lets conntrack pin them for life. A packet of an
+established connection pays for every base chain on its hooks, so a node has
+only the chains its listeners and endpoints need, and decisions are taken in nat
+chains (a connection's first packet) wherever they can be. This module is the
 pure part: which targets a node may send new connections to (`routable_targets`)
 and the node's ruleset (`node_ruleset`). The daemon feeds it health and
 registration changes and applies the result with `nft -f`; no byte goes through
@@ -15,7 +18,8 @@ How AWS's behaviour maps onto the ruleset:
   `stickiness.type=source_ip` hashes on the client address alone.
 - Idle timeouts are conntrack timeout objects: the listener's
   `tcp.idle_timeout.seconds` (named `tcp_<seconds>`, so a change never has to
-  delete one in use) and 120 s for UDP.
+  delete one in use) and 120 s for UDP, set by the dispatching rule on the
+  connection conntrack has just created.
 - A TCP segment that is neither a SYN nor part of a known connection (after an
   idle timeout, a termination, or a node restart) gets a RST, as at AWS.
 - Packets to ports without a listener, and ICMP, are dropped.
@@ -27,7 +31,8 @@ How AWS's behaviour maps onto the ruleset:
   straight into this namespace (no hop of its own). The consumer's and the
   provider's CIDRs may be the same, so the ENI's IP is rewritten statelessly to
   the node's side of the link (a private /30) before conntrack, which keeps every
-  endpoint's connections apart, and back after NAT on the way out. Replies find
+  endpoint's connections apart, and back after NAT on the way out, in netdev
+  chains hooked on that veth alone. Replies find
   their way back to the consumer by connection mark (one per endpoint link,
   routed by the plan's ip rules). Nothing is rewritten while the endpoint is not
   `available`, so nothing passes.
@@ -51,8 +56,17 @@ HEALTHY, UNHEALTHY, INITIAL, DRAINING, UNUSED, UNAVAILABLE = (
 UDP_IDLE_TIMEOUT = 120  # fixed at AWS
 SNAT_MARK = 0x1  # new connections the node translates to its own IP
 TABLE = "nlb"
-CHAINS = ("raw", "replies", "dispatch", "dispatch_out", "replies_out", "postrouting", "unmap", "forward",
-          "input")
+# every chain the node's ip table may have, and its hook (`chains` picks a node's)
+HOOKS = {
+    "replies": "type filter hook prerouting priority mangle; policy accept;",
+    "dispatch": "type nat hook prerouting priority dstnat; policy accept;",
+    "dispatch_out": "type nat hook output priority -100; policy accept;",
+    "replies_out": "type route hook output priority mangle; policy accept;",
+    "postrouting": "type nat hook postrouting priority srcnat; policy accept;",
+    "forward": "type filter hook forward priority filter; policy drop;",
+    "input": "type filter hook input priority filter; policy drop;",
+}
+CHAINS = tuple(HOOKS)
 
 
 @dataclass(frozen=True)
@@ -150,23 +164,58 @@ def _pick(listener: ListenerConfig, protocol: str, targets: Sequence[TargetView]
     return f"dnat ip to {index} map {{ {elements} }}"
 
 
+def _relays(config: NodeConfig) -> list[ListenerConfig]:
+    return [li for li in config.listeners if "tcp" in li.protocols and li.proxy_protocol_v2 and li.relay_port]
+
+
 def chains(config: NodeConfig) -> tuple[str, ...]:
-    """The chains of the node's table: `unmap` only where endpoints end here."""
-    return CHAINS if config.endpoints else tuple(c for c in CHAINS if c != "unmap")
+    """The chains of the node's ip table: only those it needs, as every base chain costs every
+    packet that crosses its hook. `replies` marks endpoints' and transparent relays' replies;
+    the output chains serve relays and endpoints only."""
+    relays = _relays(config)
+    transparent = any(li.preserve_client_ip for li in relays)
+    needed = {"replies": bool(config.endpoints) or transparent, "dispatch_out": bool(relays),
+              "replies_out": bool(config.endpoints) or transparent}
+    return tuple(c for c in CHAINS if needed.get(c, True))
+
+
+def _link_chains(e: EndpointLinkConfig) -> dict[str, str]:
+    """An endpoint link's own chains (netdev family, hooked on its veth alone): name -> hook."""
+    name = e.ifname.replace("-", "_")
+    return {f"in_{name}": f"type filter hook ingress device \"{e.ifname}\" priority filter; policy accept;",
+            f"out_{name}": f"type filter hook egress device \"{e.ifname}\" priority filter; policy accept;"}
+
+
+def _reset(config: NodeConfig) -> list[str]:
+    """The head of an update: every chain the node may have is declared (so a chain it now needs
+    exists) and flushed; those it no longer needs are deleted. Existing connections keep their
+    conntrack entries and timeout objects (which are never deleted)."""
+    out = [f"add table ip {TABLE}"]
+    needed = chains(config)
+    for chain in CHAINS:
+        out += [f"add chain ip {TABLE} {chain} {{ {HOOKS[chain]} }}", f"flush chain ip {TABLE} {chain}"]
+        if chain not in needed:
+            out.append(f"delete chain ip {TABLE} {chain}")
+    if config.endpoints:  # the links never change while a lab is up, only whether they carry traffic
+        out.append(f"add table netdev {TABLE}")
+        for e in config.endpoints:
+            for chain, hook in _link_chains(e).items():
+                out += [f"add chain netdev {TABLE} {chain} {{ {hook} }}", f"flush chain netdev {TABLE} {chain}"]
+    return out
 
 
 def node_ruleset(config: NodeConfig, routable: Mapping[str, Sequence[TargetView]], update: bool = False) -> str:
-    """The node's whole nftables table; `routable` maps listener names to their targets.
+    """The node's whole nftables ruleset; `routable` maps listener names to their targets.
 
-    With `update`, every chain is flushed first, in the same transaction, and the
-    table is declared again: existing connections keep their conntrack entries and
-    their timeout objects (which are never deleted).
+    With `update`, the chains are reset first (`_reset`), in the same transaction, and the
+    tables are declared again.
     """
     here = _set(config.addresses())
     listen = [(li, proto) for li in config.listeners for proto in li.protocols]
     timeouts = sorted({li.idle_timeout for li, proto in listen if proto == "tcp"})
     endpoints = config.endpoints
-    out = [f"flush chain ip {TABLE} {chain}" for chain in chains(config)] if update else []
+    present, relays = chains(config), _relays(config)
+    out = _reset(config) if update else []
     out.append(f"table ip {TABLE} {{")
     for seconds in timeouts:
         out += [f"\tct timeout tcp_{seconds} {{", "\t\tprotocol tcp; l3proto ip;",
@@ -174,20 +223,12 @@ def node_ruleset(config: NodeConfig, routable: Mapping[str, Sequence[TargetView]
     if any(proto == "udp" for _, proto in listen):
         out += ["\tct timeout udp_idle {", "\t\tprotocol udp; l3proto ip;",
                 f"\t\tpolicy = {{ unreplied: {UDP_IDLE_TIMEOUT}, replied: {UDP_IDLE_TIMEOUT} }}", "\t}"]
-    out += ["\tchain raw {", "\t\ttype filter hook prerouting priority raw; policy accept;"]
-    # before conntrack: an endpoint's connections are tracked by its own link address
-    out += [f"\t\tiifname \"{e.ifname}\" ip daddr {e.eni_ip} ip daddr set {e.link_ip} comment \"{e.vpc_endpoint_id}\""
-            for e in endpoints if e.available]
-    # and nothing else comes in on its link: not to another address, and nothing unless it is available
-    out += [f"\t\tiifname \"{e.ifname}\" ip daddr != {e.link_ip} drop" for e in endpoints]
-    for li, proto in listen:
-        timeout = f"tcp_{li.idle_timeout}" if proto == "tcp" else "udp_idle"
-        out.append(f"\t\tip daddr {here} {proto} dport {li.port} ct timeout set \"{timeout}\"")
-    out.append("\t}")
-    # replies to endpoint clients and to transparent relays, routed by their connection mark
-    out += ["\tchain replies {", "\t\ttype filter hook prerouting priority mangle; policy accept;",
-            "\t\tct direction reply ct mark != 0 meta mark set ct mark", "\t}"]
-    out += ["\tchain dispatch {", "\t\ttype nat hook prerouting priority dstnat; policy accept;"]
+    if "replies" in present:
+        # replies to endpoint clients and to transparent relays, routed by their connection mark
+        out += ["\tchain replies {", f"\t\t{HOOKS['replies']}",
+                "\t\tct direction reply ct mark != 0 meta mark set ct mark", "\t}"]
+    # only a connection's first packet sees a nat chain: nothing here costs the packets after it
+    out += ["\tchain dispatch {", f"\t\t{HOOKS['dispatch']}"]
     if endpoints:
         marks = ", ".join(f"\"{e.ifname}\" : {e.mark:#x}" for e in endpoints)
         out.append(f"\t\tct mark set iifname map {{ {marks} }} comment \"replies go back to the endpoint\"")
@@ -201,38 +242,36 @@ def node_ruleset(config: NodeConfig, routable: Mapping[str, Sequence[TargetView]
         if not targets:
             continue
         match = f"ip daddr {here} {proto} dport {li.port}"
-        if proto == "tcp" and li.proxy_protocol_v2 and li.relay_port:
+        # the idle timeout of the connection conntrack has just created (it takes no template before it)
+        timeout = f"ct timeout set \"{f'tcp_{li.idle_timeout}' if proto == 'tcp' else 'udp_idle'}\" "
+        if li in relays and proto == "tcp":
             # to the relay on the address the client reached: the node's IP, or an endpoint's link
-            out.append(f"\t\t{match} redirect to :{li.relay_port} comment \"PPv2 relay\"")
-        mark = "" if li.preserve_client_ip else f"meta mark set {SNAT_MARK:#x} "
-        out.append(f"\t\t{match} {mark}{_pick(li, proto, targets, config.hash_seed)}")
-        if proto == "tcp" and li.proxy_protocol_v2 and li.relay_port:
+            out.append(f"\t\t{match} {timeout}redirect to :{li.relay_port} comment \"PPv2 relay\"")
             # a relay's own connection to the listener: dispatched (from the node's IP, or
             # from the client's when it is preserved)
-            out_rules.append(f"\t\tip daddr {config.node_ip} tcp dport {li.port} "
+            out_rules.append(f"\t\tip daddr {config.node_ip} tcp dport {li.port} {timeout}"
                              f"{_pick(li, proto, targets, config.hash_seed)}")
             if li.preserve_client_ip:
                 relay_marks.append(f"\t\tip daddr {config.node_ip} tcp dport {li.port} ct state new "
                                    f"ct mark set {config.relay_mark:#x} comment \"transparent relay\"")
-    out += ["\t}", "\tchain dispatch_out {", "\t\ttype nat hook output priority -100; policy accept;",
-            *out_rules, "\t}"]
-    # a relay's replies to a consumer, routed out its endpoint
-    out += ["\tchain replies_out {", "\t\ttype route hook output priority mangle; policy accept;",
-            *relay_marks, "\t\tct direction reply ct mark != 0 meta mark set ct mark", "\t}"]
-    out += ["\tchain postrouting {", "\t\ttype nat hook postrouting priority srcnat; policy accept;",
+        mark = "" if li.preserve_client_ip else f"meta mark set {SNAT_MARK:#x} "
+        out.append(f"\t\t{match} {timeout}{mark}{_pick(li, proto, targets, config.hash_seed)}")
+    out.append("\t}")
+    if "dispatch_out" in present:
+        out += ["\tchain dispatch_out {", f"\t\t{HOOKS['dispatch_out']}", *out_rules, "\t}"]
+    if "replies_out" in present:
+        # a relay's replies to a consumer, routed out its endpoint
+        out += ["\tchain replies_out {", f"\t\t{HOOKS['replies_out']}",
+                *relay_marks, "\t\tct direction reply ct mark != 0 meta mark set ct mark", "\t}"]
+    out += ["\tchain postrouting {", f"\t\t{HOOKS['postrouting']}",
             f"\t\tmeta mark {SNAT_MARK:#x} snat ip to {config.node_ip}", "\t}"]
-    if endpoints:  # after NAT: the consumer sees its endpoint's IP again
-        out += ["\tchain unmap {", "\t\ttype filter hook postrouting priority srcnat + 200; policy accept;"]
-        out += [f"\t\toifname \"{e.ifname}\" ip saddr {e.link_ip} ip saddr set {e.eni_ip}" for e in endpoints]
-        out.append("\t}")
-    out += ["\tchain forward {", "\t\ttype filter hook forward priority filter; policy drop;",
+    out += ["\tchain forward {", f"\t\t{HOOKS['forward']}",
             "\t\tct state established,related accept",
             "\t\tct state new ct status dnat accept", "\t}",
-            "\tchain input {", "\t\ttype filter hook input priority filter; policy drop;",
+            "\tchain input {", f"\t\t{HOOKS['input']}",
             "\t\tct state established,related accept", "\t\tiifname \"lo\" accept"]
     tcp_ports = sorted({li.port for li, proto in listen if proto == "tcp"})
-    relay_ports = sorted({li.relay_port for li, proto in listen
-                          if proto == "tcp" and li.proxy_protocol_v2 and li.relay_port})
+    relay_ports = sorted({li.relay_port for li in relays})
     if relay_ports:
         out.append(f"\t\ttcp dport {_set([str(p) for p in relay_ports])} ct status dnat accept")
     if tcp_ports:
@@ -240,6 +279,21 @@ def node_ruleset(config: NodeConfig, routable: Mapping[str, Sequence[TargetView]
         out += [f"\t\tip daddr {here} tcp dport {ports} tcp flags & (fin | syn | rst | ack) != syn "
                 "reject with tcp reset comment \"no such connection\""]
     out += ["\t}", "}"]
+    if endpoints:
+        # Each endpoint link's own hooks, so that no other packet pays for them. Coming in,
+        # before conntrack: the ENI's IP becomes the link address, which keeps every endpoint's
+        # connections apart, and nothing else passes (nothing at all unless it is available).
+        # Going out, after NAT: the consumer sees its endpoint's IP again.
+        out.append(f"table netdev {TABLE} {{")
+        for e in endpoints:
+            (inside, ingress), (outside, egress) = _link_chains(e).items()
+            out += [f"\tchain {inside} {{", f"\t\t{ingress}"]
+            if e.available:
+                out.append(f"\t\tip daddr {e.eni_ip} ip daddr set {e.link_ip} comment \"{e.vpc_endpoint_id}\"")
+            out += [f"\t\tip daddr != {e.link_ip} drop", "\t}",
+                    f"\tchain {outside} {{", f"\t\t{egress}", f"\t\tip saddr {e.link_ip} ip saddr set {e.eni_ip}",
+                    "\t}"]
+        out.append("}")
     return "\n".join(out) + "\n"
 
 
