@@ -209,17 +209,23 @@ def test_network_acl_rules_are_ordered_by_number_with_a_final_deny():
     assert c[f"{default}_ingress"] == ['ip saddr 0.0.0.0/0 return comment "rule 100"', "drop"]
     assert c[f"{default}_egress"] == ['ip daddr 0.0.0.0/0 return comment "rule 100"', "drop"]
     # At the subnet boundary only, and stateless: before the security groups' conntrack check.
-    for name, subnet_acl, cidr in (("db-1", acl, "10.0.2.0/24"), ("lonely", empty, "10.0.3.0/24"),
-                                   ("web-1", default, "10.0.1.0/24")):
+    for name, subnet_acl, cidr in (("db-1", acl, "10.0.2.0/24"), ("lonely", empty, "10.0.3.0/24")):
         out, into = eni_chains(nft, lab.instances[name].eni_id)
         assert out[0] == f"ip daddr != {cidr} jump {subnet_acl}_egress"
         assert f"ip saddr != {cidr} jump {subnet_acl}_ingress" in into
         assert into.index(f"ip saddr != {cidr} jump {subnet_acl}_ingress") < into.index(
             "ct state established,related return")
-    # The NAT gateway's subnet ACL applies to it too.
+    # An ACL whose first rule allows everything (the default one) would return every packet:
+    # no packet jumps to it.
+    web_out, web_in = eni_chains(nft, lab.instances["web-1"].eni_id)
+    assert not any(" jump acl_" in line for line in web_out + web_in)
+    assert web_out[0] == web_in[1] == "ct state established,related return"
+    # Nor does the NAT gateway's (no groups either): nothing to check, so its ENI is not even looked up.
     nat_out, nat_in = eni_chains(nft, lab.nat_gateways["nat"].eni_id)
-    assert nat_out == [f"ip daddr != 10.0.1.0/24 jump {default}_egress"]
-    assert nat_in == [f"ip saddr != 10.0.1.0/24 jump {default}_ingress"]
+    assert nat_out == nat_in == []
+    nat_if = next(line for line in c["forward"] if "iifname vmap" in line)
+    assert lab.nat_gateways["nat"].eni_id.replace("-", "_") not in " ".join(c["forward"])
+    assert lab.instances["web-1"].eni_id.replace("-", "_") in nat_if
 
 
 SDC = """
@@ -241,12 +247,13 @@ def test_source_dest_check_off_drops_no_spoof_check():
     nft = wiring.namespace("router:main").nft
     pre = chains(nft)["prerouting"]
     app_if, mbox_if, nat_if = (router_side(wiring, ns)[1] for ns in ("app-1", "mbox", "nat:nat"))
-    app_eni = lab.instances["app-1"].eni_id
     assert pre[0] == "type filter hook prerouting priority raw; policy accept;"
     # The check on: from its veth, only its own source address; to it, only its own address.
+    # One lookup, however many ENIs: a checked ENI's own address passes, nothing else from it does.
     assert pre[1:] == ["meta nfproto ipv6 drop",
-                       f'iifname "{app_if}" ip saddr != 10.0.1.10 drop comment "source check {app_eni}"']
-    _, app_in = eni_chains(nft, app_eni)
+                       f'iifname . ip saddr vmap {{ "{app_if}" . 10.0.1.10 : return }}',
+                       f'iifname {{ "{app_if}" }} drop comment "source check"']
+    _, app_in = eni_chains(nft, lab.instances["app-1"].eni_id)
     assert app_in[0] == 'ip daddr != 10.0.1.10 drop comment "destination check"'
     # The check off (the middlebox) and the NAT gateway (which forwards by nature): neither.
     for ifname, eni in ((mbox_if, lab.instances["mbox"].eni_id), (nat_if, lab.nat_gateways["nat"].eni_id)):
@@ -261,11 +268,14 @@ def test_nat_gateway_and_gwlb_enis_have_no_security_groups():
     wiring = compile_lab(lab)
     nft = wiring.namespace("router:main").nft
     managed = [lab.nat_gateways["nat-a"].eni_id] + [n.eni_id for n in lab.load_balancers["gwlb"].nodes]
+    subnet_of = {lab.nat_gateways["nat-a"].eni_id: lab.nat_gateways["nat-a"].subnet,
+                 **{n.eni_id: n.subnet for n in lab.load_balancers["gwlb"].nodes}}
     assert len(managed) == 3
     for eni in managed:
         for chain in eni_chains(nft, eni):
             assert not any("ct state" in line or "not allowed" in line for line in chain), eni
-            assert any(" jump acl_" in line for line in chain)  # the subnet's ACL still applies
+            # the subnet's ACL still applies, unless it allows everything anyway
+            assert any(" jump acl_" in line for line in chain) or lab.network_acl_of_subnet(subnet_of[eni]).default
     managed_ips = {str(lab.nat_gateways["nat-a"].private_ip)}
     managed_ips |= {str(node.private_ip) for node in lab.load_balancers["gwlb"].nodes}
     for group in lab.security_groups.values():

@@ -461,39 +461,56 @@ def router_ruleset(lab: Lab, vpc: Vpc, enis: list[Eni]) -> str:
         "\t\ttype filter hook prerouting priority raw; policy accept;",
         "\t\tmeta nfproto ipv6 drop",
     ]
-    for eni in enis:
-        if eni.source_dest_check:
-            out.append(f"\t\tiifname \"{eni.ifname}\" ip saddr != {eni.ip} drop comment \"source check {eni.id}\"")
+    checked = [e for e in enis if e.source_dest_check]
+    if checked:  # one lookup, however many ENIs the VPC has: its own address from a checked ENI passes
+        pairs = ", ".join(f"\"{e.ifname}\" . {e.ip} : return" for e in checked)
+        names = ", ".join(f"\"{e.ifname}\"" for e in checked)
+        out += [f"\t\tiifname . ip saddr vmap {{ {pairs} }}",
+                f"\t\tiifname {{ {names} }} drop comment \"source check\""]
     out.append("\t}")
     nlb_nodes = _nlb_node_enis(enis)
     if nlb_nodes:
-        out += ["\tchain nlb_replies {", "\t\ttype filter hook prerouting priority mangle; policy accept;"]
-        out += [f"\t\tiifname \"{eni.ifname}\" ct state new ct mark set {NLB_REPLY_MARK + i:#x}"
-                for i, eni in enumerate(nlb_nodes)]
-        out += ["\t\tct direction reply ct mark != 0 meta mark set ct mark", "\t}"]
-    out += ["\tchain forward {", "\t\ttype filter hook forward priority filter; policy accept;"]
-    if enis:  # one lookup each way, however many ENIs the VPC has
-        out.append("\t\tiifname vmap { " + ", ".join(f"\"{e.ifname}\" : jump from_{e.chain}" for e in enis) + " }")
-        out.append("\t\toifname vmap { " + ", ".join(f"\"{e.ifname}\" : jump to_{e.chain}" for e in enis) + " }")
-    out.append("\t}")
-    for acl in acls:
-        out += _nacl_chain(acl, egress=False) + _nacl_chain(acl, egress=True)
+        marks = ", ".join(f"\"{eni.ifname}\" : {NLB_REPLY_MARK + i:#x}" for i, eni in enumerate(nlb_nodes))
+        out += ["\tchain nlb_replies {", "\t\ttype filter hook prerouting priority mangle; policy accept;",
+                f"\t\tct state new ct mark set iifname map {{ {marks} }}",
+                "\t\tct direction reply ct mark != 0 meta mark set ct mark", "\t}"]
+    eni_chains = []
     for eni in enis:
         acl = lab.network_acl_of_subnet(eni.subnet.name)
         cidr = eni.subnet.cidr
         sgs = [groups[g] for g in eni.security_groups]
         # Leaving the ENI: subnet ACL egress at the boundary, then the groups' egress.
-        out += [f"\tchain from_{eni.chain} {{",
-                f"\t\tip daddr != {cidr} jump {_set_name(acl.id)}_egress"]
-        out += _sg_checks(sgs, "egress", group_ids, eni)
-        out += ["\t}", f"\tchain to_{eni.chain} {{"]
-        if eni.source_dest_check:
-            out.append(f"\t\tip daddr != {eni.ip} drop comment \"destination check\"")
-        out.append(f"\t\tip saddr != {cidr} jump {_set_name(acl.id)}_ingress")
-        out += _sg_checks(sgs, "ingress", group_ids, eni)
-        out.append("\t}")
+        leaving = [] if _allows_all(acl, egress=True) else [
+            f"\t\tip daddr != {cidr} jump {_set_name(acl.id)}_egress"]
+        leaving += _sg_checks(sgs, "egress", group_ids, eni)
+        entering = [f"\t\tip daddr != {eni.ip} drop comment \"destination check\""] if eni.source_dest_check else []
+        if not _allows_all(acl, egress=False):
+            entering.append(f"\t\tip saddr != {cidr} jump {_set_name(acl.id)}_ingress")
+        entering += _sg_checks(sgs, "ingress", group_ids, eni)
+        eni_chains.append((eni, leaving, entering))
+    out += ["\tchain forward {", "\t\ttype filter hook forward priority filter; policy accept;"]
+    # one lookup each way, however many ENIs the VPC has; none for an ENI with nothing to check
+    jumps_from = [f"\"{e.ifname}\" : jump from_{e.chain}" for e, leaving, _ in eni_chains if leaving]
+    jumps_to = [f"\"{e.ifname}\" : jump to_{e.chain}" for e, _, entering in eni_chains if entering]
+    if jumps_from:
+        out.append("\t\tiifname vmap { " + ", ".join(jumps_from) + " }")
+    if jumps_to:
+        out.append("\t\toifname vmap { " + ", ".join(jumps_to) + " }")
+    out.append("\t}")
+    for acl in acls:
+        out += _nacl_chain(acl, egress=False) + _nacl_chain(acl, egress=True)
+    for eni, leaving, entering in eni_chains:
+        out += [f"\tchain from_{eni.chain} {{", *leaving, "\t}", f"\tchain to_{eni.chain} {{", *entering, "\t}"]
     out.append("}")
     return "\n".join(out) + "\n"
+
+
+def _allows_all(acl: NetworkAcl, egress: bool) -> bool:
+    """Whether an ACL's first rule that way allows every packet (the default ACL): jumping to it
+    would only cost every packet a lookup."""
+    entries = sorted((e for e in acl.entries if e.egress == egress), key=lambda e: e.rule_number)
+    return bool(entries) and entries[0].action == "allow" and entries[0].protocol == "-1" and \
+        entries[0].cidr.prefixlen == 0
 
 
 def _nlb_node_enis(enis: list[Eni]) -> list[Eni]:
