@@ -317,3 +317,12 @@ def test_plan_nft_rulesets_pass_nft_check(ruleset, tmp_path):
     path.write_text(ruleset)
     result = subprocess.run(cmd + [str(path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_nat_gateway_idles_tcp_out_after_350_seconds_from_its_nat_chain():
+    wiring = compile_lab(load_lab_text(SDC, "lab.yaml"))
+    c = chains(wiring.namespace("nat:nat").nft)
+    # set on the connection conntrack has just made (a rule before conntrack, at priority raw, is
+    # ignored by the kernel), in the chain only a connection's first packet sees
+    assert c["postrouting"][1].startswith('meta l4proto tcp ct timeout set "tcp_idle"')
+    assert "raw" not in c and "policy = { established: 350 }" in wiring.namespace("nat:nat").nft

@@ -755,16 +755,13 @@ def _nat_gateway(name: str, subnet: Subnet, ip: IPv4Address) -> Namespace:
 \t\tl3proto ip;
 \t\tpolicy = {{ established: 350 }}
 \t}}
-\tchain raw {{
-\t\ttype filter hook prerouting priority raw; policy accept;
-\t\tmeta l4proto tcp ct timeout set "tcp_idle"
-\t}}
 \tchain forward {{
 \t\ttype filter hook forward priority filter; policy drop;
 \t\tmeta l4proto {{ tcp, udp, icmp }} accept comment "a NAT gateway carries TCP, UDP and ICMP only"
 \t}}
 \tchain postrouting {{
 \t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\tmeta l4proto tcp ct timeout set "tcp_idle" comment "a new connection's (none before conntrack)"
 \t\toifname "eth0" ip saddr != {ip} meta l4proto {{ tcp, udp }} snat to {ip}:1024-65535
 \t\toifname "eth0" ip saddr != {ip} snat to {ip}
 \t}}
