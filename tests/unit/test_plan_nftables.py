@@ -250,9 +250,14 @@ def test_source_dest_check_off_drops_no_spoof_check():
     assert pre[0] == "type filter hook prerouting priority raw; policy accept;"
     # The check on: from its veth, only its own source address; to it, only its own address.
     # One lookup, however many ENIs: a checked ENI's own address passes, nothing else from it does.
-    assert pre[1:] == ["meta nfproto ipv6 drop",
-                       f'iifname . ip saddr vmap {{ "{app_if}" . 10.0.1.10 : return }}',
-                       f'iifname {{ "{app_if}" }} drop comment "source check"']
+    assert pre[1:4] == ["meta nfproto ipv6 drop",
+                        f'iifname . ip saddr vmap {{ "{app_if}" . 10.0.1.10 : return }}',
+                        f'iifname {{ "{app_if}" }} drop comment "source check"']
+    # From any ENI, never the router's own addresses: the kernel no longer checks that itself
+    # (accept_local spares every forwarded packet a second route lookup)
+    assert pre[4:] == ['ip saddr { 10.0.0.2, 169.254.169.253, 10.0.3.1, 10.0.1.1, 169.254.0.1 } drop comment '
+                       '"martian: the router\'s own address"']
+    assert ("ipv4/conf/all/accept_local", "1") in wiring.namespace("router:main").sysctls
     _, app_in = eni_chains(nft, lab.instances["app-1"].eni_id)
     assert app_in[0] == 'ip daddr != 10.0.1.10 drop comment "destination check"'
     # The check off (the middlebox) and the NAT gateway (which forwards by nature): neither.

@@ -66,6 +66,10 @@ BASE_SYSCTLS: tuple[tuple[str, str], ...] = (
 )
 FORWARDING = (("ipv4/ip_forward", "1"),)
 PROXY_ARP = (("ipv4/conf/default/proxy_arp", "1"),)
+# A router's policy rules make the kernel check each forwarded packet's source with a second
+# full route lookup, which only drops sources that are its own addresses; its nftables does
+# that with one set lookup (router_ruleset).
+ACCEPT_LOCAL = (("ipv4/conf/all/accept_local", "1"),)
 
 
 def router_ns(vpc: str) -> str:
@@ -357,12 +361,13 @@ def _router(lab: Lab, vpc: Vpc, enis: list[Eni], igw, endpoints: list[EndpointLi
         f"rule add pref 2000 lookup {ENI_TABLE}",
         "rule add pref 2001 blackhole",  # no route: dropped silently, as at AWS
     ]
+    own = dict.fromkeys(line.split()[2].split("/")[0] for line in batch if line.startswith("addr add"))
     return Namespace(
         name=router_ns(vpc.name),
         kind="router",
-        sysctls=BASE_SYSCTLS + FORWARDING + PROXY_ARP,
+        sysctls=BASE_SYSCTLS + FORWARDING + PROXY_ARP + ACCEPT_LOCAL,
         ip_batch=tuple(batch),
-        nft=router_ruleset(lab, vpc, enis),
+        nft=router_ruleset(lab, vpc, enis, tuple(own)),
         # the GWLB node relays these packets raw: no partial checksums, no GSO super-packets
         tx_offload_off=tuple(e.ifname for e in endpoints),
     )
@@ -442,7 +447,8 @@ def _nacl_chain(acl: NetworkAcl, egress: bool) -> list[str]:
     return lines
 
 
-def router_ruleset(lab: Lab, vpc: Vpc, enis: list[Eni]) -> str:
+def router_ruleset(lab: Lab, vpc: Vpc, enis: list[Eni], own: tuple[str, ...] = ()) -> str:
+    """The router's table; `own` are its addresses, which no packet may come from (ACCEPT_LOCAL)."""
     groups = {n: sg for n, sg in lab.security_groups.items() if sg.vpc == vpc.name}
     group_ids = {n: sg.id for n, sg in groups.items()}
     members: dict[str, list[IPv4Address]] = {n: [] for n in groups}
@@ -467,6 +473,8 @@ def router_ruleset(lab: Lab, vpc: Vpc, enis: list[Eni]) -> str:
         names = ", ".join(f"\"{e.ifname}\"" for e in checked)
         out += [f"\t\tiifname . ip saddr vmap {{ {pairs} }}",
                 f"\t\tiifname {{ {names} }} drop comment \"source check\""]
+    if own:  # only what a checked ENI did not send gets here
+        out.append(f"\t\tip saddr {{ {', '.join(own)} }} drop comment \"martian: the router's own address\"")
     out.append("\t}")
     nlb_nodes = _nlb_node_enis(enis)
     if nlb_nodes:
