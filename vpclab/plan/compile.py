@@ -66,9 +66,10 @@ BASE_SYSCTLS: tuple[tuple[str, str], ...] = (
 )
 FORWARDING = (("ipv4/ip_forward", "1"),)
 PROXY_ARP = (("ipv4/conf/default/proxy_arp", "1"),)
-# A router's policy rules make the kernel check each forwarded packet's source with a second
-# full route lookup, which only drops sources that are its own addresses; its nftables does
-# that with one set lookup (router_ruleset).
+# A router's (or NLB node's) policy rules make the kernel check each forwarded packet's source
+# with a second full route lookup, which only drops sources that are its own addresses; a
+# router's nftables does that with one set lookup (router_ruleset). A node needs no such drop:
+# a packet from its own address finds no socket to answer it.
 ACCEPT_LOCAL = (("ipv4/conf/all/accept_local", "1"),)
 
 
@@ -686,7 +687,8 @@ def _nlb_node(lab: Lab, lb: LoadBalancer, node, interfaces: list[InterfaceLink])
                   f"route add default via {link.subnet.router_ip} dev {link.ifname} onlink table {link.table}",
                   f"rule add pref {100 + link.index} fwmark {link.mark:#x} lookup {link.table}"]
     return Namespace(name=nlb_ns(lb.name, node.az), kind="nlb",
-                     sysctls=BASE_SYSCTLS + FORWARDING + (PROXY_ARP if own else ()), ip_batch=tuple(batch))
+                     sysctls=BASE_SYSCTLS + FORWARDING + ACCEPT_LOCAL + (PROXY_ARP if own else ()),
+                     ip_batch=tuple(batch))
 
 
 def _nlb_node_services(lab: Lab, lb: LoadBalancer, node, interfaces: list[InterfaceLink]) -> list[Service]:
