@@ -28,7 +28,6 @@ count and time.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import signal
@@ -45,85 +44,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "lab"))
 
+from vpclab.engines.mmsg import MSG_WAITFORONE, MessageBatch  # noqa: E402
+
 WINDOW = 32
 ECHO_PORT = 7007
 GENEVE_PORT = 6081
 GENERATOR_PORT = 50000
 MAX_BATCH = 64
-MSG_WAITFORONE = 0x10000
-
-
-# --- batched UDP I/O with recvmmsg/sendmmsg ---------------------------------------------
-
-class _Iovec(ctypes.Structure):
-    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
-
-
-class _Msghdr(ctypes.Structure):
-    _fields_ = [("msg_name", ctypes.c_void_p), ("msg_namelen", ctypes.c_uint32),
-                ("msg_iov", ctypes.POINTER(_Iovec)), ("msg_iovlen", ctypes.c_size_t),
-                ("msg_control", ctypes.c_void_p), ("msg_controllen", ctypes.c_size_t),
-                ("msg_flags", ctypes.c_int)]
-
-
-class _Mmsghdr(ctypes.Structure):
-    _fields_ = [("msg_hdr", _Msghdr), ("msg_len", ctypes.c_uint)]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.recvmmsg.argtypes = [ctypes.c_int, ctypes.POINTER(_Mmsghdr), ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
-_libc.sendmmsg.argtypes = [ctypes.c_int, ctypes.POINTER(_Mmsghdr), ctypes.c_uint, ctypes.c_int]
-
-
-class Batch:
-    """`count` message slots of `size` bytes each, with room for a peer address.
-
-    The ctypes elements are looked up once (each lookup builds an object), and
-    a receive resets only the slots the last echo changed, so that the tool
-    costs per message, not per slot."""
-
-    def __init__(self, count: int, size: int, payload: bytes | None = None) -> None:
-        self.count, self.size = count, size
-        self.buffers = [ctypes.create_string_buffer(payload or b"", size) for _ in range(count)]
-        self.names = [ctypes.create_string_buffer(16) for _ in range(count)]
-        self.iovecs = (_Iovec * count)()
-        self.msgs = (_Mmsghdr * count)()
-        self.iov = [self.iovecs[i] for i in range(count)]
-        self.msg = [self.msgs[i] for i in range(count)]
-        self.hdr = [m.msg_hdr for m in self.msg]
-        self.named = False
-        self.dirty = 0  # slots whose iov_len or msg_namelen differ from a fresh receive's
-        for i in range(count):
-            self.iov[i].iov_base = ctypes.addressof(self.buffers[i])
-            self.iov[i].iov_len = size
-            self.hdr[i].msg_iov = ctypes.pointer(self.iovecs[i])
-            self.hdr[i].msg_iovlen = 1
-
-    def with_names(self, on: bool) -> None:
-        self.named = on
-        for i in range(self.count):
-            self.hdr[i].msg_name = ctypes.addressof(self.names[i]) if on else None
-            self.hdr[i].msg_namelen = 16 if on else 0
-
-    def recv(self, fd: int, flags: int = MSG_WAITFORONE) -> int:
-        size, iov, hdr = self.size, self.iov, self.hdr
-        for i in range(self.dirty):
-            iov[i].iov_len = size
-            if self.named:
-                hdr[i].msg_namelen = 16
-        n = _libc.recvmmsg(fd, self.msgs, self.count, flags, None)
-        n = n if n > 0 else 0
-        self.dirty = n if self.named else 0  # the kernel wrote back msg_namelen
-        return n
-
-    def send(self, fd: int, n: int, lengths_from_recv: bool = False) -> int:
-        if lengths_from_recv:
-            iov, msg = self.iov, self.msg
-            for i in range(n):
-                iov[i].iov_len = msg[i].msg_len
-            self.dirty = max(self.dirty, n)
-        sent = _libc.sendmmsg(fd, self.msgs, n, 0)
-        return sent if sent > 0 else 0
 
 
 # --- tools run inside namespaces (subcommands) -------------------------------------------
@@ -133,13 +60,12 @@ def tool_mmsg_echo(ip: str, port: int) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     sock.bind((ip, port))
-    batch = Batch(MAX_BATCH, 9000)
-    batch.with_names(True)
+    batch = MessageBatch(MAX_BATCH, 9000, names=True)
     fd = sock.fileno()
     while True:
-        n = batch.recv(fd)
+        n = batch.recv(fd, MSG_WAITFORONE)
         if n:
-            batch.send(fd, n, lengths_from_recv=True)
+            batch.echo(fd, 0, n, to_senders=True)
 
 
 def tool_bare_echo(ip: str, port: int) -> None:
@@ -171,8 +97,8 @@ def tool_load(dst_ip: str, dst_port: int, payload_hex: str, seconds: float, wind
     for s in {tx, rx}:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 20_000))
-    sender = Batch(window, len(payload), payload)
-    receiver = Batch(MAX_BATCH, 65536)
+    sender = MessageBatch(window, len(payload), payload)
+    receiver = MessageBatch(MAX_BATCH, 65536)
     tx_fd, rx_fd = tx.fileno(), rx.fileno()
     # Warm up (flows, ARP, the appliance's reply sockets), then measure.
     received = refills = 0
@@ -182,7 +108,7 @@ def tool_load(dst_ip: str, dst_port: int, payload_hex: str, seconds: float, wind
         start = time.perf_counter()
         deadline = start + length
         while True:
-            n = receiver.recv(rx_fd)
+            n = receiver.recv(rx_fd, MSG_WAITFORONE)
             now = time.perf_counter()
             if now >= deadline:
                 break

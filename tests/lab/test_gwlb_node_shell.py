@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import struct
 import sys
 import textwrap
 import time
@@ -202,6 +203,52 @@ def test_appliance_deny_rule_blocks_and_sighup_reloads(sandbox, tmp_path):
     time.sleep(0.3)
     assert download(sandbox) == "200 999936"
     assert appliance_stats(sandbox, time.time())["io"]["reloads"] == 1
+
+
+BURST = textwrap.dedent("""
+    import json, socket, sys
+    datagrams = [bytes.fromhex(h) for h in json.load(open(sys.argv[1]))]
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("{node}", 6081))
+    rx.settimeout(1.0)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    tx.bind(("{node}", 50001))
+    for d in datagrams:
+        tx.sendto(d, ("{appliance}", 6081))
+    replies = []
+    while len(replies) < len(datagrams):
+        try:
+            data, peer = rx.recvfrom(65535)
+        except OSError:
+            break
+        replies.append((data.hex(), peer[1]))
+    print(json.dumps(replies))
+""")
+
+
+def test_a_burst_is_answered_by_the_batch_byte_for_byte_from_the_gwlbs_port(sandbox):
+    from vpclab.engines.geneve import GwlbHeader, encode, vpce_id_to_int
+    sandbox.call("build")
+    sandbox.call("start_appliance", rules={"rules": [{"action": "deny", "protocol": "udp", "port": 22}]})
+    datagrams = []
+    for i in range(120):  # a flow each; every fifth to port 22, which the rules deny
+        inner = bytes.fromhex("4500002400000000401100000a0001140a00020a") + struct.pack(
+            "!HHHH", 40000 + i, 22 if i % 5 == 4 else 7007, 16, 0) + bytes([i]) * 8
+        header = GwlbHeader(protocol=0x0800, endpoint_id=vpce_id_to_int(ENDPOINT_ID), flow_cookie=1000 + i)
+        datagrams.append(encode(header, inner))
+    (sandbox.workdir / "burst.json").write_text(json.dumps([d.hex() for d in datagrams]))
+    (sandbox.workdir / "burst.py").write_text(BURST.format(node=NODE_IP, appliance=appliance_ip(1)))
+    out = sandbox.sh("gwlb", f"python3 {sandbox.workdir}/burst.py {sandbox.workdir}/burst.json", timeout=20)
+    answered = time.time()
+    replies = json.loads(out["out"])
+    allowed = {d.hex() for i, d in enumerate(datagrams) if i % 5 != 4}
+    assert sorted(h for h, _ in replies) == sorted(allowed)  # each exactly once, unchanged
+    assert {port for _, port in replies} == {50001}  # from the GWLB's own source port (§1.2)
+    stats = appliance_stats(sandbox, answered)
+    assert stats["io"]["received"] == 120 and stats["io"]["replied"] == 96
+    assert stats["io"]["batched"] > 0  # the burst went through recvmmsg/sendmmsg
+    assert stats["dropped"] == {"denied": 24}
 
 
 def test_killed_appliance_stops_traffic_and_fails_health(sandbox):
