@@ -13,9 +13,11 @@
   (that needs a per-packet UDP checksum in Python), and needs no privilege.
   If no socket can be had (fd limit, port taken), the reply leaves from
   `--port` instead, which GWLB accepts too (§1.2) and `reply_from_listen_port`
-  counts. Datagrams come in by the batch (recvmmsg, engines.mmsg) and replies
-  leave from the slots they arrived in (sendmmsg per run of replies on one
-  socket): one system call per batch each way, not one per datagram.
+  counts. Under load (more than two datagrams waiting), datagrams come in by
+  the batch (recvmmsg, engines.mmsg) and replies leave from the slots they
+  arrived in (sendmmsg per run of replies on one socket): one system call per
+  batch each way. A lone datagram takes recvfrom and send, which cost less
+  than a ctypes call.
 - Health on TCP `--health-port` (0: none): accepts connections and answers any
   request with `HTTP/1.1 200 OK`, so TCP and HTTP health checks pass while the
   process runs and fail once it stops.
