@@ -258,3 +258,77 @@ def test_inner_packets_over_8500_bytes_are_dropped_silently(gwlb):
     assert node_drops(gwlb).get("oversize", 0) == before + 1
     # no ICMP "fragmentation needed" comes back: the sender's path MTU is still its link's
     assert "mtu" not in gwlb.sh("web-1", "ip route get 198.51.100.250").stdout.split("cache")[-1]
+
+
+# web-1 also echoes TCP on port 9000 (its default services close idle connections early).
+TCP_ECHO = {
+    '    Run: ["socat UDP4-RECVFROM:7,reuseaddr,fork PIPE"]':
+        '    Run: ["socat UDP4-RECVFROM:7,reuseaddr,fork PIPE", "socat TCP4-LISTEN:9000,reuseaddr,fork PIPE"]',
+    "      - {IpProtocol: udp, FromPort: 7, ToPort: 7, CidrIp: 0.0.0.0/0}\n":
+        "      - {IpProtocol: udp, FromPort: 7, ToPort: 7, CidrIp: 0.0.0.0/0}\n"
+        "      - {IpProtocol: tcp, FromPort: 9000, ToPort: 9000, CidrIp: 0.0.0.0/0}\n",
+    "    DefaultActions: [{Type: forward, TargetGroupArn: appliances}]\n":
+        "    DefaultActions: [{Type: forward, TargetGroupArn: appliances}]\n"
+        "    ListenerAttributes:\n"
+        "      tcp.idle_timeout.seconds: 60\n"              # AWS's minimum
+        "      send_tcp_reset.on_idle_timeout.enabled: true\n",
+}
+
+IDLE_CONNECTION = """
+import socket, time
+s = socket.create_connection(("{dst}", 9000), timeout=5)
+s.sendall(b"hello")
+assert s.recv(100) == b"hello"
+time.sleep({idle})
+try:
+    print("data" if s.recv(100) else "closed")
+except ConnectionResetError:
+    print("reset")
+except socket.timeout:
+    print("open")
+"""
+
+STRAY_ACK = """
+import socket, time
+from scapy.layers.inet import IP, TCP
+rx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+rx.settimeout(0.5)
+tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+tx.sendto(bytes(IP(src="{src}", dst="{dst}") / TCP(sport=41234, dport=9000, flags="A", seq=1000, ack=5555)),
+          ("{dst}", 0))
+deadline = time.monotonic() + 3
+while time.monotonic() < deadline:
+    try:
+        reply = IP(rx.recv(200))
+    except socket.timeout:
+        continue
+    if TCP in reply and reply[TCP].dport == 41234:
+        print(reply.src, reply[TCP].flags, reply[TCP].seq)
+        break
+"""
+
+
+def node_counters(lab, az: str = "us-east-1a") -> dict:
+    lb = lab.status()["load_balancers"][0]
+    return next(n for n in lb["nodes"] if n["az"] == az)["counters"]
+
+
+def test_send_tcp_reset_resets_an_idle_connection_at_both_ends_and_answers_a_stray_ack(up):
+    lab = up(distributed(**TCP_ECHO), "gwlb-rst")
+    wait_for(lambda: all_healthy(lab), 30, "both appliances healthy")
+    web = lab.instance("web-1")["public_ip"]
+
+    # A non-SYN segment with no flow: the GWLB answers with a RST carrying the
+    # segment's ACK as its sequence number, and no appliance ever sees it.
+    before = appliances(lab)
+    reply = lab.sh("client", f"python3 -c '{STRAY_ACK.format(src='198.51.100.10', dst=web)}'").stdout.split()
+    assert reply == [web, "R", "5555"]
+    counters = node_counters(lab)
+    assert counters["drops"].get("non_syn_without_flow") == 1 and counters["tcp_resets_sent"] == 1
+    assert {n: a["packets_in"] for n, a in appliances(lab).items()} == {n: a["packets_in"] for n, a in before.items()}
+
+    # A connection idle past the listener's 60 s: both ends are reset.
+    result = lab.sh("client", f"python3 -c '{IDLE_CONNECTION.format(dst=web, idle=63)}'", timeout=90)
+    assert result.stdout.strip() == "reset"
+    assert ":9000" not in lab.sh("web-1", "ss -Htn state established").stdout  # the server's end too
+    assert node_counters(lab)["tcp_resets_sent"] == 3

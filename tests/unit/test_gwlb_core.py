@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from vpclab.engines.geneve import ETH_P_IPV6, GwlbHeader, decode, encode, vpce_id_to_int
-from vpclab.engines.gwlb import Decap, Drop, Encap, GwlbConfig, GwlbNode, flow_key
-from vpclab.engines.gwlb.core import RESET_LINGER
+from vpclab.engines.gwlb import Decap, Drop, Encap, GwlbConfig, GwlbNode, Reset, flow_key
+from vpclab.engines.gwlb.core import RESET_LINGER, PeakRate
 
 AZ = "us-east-1a"
 EP = vpce_id_to_int("vpce-0123456789abcdef0")
@@ -215,6 +215,169 @@ def test_non_syn_without_a_flow_can_be_dropped():
     assert node.from_endpoint(tcp(flags=ACK), EP, 0) == Drop("non_syn_without_flow")
     assert isinstance(node.from_endpoint(tcp(flags=SYN), EP, 0), Encap)
     assert isinstance(node.from_endpoint(tcp(flags=ACK), EP, 0), Encap)
+
+
+# --- TCP resets (listener send_tcp_reset.on_idle_timeout.enabled) --------------------
+
+FIN = 0x01
+
+
+def segment(src=CLIENT, dst=SERVER, sport=40000, dport=443, seq=0, ack=0, flags=ACK, payload=b"") -> bytes:
+    return ip_packet(6, src, dst, struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 0x50, flags, 8192, 0, 0)
+                     + payload)
+
+
+def rst_fields(reset: Reset) -> tuple:
+    """What a host's TCP stack checks in a RST, after checking its checksums."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.inet6 import IPv6
+    packet = (IP if reset.packet[0] >> 4 == 4 else IPv6)(reset.packet)
+    tcp_layer = packet[TCP]
+    received = (packet.chksum if packet.version == 4 else None, tcp_layer.chksum)
+    if packet.version == 4:
+        del packet.chksum
+    del tcp_layer.chksum
+    rebuilt = packet.__class__(bytes(packet))
+    assert received == (rebuilt.chksum if packet.version == 4 else None, rebuilt[TCP].chksum)
+    return reset.endpoint_id, packet.src, packet.dst, tcp_layer.sport, tcp_layer.dport, str(tcp_layer.flags), \
+        tcp_layer.seq, tcp_layer.ack
+
+
+def handshake(node: GwlbNode, now: float = 0.0) -> None:
+    """SYN, SYN-ACK, ACK, 5 bytes from the client, the server's ACK of them."""
+    send(node, segment(seq=1000, flags=SYN), now)
+    send(node, segment(SERVER, CLIENT, 443, 40000, seq=7000, ack=1001, flags=SYN | ACK), now)
+    send(node, segment(seq=1001, ack=7001), now)
+    send(node, segment(seq=1001, ack=7001, payload=b"hello"), now)
+    send(node, segment(SERVER, CLIENT, 443, 40000, seq=7001, ack=1006), now)
+
+
+def test_tcp_reset_answers_a_non_syn_packet_without_a_flow_with_a_rst_to_its_sender():
+    node = make_node(send_tcp_reset=True)
+    reset = node.from_endpoint(segment(seq=1000, ack=5000, payload=b"data"), EP, 0)
+    assert isinstance(reset, Reset)
+    assert rst_fields(reset) == (EP, SERVER, CLIENT, 443, 40000, "R", 5000, 0)
+    snap = node.snapshot()
+    assert snap["ActiveFlowCount"] == 0 and snap["tcp_resets_sent"] == 1
+    assert snap["drops"] == {"non_syn_without_flow": 1}
+
+
+def test_tcp_reset_to_a_segment_without_ack_acknowledges_what_it_carried():
+    node = make_node(send_tcp_reset=True)
+    reset = node.from_endpoint(segment(seq=1000, flags=FIN, payload=b"abc"), EP, 0)
+    assert rst_fields(reset) == (EP, SERVER, CLIENT, 443, 40000, "RA", 0, 1004)  # 3 bytes and the FIN
+
+
+def test_tcp_reset_over_ipv6():
+    node = make_node(send_tcp_reset=True)
+    reset = node.from_endpoint(segment("2001:db8::1", "2001:db8:1::2", seq=1, ack=77), EP, 0)
+    assert rst_fields(reset) == (EP, "2001:db8:1::2", "2001:db8::1", 443, 40000, "R", 77, 0)
+
+
+def test_a_rst_without_a_flow_is_never_answered():
+    node = make_node(send_tcp_reset=True)
+    assert node.from_endpoint(segment(seq=5, flags=RST), EP, 0) == Drop("non_syn_without_flow")
+    assert node.snapshot()["tcp_resets_sent"] == 0
+
+
+def test_a_syn_without_a_flow_starts_one_as_usual():
+    node = make_node(send_tcp_reset=True)
+    assert isinstance(node.from_endpoint(segment(seq=5, flags=SYN), EP, 0), Encap)
+
+
+def test_an_idle_tcp_flow_is_reset_at_both_ends_exactly_where_each_expects_the_next_byte():
+    node = make_node(send_tcp_reset=True, tcp_idle_timeout=60)
+    handshake(node)
+    assert node.expire(59) == 0 and node.take_resets() == []
+    assert node.expire(60) == 1
+    resets = sorted(rst_fields(r) for r in node.take_resets())
+    assert resets == [
+        (EP, CLIENT, SERVER, 40000, 443, "R", 1006, 0),  # to the server: the ACK it sent last
+        (EP, SERVER, CLIENT, 443, 40000, "R", 7001, 0),  # to the client
+    ]
+    assert node.take_resets() == []
+    assert node.snapshot()["tcp_resets_sent"] == 2
+
+
+def test_without_tcp_reset_an_idle_flow_ends_silently():
+    node = make_node(tcp_idle_timeout=60)
+    handshake(node)
+    assert node.expire(60) == 1 and node.take_resets() == []
+
+
+def test_a_packet_on_an_idle_flow_not_yet_expired_is_treated_as_flowless():
+    node = make_node(send_tcp_reset=True, tcp_idle_timeout=60)
+    handshake(node)
+    late = node.from_endpoint(segment(seq=1006, ack=7001, payload=b"late"), EP, 61)
+    assert rst_fields(late) == (EP, SERVER, CLIENT, 443, 40000, "R", 7001, 0)
+    assert len(node.take_resets()) == 2  # the idle flow's own RSTs
+    assert node.snapshot()["ActiveFlowCount"] == 0
+
+
+def test_a_flow_ended_by_a_rst_gets_no_reset_when_it_idles_out():
+    node = make_node(send_tcp_reset=True)
+    handshake(node)
+    send(node, segment(seq=1006, ack=7001, flags=RST | ACK), 1)
+    assert node.expire(1 + RESET_LINGER) == 1 and node.take_resets() == []
+
+
+def test_udp_flows_idle_out_without_resets():
+    node = make_node(send_tcp_reset=True)
+    send(node, udp(), 0)
+    assert node.expire(120) == 1 and node.take_resets() == []
+
+
+def test_a_three_tuple_flow_resets_each_connection_it_carried():
+    node = make_node(send_tcp_reset=True, stickiness="source_ip_dest_ip_proto", tcp_idle_timeout=60)
+    for port in (40000, 40001):
+        send(node, segment(sport=port, seq=10, flags=SYN))
+        send(node, segment(SERVER, CLIENT, 443, port, seq=20, ack=11, flags=SYN | ACK))
+        send(node, segment(sport=port, seq=11, ack=21))
+    assert node.expire(60) == 1
+    resets = sorted(rst_fields(r)[1:5] for r in node.take_resets())
+    assert resets == [(CLIENT, SERVER, 40000, 443), (CLIENT, SERVER, 40001, 443),
+                      (SERVER, CLIENT, 443, 40000), (SERVER, CLIENT, 443, 40001)]
+
+
+def test_tcp_reset_can_be_switched_on_live():
+    node = make_node(tcp_idle_timeout=60)
+    assert isinstance(node.from_endpoint(segment(seq=1, ack=2), EP, 0), Encap)  # a flow, as before
+    node.reconfigure(GwlbConfig.from_attributes(
+        {"send_tcp_reset.on_idle_timeout.enabled": "true", "tcp.idle_timeout.seconds": "60"},
+        availability_zone=AZ))
+    assert isinstance(node.from_endpoint(segment(sport=40001, seq=1, ack=2), EP, 1), Reset)
+
+
+def test_send_tcp_reset_attribute_must_be_a_boolean():
+    with pytest.raises(ValueError, match="send_tcp_reset.on_idle_timeout.enabled"):
+        GwlbConfig.from_attributes({"send_tcp_reset.on_idle_timeout.enabled": "yes"})
+
+
+# --- PeakBytesPerSecond and PeakPacketsPerSecond --------------------------------------
+
+def test_peak_rates_are_the_highest_ten_second_average_in_the_last_minute():
+    node = make_node()
+    packet = udp(payload=bytes(72))  # 100 bytes
+    node.expire(0)
+    for second in range(30):  # 10 s at 5 packets/s, then 10 s at 20/s, then 10 s at 1/s
+        rate = 5 if second < 10 else 20 if second < 20 else 1
+        for _ in range(rate):
+            send(node, packet, second + 0.5)
+        node.expire(second + 1)
+    snap = node.snapshot()
+    assert (snap["PeakPacketsPerSecond"], snap["PeakBytesPerSecond"]) == (20, 2000)
+    for second in range(31, 92):  # a quiet minute later, the busy windows have left the period
+        node.expire(second)
+    assert node.snapshot()["PeakPacketsPerSecond"] == 0
+
+
+def test_peak_rate_windows_close_at_the_first_sample_ten_seconds_on():
+    peak = PeakRate()
+    peak.sample(0.0, 0, 0)
+    peak.sample(9.9, 990, 9)
+    assert peak.peak() == (0.0, 0.0)  # no window closed yet
+    peak.sample(12.5, 1250, 25)
+    assert peak.peak() == (100.0, 2.0)
 
 
 # --- health and failover -----------------------------------------------------------

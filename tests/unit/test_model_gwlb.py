@@ -219,7 +219,8 @@ def test_listener_defaults():
     assert (listener.load_balancer, listener.target_group, listener.protocol, listener.port) == (
         "gwlb", "appliances", None, None
     )
-    assert listener.attributes == {"tcp.idle_timeout.seconds": "350"}
+    assert listener.attributes == {"tcp.idle_timeout.seconds": "350",
+                                   "send_tcp_reset.on_idle_timeout.enabled": "false"}
     assert load().listener_of("gwlb") == listener
 
 
@@ -233,7 +234,7 @@ def test_listener_may_name_load_balancer_and_target_group_by_arn():
 def test_listener_idle_timeout():
     text = edit("    LoadBalancerArn: gwlb\n", "    LoadBalancerArn: gwlb\n    ListenerAttributes:\n"
                 "      tcp.idle_timeout.seconds: 6000\n")  # fmt: skip
-    assert load(text).listeners["gwlb-listener"].attributes == {"tcp.idle_timeout.seconds": "6000"}
+    assert load(text).listeners["gwlb-listener"].attributes["tcp.idle_timeout.seconds"] == "6000"
 
 
 # -- endpoint service and endpoints

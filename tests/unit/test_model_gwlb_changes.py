@@ -136,8 +136,11 @@ def test_modify_attributes_of_each_kind_by_name_or_arn():
     lab = modify_attributes(lab, LAB.target_groups["appliances"].arn, {"deregistration_delay.timeout_seconds": "0"})
     assert lab.target_groups["appliances"].attributes["deregistration_delay.timeout_seconds"] == "0"
     lab = modify_attributes(lab, "gwlb-listener", {"tcp.idle_timeout.seconds": 60})
-    assert lab.listeners["gwlb-listener"].attributes == {"tcp.idle_timeout.seconds": "60"}
-    assert LAB.listeners["gwlb-listener"].attributes == {"tcp.idle_timeout.seconds": "350"}
+    assert lab.listeners["gwlb-listener"].attributes["tcp.idle_timeout.seconds"] == "60"
+    assert LAB.listeners["gwlb-listener"].attributes["tcp.idle_timeout.seconds"] == "350"
+    lab = modify_attributes(lab, "gwlb-listener", {"send_tcp_reset.on_idle_timeout.enabled": True})
+    assert lab.listeners["gwlb-listener"].attributes == {"tcp.idle_timeout.seconds": "60",
+                                                          "send_tcp_reset.on_idle_timeout.enabled": "true"}
 
 
 def test_modify_keeps_the_other_attributes():
@@ -157,7 +160,7 @@ def test_modify_keeps_the_other_attributes():
         ("appliances", {"stickiness.type": "source_ip"}, "ValidationError"),
         ("appliances", {"target_failover.on_unhealthy": "rebalance"}, "InvalidConfigurationRequest"),
         ("gwlb-listener", {"tcp.idle_timeout.seconds": 6001}, "ValidationError"),
-        ("gwlb-listener", {"send_tcp_reset.on_idle_timeout.enabled": "true"}, "ValidationError"),
+        ("gwlb-listener", {"send_tcp_reset.on_idle_timeout.enabled": "yes"}, "ValidationError"),
         ("gwlb", {}, "ValidationError"),
     ],
 )

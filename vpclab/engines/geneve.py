@@ -295,3 +295,71 @@ def parse_inner(packet: bytes | bytearray | memoryview) -> InnerInfo | None:
         sport, dport = _PORTS.unpack_from(packet, l4)
         return proto, src, dst, sport, dport, 0, length
     return proto, src, dst, 0, 0, 0, length
+
+
+_TCP_SEQ = struct.Struct("!IIB")  # sequence number, acknowledgment number, data offset
+_IP4_HEADER = struct.Struct("!BBHHHBBH4s4s")
+_IP6_HEADER = struct.Struct("!IHBB16s16s")
+_TCP_HEADER = struct.Struct("!HHIIBBHHH")
+
+
+def internet_checksum(data: bytes | bytearray | memoryview) -> int:
+    """RFC 1071: the ones' complement of the 16-bit ones' complement sum of `data`.
+
+    Python's big integers sum it in C: the sum is the value of the bytes, read
+    as one big-endian number, modulo 0xFFFF (because 2**16 = 1 mod 0xFFFF).
+    """
+    value = int.from_bytes(data, "big")
+    if len(data) & 1:
+        value <<= 8  # an odd final byte is the high half of a zero-padded word
+    if value == 0:
+        return 0xFFFF
+    rest = value % 0xFFFF
+    return 0xFFFF - rest if rest else 0  # rest 0: the sum is 0xFFFF
+
+
+def tcp_sequence(packet: bytes | bytearray | memoryview) -> tuple[int, int, int] | None:
+    """`(seq, ack, length)` of a TCP segment in an IP packet, or None.
+
+    `length` is the sequence space the segment takes: its data, plus one each
+    for SYN and FIN. IPv4, or IPv6 whose first next header is TCP; None for
+    anything else, or a segment its own lengths say is cut short.
+    """
+    if len(packet) < 20:
+        return None
+    version = packet[0] >> 4
+    if version == 4 and packet[9] == IPPROTO_TCP:
+        l4, length = (packet[0] & 0x0F) * 4, packet[2] << 8 | packet[3]
+    elif version == 6 and len(packet) >= 40 and packet[6] == IPPROTO_TCP:
+        l4, length = 40, 40 + (packet[4] << 8 | packet[5])
+    else:
+        return None
+    if l4 < 20 or l4 + 20 > length or length > len(packet):
+        return None
+    seq, ack, offset = _TCP_SEQ.unpack_from(packet, l4 + 4)
+    data = length - l4 - (offset >> 4) * 4
+    if data < 0:
+        return None
+    flags = packet[l4 + 13]
+    return seq, ack, data + bool(flags & TCP_SYN) + bool(flags & TCP_FIN)
+
+
+def tcp_reset(src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int | None = None) -> bytes:
+    """A TCP RST from `src:sport` to `dst:dport` (raw 4- or 16-byte addresses).
+
+    It carries `seq`, and with `ack` the ACK flag and that acknowledgment
+    number, as RFC 9293 §3.10.7.1 builds a reset for a segment. No options, no
+    data; IPv4 with DF set and TTL 64, or IPv6 with hop limit 64.
+    """
+    flags = TCP_RST if ack is None else TCP_RST | TCP_ACK
+    segment = bytearray(_TCP_HEADER.pack(sport, dport, seq & 0xFFFFFFFF, (ack or 0) & 0xFFFFFFFF,
+                                         0x50, flags, 0, 0, 0))
+    if len(src) == 4:
+        ip = bytearray(_IP4_HEADER.pack(0x45, 0, 40, 0, 0x4000, 64, IPPROTO_TCP, 0, src, dst))
+        ip[10:12] = internet_checksum(ip).to_bytes(2, "big")
+        pseudo = src + dst + bytes((0, IPPROTO_TCP, 0, 20))
+    else:
+        ip = bytearray(_IP6_HEADER.pack(6 << 28, 20, IPPROTO_TCP, 64, src, dst))
+        pseudo = src + dst + bytes((0, 0, 0, 20, 0, 0, 0, IPPROTO_TCP))
+    segment[16:18] = internet_checksum(pseudo + segment).to_bytes(2, "big")
+    return bytes(ip + segment)

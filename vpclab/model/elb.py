@@ -178,7 +178,12 @@ TARGET_GROUP_ATTRIBUTES: Mapping[str, Mapping[str, AttributeSpec]] = {
     },
 }
 LISTENER_ATTRIBUTES: Mapping[str, Mapping[str, AttributeSpec]] = {
-    "gateway": {"tcp.idle_timeout.seconds": _TCP_IDLE_TIMEOUT},
+    "gateway": {
+        "tcp.idle_timeout.seconds": _TCP_IDLE_TIMEOUT,
+        "send_tcp_reset.on_idle_timeout.enabled": AttributeSpec(
+            "false", boolean_value, "RST to a TCP flow's ends when it idles out, and to the sender of a "
+            "non-SYN TCP packet without a flow"),
+    },
     "network": {"tcp.idle_timeout.seconds": _TCP_IDLE_TIMEOUT},  # TCP and TCP_UDP listeners only
 }
 # AWS keys vpclab knows but does not take, per attribute set: refused with this reason, not as unknown.
@@ -196,9 +201,6 @@ UNSUPPORTED_ATTRIBUTES: Mapping[str, Mapping[str, str]] = {
             for kind in ("dns_failover", "unhealthy_state_routing")
             for measure in ("count", "percentage")
         },
-    },
-    "listener": {
-        "send_tcp_reset.on_idle_timeout.enabled": "is not supported yet (vpclab's GWLB never sends a TCP reset)",
     },
 }
 # Pairs of attributes AWS requires to be equal.

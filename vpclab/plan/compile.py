@@ -47,7 +47,8 @@ IGW_TRANSIT = IPv4Network("192.0.2.0/24")
 ENDPOINT_LINKS = IPv4Network("169.254.128.0/17")
 # What a GWLB node takes from its load balancer, listener and target group.
 GWLB_NODE_ATTRIBUTES = frozenset({
-    "load_balancing.cross_zone.enabled", "tcp.idle_timeout.seconds", "stickiness.enabled",
+    "load_balancing.cross_zone.enabled", "tcp.idle_timeout.seconds",
+    "send_tcp_reset.on_idle_timeout.enabled", "stickiness.enabled",
     "stickiness.type", "target_failover.on_deregistration", "target_failover.on_unhealthy",
     "deregistration_delay.timeout_seconds", "vpclab.drop_stale_cookie.enabled",
 })

@@ -18,6 +18,12 @@ Choices where AWS leaves room (reference: **uncertain**):
   its inner packet goes back to its endpoint if that endpoint is attached.
 - A TCP packet without a flow starts one even if it is not a SYN
   (`new_flow_on_non_syn`, default on), so flows survive a node restart.
+- With `send_tcp_reset.on_idle_timeout.enabled`, a non-SYN TCP packet without
+  a flow is answered with a RST to its sender and dropped, and a TCP flow that
+  idles out gets a RST to each of its ends (both sent the flow's traffic),
+  built from the last acknowledgment each end sent, so that it lands exactly
+  at the receiver's next expected sequence number. Flows keyed on 3 or 2
+  tuples remember up to `MAX_RESET_CONNECTIONS` connections for this.
 - A RST ends a 5-tuple TCP flow: it lingers `RESET_LINGER` seconds so the RST's
   own return matches, and a new SYN on it starts a new flow with a new cookie.
 - Non-first fragments carry no ports, so they hash on the 3-tuple.
@@ -27,13 +33,14 @@ Choices where AWS leaves room (reference: **uncertain**):
 from __future__ import annotations
 
 import zlib
+from collections import deque
 from dataclasses import dataclass
 from ipaddress import ip_address
 from typing import Iterable, Mapping, NamedTuple
 
 from vpclab.engines.geneve import (
     ETH_P_IP, ETH_P_IPV6, HEADER_LEN, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN,
-    GeneveError, GwlbHeader, decode, int_to_vpce_id, parse_inner, vpce_id_to_int,
+    GeneveError, GwlbHeader, decode, int_to_vpce_id, parse_inner, tcp_reset, tcp_sequence, vpce_id_to_int,
 )
 
 FIVE_TUPLE = "5-tuple"
@@ -47,6 +54,10 @@ HEALTHY, UNHEALTHY, INITIAL, DRAINING, UNUSED = "healthy", "unhealthy", "initial
 TARGET_STATES = (HEALTHY, UNHEALTHY, INITIAL, DRAINING, UNUSED)
 
 RESET_LINGER = 10.0
+MAX_RESET_CONNECTIONS = 64  # per flow, when RSTs are on and several connections share a flow
+# Peak*PerSecond: the highest 10-second average within a CloudWatch period.
+PEAK_WINDOW = 10.0
+METRIC_PERIOD = 60.0
 # The UDP source port of a flow's GENEVE datagrams: IANA's dynamic range.
 SRC_PORT_BASE = 49152
 SRC_PORT_BITS = 14
@@ -68,6 +79,7 @@ class GwlbConfig:
     cross_zone: bool = False
     drop_stale_cookie: bool = True
     new_flow_on_non_syn: bool = True
+    send_tcp_reset: bool = False
     max_packet: int = 8500
     hash_seed: int = 0
 
@@ -95,13 +107,15 @@ class GwlbConfig:
     def from_attributes(cls, attributes: Mapping[str, object], **fields: object) -> GwlbConfig:
         """Build from AWS attributes (values as the API gives them: strings or natives).
 
-        Listener `tcp.idle_timeout.seconds`; target group `stickiness.enabled`,
+        Listener `tcp.idle_timeout.seconds` and
+        `send_tcp_reset.on_idle_timeout.enabled`; target group `stickiness.enabled`,
         `stickiness.type`, `target_failover.on_deregistration`,
         `target_failover.on_unhealthy`, `deregistration_delay.timeout_seconds`;
         load balancer `load_balancing.cross_zone.enabled`. `fields` sets the rest.
         """
         attrs = dict(attributes)
-        known = {"tcp.idle_timeout.seconds", "stickiness.enabled", "stickiness.type",
+        known = {"tcp.idle_timeout.seconds", "send_tcp_reset.on_idle_timeout.enabled",
+                 "stickiness.enabled", "stickiness.type",
                  "target_failover.on_deregistration", "target_failover.on_unhealthy",
                  "deregistration_delay.timeout_seconds", "load_balancing.cross_zone.enabled",
                  "deletion_protection.enabled", "vpclab.drop_stale_cookie.enabled"}
@@ -111,6 +125,9 @@ class GwlbConfig:
         out: dict[str, object] = {}
         if "tcp.idle_timeout.seconds" in attrs:
             out["tcp_idle_timeout"] = _as_int("tcp.idle_timeout.seconds", attrs["tcp.idle_timeout.seconds"])
+        if "send_tcp_reset.on_idle_timeout.enabled" in attrs:
+            out["send_tcp_reset"] = _as_bool("send_tcp_reset.on_idle_timeout.enabled",
+                                             attrs["send_tcp_reset.on_idle_timeout.enabled"])
         if _as_bool("stickiness.enabled", attrs.get("stickiness.enabled", False)):
             kind = attrs.get("stickiness.type", THREE_TUPLE)
             if kind not in (THREE_TUPLE, TWO_TUPLE):
@@ -166,6 +183,40 @@ class Drop(NamedTuple):
     reason: str
 
 
+class Reset(NamedTuple):
+    """Send `packet`, a TCP RST this node made, out of endpoint `endpoint_id`."""
+    endpoint_id: int
+    packet: bytes
+
+
+class PeakRate:
+    """`PeakBytesPerSecond` and `PeakPacketsPerSecond`: the highest 10-second
+    average of two running totals within the last 60 s (one CloudWatch period).
+
+    `sample` takes the totals at any times (a node's housekeeping tick); a
+    window closes at the first sample 10 s or more after it opened."""
+
+    def __init__(self) -> None:
+        self._opened: tuple[float, int, int] | None = None
+        self._closed: deque[tuple[float, float, float]] = deque()  # (closed at, bytes/s, packets/s)
+
+    def sample(self, now: float, total_bytes: int, total_packets: int) -> None:
+        opened = self._opened
+        if opened is None or now - opened[0] >= PEAK_WINDOW:
+            if opened is not None:
+                elapsed = now - opened[0]
+                self._closed.append((now, (total_bytes - opened[1]) / elapsed,
+                                     (total_packets - opened[2]) / elapsed))
+            self._opened = (now, total_bytes, total_packets)
+        while self._closed and now - self._closed[0][0] > METRIC_PERIOD:
+            self._closed.popleft()
+
+    def peak(self) -> tuple[float, float]:
+        """(bytes/s, packets/s); each the maximum over the period's closed windows, 0 if none."""
+        return (max((w[1] for w in self._closed), default=0.0),
+                max((w[2] for w in self._closed), default=0.0))
+
+
 _drops: dict[str, Drop] = {}
 _tuple_new = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (hot path)
 
@@ -190,7 +241,7 @@ class Target:
 
 class _Flow:
     __slots__ = ("key", "endpoint_id", "cookie", "header", "hash", "src_port", "target",
-                 "last_seen", "timeout", "gen", "reset")
+                 "last_seen", "timeout", "gen", "reset", "acks")
 
 
 # How many parts of the 5-tuple each stickiness type keys on.
@@ -237,6 +288,8 @@ class GwlbNode:
         self.config = config = config or GwlbConfig()
         self._key_parts = _KEY_PARTS[config.stickiness]
         self._max_packet = config.max_packet
+        self._send_tcp_reset = config.send_tcp_reset
+        self._resets: list[Reset] = []
         self._endpoints: set[int] = {_endpoint_int(e) for e in endpoints}
         self._targets: dict[str, Target] = {}
         self._target_ips: frozenset[str] = frozenset()
@@ -251,8 +304,20 @@ class GwlbNode:
         self._cookie_salt = zlib.crc32(config.hash_seed.to_bytes(8, "big", signed=True))
         self.new_flow_count = 0
         self.processed_bytes = 0
+        self.processed_packets = 0
+        self.peak_rate = PeakRate()
         self.unmatched_forwarded = 0
+        self.tcp_resets_sent = 0
         self.drops: dict[str, int] = {}
+
+    def reconfigure(self, config: GwlbConfig) -> None:
+        """Apply new settings live. Flows keep their timeout and target; a stickiness
+        change re-keys flows, so existing ones start afresh with new cookies."""
+        self.config = config
+        self._key_parts = _KEY_PARTS[config.stickiness]
+        self._max_packet = config.max_packet
+        self._send_tcp_reset = config.send_tcp_reset
+        self._targets_changed()
 
     # --- endpoints and targets ---------------------------------------------
 
@@ -353,9 +418,15 @@ class GwlbNode:
         flow = self._flows.get(key)
         if (flow is None or now - flow.last_seen >= flow.timeout
                 or (flow.reset and tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN)):
-            if (proto == IPPROTO_TCP and not self.config.new_flow_on_non_syn
-                    and tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN):
-                return self._drop("non_syn_without_flow")
+            if proto == IPPROTO_TCP and tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN:
+                if self._send_tcp_reset:
+                    if flow is not None and now - flow.last_seen >= flow.timeout:
+                        self._end_idle(flow)
+                    return self._refuse(inner, endpoint_id, src, dst, sport, dport, tcp_flags)
+                if not self.config.new_flow_on_non_syn:
+                    return self._drop("non_syn_without_flow")
+            elif flow is not None and self._send_tcp_reset and now - flow.last_seen >= flow.timeout:
+                self._end_idle(flow)
             flow = self._new_flow(key, endpoint_id, proto, src, dst, now)
             if flow is None:
                 return self._drop("no_targets")
@@ -364,10 +435,13 @@ class GwlbNode:
             if reason is not None:
                 return self._drop(reason)
         flow.last_seen = now
+        if proto == IPPROTO_TCP and self._send_tcp_reset:
+            self._note_ack(flow, inner, src, dst, sport, dport, tcp_flags)
         if tcp_flags & TCP_RST and self._key_parts == 5:
             flow.reset = True
             flow.timeout = min(flow.timeout, RESET_LINGER)
         self.processed_bytes += size
+        self.processed_packets += 1
         return _tuple_new(Encap, (flow.target.ip, flow.src_port, flow.header + inner))
 
     def from_appliance(self, datagram: bytes | memoryview, src_ip: str, now: float) -> Decap | Drop:
@@ -404,13 +478,70 @@ class GwlbNode:
         return _tuple_new(Decap, (endpoint_id, memoryview(datagram)[offset:]))
 
     def expire(self, now: float) -> int:
-        """Remove idle flows and end finished deregistrations; return flows removed."""
+        """Remove idle flows and end finished deregistrations; return flows removed.
+
+        Call it about once a second: it also samples the Peak*PerSecond rates.
+        With TCP resets on, the RSTs for idle flows wait in `take_resets`."""
         if now >= self._next_deadline:
             self._end_draining(now)
+        self.peak_rate.sample(now, self.processed_bytes, self.processed_packets)
         idle = [f for f in self._flows.values() if now - f.last_seen >= f.timeout]
         for flow in idle:
-            self._forget(flow)
+            self._end_idle(flow)
         return len(idle)
+
+    def take_resets(self) -> list[Reset]:
+        """The RSTs made since the last call, to send out of their endpoints."""
+        resets, self._resets = self._resets, []
+        return resets
+
+    # --- TCP resets (send_tcp_reset.on_idle_timeout.enabled) -------------------------
+
+    def _note_ack(self, flow: _Flow, inner: bytes | memoryview, src: bytes, dst: bytes,
+                  sport: int, dport: int, tcp_flags: int) -> None:
+        """Remember the last acknowledgment each end of each connection sent: a RST
+        to that end carries it as its sequence number."""
+        acks = flow.acks
+        if tcp_flags & TCP_RST:
+            acks.pop((src, sport, dport), None)
+            acks.pop((dst, dport, sport), None)
+            return
+        if not tcp_flags & TCP_ACK or not (sport or dport):  # no ACK yet, or a fragment
+            return
+        segment = tcp_sequence(inner)
+        if segment is None:
+            return
+        end = (src, sport, dport)
+        if end not in acks and len(acks) >= MAX_RESET_CONNECTIONS:
+            del acks[next(iter(acks))]  # the connection heard from least recently
+        acks.pop(end, None)
+        acks[end] = (dst, segment[1])
+
+    def _end_idle(self, flow: _Flow) -> None:
+        """Forget an idle flow; with TCP resets on, first reset both ends of each of
+        its connections (a flow ended by a RST already was)."""
+        self._forget(flow)
+        if not self._send_tcp_reset or flow.reset:
+            return
+        for (src, sport, dport), (dst, ack) in flow.acks.items():
+            self._resets.append(Reset(flow.endpoint_id, tcp_reset(dst, src, dport, sport, ack)))
+            self.tcp_resets_sent += 1
+
+    def _refuse(self, inner: bytes | memoryview, endpoint_id: int, src: bytes, dst: bytes,
+                sport: int, dport: int, tcp_flags: int) -> Reset | Drop:
+        """A non-SYN TCP packet without a flow: a RST back to its sender, as RFC 9293
+        §3.10.7.1 builds one (none for a RST or a segment without ports), and no flow."""
+        self._drop("non_syn_without_flow")
+        segment = tcp_sequence(inner)
+        if tcp_flags & TCP_RST or segment is None or not (sport or dport):
+            return _drops["non_syn_without_flow"]
+        seq, ack, length = segment
+        if tcp_flags & TCP_ACK:
+            packet = tcp_reset(dst, src, dport, sport, ack)
+        else:
+            packet = tcp_reset(dst, src, dport, sport, 0, seq + length)
+        self.tcp_resets_sent += 1
+        return Reset(endpoint_id, packet)
 
     def _drop(self, reason: str) -> Drop:
         self.drops[reason] = self.drops.get(reason, 0) + 1
@@ -454,6 +585,7 @@ class GwlbNode:
                         else self.config.non_tcp_idle_timeout)
         flow.gen = self._gen
         flow.reset = False
+        flow.acks = {}
         self._flows[key] = flow
         self._by_cookie[endpoint_id, cookie] = flow
         self._by_header[flow.header] = flow
@@ -489,20 +621,26 @@ class GwlbNode:
         """Counters named after AWS/GatewayELB metrics, plus drops, targets and endpoints.
 
         `ActiveFlowCount` includes idle flows not yet removed: call `expire` first.
-        `ProcessedBytes` counts each inner packet once, as it enters from an endpoint.
+        `ProcessedBytes` counts each inner packet once, as it enters from an endpoint;
+        `PeakBytesPerSecond` and `PeakPacketsPerSecond` are the highest 10-second
+        averages of those packets in the last 60 s, as sampled by `expire`.
         Host counts cover the targets this node may use (its AZ, or all with cross-zone).
         """
         cfg = self.config
         scope = [t for t in self._targets.values() if cfg.cross_zone or t.az == cfg.availability_zone]
+        peak_bytes, peak_packets = self.peak_rate.peak()
         return {
             "AvailabilityZone": cfg.availability_zone,
             "ActiveFlowCount": len(self._flows),
             "NewFlowCount": self.new_flow_count,
             "ProcessedBytes": self.processed_bytes,
+            "PeakBytesPerSecond": round(peak_bytes),
+            "PeakPacketsPerSecond": round(peak_packets),
             "HealthyHostCount": sum(t.state == HEALTHY for t in scope),
             "UnHealthyHostCount": sum(t.state == UNHEALTHY for t in scope),
             "drops": dict(sorted(self.drops.items())),
             "unmatched_forwarded": self.unmatched_forwarded,
+            "tcp_resets_sent": self.tcp_resets_sent,
             "endpoints": [int_to_vpce_id(e) for e in sorted(self._endpoints)],
             "targets": [{"id": t.id, "ip": t.ip, "az": t.az, "state": t.state, "since": t.since}
                         for t in self.targets()],

@@ -55,8 +55,10 @@ The kernel owns the outer header (TTL 255 and DF clear are set per socket; the
 IP ID is the kernel's). Returning datagrams arrive on `node_ip:6081` (and, from
 appliances that swap the ports, on the sender sockets), go through
 `GwlbNode.from_appliance`, and their inner packet goes back out its endpoint
-veth as an Ethernet frame to the router side's MAC. Rings and sockets are
-drained in batches of up to 64 packets per readiness.
+veth as an Ethernet frame to the router side's MAC, as do the TCP RSTs the core
+makes (`send_tcp_reset.on_idle_timeout.enabled`). Rings and sockets are
+drained in batches of up to 64 packets per readiness; once a second `expire`
+ends idle flows and samples the Peak*PerSecond rates.
 
 Tried and measured no better: the returning GENEVE off a ring on the uplink
 too (a BPF filter for node_ip:6081, an nft netdev drop so the kernel skips its
@@ -91,8 +93,8 @@ from typing import Any, Callable, Mapping
 
 from vpclab import unixpath
 from vpclab.engines.epoll_loop import EpollLoop
-from vpclab.engines.geneve import GENEVE_PORT, vpce_id_to_int
-from vpclab.engines.gwlb.core import _KEY_PARTS, SRC_PORT_BITS, Decap, Encap, GwlbConfig, GwlbNode
+from vpclab.engines.geneve import GENEVE_PORT, internet_checksum, vpce_id_to_int
+from vpclab.engines.gwlb.core import SRC_PORT_BITS, Decap, Encap, GwlbConfig, GwlbNode, Reset
 from vpclab.engines.gwlb.ring import TP_STATUS_KERNEL, TP_STATUS_USER, TPACKET2_HDR, RxRing
 
 ETH_P_ALL = 0x0003
@@ -284,15 +286,9 @@ def finish_partial_checksum(buf: bytearray | memoryview, start: int, field: int,
     """Complete a CHECKSUM_PARTIAL packet, as the kernel's skb_checksum_help would.
 
     The 16-bit field at `field` holds the pseudo-header sum; the checksum covers
-    `buf[start:end]` (the field included). Python's big integers sum it in C:
-    a 16-bit ones' complement sum is the value of the bytes, read as one
-    big-endian number, modulo 0xFFFF (because 2**16 = 1 mod 0xFFFF).
+    `buf[start:end]` (the field included).
     """
-    value = int.from_bytes(memoryview(buf)[start:end], "big")
-    if (end - start) & 1:
-        value <<= 8  # an odd final byte is the high half of a zero-padded word
-    rest = value % 0xFFFF
-    checksum = 0xFFFF - rest if rest else 0  # rest 0 means a sum of 0xFFFF (the data is never all zero)
+    checksum = internet_checksum(memoryview(buf)[start:end])
     if checksum == 0 and field - start == 6:
         checksum = 0xFFFF  # UDP sends a computed 0 as all ones (RFC 768)
     buf[field] = checksum >> 8
@@ -566,6 +562,8 @@ class NodeProcess:
                         sent += 1
                     except OSError:
                         io["tx_errors"] += 1
+                elif type(result) is Reset:
+                    self._to_endpoint(endpoint, result.packet)
             finally:
                 words[status] = TP_STATUS_KERNEL  # the slot is the kernel's again
         ring.head = slot
@@ -579,6 +577,7 @@ class NodeProcess:
         # by the header's bytes, which a view would have to copy out first (measured).
         recvfrom = sock.recvfrom
         from_appliance, endpoints, io = self.node.from_appliance, self.endpoints, self.io
+        to_endpoint = self._to_endpoint
         received = sent = 0
         for _ in range(BATCH):
             try:
@@ -594,19 +593,31 @@ class NodeProcess:
                 endpoint = endpoints.get(result[0])
                 if endpoint is None:
                     io["decap_no_endpoint"] += 1
-                    continue
-                if endpoint.prefix4 is None:
-                    io["decap_peer_mac_unknown"] += 1
-                    continue
-                inner = result[1]
-                try:
-                    endpoint.send((endpoint.prefix4 if inner[0] < 0x60 else endpoint.prefix6) + inner)
-                    endpoint.tx_frames += 1
+                elif to_endpoint(endpoint, result[1]):
                     sent += 1
-                except OSError:
-                    io["tx_errors"] += 1
         io["geneve_received"] += received
         io["decap_sent"] += sent
+
+    def _to_endpoint(self, endpoint: _Endpoint, packet: bytes | memoryview) -> bool:
+        """Send an IP packet out of an endpoint veth to the router; False if it could not go."""
+        if endpoint.prefix4 is None:
+            self.io["decap_peer_mac_unknown"] += 1
+            return False
+        try:
+            endpoint.send((endpoint.prefix4 if packet[0] < 0x60 else endpoint.prefix6) + packet)
+        except OSError:
+            self.io["tx_errors"] += 1
+            return False
+        endpoint.tx_frames += 1
+        return True
+
+    def _tick(self, now: float) -> None:
+        """Housekeeping, once a second: idle flows out, and the RSTs that ends them."""
+        self.node.expire(now)
+        for reset in self.node.take_resets():
+            endpoint = self.endpoints.get(reset.endpoint_id)
+            if endpoint is not None:
+                self._to_endpoint(endpoint, reset.packet)
 
     def _sender(self, target_ip: str, port: int) -> Callable[[bytes], int]:
         """How to send GENEVE from `node_ip:port` to `target_ip:6081`.
@@ -752,15 +763,7 @@ class NodeProcess:
         if not isinstance(changes, dict) or not changes:
             raise ValueError("attributes must be a non-empty object of AWS attribute keys")
         merged = {**self.attributes, **changes}
-        config = self.spec.gwlb_config(merged)
-        # GwlbNode has no public reconfigure: swap its config and refresh what its
-        # __init__ derives from it. Flows keep their timeout and target; a stickiness
-        # change re-keys flows, so existing ones start afresh with new cookies.
-        node = self.node
-        node.config = config
-        node._key_parts = _KEY_PARTS[config.stickiness]
-        node._max_packet = config.max_packet
-        node._targets_changed()
+        self.node.reconfigure(self.spec.gwlb_config(merged))
         self.attributes = merged
         return {"attributes": merged}
 
@@ -794,7 +797,7 @@ class NodeProcess:
 
     def run(self) -> None:
         assert self.loop is not None
-        self.loop.run(self.node.expire)
+        self.loop.run(self._tick)
 
     def close(self) -> None:
         if self._control is not None:
