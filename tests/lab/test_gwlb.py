@@ -135,6 +135,16 @@ def test_a_flow_and_its_replies_use_the_same_appliance(gwlb):
     assert sorted(used.values()) == [0, 12]
 
 
+def test_peak_rates_show_the_busiest_ten_seconds(gwlb):
+    assert udp_exchange(gwlb, sport=40002, count=20) == 20  # 40 packets through web-1's AZ's node
+    time.sleep(12)  # a 10-second window closes at the node's first tick past its end
+    counters = node_counters(gwlb, "us-east-1a")
+    # A window lasts 10-11 s, so none can average more than 40 / 10 packets a second,
+    # and the busier of the (at most two) windows the burst touched holds half of it or more.
+    assert 1.8 <= counters["PeakPacketsPerSecond"] <= 4.0  # 20 / 11 = 1.82, shown to one decimal
+    assert counters["PeakBytesPerSecond"] >= counters["PeakPacketsPerSecond"] * 34  # 34-35 B each
+
+
 def test_many_flows_spread_over_both_appliances(gwlb):
     before = appliances(gwlb)
     for sport in range(41000, 41016):
@@ -241,10 +251,13 @@ def test_iptables_hairpin_appliance_passes_traffic(up):
     assert udp_exchange(lab, sport=44000, count=3) == 3
 
 
-def node_drops(lab, az: str = "us-east-1a") -> dict:
+def node_counters(lab, az: str = "us-east-1a") -> dict:
     lb = lab.status()["load_balancers"][0]
-    node = next(n for n in lb["nodes"] if n["az"] == az)
-    return node["counters"]["drops"]
+    return next(n for n in lb["nodes"] if n["az"] == az)["counters"]
+
+
+def node_drops(lab, az: str = "us-east-1a") -> dict:
+    return node_counters(lab, az)["drops"]
 
 
 def test_inner_packets_over_8500_bytes_are_dropped_silently(gwlb):
@@ -306,11 +319,6 @@ while time.monotonic() < deadline:
         print(reply.src, reply[TCP].flags, reply[TCP].seq)
         break
 """
-
-
-def node_counters(lab, az: str = "us-east-1a") -> dict:
-    lb = lab.status()["load_balancers"][0]
-    return next(n for n in lb["nodes"] if n["az"] == az)["counters"]
 
 
 def test_send_tcp_reset_resets_an_idle_connection_at_both_ends_and_answers_a_stray_ack(up):
