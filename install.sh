@@ -9,7 +9,8 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 PACKAGES=(iproute2 nftables conntrack util-linux procps tcpdump tshark ethtool haproxy
           curl netcat-openbsd iputils-ping socat
-          python3 python3-pip python3-yaml python3-dnslib)  # Debian's python3 runs the rootless lab test
+          python3 python3-pip python3-yaml python3-dnslib  # Debian's python3 runs the rootless lab test
+          clang llvm libbpf-dev libbpf1)                    # the GWLB node's eBPF fast path
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -28,5 +29,10 @@ if ! $PY -m pip install -q -e '.[test]' 2>/tmp/vpclab-pip.err; then
     cat /tmp/vpclab-pip.err >&2
     exit 1
   fi
+fi
+# The GWLB eBPF fast path (vpclab/engines/gwlb/fastpath.bpf.o). Optional: without it the
+# node keeps its Python data path, so a failed build only warns.
+if ! $PY -m vpclab.engines.gwlb.fastpath build; then
+  echo "install.sh: warning: the GWLB eBPF fast path did not build; vpclab falls back to the Python data path" >&2
 fi
 echo "install.sh: vpclab $($PY -c 'import importlib.metadata as m; print(m.version("vpclab"))') is installed"

@@ -11,6 +11,10 @@ router ─ endpoint veth ─ GWLB node ─ GENEVE ─ appliance ─ back ─ rou
    endpoint, so each round trip crosses the node and the appliance twice.
    Baseline: the same client, server and namespaces with the router's
    inspection rules removed (plain kernel forwarding, the node bypassed).
+   The node runs twice: as a labs run it when `vpclab up` may load BPF (root),
+   with its eBPF fast path for established flows, and on its Python data path
+   alone, as in a rootless lab. The fast path needs a privileged load before
+   the sandbox's user namespace, so this script loads it first when it can.
    - packets/s: closed loop, WINDOW packets in flight, echoed packets per second;
    - latency: one packet in flight, round-trip time median and 99th percentile.
    Each figure is the best of `--rounds` rounds, interleaved with its baseline's.
@@ -186,11 +190,17 @@ def best(rounds: list[tuple[dict, dict]]) -> tuple[dict, dict]:
     return load, ping
 
 class Bench:
-    def __init__(self, workdir: str, seconds: float, rounds: int = 3) -> None:
+    def __init__(self, workdir: str, seconds: float, rounds: int = 3, fast_path: dict | None = None) -> None:
         from gwlb_harness import Topology
         self.topology = Topology(workdir)
         self.seconds = seconds
         self.rounds = rounds
+        self.fast_path = fast_path  # fds of a loaded instance, inherited
+
+    def use_node(self, mode: str) -> None:
+        """A fresh node, as `python` (its Python data path alone) or `fast` (with its fast path)."""
+        self.topology.kill("node")
+        self.topology.start_node(**({"fast_path": self.fast_path} if mode == "fast" else {}))
 
     def tool(self, ns: str, name: str, *args: object, timeout: float = 60) -> dict:
         argv = ["ip", "netns", "exec", ns, sys.executable, __file__, "--tool", name,
@@ -210,35 +220,50 @@ class Bench:
         t = self.topology
         self.background("echo", "server", "mmsg_echo", SERVER_IP, ECHO_PORT)
         t.start_appliance()
-        t.start_node()
+        modes = ["kernel", "python"] + (["fast"] if self.fast_path else [])
         print(f"\n1. Through the GWLB (client → endpoint → node → appliance → node → server and back),\n"
               f"   vs plain kernel forwarding over the same namespaces; {WINDOW} packets in flight.")
-        print(f"   {'size':>6}  {'pps ratio':>9}  {'baseline pps':>12}  {'rtt ratio':>9}  "
+        if not self.fast_path:
+            print("   (no fast path: it needs BPF privileges here, see --help)")
+        print(f"   {'size':>6}  {'node':>6}  {'pps ratio':>9}  {'baseline pps':>12}  {'rtt ratio':>9}  "
               f"{'baseline rtt':>12}  {'gwlb rtt':>9}  {'p99 gwlb/base':>13}")
+        totals = {"encap": 0, "decap": 0, "fast encap": 0, "fast decap": 0}
         for size in sizes:
             payload = udp_payload(size).hex()
-            rounds: dict[str, list] = {"kernel": [], "gwlb": []}
-            for _ in range(self.rounds):  # interleaved, so that a noisy moment hits both sides
-                for mode in ("kernel", "gwlb"):
+            rounds: dict[str, list] = {mode: [] for mode in modes}
+            for _ in range(self.rounds):  # interleaved, so that a noisy moment hits every mode
+                for mode in modes:
                     if mode == "kernel":
                         t.bypass()
                     else:
                         t.inspect()
+                        self.use_node(mode)
                     load = self.tool("client", "load", SERVER_IP, ECHO_PORT, payload, self.seconds, WINDOW)
                     ping = self.tool("client", "ping", SERVER_IP, ECHO_PORT, payload, 3000, self.seconds / 2)
                     rounds[mode].append((load, ping))
-            (kload, kping), (gload, gping) = best(rounds["kernel"]), best(rounds["gwlb"])
+                    if mode != "kernel":
+                        self.count_node(totals)
+            kload, kping = best(rounds["kernel"])
             target = "  (target ≥ 0.20)" if size == 100 else ""
-            print(f"   {size:>5}B  {gload['pps'] / kload['pps']:>8.2f}x  {kload['pps']:>12,.0f}  "
-                  f"{gping['median_us'] / kping['median_us']:>8.2f}x  {kping['median_us']:>9.0f} µs  "
-                  f"{gping['median_us']:>6.0f} µs  {gping['p99_us'] / kping['p99_us']:>12.2f}x{target}")
-        snapshot = self.node_snapshot()
-        drops = {k: v for k, v in snapshot["io"].items() if k in ("rx_gso", "tx_errors") and v}
-        print(f"   node: {snapshot['io']['encap_sent']:,} encapsulated, {snapshot['io']['decap_sent']:,} "
-              f"returned, drops {snapshot['drops'] or '{}'} {drops or ''}")
+            for mode in modes[1:]:
+                gload, gping = best(rounds[mode])
+                print(f"   {size:>5}B  {mode:>6}  {gload['pps'] / kload['pps']:>8.2f}x  {kload['pps']:>12,.0f}  "
+                      f"{gping['median_us'] / kping['median_us']:>8.2f}x  {kping['median_us']:>9.0f} µs  "
+                      f"{gping['median_us']:>6.0f} µs  {gping['p99_us'] / kping['p99_us']:>12.2f}x{target}")
+        print("   node: " + ", ".join(f"{v:,} {k}" for k, v in totals.items())
+              + f"; drops {self.node_snapshot()['drops'] or '{}'}")
         t.kill("node")
         t.kill("appl-1")
         t.kill("echo")
+
+    def count_node(self, totals: dict[str, int]) -> None:
+        """Add what the (fresh) node carried in one measurement."""
+        io = self.node_snapshot()["io"]
+        fast = io["fast_path"]
+        totals["encap"] += io["encap_sent"]
+        totals["decap"] += io["decap_sent"]
+        totals["fast encap"] += fast.get("encap_hit", 0)
+        totals["fast decap"] += fast.get("decap_hit", 0)
 
     def node_snapshot(self) -> dict:
         from gwlb_harness import control
@@ -292,6 +317,7 @@ def main() -> None:
     parser.add_argument("--parts", default="gwlb,appliance",
                         help="which figures: gwlb (through the GWLB), appliance (alone), or both")
     parser.add_argument("--inside", help=argparse.SUPPRESS)
+    parser.add_argument("--fast-path-fds", help=argparse.SUPPRESS)
     parser.add_argument("--tool", help=argparse.SUPPRESS)
     parser.add_argument("args", nargs="?", help=argparse.SUPPRESS)
     options = parser.parse_args()
@@ -309,18 +335,26 @@ def main() -> None:
     if not set(options.parts.split(",")) <= {"gwlb", "appliance"}:
         parser.error("--parts is a comma-separated list of gwlb and appliance")
     if options.inside:
-        Bench(options.inside, options.seconds, options.rounds).run(sizes, options.parts)
+        fast_path = json.loads(options.fast_path_fds) if options.fast_path_fds else None
+        Bench(options.inside, options.seconds, options.rounds, fast_path).run(sizes, options.parts)
         return
     from gwlb_harness import UNSHARE, sandbox_available
     if not sandbox_available():
         sys.exit("gwlb_pps: user namespaces are not available here")
     print(f"gwlb_pps: {os.cpu_count()} CPUs, {options.seconds:g} s per figure, sizes {sizes} "
           f"(whole IP packets)")
+    from vpclab.engines.gwlb import fastpath
+    reason = fastpath.unavailable_reason()
+    fast_path = fastpath.load() if reason is None and "gwlb" in options.parts.split(",") else None
+    print(f"gwlb_pps: fast path {'loaded' if fast_path else f'off ({reason})'}")
     with tempfile.TemporaryDirectory(prefix="gwlb-pps-") as workdir:
         command = [*UNSHARE, sys.executable, __file__, "--inside", workdir, "--seconds",
                    str(options.seconds), "--sizes", options.sizes, "--parts", options.parts,
                    "--rounds", str(options.rounds)]
-        sys.exit(subprocess.run(command, timeout=600).returncode)
+        if fast_path is not None:
+            command += ["--fast-path-fds", json.dumps(fast_path.to_dict())]
+        code = subprocess.run(command, timeout=900, pass_fds=fast_path.all() if fast_path else ()).returncode
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -82,13 +82,15 @@ class Topology:
         for command in commands:
             self.sh(ns, command, check=True)
 
-    def spawn(self, name: str, ns: str, argv: list[str], env: dict | None = None) -> int:
+    def spawn(self, name: str, ns: str, argv: list[str], env: dict | None = None,
+              pass_fds: tuple[int, ...] = ()) -> int:
         if name in self.procs and self.procs[name].poll() is None:
             raise RuntimeError(f"{name} is already running")
         log = open(self.workdir / f"{name}.log", "ab")
         environment = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
         proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=environment, cwd=str(self.workdir))
+                                stdin=subprocess.DEVNULL, env=environment, cwd=str(self.workdir),
+                                pass_fds=pass_fds)
         log.close()
         self.procs[name] = proc
         return proc.pid
@@ -200,9 +202,14 @@ class Topology:
         return config
 
     def start_node(self, **overrides: Any) -> int:
+        """`fast_path` (the dict of a loaded instance's fds, open in this process) is
+        passed on to the node with its fds."""
         path = self.workdir / "node.json"
-        path.write_text(json.dumps(self.node_config(**overrides)))
-        pid = self.spawn("node", "gwlb", [sys.executable, "-m", "vpclab.engines.gwlb.node", str(path)])
+        config = self.node_config(**overrides)
+        path.write_text(json.dumps(config))
+        fds = tuple(config["fast_path"].values()) if config.get("fast_path") else ()
+        pid = self.spawn("node", "gwlb", [sys.executable, "-m", "vpclab.engines.gwlb.node", str(path)],
+                         pass_fds=fds)
         _wait_for(lambda: _connectable(self.workdir / "node.sock") or not self.alive("node"), 10)
         if not self.alive("node"):
             raise RuntimeError(f"gwlb node died:\n{self.log('node')}")

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from conftest import ROOT, target_states, wait_for
+from vpclab.engines.gwlb import fastpath
 
 pytestmark = pytest.mark.lab
 DISTRIBUTED = ROOT / "examples" / "gwlb-distributed.yaml"
@@ -143,6 +144,25 @@ def test_peak_rates_show_the_busiest_ten_seconds(gwlb):
     # and the busier of the (at most two) windows the burst touched holds half of it or more.
     assert 1.8 <= counters["PeakPacketsPerSecond"] <= 4.0  # 20 / 11 = 1.82, shown to one decimal
     assert counters["PeakBytesPerSecond"] >= counters["PeakPacketsPerSecond"] * 34  # 34-35 B each
+
+
+def test_established_flows_ride_the_fast_path_and_still_count(gwlb):
+    reason = fastpath.unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"no GWLB fast path here: {reason}")
+    before = appliances(gwlb)
+    assert udp_exchange(gwlb, sport=40003, count=20) == 20
+    counters = node_counters(gwlb, "us-east-1a")
+    fast = counters["io"]["fast_path"]
+    # Each direction's first packet takes the Python path, which then hands the flow over
+    # (its return too, unless that came back before the handover).
+    assert fast["encap_hit"] == 38 and counters["io"]["encap_sent"] == 2 and fast["encap_error"] == 0
+    assert fast["decap_hit"] >= 38 and fast["decap_hit"] + counters["io"]["decap_sent"] == 40
+    # What the fast path carried is in the node's counters: 20 requests and 20 replies
+    # of 34 or 35 bytes ("ping 0" to "ping 19"), and the appliance saw every one.
+    assert counters["ProcessedBytes"] == 2 * (10 * 34 + 10 * 35) and counters["ActiveFlowCount"] == 1
+    used = {n: a["packets_in"] - before[n]["packets_in"] for n, a in appliances(gwlb).items()}
+    assert sorted(used.values()) == [0, 40]
 
 
 def test_many_flows_spread_over_both_appliances(gwlb):

@@ -380,6 +380,41 @@ def test_peak_rate_windows_close_at_the_first_sample_ten_seconds_on():
     assert peak.peak() == (100.0, 2.0)
 
 
+# --- what a fast path needs from the core ---------------------------------------------
+
+def test_a_fast_path_keeps_its_flows_alive_and_counted():
+    node = make_node()
+    header = send(node, udp(), 0).datagram[:40]
+    assert node.flow_seen(header, last_seen=100.0, packets=3, size=300)
+    assert node.expire(150) == 0  # idle since 100, not 0
+    snap = node.snapshot()
+    assert snap["ProcessedBytes"] == len(udp()) + 300
+    assert node.has_flow(header) and node.expire(220) == 1
+    assert not node.has_flow(header)
+    assert not node.flow_seen(header, 230.0, 1, 100)  # gone: the fast path must forget it
+
+
+def test_an_older_fast_path_sighting_never_rewinds_a_flow():
+    node = make_node()
+    header = send(node, udp(), 50).datagram[:40]
+    node.flow_seen(header, last_seen=10.0, packets=0, size=0)
+    assert node.expire(169) == 0
+
+
+def test_target_changes_change_the_generation_a_fast_path_watches():
+    node = make_node()
+    generation = node.generation
+    node.set_target_health("i-0", True, now=1)  # no change
+    assert node.generation == generation
+    node.set_target_health("i-0", False, now=2)
+    assert node.generation != generation
+
+
+def test_tcp_stays_off_a_fast_path_while_resets_are_on():
+    assert make_node().may_offload(6) and make_node(send_tcp_reset=True).may_offload(17)
+    assert not make_node(send_tcp_reset=True).may_offload(6)
+
+
 # --- health and failover -----------------------------------------------------------
 
 def test_new_flows_avoid_unhealthy_targets():

@@ -18,6 +18,7 @@ from typing import Callable
 
 from vpclab import unixpath
 from vpclab.engines import nlb as nlb_engine
+from vpclab.engines.gwlb.fastpath import FastPathFds
 from vpclab.engines.health import HealthChecker
 from vpclab.model.resources import Lab
 from vpclab.plan.compile import gwlb_node_attributes, nlb_node_config
@@ -32,6 +33,7 @@ class Node:
     az: str
     ns: str
     control: Path
+    fast_path: FastPathFds | None = None  # passed to the node process, which attaches it
 
 
 @dataclass
@@ -56,15 +58,19 @@ class Balancers:
     lab: Lab | None = None
     _address_of: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)  # (group, target id)
 
-    def node_configs(self, services: list[Service]) -> list[Node]:
-        """The node processes to start, with their config files written."""
+    def node_configs(self, services: list[Service], fast_paths: list[FastPathFds]) -> list[Node]:
+        """The node processes to start, with their config files written. Each takes one
+        of `fast_paths` while any are left (taken from the list)."""
         out = []
         directory = self.statedir / "gwlb"
         directory.mkdir(exist_ok=True)
         for svc in services:
             lb, az = svc.param("load_balancer"), svc.param("config")["availability_zone"]
-            node = Node(lb, az, svc.ns, directory / f"{lb}-{az}.sock")
+            node = Node(lb, az, svc.ns, directory / f"{lb}-{az}.sock",
+                        fast_paths.pop(0) if fast_paths else None)
             config = dict(svc.param("config"), control_socket=str(node.control))
+            if node.fast_path is not None:
+                config["fast_path"] = node.fast_path.to_dict()
             (directory / f"{lb}-{az}.json").write_text(json.dumps(config, indent=1))
             self.nodes.append(node)
             self.group_of_lb[lb] = svc.param("target_group")

@@ -62,11 +62,15 @@ class Lab:
 
         for stale in (paths.API_SOCKET, paths.NAMESPACES_FILE, PIDS_FILE):
             (self.dir / stale).unlink(missing_ok=True)
+        fast_paths = self._load_fast_paths(on_progress)
         r, w = os.pipe()
         try:
-            daemon = launch(self.dir / "daemon.log", w, lambda: run_daemon(self.dir, w))
+            daemon = launch(self.dir / "daemon.log", w, lambda: run_daemon(self.dir, w, fast_paths),
+                            inherit=[fd for f in fast_paths for fd in f.all()])
         finally:
             os.close(w)
+            for fast_path in fast_paths:
+                fast_path.close()  # the daemon holds its own
         (self.dir / PIDS_FILE).write_text(json.dumps({"daemon": daemon, "started": _start_time(daemon)}))
         with os.fdopen(r) as events:
             for line in events:
@@ -78,6 +82,38 @@ class Lab:
                 elif event["event"] == "error":
                     raise LabError(event["message"])
         raise LabError(f"the lab daemon exited during bring-up; see {self.dir / 'daemon.log'}")
+
+    def _load_fast_paths(self, on_progress: Callable[[str], None]) -> list:
+        """One eBPF fast path instance per GWLB node of the lab, loaded here because the
+        sandbox's user namespace may not load BPF programs, and only when this process
+        may (root); without them every GWLB node runs its Python data path alone."""
+        from vpclab.engines.gwlb import fastpath
+        from vpclab.model.loader import load_lab_text
+
+        store = Store(self.dir / "state.sqlite")
+        try:
+            name, source, text = store.lab()
+        finally:
+            store.close()  # the daemon's fork must not inherit an open database
+        lab = load_lab_text(text, source, name)
+        count = sum(len(lb.nodes) for lb in lab.load_balancers.values() if lb.type == "gateway")
+        if not count:
+            return []
+        reason = fastpath.unavailable_reason()
+        if reason is not None:
+            on_progress(f"GWLB fast path off ({reason}); the nodes run in Python alone")
+            return []
+        loaded = []
+        try:
+            for _ in range(count):
+                loaded.append(fastpath.load())
+        except OSError as error:
+            on_progress(f"GWLB fast path off ({error}); the nodes run in Python alone")
+            for fast_path in loaded:
+                fast_path.close()
+            return []
+        on_progress(f"GWLB fast path: {count} eBPF instance(s) loaded, one per node")
+        return loaded
 
     def stop(self, timeout: float = 10.0) -> None:
         """Ask the daemon to stop; kill it (by the PID we started) if it does not."""

@@ -18,6 +18,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Sequence
 
 from vpclab import unixpath
 from vpclab.daemon import sandbox
@@ -28,6 +29,7 @@ from vpclab.daemon.status import lab_status
 from vpclab.daemon.store import Store
 from vpclab.engines import dns as dns_engine
 from vpclab.engines import services as services_engine
+from vpclab.engines.gwlb.fastpath import FastPathFds
 from vpclab.fabric.apply import Fabric
 from vpclab.model import load_lab_text
 from vpclab.model.resources import Lab
@@ -61,8 +63,9 @@ class Progress:
 
 
 class Daemon:
-    def __init__(self, statedir: Path, progress: Progress) -> None:
+    def __init__(self, statedir: Path, progress: Progress, fast_paths: Sequence[FastPathFds] = ()) -> None:
         self.statedir = statedir
+        self.fast_paths = list(fast_paths)  # not yet given to a node
         self.progress = progress
         self.store = Store(statedir / "state.sqlite")
         self.fabric = Fabric(statedir)
@@ -103,9 +106,10 @@ class Daemon:
         assert self.wiring is not None
         count = 0
         nodes = [svc for svc in self.wiring.services if svc.kind == "gwlb_node"]
-        for node in self.balancers.node_configs(nodes):
+        for node in self.balancers.node_configs(nodes, self.fast_paths):
             self._start_process(node.ns, [sys.executable, "-m", "vpclab.engines.gwlb.node",
-                                          str(node.control.with_suffix(".json"))], f"{node.ns}.log")
+                                          str(node.control.with_suffix(".json"))], f"{node.ns}.log",
+                                pass_fds=node.fast_path.all() if node.fast_path else ())
         for svc in self.wiring.services:
             if svc.kind == "command":
                 self._start_process(svc.ns, ["sh", "-c", svc.param("command")], f"{svc.ns}.log")
@@ -174,13 +178,15 @@ class Daemon:
         tcp = [self._listen(svc.ns, a, socket.SOCK_STREAM) for a in svc.addresses]
         self.tasks.append(asyncio.ensure_future(dns_engine.serve_dns(resolver, udp, tcp)))
 
-    def _start_process(self, ns_name: str, command: list[str], log_name: str) -> int:
+    def _start_process(self, ns_name: str, command: list[str], log_name: str,
+                       pass_fds: Sequence[int] = ()) -> int:
         """Run a command inside a namespace (and its mounts and hostname), logging to logs/."""
         logdir = self.statedir / "logs"
         logdir.mkdir(exist_ok=True)
         argv = ["nsenter", *self.fabric.nsenter_args(ns_name), "--", *command]
         with open(logdir / log_name, "ab") as out:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd="/")
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd="/",
+                                    pass_fds=pass_fds)
         self.commands[proc.pid] = (ns_name, " ".join(command))
         log.info("started in %s (pid %d): %s", ns_name, proc.pid, " ".join(command))
         return proc.pid
@@ -333,12 +339,13 @@ def dns_zones(svc: Service, aws_names: dict[str, list[str]] | None = None):
     )
 
 
-def run_daemon(statedir: Path, progress_fd: int | None) -> int:
-    """The daemon's life, as PID 1 of its sandbox (see sandbox.launch)."""
+def run_daemon(statedir: Path, progress_fd: int | None, fast_paths: Sequence[FastPathFds] = ()) -> int:
+    """The daemon's life, as PID 1 of its sandbox (see sandbox.launch). `fast_paths`:
+    eBPF instances loaded before the sandbox, handed to GWLB nodes one each."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         force=True)
     progress = Progress(progress_fd)
-    daemon = Daemon(statedir, progress)
+    daemon = Daemon(statedir, progress, fast_paths)
     try:
         daemon.bring_up()
         asyncio.run(daemon.serve())

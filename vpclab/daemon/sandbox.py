@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from vpclab.fabric import nsutil
 
@@ -48,11 +48,14 @@ def _map_root(uid: int, gid: int) -> None:
         f.write(f"0 {gid} 1")
 
 
-def launch(log_path: Path, keep_fd: int, run: Callable[[], int]) -> int:
+def launch(log_path: Path, keep_fd: int, run: Callable[[], int], inherit: Iterable[int] = ()) -> int:
     """Fork `run` as PID 1 of a new sandbox; returns its host PID.
 
-    The daemon keeps only `keep_fd` (its progress pipe) and logs to `log_path`.
+    The daemon keeps only `keep_fd` (its progress pipe) and the fds in `inherit`
+    (what only the caller's privileges could open, such as loaded BPF programs), and
+    logs to `log_path`.
     """
+    keep = {keep_fd, *inherit}
     report_r, report_w = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -71,7 +74,7 @@ def launch(log_path: Path, keep_fd: int, run: Callable[[], int]) -> int:
             nsutil.mount(None, "/", None, nsutil.MS_REC | nsutil.MS_PRIVATE)
             daemon = os.fork()
             if daemon == 0:
-                _become_daemon(log_path, keep_fd, run)
+                _become_daemon(log_path, keep, run)
             os.write(report_w, str(daemon).encode())
             code = 0
         except BaseException as exc:  # noqa: BLE001 - reported to the parent
@@ -87,7 +90,7 @@ def launch(log_path: Path, keep_fd: int, run: Callable[[], int]) -> int:
     return int(answer)
 
 
-def _become_daemon(log_path: Path, keep_fd: int, run: Callable[[], int]) -> None:
+def _become_daemon(log_path: Path, keep: set[int], run: Callable[[], int]) -> None:
     code = 1
     try:
         nsutil.mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -98,7 +101,7 @@ def _become_daemon(log_path: Path, keep_fd: int, run: Callable[[], int]) -> None
         os.dup2(log, 2)
         # A fork keeps every descriptor of the CLI (a test harness's pipes among them).
         for fd in range(3, _max_fd()):
-            if fd != keep_fd:
+            if fd not in keep:
                 try:
                     os.close(fd)
                 except OSError:

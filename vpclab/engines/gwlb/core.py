@@ -490,6 +490,38 @@ class GwlbNode:
             self._end_idle(flow)
         return len(idle)
 
+    # --- a fast path (an in-kernel data path for established flows) -----------------
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever targets change (health, registration, draining, settings):
+        a fast path must then drop what it carries, so that each flow's next packet
+        comes here and is revalidated."""
+        return self._gen
+
+    def may_offload(self, proto: int) -> bool:
+        """Whether a flow of this inner protocol may ride a fast path once it is
+        established. Not TCP while RSTs are on: they need each ACK (`_note_ack`)."""
+        return not (proto == IPPROTO_TCP and self._send_tcp_reset)
+
+    def flow_seen(self, header: bytes, last_seen: float, packets: int, size: int) -> bool:
+        """Fold in what a fast path carried from an endpoint for the flow whose GENEVE
+        header is `header`: `packets` inner packets of `size` bytes in all since the
+        last call, the latest at `last_seen`. False if that flow is gone: the fast
+        path must forget it."""
+        flow = self._by_header.get(header)
+        if flow is None:
+            return False
+        if last_seen > flow.last_seen:
+            flow.last_seen = last_seen
+        self.processed_packets += packets
+        self.processed_bytes += size
+        return True
+
+    def has_flow(self, header: bytes) -> bool:
+        """Whether the flow whose GENEVE header is `header` is still in the table."""
+        return header in self._by_header
+
     def take_resets(self) -> list[Reset]:
         """The RSTs made since the last call, to send out of their endpoints."""
         resets, self._resets = self._resets, []

@@ -12,9 +12,9 @@ CONFIG.json:
      "targets": [{"id": "i-0...", "ip": "10.1.0.10", "az": "us-east-1a", "healthy": true}],
      "control_socket": "/path/to/node.sock"}
 
-`peer_mac` is optional (learned from the first frame the router sends); a
-target's `healthy` is optional (absent: `initial`, no new flows while another
-target is healthy).
+`peer_mac` is optional (learned from the first frame the router sends);
+`fast_path` is optional (see "Fast path" below); a target's `healthy` is
+optional (absent: `initial`, no new flows while another target is healthy).
 
 What the fabric must set up in the node's namespace (and why):
 
@@ -60,6 +60,16 @@ makes (`send_tcp_reset.on_idle_timeout.enabled`). Rings and sockets are
 drained in batches of up to 64 packets per readiness; once a second `expire`
 ends idle flows and samples the Peak*PerSecond rates.
 
+Fast path. With `fast_path` in CONFIG.json (the fds of an eBPF instance that a
+privileged parent loaded, passed down with the process), the node attaches
+fastpath.c's programs to its endpoint veths and uplink, and hands each flow's
+directions to them once the core has encapsulated a packet of it (`_FastPath`).
+The ring then sees only what the programs leave alone (SYN, FIN, RST, fragments,
+IPv6, other protocols, unknown flows), and the core stays the only decider:
+what the programs carried is folded into its flow table every tick, flows it
+forgets leave the maps, and a target change empties them. Measured: a 100 B round
+trip through node and appliance 0.26x kernel forwarding, against 0.11x without.
+
 Tried and measured no better: the returning GENEVE off a ring on the uplink
 too (a BPF filter for node_ip:6081, an nft netdev drop so the kernel skips its
 IP/UDP input). The kernel work it saves is what checking the outer IPv4 and
@@ -95,6 +105,7 @@ from vpclab import unixpath
 from vpclab.engines.epoll_loop import EpollLoop
 from vpclab.engines.geneve import GENEVE_PORT, internet_checksum, vpce_id_to_int
 from vpclab.engines.gwlb.core import SRC_PORT_BITS, Decap, Encap, GwlbConfig, GwlbNode, Reset
+from vpclab.engines.gwlb import fastpath
 from vpclab.engines.gwlb.ring import TP_STATUS_KERNEL, TP_STATUS_USER, TPACKET2_HDR, RxRing
 
 ETH_P_ALL = 0x0003
@@ -201,13 +212,14 @@ class NodeSpec:
     endpoints: tuple[EndpointSpec, ...] = ()
     targets: tuple[TargetSpec, ...] = ()
     uplink: str = "eth0"
+    fast_path: fastpath.FastPathFds | None = None
 
     @classmethod
     def from_dict(cls, data: Any) -> NodeSpec:
         if not isinstance(data, Mapping):
             raise ValueError("config: expected a JSON object")
         _no_unknown("config", data, {"availability_zone", "attributes", "node_ip", "endpoints",
-                                     "targets", "control_socket", "uplink"})
+                                     "targets", "control_socket", "uplink", "fast_path"})
         az = data.get("availability_zone", "")
         if not isinstance(az, str):
             raise ValueError(f"config.availability_zone: expected a string, got {az!r}")
@@ -228,9 +240,15 @@ class NodeSpec:
             duplicates = sorted({i for i in items if items.count(i) > 1})
             if duplicates:
                 raise ValueError(f"config.{name}: duplicate id(s) {', '.join(duplicates)}")
+        fast_path = None
+        if data.get("fast_path") is not None:
+            try:
+                fast_path = fastpath.FastPathFds.from_dict(data["fast_path"])
+            except (KeyError, TypeError, ValueError) as error:
+                raise ValueError(f"config.fast_path: expected the fds of a loaded instance ({error})") from None
         spec = cls(availability_zone=az, node_ip=_ipv4("config.node_ip", data.get("node_ip")),
                    control_socket=control, attributes=dict(attributes), endpoints=endpoints,
-                   targets=targets, uplink=uplink)
+                   targets=targets, uplink=uplink, fast_path=fast_path)
         try:
             spec.gwlb_config()
         except (ValueError, TypeError) as error:
@@ -323,12 +341,13 @@ def ethernet_prefixes(peer_mac: bytes, own_mac: bytes) -> tuple[bytes, bytes]:
 # --- the process -------------------------------------------------------------------
 
 class _Endpoint:
-    __slots__ = ("spec", "endpoint_id", "sock", "ring", "send", "own_mac", "peer_mac", "prefix4",
+    __slots__ = ("spec", "endpoint_id", "ifindex", "sock", "ring", "send", "own_mac", "peer_mac", "prefix4",
                  "prefix6", "rx_frames", "tx_frames")
 
     def __init__(self, spec: EndpointSpec) -> None:
         self.spec = spec
         self.endpoint_id = vpce_id_to_int(spec.id)
+        self.ifindex = 0
         self.sock: socket.socket | None = None
         self.ring: RxRing | None = None
         self.send: Callable[[bytes], int] | None = None  # sock.send, looked up once
@@ -350,6 +369,134 @@ class _Endpoint:
             self.sock.close()
 
 
+class _FastPath:
+    """The flows this node hands to its eBPF fast path (fastpath.py), kept in step with
+    the core: a flow's directions are installed once the core has picked its target,
+    what they carry is folded back into the core's flow table and counters every tick,
+    they leave when the core forgets the flow, and all leave whenever targets change
+    (`GwlbNode.generation`), so that each flow's next packet is revalidated here.
+
+    Packets the programs leave alone (SYN, FIN, RST, fragments, IP options, IPv6, other
+    protocols, unknown flows, and TCP while `send_tcp_reset` is on) keep taking the ring
+    and the sockets, so the core still sees everything it decides on."""
+
+    def __init__(self, fds: fastpath.FastPathFds, node: GwlbNode, node_ip: str, uplink_ifindex: int) -> None:
+        self.fds = fds
+        self.node = node
+        self.node_ip = node_ip
+        self.uplink_ifindex = uplink_ifindex
+        self.links: dict[int, int] = {}  # ifindex → tcx link fd (closing it detaches)
+        self.flows: dict[fastpath.FlowKey, bytes] = {}  # → its flow's GENEVE header
+        self.returns: dict[bytes, set[fastpath.FlowKey]] = {}  # header → the directions installed
+        self.seen: dict[fastpath.FlowKey, fastpath.Counters] = {}  # counters already folded in
+        self.generation = node.generation
+        self.installed = 0
+        self.map_full = 0
+        fastpath.set_node_ip(fds.config, node_ip)
+        self._clear()  # an instance outlives a node that crashed: start empty
+        self.links[uplink_ifindex] = fastpath.attach_tc(fds.decap, uplink_ifindex)
+
+    def _clear(self) -> None:
+        for key in fastpath.flow_counters(self.fds.flows):
+            fastpath.delete_flow(self.fds.flows, key)
+        for header in fastpath.return_counters(self.fds.returns):
+            fastpath.delete_return(self.fds.returns, header)
+
+    def attach_endpoint(self, ifindex: int, sock: socket.socket) -> None:
+        """The ring filter first: once the program takes a flow, the ring must not see it."""
+        fastpath.attach_socket_filter(sock, self.fds.ring_filter)
+        self.links[ifindex] = fastpath.attach_tc(self.fds.encap, ifindex)
+
+    def detach_endpoint(self, ifindex: int) -> None:
+        link = self.links.pop(ifindex, None)
+        if link is not None:
+            os.close(link)
+        for key in [k for k in self.flows if k.ifindex == ifindex]:
+            self._remove(key)
+
+    def install(self, endpoint: _Endpoint, ifindex: int, inner: memoryview, encap: Encap) -> None:
+        """After the core encapsulated `inner`: hand its direction of the flow over."""
+        self.check_generation()
+        key = fastpath.flow_key(ifindex, inner)
+        if (key is None or ifindex not in self.links or endpoint.peer_mac is None
+                or not self.node.may_offload(key.proto)):
+            return
+        header = encap.datagram[:fastpath.GENEVE_LEN]
+        installed = self.flows.get(key)
+        if installed == header:
+            return
+        if installed is not None:  # the 5-tuple is a new flow now (reused after a RST)
+            self._remove(key)
+        action = fastpath.FlowAction(self.uplink_ifindex, self.node_ip, encap.target_ip, encap.src_port, header)
+        if not fastpath.put_flow(self.fds.flows, key, action):
+            self.map_full += 1
+            return
+        self.flows[key] = header
+        self.seen[key] = fastpath.Counters()
+        keys = self.returns.get(header)
+        if keys is None:
+            back = fastpath.ReturnAction(ifindex, encap.target_ip, encap.src_port, endpoint.peer_mac,
+                                         endpoint.own_mac)
+            if not fastpath.put_return(self.fds.returns, header, back):
+                self.map_full += 1  # its returns keep taking the socket
+            keys = self.returns[header] = set()
+        keys.add(key)
+        self.installed += 1
+
+    def fold_in(self) -> None:
+        """Give the core what the programs carried since the last call: packets, bytes
+        and the latest time, which keeps busy flows from idling out."""
+        self.check_generation()
+        self._fold_in()
+
+    def _fold_in(self) -> None:
+        for key, counters in fastpath.flow_counters(self.fds.flows).items():
+            header = self.flows.get(key)
+            if header is None:
+                fastpath.delete_flow(self.fds.flows, key)  # raced its removal
+                continue
+            before = self.seen[key]
+            if counters.packets == before.packets:
+                continue
+            self.seen[key] = counters
+            if not self.node.flow_seen(header, counters.last_seen_ns / 1e9, counters.packets - before.packets,
+                                       counters.bytes - before.bytes):
+                self._remove(key)
+
+    def prune(self) -> None:
+        """After the core's `expire`: forget the flows it forgot."""
+        for header in [h for h in self.returns if not self.node.has_flow(h)]:
+            for key in list(self.returns.get(header, ())):
+                self._remove(key)
+
+    def check_generation(self) -> None:
+        if self.node.generation != self.generation:
+            self.generation = self.node.generation
+            self._fold_in()
+            for key in list(self.flows):
+                self._remove(key)
+
+    def _remove(self, key: fastpath.FlowKey) -> None:
+        header = self.flows.pop(key)
+        self.seen.pop(key, None)
+        fastpath.delete_flow(self.fds.flows, key)
+        keys = self.returns.get(header)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self.returns[header]
+                fastpath.delete_return(self.fds.returns, header)
+
+    def snapshot(self) -> dict:
+        return {"flows": len(self.flows), "installed": self.installed, "map_full": self.map_full,
+                **fastpath.read_counters(self.fds.counters)}
+
+    def close(self) -> None:
+        for link in self.links.values():
+            os.close(link)
+        self.links.clear()
+
+
 class NodeProcess:
     """A `GwlbNode` served over sockets. `__init__` does no I/O; `start` opens everything."""
 
@@ -364,6 +511,8 @@ class NodeProcess:
             if target.healthy is not None:
                 self.node.set_target_health(target.id, target.healthy, now)
         self.endpoints: dict[int, _Endpoint] = {}
+        self.fast: _FastPath | None = None
+        self.fast_path_off = "not given" if spec.fast_path is None else ""  # why not, when not
         self.loop: EpollLoop | None = None
         self._geneve: socket.socket | None = None
         # target IP → source port → send() of a UDP socket bound to node_ip:port, connected to target:6081
@@ -384,6 +533,13 @@ class NodeProcess:
         self._raise_fd_limit()
         self.loop = EpollLoop(TICK, self.clock)
         self._setup_link(self.spec.uplink, endpoint=False)
+        if self.spec.fast_path is not None:
+            try:
+                self.fast = _FastPath(self.spec.fast_path, self.node, self.spec.node_ip,
+                                      socket.if_nametoindex(self.spec.uplink))
+            except OSError as error:
+                self.fast_path_off = str(error)
+                self.setup_warnings.append(f"fast path off: {error}")
         geneve = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         geneve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._tune_udp(geneve)
@@ -481,9 +637,12 @@ class NodeProcess:
             sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)  # before the ring, or EBUSY
             sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)  # not our own writes
             ring = RxRing.open(sock)
+            if self.fast is not None:
+                self._attach_fast_path(spec.ifname, sock)
             sock.bind((spec.ifname, ETH_P_ALL))
             sock.setblocking(False)
             endpoint.own_mac = sock.getsockname()[4]
+            endpoint.ifindex = socket.if_nametoindex(spec.ifname)
         except OSError:
             if ring is not None:
                 ring.close()
@@ -503,10 +662,19 @@ class NodeProcess:
         if endpoint is None:
             raise ValueError(f"endpoint {vpce_id} is not attached")
         self.node.detach_endpoint(endpoint.endpoint_id)
+        if self.fast is not None:
+            self.fast.detach_endpoint(endpoint.ifindex)
         if endpoint.sock is not None:
             self.loop.unwatch(endpoint.sock)
             endpoint.close()
         self._undo_kernel_ip_input(endpoint.spec.ifname)
+
+    def _attach_fast_path(self, ifname: str, sock: socket.socket) -> None:
+        assert self.fast is not None
+        try:
+            self.fast.attach_endpoint(socket.if_nametoindex(ifname), sock)
+        except OSError as error:  # this endpoint's flows stay on the slow path
+            self.setup_warnings.append(f"fast path off on {ifname}: {error}")
 
     # --- the data path -----------------------------------------------------------
 
@@ -517,7 +685,7 @@ class NodeProcess:
         slot = ring.head
         slot_header = _SLOT_HEADER
         from_endpoint, endpoint_id = self.node.from_endpoint, endpoint.endpoint_id
-        senders, no_senders, io = self._senders, _NO_SENDERS, self.io
+        senders, no_senders, io, fast = self._senders, _NO_SENDERS, self.io, self.fast
         received = sent = 0
         for _ in range(BATCH):
             offset = slot * frame_size
@@ -551,7 +719,8 @@ class NodeProcess:
                     io["checksums_completed"] += 1
                 if endpoint.prefix4 is None:
                     endpoint.set_peer_mac(bytes(view[mac + 6:mac + 12]))
-                result = from_endpoint(view[mac + ETH_HLEN:mac + snaplen], endpoint_id, now)
+                inner = view[mac + ETH_HLEN:mac + snaplen]
+                result = from_endpoint(inner, endpoint_id, now)
                 if type(result) is Encap:
                     target_ip, src_port, datagram = result
                     send = senders.get(target_ip, no_senders).get(src_port)
@@ -562,6 +731,8 @@ class NodeProcess:
                         sent += 1
                     except OSError:
                         io["tx_errors"] += 1
+                    if fast is not None:
+                        fast.install(endpoint, endpoint.ifindex, inner, result)
                 elif type(result) is Reset:
                     self._to_endpoint(endpoint, result.packet)
             finally:
@@ -613,7 +784,7 @@ class NodeProcess:
 
     def _tick(self, now: float) -> None:
         """Housekeeping, once a second: idle flows out, and the RSTs that ends them."""
-        self.node.expire(now)
+        self._expire(now)
         for reset in self.node.take_resets():
             endpoint = self.endpoints.get(reset.endpoint_id)
             if endpoint is not None:
@@ -723,6 +894,9 @@ class NodeProcess:
             return {"ok": True, **(handler(self, request, self.clock()) or {})}
         except (ValueError, TypeError, KeyError, OSError) as error:
             return {"ok": False, "error": f"{op}: {error}"}
+        finally:
+            if self.fast is not None:
+                self.fast.check_generation()  # a target change takes every flow off the fast path
 
     def _op_snapshot(self, request: dict, now: float) -> dict:
         return {"snapshot": self.snapshot(now)}
@@ -778,8 +952,16 @@ class NodeProcess:
         "modify": _op_modify,
     }
 
+    def _expire(self, now: float) -> None:
+        """The core's `expire`, with what the fast path carried folded in first."""
+        if self.fast is not None:
+            self.fast.fold_in()
+        self.node.expire(now)
+        if self.fast is not None:
+            self.fast.prune()
+
     def snapshot(self, now: float | None = None) -> dict:
-        self.node.expire(self.clock() if now is None else now)
+        self._expire(self.clock() if now is None else now)
         snapshot = self.node.snapshot()
         snapshot["io"] = {
             **self.io,
@@ -789,6 +971,7 @@ class NodeProcess:
                                       "peer_mac": format_mac(e.peer_mac) if e.peer_mac else None}
                           for e in self.endpoints.values()},
             "setup_warnings": list(self.setup_warnings),
+            "fast_path": self.fast.snapshot() if self.fast is not None else {"off": self.fast_path_off},
         }
         snapshot["attributes"] = dict(self.attributes)
         return snapshot
@@ -800,6 +983,8 @@ class NodeProcess:
         self.loop.run(self._tick)
 
     def close(self) -> None:
+        if self.fast is not None:
+            self.fast.close()
         if self._control is not None:
             try:
                 os.unlink(self.spec.control_socket)
