@@ -258,3 +258,37 @@ def test_appliance_reload_keeps_old_rules_on_error(tmp_path):
     process.write_stats()
     stats = json.loads((tmp_path / "s.json").read_text())
     assert stats["io"]["reloads"] == 1 and stats["io"]["reload_errors"] == 1 and stats["packets_in"] == 0
+
+
+class FailingFastPath:
+    """A fast path whose bpf(2) calls fail, as they should never."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def fold_in(self) -> None:
+        raise OSError(22, "BPF_MAP_LOOKUP_BATCH(flows): Invalid argument")
+
+    prune = check_generation = fold_in
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_failing_fast_path_is_dropped_and_the_node_carries_on():
+    process = node_process()
+    fast = process.fast = FailingFastPath()
+    snapshot = process.control({"op": "snapshot"})["snapshot"]
+    assert process.fast is None and fast.closed
+    assert snapshot["io"]["fast_path"] == {"off": "off after an error: [Errno 22] BPF_MAP_LOOKUP_BATCH(flows): "
+                                                  "Invalid argument"}
+    assert any("fast path off after an error" in w for w in snapshot["io"]["setup_warnings"])
+    assert process.control({"op": "snapshot"})["ok"]
+
+
+def test_fast_path_fds_in_the_config_are_checked():
+    with pytest.raises(ValueError, match="config.fast_path"):
+        NodeSpec.from_dict(config(fast_path={"encap": 3}))
+    spec = NodeSpec.from_dict(config(fast_path={name: 10 + i for i, name in enumerate(
+        ("encap", "decap", "ring_filter", "flows", "returns", "counters", "config"))}))
+    assert spec.fast_path is not None and spec.fast_path.flows == 13

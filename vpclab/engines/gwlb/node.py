@@ -732,7 +732,11 @@ class NodeProcess:
                     except OSError:
                         io["tx_errors"] += 1
                     if fast is not None:
-                        fast.install(endpoint, endpoint.ifindex, inner, result)
+                        try:
+                            fast.install(endpoint, endpoint.ifindex, inner, result)
+                        except OSError as error:
+                            self._fast_path_failed(error)
+                            fast = None
                 elif type(result) is Reset:
                     self._to_endpoint(endpoint, result.packet)
             finally:
@@ -895,8 +899,7 @@ class NodeProcess:
         except (ValueError, TypeError, KeyError, OSError) as error:
             return {"ok": False, "error": f"{op}: {error}"}
         finally:
-            if self.fast is not None:
-                self.fast.check_generation()  # a target change takes every flow off the fast path
+            self._with_fast_path(_FastPath.check_generation)  # a target change empties the fast path
 
     def _op_snapshot(self, request: dict, now: float) -> dict:
         return {"snapshot": self.snapshot(now)}
@@ -954,11 +957,31 @@ class NodeProcess:
 
     def _expire(self, now: float) -> None:
         """The core's `expire`, with what the fast path carried folded in first."""
-        if self.fast is not None:
-            self.fast.fold_in()
+        self._with_fast_path(_FastPath.fold_in)
         self.node.expire(now)
+        self._with_fast_path(_FastPath.prune)
+
+    def _with_fast_path(self, step: Callable[[_FastPath], None]) -> None:
         if self.fast is not None:
-            self.fast.prune()
+            try:
+                step(self.fast)
+            except OSError as error:
+                self._fast_path_failed(error)
+
+    def _fast_path_failed(self, error: OSError) -> None:
+        """A bpf(2) call failed where none should: carry on without the fast path,
+        never without the node. The ring filters go too, or they would keep hiding
+        the flows still in the maps."""
+        fast, self.fast = self.fast, None
+        self.fast_path_off = f"off after an error: {error}"
+        self.setup_warnings.append(f"fast path {self.fast_path_off}")
+        if fast is not None:
+            fast.close()
+        for endpoint in self.endpoints.values():
+            try:
+                fastpath.detach_socket_filter(endpoint.sock)
+            except OSError:
+                pass
 
     def snapshot(self, now: float | None = None) -> dict:
         self._expire(self.clock() if now is None else now)
