@@ -10,7 +10,7 @@ SUDO=""
 PACKAGES=(iproute2 nftables conntrack util-linux procps tcpdump tshark ethtool haproxy
           curl netcat-openbsd iputils-ping socat
           python3 python3-pip python3-yaml python3-dnslib  # Debian's python3 runs the rootless lab test
-          clang llvm libbpf-dev libbpf1)                    # the GWLB node's eBPF fast path
+          clang libbpf-dev libbpf1 linux-libc-dev)          # the GWLB node's eBPF fast path
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

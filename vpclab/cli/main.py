@@ -42,6 +42,14 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
+def _fast_path(counters: dict) -> str:
+    """A GWLB node's eBPF fast path: `on (N flows)`, `off`, or `-` where there is none to have."""
+    fast = counters.get("io", {}).get("fast_path")
+    if not isinstance(fast, dict):
+        return "-"
+    return "off" if "off" in fast else f"on ({fast.get('flows', 0)} flows)"
+
+
 def render_status(status: dict) -> str:
     lab = status["lab"]
     rows = [["NAME", "KIND", "ID", "SUBNET", "AZ", "PRIVATE IP", "PUBLIC IP"]]
@@ -53,12 +61,13 @@ def render_status(status: dict) -> str:
         rows.append([h["name"], "internet", "-", "-", "-", "-", h["ip"]])
     out = f"lab {lab['name']} ({lab['region']}, account {lab['account']})\n" + _table(rows)
     if status["load_balancers"]:
-        rows = [["LOAD BALANCER", "TYPE", "AZ", "NODE IP", "FLOWS", "NEW FLOWS", "DROPS"]]
+        rows = [["LOAD BALANCER", "TYPE", "AZ", "NODE IP", "FLOWS", "NEW FLOWS", "DROPS", "FAST PATH"]]
         for lb in status["load_balancers"]:
             for n in lb["nodes"]:
                 c = n.get("counters", {})
                 rows.append([lb["name"], lb["type"], n["az"], n["private_ip"], str(c.get("ActiveFlowCount", "-")),
-                             str(c.get("NewFlowCount", "-")), str(sum(c.get("drops", {}).values()))])
+                             str(c.get("NewFlowCount", "-")), str(sum(c.get("drops", {}).values())),
+                             _fast_path(c)])
         out += "\n\n" + _table(rows)
     targets = [(g, t) for g in status["target_groups"] for t in g["targets"]]
     if targets:

@@ -464,7 +464,9 @@ class _FastPath:
                 self._remove(key)
 
     def prune(self) -> None:
-        """After the core's `expire`: forget the flows it forgot."""
+        """After the core's `expire`: forget the flows it forgot (and all of them if a
+        deregistration delay just ended)."""
+        self.check_generation()
         for header in [h for h in self.returns if not self.node.has_flow(h)]:
             for key in list(self.returns.get(header, ())):
                 self._remove(key)
