@@ -172,6 +172,61 @@ static __always_inline int classify_inner(struct __sk_buff *skb, struct flow_key
     return skb->gso_size ? INNER_GSO : INNER_FAST;
 }
 
+/* The ones' complement sum of the inner packet (data + ETH_HLEN, `len` bytes), as
+   bpf_csum_diff's 32-bit partial sum, for the outer UDP checksum AWS sends. The packet
+   must be linear, so it is pulled first; a chunk has a size the verifier can see (512
+   down to 4 bytes), and the last 1-3 bytes are summed zero-padded, as RFC 1071 pads an
+   odd tail. Returns a negative error when the packet cannot be summed. */
+static __always_inline __s64 inner_sum(struct __sk_buff *skb, __u32 len)
+{
+    if (bpf_skb_pull_data(skb, ETH_HLEN + len))
+        return -1;
+    void *p = (void *)(long)skb->data + ETH_HLEN;
+    void *end = (void *)(long)skb->data_end;
+    __s64 sum = 0;
+    for (int i = 0; i < MAX_INNER / 512; i++) {  /* a bounded loop: the verifier walks it */
+        if (len < 512)
+            break;
+        if (p + 512 > end)
+            return -1;
+        sum = bpf_csum_diff(NULL, 0, p, 512, sum);
+        p += 512;
+        len -= 512;
+    }
+#define SUM_CHUNK(n)                                            \
+    if (len >= n) {                                             \
+        if (p + n > end)                                        \
+            return -1;                                          \
+        sum = bpf_csum_diff(NULL, 0, p, n, sum);                \
+        p += n;                                                 \
+        len -= n;                                               \
+    }
+    SUM_CHUNK(256) SUM_CHUNK(128) SUM_CHUNK(64) SUM_CHUNK(32) SUM_CHUNK(16) SUM_CHUNK(8) SUM_CHUNK(4)
+#undef SUM_CHUNK
+    if (len) {
+        __u8 tail[4] = {};
+        if (p + 3 > end && p + len > end)
+            return -1;
+        if (p + 1 <= end)
+            tail[0] = *(__u8 *)p;
+        if (len > 1 && p + 2 <= end)
+            tail[1] = *(__u8 *)(p + 1);
+        if (len > 2 && p + 3 <= end)
+            tail[2] = *(__u8 *)(p + 2);
+        sum = bpf_csum_diff(NULL, 0, (__be32 *)tail, 4, sum);
+    }
+    return sum;
+}
+
+static __always_inline __u16 fold(__u64 sum)
+{
+    sum = (sum & 0xffffffff) + (sum >> 32);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    return sum;
+}
+
 static __always_inline __u16 ipv4_checksum(const void *header)
 {
     const __u16 *word = header;
@@ -203,6 +258,11 @@ int gwlb_encap(struct __sk_buff *skb)
         return TC_ACT_OK;
     }
     __u32 inner_len = skb->len - ETH_HLEN;
+    __s64 payload_sum = inner_sum(skb, inner_len);
+    if (payload_sum < 0) {
+        count(C_ENCAP_ERROR);
+        return TC_ACT_SHOT;  /* not TC_ACT_OK: the ring filter already hid it from the slow path */
+    }
     struct {
         struct iphdr ip;
         struct udphdr udp;
@@ -220,6 +280,21 @@ int gwlb_encap(struct __sk_buff *skb)
     outer.udp.dest = bpf_htons(GENEVE_PORT);
     outer.udp.len = bpf_htons(inner_len + OUTER_LEN - 20);
     __builtin_memcpy(outer.geneve, v->geneve, GENEVE_LEN);
+    /* UDP checksum: pseudo header (addresses, protocol, UDP length), UDP header with a
+       zero checksum, GENEVE header, inner packet; a computed 0 goes as 0xffff (RFC 768). */
+    struct {
+        __be32 saddr, daddr;
+        __u8 zero, protocol;
+        __be16 udp_len;
+        struct udphdr udp;
+        __u8 geneve[GENEVE_LEN];
+    } __attribute__((packed)) pseudo = {
+        .saddr = outer.ip.saddr, .daddr = outer.ip.daddr, .protocol = IPPROTO_UDP,
+        .udp_len = outer.udp.len, .udp = outer.udp,
+    };
+    __builtin_memcpy(pseudo.geneve, v->geneve, GENEVE_LEN);
+    __u16 udp_check = ~fold(bpf_csum_diff(NULL, 0, (__be32 *)&pseudo, sizeof(pseudo), payload_sum)) & 0xffff;
+    outer.udp.check = udp_check ? udp_check : 0xffff;
     /* The Ethernet header stays in front: bpf_redirect_neigh wants one (then rewrites it). */
     if (bpf_skb_adjust_room(skb, OUTER_LEN, BPF_ADJ_ROOM_MAC,
                             BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP) ||

@@ -789,7 +789,7 @@ class NodeProcess:
         return True
 
     def _tick(self, now: float) -> None:
-        """Housekeeping, once a second: idle flows out, and the RSTs that ends them."""
+        """Housekeeping, once a second: idle flows out, and the RSTs that end them."""
         self._expire(now)
         for reset in self.node.take_resets():
             endpoint = self.endpoints.get(reset.endpoint_id)
