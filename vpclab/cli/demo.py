@@ -101,7 +101,7 @@ def run_demo() -> int:
     started = time.monotonic()
     lab.create(model.name, str(example), example.read_text())
     try:
-        status = lab.start(lambda m: print(f"   {m}"))
+        status = lab.start(lambda m: print(f"   {m}"), model)
         print(f"up in {time.monotonic() - started:.2f}s\n")
         print(render_status(status))
         steps = Steps(lab)

@@ -114,7 +114,7 @@ def cmd_up(args) -> int:
         lab.create(model.name, str(Path(args.file).resolve()), Path(args.file).read_text())
     _say(f"lab {lab.name}: starting the sandbox")
     try:
-        status = lab.start(lambda m: _say(f"lab {lab.name}: {m}"))
+        status = lab.start(lambda m: _say(f"lab {lab.name}: {m}"), model)
     except BaseException:
         lab.stop()
         if not restoring:

@@ -9,11 +9,15 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from vpclab import unixpath
 from vpclab.daemon import paths
 from vpclab.daemon.store import Store
+
+if TYPE_CHECKING:
+    from vpclab.engines.gwlb.fastpath import FastPathFds
+    from vpclab.model.resources import Lab as LabModel
 
 PIDS_FILE = "pids.json"
 
@@ -55,14 +59,17 @@ class Lab:
         store.save_lab(name, source, text)
         store.close()
 
-    def start(self, on_progress: Callable[[str], None]) -> dict:
-        """Start the daemon and wait until the lab is up; returns its status."""
+    def start(self, on_progress: Callable[[str], None], model: LabModel | None = None) -> dict:
+        """Start the daemon and wait until the lab is up; returns its status. `model`, the
+        lab as loaded from its file, says how many GWLB nodes want a fast path."""
         from vpclab.daemon.main import run_daemon  # the daemon's engines: only `up` needs them
         from vpclab.daemon.sandbox import launch
 
         for stale in (paths.API_SOCKET, paths.NAMESPACES_FILE, PIDS_FILE):
             (self.dir / stale).unlink(missing_ok=True)
-        fast_paths = self._load_fast_paths(on_progress)
+        count = 0 if model is None else sum(len(lb.nodes) for lb in model.load_balancers.values()
+                                            if lb.type == "gateway")
+        fast_paths = _load_fast_paths(count, on_progress)
         r, w = os.pipe()
         try:
             daemon = launch(self.dir / "daemon.log", w, lambda: run_daemon(self.dir, w, fast_paths),
@@ -82,38 +89,6 @@ class Lab:
                 elif event["event"] == "error":
                     raise LabError(event["message"])
         raise LabError(f"the lab daemon exited during bring-up; see {self.dir / 'daemon.log'}")
-
-    def _load_fast_paths(self, on_progress: Callable[[str], None]) -> list:
-        """One eBPF fast path instance per GWLB node of the lab, loaded here because the
-        sandbox's user namespace may not load BPF programs, and only when this process
-        may (root); without them every GWLB node runs its Python data path alone."""
-        from vpclab.engines.gwlb import fastpath
-        from vpclab.model.loader import load_lab_text
-
-        store = Store(self.dir / "state.sqlite")
-        try:
-            name, source, text = store.lab()
-        finally:
-            store.close()  # the daemon's fork must not inherit an open database
-        lab = load_lab_text(text, source, name)
-        count = sum(len(lb.nodes) for lb in lab.load_balancers.values() if lb.type == "gateway")
-        if not count:
-            return []
-        reason = fastpath.unavailable_reason()
-        if reason is not None:
-            on_progress(f"GWLB fast path off ({reason}); the nodes run in Python alone")
-            return []
-        loaded = []
-        try:
-            for _ in range(count):
-                loaded.append(fastpath.load())
-        except OSError as error:
-            on_progress(f"GWLB fast path off ({error}); the nodes run in Python alone")
-            for fast_path in loaded:
-                fast_path.close()
-            return []
-        on_progress(f"GWLB fast path: {count} eBPF instance(s) loaded, one per node")
-        return loaded
 
     def stop(self, timeout: float = 10.0) -> None:
         """Ask the daemon to stop; kill it (by the PID we started) if it does not."""
@@ -189,3 +164,28 @@ def _start_time(pid: int) -> int | None:
     if fields[0] == "Z":  # exited; whoever adopted it has not reaped it yet
         return None
     return int(fields[19])
+
+
+def _load_fast_paths(count: int, on_progress: Callable[[str], None]) -> list[FastPathFds]:
+    """`count` eBPF fast path instances, one per GWLB node, loaded here because the
+    sandbox's user namespace may not load BPF programs, and only when this process may
+    (root); without them every GWLB node runs its Python data path alone."""
+    from vpclab.engines.gwlb import fastpath
+
+    if not count:
+        return []
+    reason = fastpath.unavailable_reason()
+    if reason is not None:
+        on_progress(f"GWLB fast path off ({reason}); the nodes run in Python alone")
+        return []
+    loaded = []
+    try:
+        for _ in range(count):
+            loaded.append(fastpath.load())
+    except OSError as error:
+        on_progress(f"GWLB fast path off ({error}); the nodes run in Python alone")
+        for fast_path in loaded:
+            fast_path.close()
+        return []
+    on_progress(f"GWLB fast path: {count} eBPF instance(s) loaded, one per node")
+    return loaded
