@@ -2,6 +2,8 @@
 key of an inner packet, and the eligibility predicate the programs apply."""
 from __future__ import annotations
 
+import os
+import shutil
 import struct
 
 import pytest
@@ -11,7 +13,7 @@ from hypothesis import strategies as st
 from vpclab.engines.geneve import GwlbHeader
 from vpclab.engines.gwlb.fastpath import (
     COUNTER_SLOTS, COUNTERS, FLOW_KEY, FLOW_VALUE, GENEVE_LEN, MAX_INNER, RETURN_VALUE, Counters, FastPathFds,
-    FlowAction, FlowKey, ReturnAction, fast_path_eligible, flow_key, possible_cpus, sum_counters,
+    FlowAction, FlowKey, ReturnAction, fast_path_eligible, flow_key, possible_cpus, sum_counters, unavailable_reason,
 )
 
 GENEVE = GwlbHeader(protocol=0x0800, endpoint_id=0x0123456789ABCDEF, flow_cookie=0x55908770).raw
@@ -151,3 +153,10 @@ def test_fds_roundtrip_through_json_config():
     assert fds.all() == (10, 11, 12, 13, 14, 15, 16)
     with pytest.raises(KeyError):
         FastPathFds.from_dict({"encap": 1})
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("clang") is None,
+                    reason="only where install.sh could build and load it: root, with clang")
+def test_install_sh_built_a_fast_path_this_machine_can_load():
+    """The fast path's lab tests skip when it is unavailable; here, that would hide a broken build."""
+    assert unavailable_reason() is None
