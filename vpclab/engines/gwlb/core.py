@@ -285,10 +285,7 @@ class GwlbNode:
     """The flow table, target choice and GENEVE encap/decap of one GWLB node."""
 
     def __init__(self, config: GwlbConfig | None = None, endpoints: Iterable[int | str] = ()) -> None:
-        self.config = config = config or GwlbConfig()
-        self._key_parts = _KEY_PARTS[config.stickiness]
-        self._max_packet = config.max_packet
-        self._send_tcp_reset = config.send_tcp_reset
+        self._use(config or GwlbConfig())
         self._resets: list[Reset] = []
         self._endpoints: set[int] = {_endpoint_int(e) for e in endpoints}
         self._targets: dict[str, Target] = {}
@@ -301,7 +298,7 @@ class GwlbNode:
         self._by_cookie: dict[tuple[int, int], _Flow] = {}
         self._by_header: dict[bytes, _Flow] = {}
         self._flow_seq = 0
-        self._cookie_salt = zlib.crc32(config.hash_seed.to_bytes(8, "big", signed=True))
+        self._cookie_salt = zlib.crc32(self.config.hash_seed.to_bytes(8, "big", signed=True))
         self.new_flow_count = 0
         self.processed_bytes = 0
         self.processed_packets = 0
@@ -313,11 +310,15 @@ class GwlbNode:
     def reconfigure(self, config: GwlbConfig) -> None:
         """Apply new settings live. Flows keep their timeout and target; a stickiness
         change re-keys flows, so existing ones start afresh with new cookies."""
+        self._use(config)
+        self._targets_changed()
+
+    def _use(self, config: GwlbConfig) -> None:
+        """Take `config` and what the hot path reads of it as plain attributes."""
         self.config = config
         self._key_parts = _KEY_PARTS[config.stickiness]
         self._max_packet = config.max_packet
         self._send_tcp_reset = config.send_tcp_reset
-        self._targets_changed()
 
     # --- endpoints and targets ---------------------------------------------
 
