@@ -75,7 +75,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("tcpdump", OPTIONAL, "vpclab capture printing to the terminal", "apt-get install tcpdump"),
     Feature("tshark", OPTIONAL, "decoding captures (tests read pcaps with it)", "apt-get install tshark"),
     Feature("haproxy", OPTIONAL, "Application Load Balancers (HAProxy 2.6+)", "apt-get install haproxy"),
-    Feature("nft:payload-set", INFO, "nothing (header rewrites such as `ip daddr set`; a lab must not use them)",
+    Feature("nft:payload-set", INFO, "nothing should: header rewrites in nftables (`ip daddr set`); no lab may use them",
             "refused in user namespaces by some kernels: use conntrack NAT instead"),
     Feature("nft:ttl-set", INFO, "nothing yet: a candidate to keep TTL untouched inside a VPC",
             "refused in user namespaces by some kernels (a payload set)"),
