@@ -314,7 +314,7 @@ def with_test_override(results: list[Result]) -> list[Result]:
 
 def _cache_path() -> Path:
     from vpclab.daemon import paths
-    return paths.home() / F.cache_name(kernel(), os.getuid())
+    return paths.home() / "doctor" / F.cache_name(kernel(), os.getuid())
 
 
 def _read_cache(path: Path) -> set[str]:
