@@ -129,15 +129,20 @@ def test_only_required_features_make_doctor_fail():
     assert F.missing_required([Result("mntns", None, "needs userns")]) == [Result("mntns", None, "needs userns")]
 
 
-def test_table_has_the_four_columns_under_the_kernel_release():
-    results = [Result("nft:payload-set", False, "Could not process rule: Operation not permitted " * 3),
-               Result("userns", True)]
+def test_table_has_the_four_columns_under_the_kernel_release_and_says_why_each_is_missing():
+    refused = "/dev/stdin:5:21-28: Could not process rule: Operation not permitted"
+    results = [Result("nft:payload-set", False, refused), Result("haproxy", True, "2.6.12"),
+               Result("userns", True), Result("veth", False, "EPERM"), Result("mntns", None, "needs userns")]
     lines = F.render_table(results, KERNEL).splitlines()
     assert lines[0] == f"kernel {KERNEL}"
     assert lines[1].split() == ["FEATURE", "STATUS", "WITHOUT", "IT", "HOW", "TO", "GET", "IT"]
-    assert lines[2].startswith("userns  ")  # table order, not the order given
-    assert "missing (info): Could not process rule" in lines[3] and "..." in lines[3]
-    assert lines[3].rstrip().endswith(F.BY_NAME["nft:payload-set"].how)
+    rows = {line.split()[0]: line for line in lines[2:7]}
+    assert [line.split()[0] for line in lines[2:7]] == ["userns", "mntns", "veth", "haproxy", "nft:payload-set"]
+    assert rows["haproxy"].split()[1:3] == ["ok:", "2.6.12"]
+    assert rows["veth"].split()[1] == "missing" and rows["veth"].endswith(F.BY_NAME["veth"].how)
+    assert rows["mntns"].split()[1:3] == ["not", "tried"]
+    assert "missing (info)" in rows["nft:payload-set"]
+    assert lines[7:] == ["", "why missing:", "  mntns: needs userns", "  veth: EPERM", f"  nft:payload-set: {refused}"]
 
 
 def test_json_says_each_feature_and_which_required_ones_are_missing():

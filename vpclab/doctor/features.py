@@ -186,20 +186,25 @@ def _order(result: Result) -> int:
     return list(BY_NAME).index(result.name)
 
 
-def _status(result: Result, width: int = 48) -> str:
-    text = result.state + (f": {result.detail}" if result.detail else "")
-    if result.feature.level != REQUIRED and not result.ok:
-        text = f"{result.state} ({result.feature.level})" + (f": {result.detail}" if result.detail else "")
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[:width - 3] + "..."
+def _status(result: Result, width: int = 40) -> str:
+    """`ok` with what was found (a version), or `missing` and its level; why in the notes."""
+    if result.ok:
+        text = " ".join(f"ok: {result.detail}".split()) if result.detail else "ok"
+        return text if len(text) <= width else text[:width - 3] + "..."
+    return result.state if result.feature.level == REQUIRED else f"{result.state} ({result.feature.level})"
 
 
 def render_table(results: Iterable[Result], kernel: str) -> str:
+    """The kernel, one row per feature, then what the kernel or host answered for each one missing."""
+    ordered = sorted(results, key=_order)
     rows = [["FEATURE", "STATUS", "WITHOUT IT", "HOW TO GET IT"]]
-    rows += [[r.name, _status(r), r.feature.without, r.feature.how] for r in sorted(results, key=_order)]
+    rows += [[r.name, _status(r), r.feature.without, r.feature.how] for r in ordered]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = [f"kernel {kernel}"]
     lines += ["  ".join([*(c.ljust(w) for c, w in zip(row[:3], widths)), row[3]]).rstrip() for row in rows]
+    notes = [f"  {r.name}: {' '.join(r.detail.split())}" for r in ordered if not r.ok and r.detail]
+    if notes:
+        lines += ["", "why missing:", *notes]
     return "\n".join(lines)
 
 
