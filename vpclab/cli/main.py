@@ -107,7 +107,8 @@ def cmd_up(args) -> int:
     lab = Lab(model.name)
     if lab.daemon_pid() is not None:
         raise LabError(f"lab {lab.name} is already up (`vpclab down --lab {lab.name}` first)")
-    _refuse_if_lacking(model)  # before anything of the lab exists: never a rollback for a missing feature
+    from vpclab.doctor.probes import refuse_if_lacking
+    refuse_if_lacking(model)  # before anything of the lab exists: never a rollback for a missing feature
     restoring = lab.exists()
     if restoring:
         _say(f"lab {lab.name}: its daemon is gone; bringing it back from its state store")
@@ -125,13 +126,6 @@ def cmd_up(args) -> int:
     _say(f"lab {lab.name}: up in {time.monotonic() - started:.2f}s")
     print(render_status(status))
     return 0
-
-
-def _refuse_if_lacking(model) -> None:
-    from vpclab.doctor import features, needs, probes
-    lacking = probes.lab_lacks(needs.lab_needs(model))
-    if lacking:
-        raise LabError(features.refusal(model.name, lacking))
 
 
 def cmd_doctor(args) -> int:

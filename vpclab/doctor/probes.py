@@ -308,8 +308,12 @@ def probe(names: Iterable[str] | None = None) -> list[Result]:
 
 
 def with_test_override(results: list[Result]) -> list[Result]:
+    from vpclab.daemon.client import LabError
     names = [n.strip() for n in os.environ.get(OVERRIDE, "").split(",") if n.strip()]
-    return F.with_override(results, names, OVERRIDE) if names else results
+    try:
+        return F.with_override(results, names, OVERRIDE) if names else results
+    except ValueError as error:
+        raise LabError(str(error)) from None
 
 
 def _cache_path() -> Path:
@@ -351,3 +355,13 @@ def lab_lacks(needed: set[str]) -> list[Result]:
     if fresh:
         _write_cache(path, results + [Result(n, True) for n in _read_cache(path)])
     return F.missing(with_test_override(results), needed)
+
+
+def refuse_if_lacking(lab) -> None:
+    """Before anything of `lab` (a loaded model) exists: raise LabError, in doctor's words,
+    if it needs a feature this machine lacks, so bring-up never fails deep for one."""
+    from vpclab.daemon.client import LabError
+    from vpclab.doctor.needs import lab_needs
+    lacking = lab_lacks(lab_needs(lab))
+    if lacking:
+        raise LabError(F.refusal(lab.name, lacking))
