@@ -1,5 +1,5 @@
 """`vpclab doctor`'s pure core: the feature table, what a lab's rulesets use, the verdict,
-its table, JSON and cache. The probes themselves run for real in tests/lab/test_doctor.py."""
+its table, JSON and cache. The probes themselves run for real in tests/lab/test_doctor_lab.py."""
 from __future__ import annotations
 
 import json
