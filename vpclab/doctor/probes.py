@@ -350,6 +350,8 @@ def lab_lacks(needed: set[str]) -> list[Result]:
     on this kernel (for this uid) are not tried again; the rest are, and remembered if ok."""
     path = _cache_path()
     known = _read_cache(path) & needed
+    if F.userns_blockers(_sysctls(), os.geteuid()):  # a knob turned since: try again, say which
+        known.discard("userns")
     fresh = probe(needed - known) if needed - known else []
     results = [Result(n, True, "cached") for n in known] + fresh
     if fresh:
