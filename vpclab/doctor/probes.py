@@ -9,12 +9,11 @@ made is gone: the host's network is never touched.
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
 import select
-import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -251,9 +250,12 @@ def _sandbox(names: set[str], fds: dict | None, fast_reason: str | None) -> list
     os.close(write)
     text, deadline = b"", time.monotonic() + SANDBOX_TIMEOUT
     try:
-        while time.monotonic() < deadline:
+        while True:
             ready, _, _ = select.select([read], [], [], max(0.0, deadline - time.monotonic()))
-            chunk = os.read(read, 65536) if ready else b""
+            if not ready:  # ours, by PID; what it had not said is reported missing
+                os.kill(child, signal.SIGKILL)
+                break
+            chunk = os.read(read, 65536)
             if not chunk:
                 break
             text += chunk
@@ -261,8 +263,12 @@ def _sandbox(names: set[str], fds: dict | None, fast_reason: str | None) -> list
         os.close(read)
         os.waitpid(child, 0)
     results: dict[str, Result] = {}
-    for line in text.decode().splitlines():
-        for name, ok, detail in json.loads(line):
+    for line in text.decode(errors="replace").splitlines():
+        try:
+            said = json.loads(line)
+        except ValueError:
+            continue  # cut short by the kill
+        for name, ok, detail in said:
             results[name] = Result(name, ok, detail)
     return list(results.values())
 
@@ -304,7 +310,8 @@ def probe(names: Iterable[str] | None = None) -> list[Result]:
         found["userns"] = Result("userns", False, user.detail + (f"; blocked by {', '.join(blockers)}"
                                                                  if blockers else ""))
         found.update({n: F.not_tried(n, "userns") for n in inside if n != "userns"})
-    return results + [found[n] for n in F.BY_NAME if n in inside | {"userns"} and n in found]
+    silent = "no answer from the sandbox (it failed or timed out)"
+    return results + [found.get(n, Result(n, False, silent)) for n in F.BY_NAME if n in inside | {"userns"}]
 
 
 def with_test_override(results: list[Result]) -> list[Result]:
