@@ -97,3 +97,38 @@ def test_up_refuses_a_lab_needing_a_missing_feature_before_building_anything(lab
 def test_up_brings_a_lab_up_when_only_a_feature_it_does_not_use_is_missing(up):
     lab = up(BASIC, "unneeded", extra_env={"VPCLAB_DOCTOR_MISSING": "af-packet,haproxy"})  # GWLB, ALB only
     assert lab.curl("client", "http://203.0.113.11/").startswith("web-1 ")
+
+
+# In a user namespace of our own, user.max_user_namespaces is that namespace's own limit:
+# setting it to 0 there blocks nested user namespaces for what runs inside, as the host
+# sysctl would, without touching the host.
+BLOCKED = "echo 0 > /proc/sys/user/max_user_namespaces && exec \"$@\""
+
+
+def in_blocked_userns(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["unshare", "--user", "--map-root-user", "sh", "-c", BLOCKED, "sh", sys.executable,
+                           "-m", "vpclab", *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_doctor_names_the_sysctl_that_blocks_user_namespaces(lab_env):
+    result = in_blocked_userns(lab_env, "doctor", "--json")
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    rows = {row["name"]: row for row in report["features"]}
+    assert rows["userns"]["ok"] is False
+    assert rows["userns"]["detail"].endswith("blocked by user.max_user_namespaces=0")
+    assert rows["netns"] == dict(rows["netns"], ok=None, state="not tried", detail="needs userns")
+    assert report["missing_required"][0] == "userns"
+
+
+def test_up_refuses_in_doctors_words_where_user_namespaces_are_blocked(lab_env, vpclab_home):
+    result = in_blocked_userns(lab_env, "up", str(BASIC), "--name", "blocked")
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert lines[:2] == ["error: lab blocked needs what this machine lacks (see `vpclab doctor`):",
+                         "  userns: missing (unshare: No space left on device; "
+                         "blocked by user.max_user_namespaces=0)"]
+    assert lines[-1].startswith("  not tried until then: mntns, pidns, netns")
+    assert "rolled back" not in result.stderr
+    assert not (vpclab_home / "labs").exists()
+    assert lab_processes(str(vpclab_home)) == []

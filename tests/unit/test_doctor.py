@@ -164,6 +164,16 @@ def test_refusal_names_each_feature_what_breaks_and_how_to_get_it():
         f"    how to get it: {F.BY_NAME['nft:ct-timeout'].how}"]
 
 
+def test_refusal_and_summary_name_the_cause_and_only_count_what_it_kept_from_being_tried():
+    lacking = [Result("userns", False, "unshare: No space left on device; blocked by user.max_user_namespaces=0"),
+               Result("netns", None, "needs userns"), Result("veth", None, "needs userns")]
+    lines = F.refusal("web", lacking).splitlines()
+    assert lines[1] == "  userns: missing (unshare: No space left on device; blocked by user.max_user_namespaces=0)"
+    assert lines[4:] == ["  not tried until then: netns, veth"]
+    assert F.summary(lacking) == "missing required features: userns (and 2 not tried until then)"
+    assert F.summary(lacking[:1]) == "missing required features: userns"
+
+
 def test_cache_keeps_only_what_was_ok_on_the_same_kernel():
     text = F.encode_cache([Result("veth", True), Result("nft:sets", False), Result("userns", True)], KERNEL)
     assert F.decode_cache(text, KERNEL) == {"veth", "userns"}

@@ -137,7 +137,7 @@ def cmd_doctor(args) -> int:
         print(features.render_table(results, probes.kernel()))
     lacking = features.missing_required(results)
     if lacking and not args.json:
-        _say(f"doctor: missing required features: {', '.join(r.name for r in lacking)}")
+        _say(f"doctor: {features.summary(lacking)}")
     return 1 if lacking else 0
 
 

@@ -218,13 +218,29 @@ def to_json(results: Iterable[Result], kernel: str, uid: int) -> dict:
 
 
 def refusal(lab: str, lacking: Iterable[Result]) -> str:
-    """Why `vpclab up` refuses a lab, in doctor's words."""
+    """Why `vpclab up` refuses a lab, in doctor's words: each feature found missing, then those
+    not tried because of it."""
+    lacking = list(lacking)
     lines = [f"lab {lab} needs what this machine lacks (see `vpclab doctor`):"]
     for r in lacking:
+        if r.ok is None:
+            continue
         lines.append(f"  {r.name}: {r.state}" + (f" ({' '.join(r.detail.split())})" if r.detail else ""))
         lines.append(f"    without it: {r.feature.without}")
         lines.append(f"    how to get it: {r.feature.how}")
+    untried = [r.name for r in lacking if r.ok is None]
+    if untried:
+        lines.append(f"  not tried until then: {', '.join(untried)}")
     return "\n".join(lines)
+
+
+def summary(lacking: Iterable[Result]) -> str:
+    """One line for the required features doctor found missing (and those it could not try)."""
+    lacking = list(lacking)
+    found = [r.name for r in lacking if r.ok is False]
+    untried = [r.name for r in lacking if r.ok is None]
+    return f"missing required features: {', '.join(found)}" + (
+        f" (and {len(untried)} not tried until then)" if untried else "")
 
 
 # --- the cache: one file per kernel release and uid ------------------------------------
