@@ -36,3 +36,8 @@ if ! $PY -m vpclab.engines.gwlb.fastpath build; then
   echo "install.sh: warning: the GWLB eBPF fast path did not build; vpclab falls back to the Python data path" >&2
 fi
 echo "install.sh: vpclab $($PY -c 'import importlib.metadata as m; print(m.version("vpclab"))') is installed"
+# What this machine's kernel and host give vpclab (informational: optional features may be
+# missing; a missing required one is named with how to get it).
+if ! $PY -m vpclab doctor; then
+  echo "install.sh: warning: vpclab doctor reports a required feature missing (above); labs that need it will refuse to come up" >&2
+fi

@@ -1,6 +1,7 @@
 """Lab tests: each brings up a real lab in its sandbox and tears it down, even on failure."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -12,17 +13,54 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 LABS = Path(__file__).parent / "labs"
+sys.path.insert(0, str(ROOT))
+
+from vpclab.doctor import features  # noqa: E402
+
+# A lab test skips only when `vpclab doctor` reports missing a feature it needs, and says
+# which; any other failure to bring a lab up fails it. Every lab test needs a sandbox
+# (EVERY_LAB); `up` adds what its lab file uses; `@pytest.mark.requires(...)` the rest.
 
 
-def _sandbox_works() -> bool:
+def pytest_configure(config):
+    config.addinivalue_line("markers", "requires(*features): skip unless `vpclab doctor` finds these features")
+
+
+@functools.cache
+def doctor_report() -> dict[str, dict]:
+    """`vpclab doctor --json`, run once per session: feature name -> its row."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, "-m", "vpclab", "doctor", "--json"], env=env, capture_output=True,
+                            text=True, timeout=300)
     try:
-        return subprocess.run(["unshare", "--user", "--map-root-user", "--net", "true"],
-                              capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+        return doctor_rows(result.stdout)
+    except (ValueError, KeyError, TypeError):
+        raise AssertionError(f"vpclab doctor --json gave no report ({result.returncode}):\n"
+                             f"{result.stdout}\n{result.stderr}") from None
 
 
-pytestmark = pytest.mark.skipif(not _sandbox_works(), reason="user namespaces are not allowed here")
+def doctor_rows(stdout: str) -> dict[str, dict]:
+    return {row["name"]: row for row in json.loads(stdout)["features"]}
+
+
+def skip_unless_doctor_finds(needed, report: dict[str, dict] | None = None) -> None:
+    """Skip, naming each feature, if doctor (this session's, or `report`) reports one of
+    `needed` missing. Informational features never skip: nothing may depend on them, so a
+    lab that does must fail."""
+    report = report or doctor_report()
+    lacking = [name for name in sorted(needed)
+               if features.BY_NAME[name].level != features.INFO and not report[name]["ok"]]
+    if lacking:
+        pytest.skip("vpclab doctor reports missing: " + "; ".join(
+            f"{name} ({report[name]['detail'] or report[name]['state']})" for name in lacking))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    needed = set(features.EVERY_LAB)
+    for mark in item.iter_markers("requires"):
+        needed |= set(mark.args)
+    skip_unless_doctor_finds(needed)
 
 
 class RunningLab:
@@ -72,6 +110,18 @@ def target_states(lab: RunningLab, group: str) -> dict[str, str]:
     return {t["name"] or t["id"]: t["state"] for t in tg["targets"]}
 
 
+def lab_file_needs(path: Path, name: str) -> set[str]:
+    """What doctor must find for this lab file; nothing for a file that does not load (its
+    test means `up` to refuse it)."""
+    from vpclab.doctor.needs import lab_needs
+    from vpclab.model import load_lab
+    from vpclab.model.errors import LabFileError
+    try:
+        return lab_needs(load_lab(path, name))
+    except LabFileError:
+        return set()
+
+
 @pytest.fixture
 def vpclab_home(tmp_path):
     home = tmp_path / "home"
@@ -102,6 +152,7 @@ def up(lab_env, tmp_path):
             path = tmp_path / f"{name}.yaml"
             path.write_text(source)
         env = dict(lab_env, **(extra_env or {}))
+        skip_unless_doctor_finds(lab_file_needs(path, name))
         lab = RunningLab(name, env)
         started.append(lab)
         lab.vpclab("up", str(path), "--name", name, timeout=120)

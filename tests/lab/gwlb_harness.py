@@ -48,13 +48,6 @@ def appliance_ip(index: int) -> str:
     return f"10.1.0.{9 + index}"  # appl-1 is 10.1.0.10
 
 
-def sandbox_available() -> bool:
-    try:
-        return subprocess.run(UNSHARE[:3] + ["--net", "true"], capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
 class Topology:
     """Namespaces and processes inside the sandbox (call only from inside it)."""
 

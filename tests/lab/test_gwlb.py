@@ -8,7 +8,6 @@ import time
 import pytest
 
 from conftest import ROOT, target_states, wait_for
-from vpclab.engines.gwlb import fastpath
 
 pytestmark = pytest.mark.lab
 DISTRIBUTED = ROOT / "examples" / "gwlb-distributed.yaml"
@@ -146,10 +145,8 @@ def test_peak_rates_show_the_busiest_ten_seconds(gwlb):
     assert counters["PeakBytesPerSecond"] >= counters["PeakPacketsPerSecond"] * 34  # 34-35 B each
 
 
+@pytest.mark.requires("ebpf-fast-path")
 def test_established_flows_ride_the_fast_path_and_still_count(gwlb):
-    reason = fastpath.unavailable_reason()
-    if reason is not None:
-        pytest.skip(f"no GWLB fast path here: {reason}")
     before = appliances(gwlb)
     assert udp_exchange(gwlb, sport=40003, count=20) == 20
     counters = node_counters(gwlb, "us-east-1a")

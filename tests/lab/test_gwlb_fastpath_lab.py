@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from vpclab.engines.geneve import GwlbHeader, internet_checksum  # noqa: E402
 from vpclab.engines.gwlb import fastpath  # noqa: E402
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.requires("ebpf-fast-path")]
 
 UNSHARE = ["unshare", "--user", "--map-root-user", "--net", "--mount", "--pid", "--fork", "--mount-proc"]
 RTR_MAC, RTR1_MAC = bytes.fromhex("02000000aa01"), bytes.fromhex("02000000aa02")
@@ -250,20 +250,8 @@ def child(fds: fastpath.FastPathFds) -> dict:
 # --- the tests ---------------------------------------------------------------------------
 
 
-def _userns_works() -> bool:
-    try:
-        return subprocess.run(UNSHARE[:3] + ["--net", "true"], capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
 @pytest.fixture(scope="module")
 def seen() -> dict:
-    reason = fastpath.unavailable_reason()
-    if reason:
-        pytest.skip(f"eBPF fast path unavailable: {reason}")
-    if not _userns_works():
-        pytest.skip("user namespaces are not allowed here")
     fds = fastpath.load()
     try:
         result = subprocess.run([*UNSHARE, sys.executable, __file__, "child", json.dumps(fds.to_dict())],
@@ -379,9 +367,6 @@ def test_closing_a_link_detaches_its_program(seen):
 def test_full_map_and_dump():
     """Privileged, no namespaces: fill `flows` to max_entries; one more is refused with
     False, not an exception, and the batched dump returns every entry."""
-    reason = fastpath.unavailable_reason()
-    if reason:
-        pytest.skip(f"eBPF fast path unavailable: {reason}")
     fds = fastpath.load()
     try:
         action = fastpath.FlowAction(1, NODE_IP, APPL_IP, 50000, GENEVE[1], fastpath.Counters(3, 4, 5))

@@ -18,13 +18,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from gwlb_harness import (  # noqa: E402
-    ENDPOINT_ID, NODE_IP, SERVER_IP, Sandbox, appliance_ip, sandbox_available,
+    ENDPOINT_ID, NODE_IP, SERVER_IP, Sandbox, appliance_ip,
 )
 
-pytestmark = [
-    pytest.mark.lab,
-    pytest.mark.skipif(not sandbox_available(), reason="user namespaces are not allowed here"),
-]
+pytestmark = [pytest.mark.lab, pytest.mark.requires("af-packet", "ethtool")]
 
 ROOT = Path(__file__).resolve().parents[2]
 HAIRPIN = ROOT / "examples" / "appliances" / "iptables-hairpin.sh"

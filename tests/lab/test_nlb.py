@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from conftest import LABS, RunningLab, lab_environment, target_states, wait_for
+from conftest import (LABS, RunningLab, lab_environment, lab_file_needs, skip_unless_doctor_finds, target_states,
+                      wait_for)
 from vpclab.engines.proxy_protocol import parse_header, proxy_header
 
 pytestmark = pytest.mark.lab
@@ -35,6 +36,7 @@ def served_by(lab, url: str, count: int, node: str = "client") -> list[str]:
 @pytest.fixture(scope="module")
 def nlb(tmp_path_factory):
     """One lab for the tests that leave it as they found it."""
+    skip_unless_doctor_finds(lab_file_needs(LAB, "nlb"))
     lab = RunningLab("nlb", lab_environment(tmp_path_factory.mktemp("home")))
     lab.vpclab("up", str(LAB), "--name", "nlb", timeout=120)
     try:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from vpclab.cli.main import render_status
 from vpclab.daemon.client import Lab, LabError
+from vpclab.doctor.probes import refuse_if_lacking
 from vpclab.model import load_lab
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -93,6 +94,7 @@ def gwlb_distributed(steps: Steps, status: dict) -> None:
 def run_demo() -> int:
     example = EXAMPLES / "gwlb-distributed.yaml"
     model = load_lab(example, DEMO_LAB)
+    refuse_if_lacking(model)
     lab = Lab(model.name)
     if lab.exists():
         lab.stop()

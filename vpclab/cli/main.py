@@ -107,6 +107,8 @@ def cmd_up(args) -> int:
     lab = Lab(model.name)
     if lab.daemon_pid() is not None:
         raise LabError(f"lab {lab.name} is already up (`vpclab down --lab {lab.name}` first)")
+    from vpclab.doctor.probes import refuse_if_lacking
+    refuse_if_lacking(model)  # before anything of the lab exists: never a rollback for a missing feature
     restoring = lab.exists()
     if restoring:
         _say(f"lab {lab.name}: its daemon is gone; bringing it back from its state store")
@@ -124,6 +126,19 @@ def cmd_up(args) -> int:
     _say(f"lab {lab.name}: up in {time.monotonic() - started:.2f}s")
     print(render_status(status))
     return 0
+
+
+def cmd_doctor(args) -> int:
+    from vpclab.doctor import features, probes
+    results = probes.with_test_override(probes.probe())
+    if args.json:
+        print(json.dumps(features.to_json(results, probes.kernel(), os.getuid()), indent=2))
+    else:
+        print(features.render_table(results, probes.kernel()))
+    lacking = features.missing_required(results)
+    if lacking and not args.json:
+        _say(f"doctor: {features.summary(lacking)}")
+    return 1 if lacking else 0
 
 
 def cmd_down(args) -> int:
@@ -259,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
                 lab_option=False)
     p.add_argument("file")
     p.add_argument("--name")
+    p = command("doctor", cmd_doctor, "probe, in a throwaway sandbox, every kernel and host feature vpclab uses; "
+                "exits 1 when a required one is missing", lab_option=False)
+    p.add_argument("--json", action="store_true", help="the results as JSON")
     p = command("up", cmd_up, "bring a lab up (or back, after a crash)", lab_option=False)
     p.add_argument("file")
     p.add_argument("--name", help="the lab's name (default: lab.name in the file, else the file's stem)")

@@ -39,7 +39,8 @@ def unpin() -> None:
         os.sched_setaffinity(0, _affinity)
 
 
-def _map_root(uid: int, gid: int) -> None:
+def map_root(uid: int, gid: int) -> None:
+    """In a new user namespace: the caller's uid and gid become root there."""
     with open("/proc/self/uid_map", "w") as f:
         f.write(f"0 {uid} 1")
     with open("/proc/self/setgroups", "w") as f:
@@ -68,7 +69,7 @@ def launch(log_path: Path, keep_fd: int, run: Callable[[], int], inherit: Iterab
             pin_to_one_cpu()
             uid, gid = os.getuid(), os.getgid()
             nsutil.unshare(CLONE_NEWUSER)
-            _map_root(uid, gid)
+            map_root(uid, gid)
             nsutil.unshare(nsutil.CLONE_NEWNS | nsutil.CLONE_NEWNET | CLONE_NEWPID
                            | nsutil.CLONE_NEWUTS | CLONE_NEWIPC)
             nsutil.mount(None, "/", None, nsutil.MS_REC | nsutil.MS_PRIVATE)
