@@ -155,3 +155,30 @@ def test_consumers_with_identical_addresses_and_ports_behind_two_endpoints_stay_
     # each connection reached the target as its own, from its own port of the node's IP
     clients = {line for line in (out + right.stdout).splitlines() if line.startswith("client: ")}
     assert len(clients) == 2
+
+
+FORGOTTEN = ("import socket, sys\n"
+             "s = socket.create_connection(('10.20.0.50', 80), timeout=5)\n"
+             "print('connected', flush=True); sys.stdin.readline()\n"
+             "try:\n"
+             "    s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'); print('answer', s.recv(100))\n"
+             "except ConnectionResetError:\n"
+             "    print('reset')\n")
+
+
+def test_a_segment_of_a_connection_the_node_no_longer_knows_is_reset_through_the_endpoint(up):
+    # as after an idle timeout: the ENI's IP is not the node's, so the node resets what it forwards
+    lab = up(TWINS, "plrst")
+    wait_for(lambda: "Hello" in lab.curl("left", "http://10.20.0.50/"), 30, "the service through an endpoint")
+    client = subprocess.Popen([sys.executable, "-m", "vpclab", "exec", "--lab", lab.name, "left", "--",
+                               "python3", "-c", FORGOTTEN], env=lab.env, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert client.stdout.readline().strip() == "connected"
+        lab.sh("nlb:provider-nlb:us-east-1a", "conntrack -F")
+        out, err = client.communicate("\n", timeout=30)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    assert out.split()[-1:] == ["reset"], out + err

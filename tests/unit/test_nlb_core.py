@@ -203,13 +203,13 @@ def test_an_endpoint_link_carries_only_traffic_to_its_eni():
         'ip daddr 10.0.1.50 ct original zone set 1 accept comment "vpce-0123456789abcdef0"', "drop"]
 
 
-def test_a_node_without_endpoints_rewrites_nothing():
+def test_a_node_without_endpoints_has_no_zones_and_matches_its_own_ip_alone():
     rules = node_ruleset(config(endpoints=()), {"web": [t("10.0.1.10", A)]})
-    assert "chain endpoints" not in rules and "zone" not in rules and "iifname" not in rules.replace(
-        'iifname != "eth0" meta mark', "").replace('iifname "lo" accept', "")
-    assert "ip daddr 10.0.1.5 tcp dport 80" in rules
+    assert "zone" not in rules and "iifname map" not in rules and "iifname . ip daddr" not in rules
+    assert 'ip daddr 10.0.1.5 tcp dport 80 ct timeout set "tcp_350" meta mark set 0x1 dnat' in rules
     # and nothing on its hooks that only endpoints and relays need
-    assert "chain replies " not in rules and "chain dispatch_out" not in rules and "chain replies_out" not in rules
+    assert "chain endpoints" not in rules and "chain link_" not in rules and "chain replies " not in rules
+    assert "chain dispatch_out" not in rules and "chain replies_out" not in rules
 
 
 def test_proxy_protocol_with_client_ip_preserved_relays_from_the_clients_address():
