@@ -1,6 +1,8 @@
 """PrivateLink (reference §6): interface endpoints to an NLB, proven with real connections."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
@@ -81,3 +83,102 @@ def test_proxy_protocol_v2_through_the_endpoint_carries_the_consumer_the_eni_and
     assert header.vpc_endpoint_id == ep["id"]
     assert raw == proxy_header(header.source, (eni_ip, 80), vpc_endpoint_id=ep["id"])
     assert len(raw) == 100
+
+
+# Two consumer VPCs with the very same CIDR, each with an endpoint to the same service in the same
+# AZ (so both ENIs end in the same NLB node), the same ENI IP and a consumer at the same address.
+TWINS = """
+lab: {region: us-east-1, account: "222222222222"}
+vpcs:
+  provider-vpc: {CidrBlock: 10.11.0.0/24, Account: "111111111111"}
+  left-vpc: {CidrBlock: 10.20.0.0/24}
+  right-vpc: {CidrBlock: 10.20.0.0/24}
+subnets:
+  provider-1: {VpcId: provider-vpc, AvailabilityZone: a, CidrBlock: 10.11.0.0/26}
+  left-1: {VpcId: left-vpc, AvailabilityZone: a, CidrBlock: 10.20.0.0/26}
+  right-1: {VpcId: right-vpc, AvailabilityZone: a, CidrBlock: 10.20.0.0/26}
+security_groups:
+  web-sg:
+    VpcId: provider-vpc
+    SecurityGroupIngress: [{IpProtocol: tcp, FromPort: 80, ToPort: 80, CidrIp: 10.11.0.0/24}]
+instances:
+  web-1: {SubnetId: provider-1, SecurityGroupIds: [web-sg], TestPageMessage: Hello from the provider}
+  left: {SubnetId: left-1, PrivateIpAddress: 10.20.0.10}
+  right: {SubnetId: right-1, PrivateIpAddress: 10.20.0.10}
+load_balancers:
+  provider-nlb: {Type: network, Scheme: internal, Subnets: [provider-1]}
+target_groups:
+  web:
+    {Protocol: TCP, Port: 80, VpcId: provider-vpc, TargetType: instance, HealthCheckIntervalSeconds: 5,
+     HealthyThresholdCount: 2, Targets: [web-1]}
+listeners:
+  http: {LoadBalancerArn: provider-nlb, Protocol: TCP, Port: 80, DefaultActions: [{Type: forward, TargetGroupArn: web}]}
+vpc_endpoint_services:
+  provider-service:
+    {NetworkLoadBalancerArns: [provider-nlb], AcceptanceRequired: false, AllowedPrincipals: ["*"]}
+vpc_endpoints:
+  left-endpoint:
+    {VpcEndpointType: Interface, ServiceName: provider-service, VpcId: left-vpc, SubnetIds: [left-1],
+     SubnetConfigurations: [{SubnetId: left-1, Ipv4: 10.20.0.50}]}
+  right-endpoint:
+    {VpcEndpointType: Interface, ServiceName: provider-service, VpcId: right-vpc, SubnetIds: [right-1],
+     SubnetConfigurations: [{SubnetId: right-1, Ipv4: 10.20.0.50}]}
+"""
+
+# One HTTP/1.0 request from 10.20.0.10:40000 to the ENI: connect, wait for a line on stdin, then ask.
+CLIENT = ("import socket, sys\n"
+          "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+          "s.bind(('10.20.0.10', 40000)); s.settimeout(5); s.connect(('10.20.0.50', 80))\n"
+          "print('connected', flush=True); sys.stdin.readline()\n"
+          "s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'); body = b''\n"
+          "while chunk := s.recv(65536): body += chunk\n"
+          "print(body.decode(errors='replace'))\n")
+
+
+def test_consumers_with_identical_addresses_and_ports_behind_two_endpoints_stay_apart(up):
+    lab = up(TWINS, "pltwin")
+    wait_for(lambda: "Hello" in lab.curl("left", "http://10.20.0.50/"), 30, "the service through an endpoint")
+    # the left consumer's connection is open when the right one opens the very same tuple
+    left = subprocess.Popen([sys.executable, "-m", "vpclab", "exec", "--lab", lab.name, "left", "--",
+                             "python3", "-c", CLIENT], env=lab.env, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert left.stdout.readline().strip() == "connected"
+        right = lab.vpclab("exec", "--lab", lab.name, "right", "--", "python3", "-c", CLIENT, input="\n")
+        assert "Hello from the provider" in right.stdout
+        out, err = left.communicate("\n", timeout=30)
+    finally:
+        if left.poll() is None:
+            left.kill()
+            left.wait()
+    assert "Hello from the provider" in out, err
+    # each connection reached the target as its own, from its own port of the node's IP
+    clients = {line for line in (out + right.stdout).splitlines() if line.startswith("client: ")}
+    assert len(clients) == 2
+
+
+FORGOTTEN = ("import socket, sys\n"
+             "s = socket.create_connection(('10.20.0.50', 80), timeout=5)\n"
+             "print('connected', flush=True); sys.stdin.readline()\n"
+             "try:\n"
+             "    s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'); print('answer', s.recv(100))\n"
+             "except ConnectionResetError:\n"
+             "    print('reset')\n")
+
+
+def test_a_segment_of_a_connection_the_node_no_longer_knows_is_reset_through_the_endpoint(up):
+    # as after an idle timeout: the ENI's IP is not the node's, so the node resets what it forwards
+    lab = up(TWINS, "plrst")
+    wait_for(lambda: "Hello" in lab.curl("left", "http://10.20.0.50/"), 30, "the service through an endpoint")
+    client = subprocess.Popen([sys.executable, "-m", "vpclab", "exec", "--lab", lab.name, "left", "--",
+                               "python3", "-c", FORGOTTEN], env=lab.env, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert client.stdout.readline().strip() == "connected"
+        lab.sh("nlb:provider-nlb:us-east-1a", "conntrack -F")
+        out, err = client.communicate("\n", timeout=30)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    assert out.split()[-1:] == ["reset"], out + err

@@ -29,13 +29,16 @@ How AWS's behaviour maps onto the ruleset:
   the node's IP (PrivateLink never preserves the client IP).
 - Interface endpoints: each endpoint ENI is a veth from the consumer VPC's router
   straight into this namespace (no hop of its own). The consumer's and the
-  provider's CIDRs may be the same, so the ENI's IP is rewritten statelessly to
-  the node's side of the link (a private /30) before conntrack, which keeps every
-  endpoint's connections apart, and back after NAT on the way out, in netdev
-  chains hooked on that veth alone. Replies find
-  their way back to the consumer by connection mark (one per endpoint link,
-  routed by the plan's ip rules). Nothing is rewritten while the endpoint is not
-  `available`, so nothing passes.
+  provider's CIDRs may be the same, and two consumers may send identical tuples,
+  so every endpoint has a conntrack zone of its own, set by the endpoint link
+  before conntrack (`priority raw`) for the original direction only: consumers'
+  connections stay apart, while the targets' replies, whose tuples NAT made
+  unique, find their connection on `eth0` without any zone. Conntrack alone
+  translates (DNAT to the target, SNAT to the node's IP, and back): no header
+  byte is rewritten in nftables, which a user namespace may refuse (EPERM on
+  6.18). Replies find their way back to the consumer by connection mark (one per
+  endpoint link, routed by the plan's ip rules). Only the ENI's IP passes on its
+  link, and nothing at all while the endpoint is not `available`.
 - `proxy_protocol_v2.enabled`: TCP connections on that listener are redirected
   to a local relay (`pp2_relay`), which writes the header and connects back to
   the listener address; that connection is dispatched by the same rule in the
@@ -58,6 +61,7 @@ SNAT_MARK = 0x1  # new connections the node translates to its own IP
 TABLE = "nlb"
 # every chain the node's ip table may have, and its hook (`chains` picks a node's)
 HOOKS = {
+    "endpoints": "type filter hook prerouting priority raw; policy accept;",
     "replies": "type filter hook prerouting priority mangle; policy accept;",
     "dispatch": "type nat hook prerouting priority dstnat; policy accept;",
     "dispatch_out": "type nat hook output priority -100; policy accept;",
@@ -105,8 +109,9 @@ class EndpointLinkConfig:
     vpc_endpoint_id: str
     ifname: str  # the node's side of the ENI's veth
     eni_ip: str  # the ENI's IP in the consumer VPC
-    link_ip: str  # the node's own address on that veth, what the ENI's IP becomes here
+    link_ip: str  # the node's own address on that veth: where its PPv2 relays listen
     mark: int  # connection mark of its connections; the plan routes it back out `ifname`
+    zone: int  # conntrack zone of its connections' original direction (1..65535, unique in the node)
     available: bool = False
 
 
@@ -127,8 +132,12 @@ class NodeConfig:
         return cls(data["load_balancer"], data["availability_zone"], data["node_ip"], endpoints, listeners,
                    data.get("relay_mark", 0x2), zlib.crc32(data["load_balancer"].encode()) & 0xFFFFFFFF)
 
-    def addresses(self) -> tuple[str, ...]:
-        return (self.node_ip, *(e.link_ip for e in self.endpoints))
+    def destinations(self) -> str:
+        """Where a listener is reached: the node's IP on eth0, and each ENI's IP on its link."""
+        if not self.endpoints:
+            return f"ip daddr {self.node_ip}"
+        pairs = [f"\"eth0\" . {self.node_ip}", *(f"\"{e.ifname}\" . {e.eni_ip}" for e in self.endpoints)]
+        return f"iifname . ip daddr {{ {', '.join(pairs)} }}"  # a concatenation takes a set, even of one
 
 
 def routable_targets(targets: Iterable[TargetView], az: str, cross_zone: bool) -> list[TargetView]:
@@ -170,20 +179,19 @@ def _relays(config: NodeConfig) -> list[ListenerConfig]:
 
 def chains(config: NodeConfig) -> tuple[str, ...]:
     """The chains of the node's ip table: only those it needs, as every base chain costs every
-    packet that crosses its hook. `replies` marks endpoints' and transparent relays' replies;
+    packet that crosses its hook. `endpoints` zones and filters what comes in on endpoint links;
+    `replies` marks endpoints' and transparent relays' replies;
     the output chains serve relays and endpoints only."""
     relays = _relays(config)
     transparent = any(li.preserve_client_ip for li in relays)
-    needed = {"replies": bool(config.endpoints) or transparent, "dispatch_out": bool(relays),
-              "replies_out": bool(config.endpoints) or transparent}
+    needed = {"endpoints": bool(config.endpoints), "replies": bool(config.endpoints) or transparent,
+              "dispatch_out": bool(relays), "replies_out": bool(config.endpoints) or transparent}
     return tuple(c for c in CHAINS if needed.get(c, True))
 
 
-def _link_chains(e: EndpointLinkConfig) -> dict[str, str]:
-    """An endpoint link's own chains (netdev family, hooked on its veth alone): name -> hook."""
-    name = e.ifname.replace("-", "_")
-    return {f"in_{name}": f"type filter hook ingress device \"{e.ifname}\" priority filter; policy accept;",
-            f"out_{name}": f"type filter hook egress device \"{e.ifname}\" priority filter; policy accept;"}
+def _link_chain(e: EndpointLinkConfig) -> str:
+    """An endpoint link's own regular chain, jumped to from `endpoints` for its packets only."""
+    return "link_" + e.ifname.encode().hex()  # any interface name, as a plain nft identifier
 
 
 def _reset(config: NodeConfig) -> list[str]:
@@ -196,11 +204,8 @@ def _reset(config: NodeConfig) -> list[str]:
         out += [f"add chain ip {TABLE} {chain} {{ {HOOKS[chain]} }}", f"flush chain ip {TABLE} {chain}"]
         if chain not in needed:
             out.append(f"delete chain ip {TABLE} {chain}")
-    if config.endpoints:  # the links never change while a lab is up, only whether they carry traffic
-        out.append(f"add table netdev {TABLE}")
-        for e in config.endpoints:
-            for chain, hook in _link_chains(e).items():
-                out += [f"add chain netdev {TABLE} {chain} {{ {hook} }}", f"flush chain netdev {TABLE} {chain}"]
+    for e in config.endpoints:  # the links never change while a lab is up, only whether they carry traffic
+        out += [f"add chain ip {TABLE} {_link_chain(e)}", f"flush chain ip {TABLE} {_link_chain(e)}"]
     return out
 
 
@@ -210,7 +215,7 @@ def node_ruleset(config: NodeConfig, routable: Mapping[str, Sequence[TargetView]
     With `update`, the chains are reset first (`_reset`), in the same transaction, and the
     tables are declared again.
     """
-    here = _set(config.addresses())
+    here = config.destinations()
     listen = [(li, proto) for li in config.listeners for proto in li.protocols]
     timeouts = sorted({li.idle_timeout for li, proto in listen if proto == "tcp"})
     endpoints = config.endpoints
@@ -223,6 +228,18 @@ def node_ruleset(config: NodeConfig, routable: Mapping[str, Sequence[TargetView]
     if any(proto == "udp" for _, proto in listen):
         out += ["\tct timeout udp_idle {", "\t\tprotocol udp; l3proto ip;",
                 f"\t\tpolicy = {{ unreplied: {UDP_IDLE_TIMEOUT}, replied: {UDP_IDLE_TIMEOUT} }}", "\t}"]
+    if endpoints:
+        # Before conntrack, on an endpoint link only: its connections' original direction goes in
+        # the endpoint's own zone (the reply direction stays in the default zone, where NAT made
+        # it unique), and nothing but the ENI's IP passes, nothing at all unless it is available.
+        links = ", ".join(f"\"{e.ifname}\" : goto {_link_chain(e)}" for e in endpoints)
+        out += ["\tchain endpoints {", f"\t\t{HOOKS['endpoints']}", f"\t\tiifname vmap {{ {links} }}", "\t}"]
+        for e in endpoints:
+            out.append(f"\tchain {_link_chain(e)} {{")
+            if e.available:
+                out.append(f"\t\tip daddr {e.eni_ip} ct original zone set {e.zone} accept "
+                           f"comment \"{e.vpc_endpoint_id}\"")
+            out += ["\t\tdrop", "\t}"]
     if "replies" in present:
         # replies to endpoint clients and to transparent relays, routed by their connection mark
         out += ["\tchain replies {", f"\t\t{HOOKS['replies']}",
@@ -233,7 +250,7 @@ def node_ruleset(config: NodeConfig, routable: Mapping[str, Sequence[TargetView]
         marks = ", ".join(f"\"{e.ifname}\" : {e.mark:#x}" for e in endpoints)
         out.append(f"\t\tct mark set iifname map {{ {marks} }} comment \"replies go back to the endpoint\"")
     out += [
-            # neither a SYN nor a known connection: not dispatched, so the input chain resets it
+            # neither a SYN nor a known connection: not dispatched, so input or forward resets it
             "\t\ttcp flags & (fin | syn | rst | ack) != syn return",
             f"\t\tiifname != \"eth0\" meta mark set {SNAT_MARK:#x} comment \"PrivateLink: targets see the node\""]
     out_rules, relay_marks = [], []
@@ -241,11 +258,12 @@ def node_ruleset(config: NodeConfig, routable: Mapping[str, Sequence[TargetView]
         targets = routable.get(li.name, ())
         if not targets:
             continue
-        match = f"ip daddr {here} {proto} dport {li.port}"
+        match = f"{here} {proto} dport {li.port}"
         # the idle timeout of the connection conntrack has just created (it takes no template before it)
         timeout = f"ct timeout set \"{f'tcp_{li.idle_timeout}' if proto == 'tcp' else 'udp_idle'}\" "
         if li in relays and proto == "tcp":
-            # to the relay on the address the client reached: the node's IP, or an endpoint's link
+            # to the relay on the address of the interface the client came in on: the node's IP,
+            # or an endpoint's link address
             out.append(f"\t\t{match} {timeout}redirect to :{li.relay_port} comment \"PPv2 relay\"")
             # a relay's own connection to the listener: dispatched (from the node's IP, or
             # from the client's when it is preserved)
@@ -267,33 +285,22 @@ def node_ruleset(config: NodeConfig, routable: Mapping[str, Sequence[TargetView]
             f"\t\tmeta mark {SNAT_MARK:#x} snat ip to {config.node_ip}", "\t}"]
     out += ["\tchain forward {", f"\t\t{HOOKS['forward']}",
             "\t\tct state established,related accept",
-            "\t\tct state new ct status dnat accept", "\t}",
+            "\t\tct state new ct status dnat accept"]
+    tcp_ports = sorted({li.port for li, proto in listen if proto == "tcp"})
+    ports = _set([str(p) for p in tcp_ports]) if tcp_ports else ""
+    unknown = "tcp flags & (fin | syn | rst | ack) != syn reject with tcp reset comment \"no such connection\""
+    if endpoints and tcp_ports:  # an ENI's IP is not the node's: its segments are forwarded
+        eni = "{ " + ", ".join(f"\"{e.ifname}\" . {e.eni_ip}" for e in endpoints) + " }"
+        out.append(f"\t\tiifname . ip daddr {eni} tcp dport {ports} {unknown}")
+    out += ["\t}",
             "\tchain input {", f"\t\t{HOOKS['input']}",
             "\t\tct state established,related accept", "\t\tiifname \"lo\" accept"]
-    tcp_ports = sorted({li.port for li, proto in listen if proto == "tcp"})
     relay_ports = sorted({li.relay_port for li in relays})
     if relay_ports:
         out.append(f"\t\ttcp dport {_set([str(p) for p in relay_ports])} ct status dnat accept")
     if tcp_ports:
-        ports = _set([str(p) for p in tcp_ports])
-        out += [f"\t\tip daddr {here} tcp dport {ports} tcp flags & (fin | syn | rst | ack) != syn "
-                "reject with tcp reset comment \"no such connection\""]
+        out.append(f"\t\tip daddr {config.node_ip} tcp dport {ports} {unknown}")
     out += ["\t}", "}"]
-    if endpoints:
-        # Each endpoint link's own hooks, so that no other packet pays for them. Coming in,
-        # before conntrack: the ENI's IP becomes the link address, which keeps every endpoint's
-        # connections apart, and nothing else passes (nothing at all unless it is available).
-        # Going out, after NAT: the consumer sees its endpoint's IP again.
-        out.append(f"table netdev {TABLE} {{")
-        for e in endpoints:
-            (inside, ingress), (outside, egress) = _link_chains(e).items()
-            out += [f"\tchain {inside} {{", f"\t\t{ingress}"]
-            if e.available:
-                out.append(f"\t\tip daddr {e.eni_ip} ip daddr set {e.link_ip} comment \"{e.vpc_endpoint_id}\"")
-            out += [f"\t\tip daddr != {e.link_ip} drop", "\t}",
-                    f"\tchain {outside} {{", f"\t\t{egress}", f"\t\tip saddr {e.link_ip} ip saddr set {e.eni_ip}",
-                    "\t}"]
-        out.append("}")
     return "\n".join(out) + "\n"
 
 

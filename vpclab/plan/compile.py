@@ -150,8 +150,8 @@ class InterfaceLink:
     load_balancer: str
     node_ns: str
     ifname: str  # the node's side of the veth
-    node_ip: IPv4Address  # the node's own address on it, which the ENI's IP becomes in the node
-    index: int  # among the node's endpoint links: its connection mark and reply table
+    node_ip: IPv4Address  # the node's own address on it: where the endpoint's PPv2 relays listen
+    index: int  # among the node's endpoint links: its connection mark, reply table and conntrack zone
 
     @property
     def available(self) -> bool:
@@ -164,6 +164,10 @@ class InterfaceLink:
     @property
     def table(self) -> int:
         return ENDPOINT_TABLE + self.index
+
+    @property
+    def zone(self) -> int:  # 0 is the default zone, where the targets' replies are
+        return 1 + self.index
 
 
 def interface_links(lab: Lab) -> list[InterfaceLink]:
@@ -666,7 +670,8 @@ def nlb_node_config(lab: Lab, lb_name: str, az: str) -> dict:
             "relay_port": NLB_RELAY_PORT + i,
         })
     endpoints = [{"vpc_endpoint_id": link.endpoint.id, "ifname": link.ifname, "eni_ip": str(link.eni.ip),
-                  "link_ip": str(link.node_ip), "mark": link.mark, "available": link.available}
+                  "link_ip": str(link.node_ip), "mark": link.mark, "zone": link.zone,
+                  "available": link.available}
                  for link in interface_links(lab) if link.node_ns == nlb_ns(lb_name, az)]
     return {"load_balancer": lb_name, "availability_zone": az, "node_ip": str(node.private_ip),
             "endpoints": endpoints, "listeners": listeners, "relay_mark": RELAY_MARK}

@@ -332,6 +332,16 @@ def _nft_chain(ifname: str) -> str:
     return "endpoint_" + ifname.encode().hex()  # any interface name, as a plain nft identifier
 
 
+def kernel_ip_drop(ifname: str) -> str:
+    """The nft script of `NodeProcess._drop_kernel_ip_input` on endpoint veth `ifname`."""
+    chain = _nft_chain(ifname)
+    return (f"add table netdev {NFT_TABLE}\n"
+            f"add chain netdev {NFT_TABLE} {chain} "
+            f"{{ type filter hook ingress device \"{ifname}\" priority 0; policy accept; }}\n"
+            f"flush chain netdev {NFT_TABLE} {chain}\n"
+            f"add rule netdev {NFT_TABLE} {chain} meta protocol {{ ip, ip6 }} drop\n")
+
+
 def ethernet_prefixes(peer_mac: bytes, own_mac: bytes) -> tuple[bytes, bytes]:
     """What goes in front of an inner IPv4 / IPv6 packet sent to the router side."""
     return (_ZERO_VNET_HDR + peer_mac + own_mac + ETH_P_IP.to_bytes(2, "big"),
@@ -592,13 +602,7 @@ class NodeProcess:
         """Best effort: an nftables netdev ingress rule on an endpoint veth drops its IP
         frames once the node's AF_PACKET socket has its copy (taps run before ingress
         hooks), so the node's kernel never routes them, not even to refuse them."""
-        chain = _nft_chain(ifname)
-        script = (f"add table netdev {NFT_TABLE}\n"
-                  f"add chain netdev {NFT_TABLE} {chain} "
-                  f"{{ type filter hook ingress device \"{ifname}\" priority 0; policy accept; }}\n"
-                  f"flush chain netdev {NFT_TABLE} {chain}\n"
-                  f"add rule netdev {NFT_TABLE} {chain} meta protocol {{ ip, ip6 }} drop\n")
-        self._nft(script, f"nft ingress drop on {ifname}")
+        self._nft(kernel_ip_drop(ifname), f"nft ingress drop on {ifname}")
 
     def _undo_kernel_ip_input(self, ifname: str) -> None:
         self._nft(f"delete chain netdev {NFT_TABLE} {_nft_chain(ifname)}\n", None)
