@@ -41,9 +41,9 @@ def labs_root() -> Path:
 
 
 def lab_dir(name: str) -> Path:
-    """The lab's directory; LabError for a name that is not a lab name, or a directory
-    that is not under the state root (a symlink planted there)."""
-    problem = lab_name_problem(name)
+    """The lab's directory; LabError for a name that is not a lab name, a lab of another
+    user, or a directory that is not under the state root (a symlink planted there)."""
+    problem = lab_name_problem(name) or _owner_problem(name)
     if problem is not None:
         raise LabError(problem)
     root = labs_root()
@@ -79,7 +79,7 @@ def make_private_dir(path: Path) -> Path:
     return path
 
 
-def owner_problem(name: str) -> str | None:
+def _owner_problem(name: str) -> str | None:
     """Why this user may not act on lab `name`: its state belongs to another user."""
     me = os.geteuid()
     for path in (labs_root(), labs_root() / name):
