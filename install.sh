@@ -22,11 +22,14 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 PY=${PYTHON:-python3}
-if ! $PY -m pip install -q -e '.[test]' 2>/tmp/vpclab-pip.err; then
-  if grep -q externally-managed /tmp/vpclab-pip.err; then
+# pip's complaints go to a private temporary file (a fixed name in /tmp is a symlink attack on root).
+PIP_ERR=$(mktemp)
+trap 'rm -f "$PIP_ERR"' EXIT
+if ! $PY -m pip install -q -e '.[test]' 2>"$PIP_ERR"; then
+  if grep -q externally-managed "$PIP_ERR"; then
     $PY -m pip install -q --break-system-packages -e '.[test]'
   else
-    cat /tmp/vpclab-pip.err >&2
+    cat "$PIP_ERR" >&2
     exit 1
   fi
 fi

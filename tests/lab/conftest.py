@@ -104,6 +104,19 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def lab_daemons(under: Path) -> list[int]:
+    """The PIDs of every lab daemon whose log is under `under` (alive, or a zombie not yet reaped)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() == "vpclab-daemon" \
+                    and os.readlink(entry / "fd" / "1").startswith(str(under)):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
 def target_states(lab: RunningLab, group: str) -> dict[str, str]:
     """Each target's health state in a target group, by instance name (or ID)."""
     tg = next(g for g in lab.status()["target_groups"] if g["name"] == group)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, doctor_rows, lab_file_needs, skip_unless_doctor_finds
+from conftest import ROOT, doctor_rows, lab_daemons, lab_file_needs, skip_unless_doctor_finds
 
 pytestmark = pytest.mark.lab
 BASIC = ROOT / "examples" / "basic-vpc.yaml"
@@ -30,6 +30,9 @@ def test_failed_up_rolls_back_and_says_why(lab_env, vpclab_home):
     assert "rolled back" in result.stderr
     assert not (vpclab_home / "labs" / "broken").exists()
     assert _lab_processes(str(vpclab_home)) == []
+    kept = vpclab_home / "failed" / "broken.daemon.log"  # the rollback keeps what the daemon said
+    assert f"the last lines of {kept}:" in result.stderr
+    assert "FabricError: injected fault after links" in kept.read_text()
 
 
 def test_bad_lab_file_is_refused_before_anything_is_built(lab_env, vpclab_home, tmp_path):
@@ -52,15 +55,15 @@ def _system_python_has_deps() -> bool:
 
 @pytest.fixture
 def as_nobody():
-    """Run `python3 -m vpclab ARGS` as an unprivileged user: nobody with Debian's python3 when
-    the tests run as root, else the user running them. Skips only where doctor, run as that
-    user, reports a feature missing that the lab needs. Labs down after."""
+    """Run `python3 -m vpclab ARGS` as a user would: a HOME of their own and no VPCLAB_HOME.
+    The user is nobody with Debian's python3 when the tests run as root, else the user running
+    them. Skips only where doctor, run as that user, reports a feature missing that the lab
+    needs. Labs down after. `.home` is that HOME, `.uid` that user."""
     home = Path(tempfile.mkdtemp(prefix="vpclab-rootless-"))
-    os.chmod(home, 0o777)
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(home), "VPCLAB_HOME": str(home / "state"),
-           "PYTHONPATH": str(ROOT)}
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(home), "PYTHONPATH": str(ROOT)}
     if os.geteuid() == 0:
         assert _system_python_has_deps(), "install.sh installs python3-yaml and python3-dnslib for this test"
+        os.chown(home, 65534, 65534)
         command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
                    SYSTEM_PYTHON, "-m", "vpclab"]
     else:
@@ -77,6 +80,7 @@ def as_nobody():
     doctor = run("doctor", "--json", timeout=300)
     report = doctor_rows(doctor.stdout)
     run.uid = 65534 if os.geteuid() == 0 else os.getuid()
+    run.home = home
     yield run
     for name in labs:
         run("down", "--lab", name)
@@ -110,3 +114,17 @@ def test_a_gwlb_lab_runs_unprivileged_on_its_python_data_path(as_nobody):
         if page.startswith("web-1 "):
             break
     assert page.startswith("web-1 ")
+
+
+def test_a_user_without_vpclab_home_keeps_labs_in_their_own_state_directory(as_nobody):
+    up = as_nobody("up", str(BASIC), "--name", "mine", timeout=120)
+    assert up.returncode == 0, up.stderr
+    state = as_nobody.home / ".local" / "state" / "vpclab" / "labs" / "mine"
+    assert os.stat(state / "state.sqlite").st_uid == as_nobody.uid  # not root's /var/lib/vpclab
+    page = as_nobody("exec", "--lab", "mine", "client", "--", "curl", "-s", "--max-time", "3",
+                     "http://203.0.113.11/")
+    assert page.stdout.startswith("web-1 "), page.stderr
+    down = as_nobody("down", "--lab", "mine")
+    assert down.returncode == 0, down.stderr
+    assert not state.exists()
+    assert lab_daemons(as_nobody.home) == []

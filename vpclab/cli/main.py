@@ -105,24 +105,33 @@ def cmd_up(args) -> int:
     started = time.monotonic()
     model = load_lab(args.file, args.name)  # refuse a bad file before anything is built
     lab = Lab(model.name)
-    if lab.daemon_pid() is not None:
-        raise LabError(f"lab {lab.name} is already up (`vpclab down --lab {lab.name}` first)")
-    from vpclab.doctor.probes import refuse_if_lacking
-    refuse_if_lacking(model)  # before anything of the lab exists: never a rollback for a missing feature
-    restoring = lab.exists()
-    if restoring:
-        _say(f"lab {lab.name}: its daemon is gone; bringing it back from its state store")
-    else:
-        lab.create(model.name, str(Path(args.file).resolve()), Path(args.file).read_text())
-    _say(f"lab {lab.name}: starting the sandbox")
-    try:
-        status = lab.start(lambda m: _say(f"lab {lab.name}: {m}"), model)
-    except BaseException:
-        lab.stop()
+    with lab.locked():
+        if lab.daemon_pid() is not None:
+            raise LabError(f"lab {lab.name} is already up (`vpclab down --lab {lab.name}` first)")
+        restoring = lab.exists()
+        text = Path(args.file).read_text()
+        if restoring:
+            model = lab.saved_lab(text)  # what comes back, live changes and all
+            _say(f"lab {lab.name}: its daemon is gone; bringing it back from its state store")
+        from vpclab.doctor.probes import refuse_if_lacking
+        refuse_if_lacking(model)  # before anything of the lab exists: never a rollback for a missing feature
         if not restoring:
-            lab.remove()
-        _say(f"lab {lab.name}: bring-up failed; rolled back")
-        raise
+            lab.create(model.name, str(Path(args.file).resolve()), text)
+        _say(f"lab {lab.name}: starting the sandbox")
+        try:
+            status = lab.start(lambda m: _say(f"lab {lab.name}: {m}"), model)
+        except BaseException as exc:
+            lab.stop()
+            log = lab.dir / "daemon.log"
+            if not restoring:
+                log = lab.keep_failed_log() or log
+                lab.remove()
+            _say(f"lab {lab.name}: bring-up failed; rolled back")
+            if isinstance(exc, Exception):
+                _say_tail(lab.name, log)
+            if isinstance(exc, LabError) and exc.code == "daemon-exited":
+                raise LabError(f"{exc}; see {log}") from None
+            raise
     _say(f"lab {lab.name}: up in {time.monotonic() - started:.2f}s")
     print(render_status(status))
     return 0
@@ -141,12 +150,23 @@ def cmd_doctor(args) -> int:
     return 1 if lacking else 0
 
 
+def _say_tail(name: str, log: Path, lines: int = 10) -> None:
+    """The last lines of a failed bring-up's daemon log: what went wrong, without opening it."""
+    try:
+        tail = log.read_text(errors="replace").rstrip().splitlines()[-lines:]
+    except OSError:
+        return
+    if tail:
+        _say(f"lab {name}: the last lines of {log}:\n" + "\n".join(f"  {line}" for line in tail))
+
+
 def cmd_down(args) -> int:
     lab = _pick_lab(args.lab)
-    if not lab.exists():
-        raise LabError(f"no lab named {lab.name}")
-    lab.stop()
-    lab.remove()
+    with lab.locked():
+        if not lab.exists():
+            raise LabError(f"no lab named {lab.name}")
+        lab.stop()
+        lab.remove()
     _say(f"lab {lab.name}: down")
     return 0
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from vpclab import unixpath
+from vpclab.daemon.changes import Draining, deregistration_delay
 from vpclab.engines import nlb as nlb_engine
 from vpclab.engines.gwlb.fastpath import FastPathFds
 from vpclab.engines.health import HealthChecker
@@ -109,6 +110,18 @@ class Balancers:
             for target in group.targets:
                 self.checker.register(group_name, target.id, str(target.ip), target.port)
         return asyncio.ensure_future(self.checker.run())
+
+    def resume_draining(self, draining: list[Draining], now: float) -> None:
+        """After a restore, the targets that were draining at the crash drain for what was left
+        of their delay, instead of vanishing."""
+        for d in draining:
+            remaining = d.ends_at - now
+            if remaining <= 0 or self.checker is None or d.target_group not in self._checked_groups():
+                continue
+            self._address_of[(d.target_group, d.target_id)] = (d.ip, d.port)
+            self.checker.register(d.target_group, d.target_id, d.ip, d.port)
+            self.checker.deregister(d.target_group, d.target_id, remaining)
+            log.info("target %s in %s: draining again for the %.1fs left", d.target_id, d.target_group, remaining)
 
     def _connector(self, ns: str):
         async def connect(host: str, port: int):
@@ -269,7 +282,7 @@ class Balancers:
             before, after = old.target_groups[group_name], new.target_groups[group_name]
             was = {t.id: t for t in before.targets}
             now = {t.id: t for t in after.targets}
-            delay = float(after.attributes.get("deregistration_delay.timeout_seconds", 300))
+            delay = deregistration_delay(after)
             for target_id in was.keys() - now.keys():
                 self.checker.deregister(group_name, target_id, delay)
                 self._to_nodes_of(group_name, {"op": "deregister", "target": target_id})

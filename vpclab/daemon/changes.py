@@ -5,7 +5,8 @@ later capabilities (targets, attributes, endpoint acceptance).
 """
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Iterable
 
 from vpclab.model import changes as model_changes
 from vpclab.model.resources import Lab
@@ -42,3 +43,36 @@ def apply_change(lab: Lab, kind: str, params: dict) -> Lab:
     except KeyError:
         raise ValueError(f"unknown change {kind!r}") from None
     return change(lab, params)
+
+
+def deregistration_delay(group) -> float:
+    """How long a deregistered target of `group` drains (deregistration_delay.timeout_seconds)."""
+    return float(group.attributes.get("deregistration_delay.timeout_seconds", 300))
+
+
+@dataclass(frozen=True)
+class Draining:
+    """A deregistered target still draining: it leaves its group at `ends_at` (epoch seconds)."""
+
+    target_group: str
+    target_id: str
+    ip: str
+    port: int
+    ends_at: float
+
+
+def replay(lab: Lab, changes: Iterable[tuple[int, float, str, dict]]) -> tuple[Lab, list[Draining]]:
+    """The lab after its stored changes (seq, when, kind, params), and the targets their
+    deregistrations left draining: a restored lab finishes those drains, as the lost daemon would have."""
+    draining: dict[tuple[str, str], Draining] = {}
+    for _seq, at, kind, params in changes:
+        new = apply_change(lab, kind, params)
+        for name, group in new.target_groups.items():
+            now = {t.id for t in group.targets}
+            for t in lab.target_groups[name].targets if name in lab.target_groups else ():
+                if t.id not in now:
+                    draining[(name, t.id)] = Draining(name, t.id, str(t.ip), t.port, at + deregistration_delay(group))
+            for target_id in now:
+                draining.pop((name, target_id), None)  # registered again: its drain was cancelled
+        lab = new
+    return lab, list(draining.values())

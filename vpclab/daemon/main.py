@@ -23,7 +23,7 @@ from typing import Sequence
 from vpclab import unixpath
 from vpclab.daemon import sandbox
 from vpclab.daemon.balancers import Balancers
-from vpclab.daemon.changes import apply_change
+from vpclab.daemon.changes import Draining, apply_change, replay
 from vpclab.daemon.paths import API_SOCKET, NAMESPACES_FILE
 from vpclab.daemon.status import lab_status
 from vpclab.daemon.store import Store
@@ -78,15 +78,14 @@ class Daemon:
         self.tasks: list[asyncio.Task] = []
         self.stopping: asyncio.Event | None = None
         self.bring_up_seconds = 0.0
+        self.draining: list[Draining] = []  # restored: targets still draining at the crash
 
     # --- bring-up -----------------------------------------------------------
 
     def load(self) -> Lab:
         name, source, text = self.store.lab()
-        lab = load_lab_text(text, source, name)
         changes = self.store.changes()
-        for _seq, kind, params in changes:
-            lab = apply_change(lab, kind, params)
+        lab, self.draining = replay(load_lab_text(text, source, name), changes)
         if changes:
             self.progress.send("progress", message=f"replayed {len(changes)} live change(s) from the state store")
         return lab
@@ -111,8 +110,8 @@ class Daemon:
                                           str(node.control.with_suffix(".json"))], f"{node.ns}.log",
                                 pass_fds=node.fast_path.all() if node.fast_path else ())
         for svc in self.wiring.services:
-            if svc.kind == "command":
-                self._start_process(svc.ns, ["sh", "-c", svc.param("command")], f"{svc.ns}.log")
+            if svc.kind == "command":  # the user's own: EC2's umask, not the daemon's
+                self._start_process(svc.ns, ["sh", "-c", svc.param("command")], f"{svc.ns}.log", umask=0o022)
             elif svc.kind == "appliance":
                 self._start_appliance(svc)
             elif svc.kind in ("gwlb_node", "nlb_node"):
@@ -140,6 +139,7 @@ class Daemon:
             await self.balancers.wait_ready()
         if nodes or nlb_nodes:
             self.tasks.append(self.balancers.start_health_checks(self.lab))
+            self.balancers.resume_draining(self.draining, time.time())
         self.progress.send("progress", message=f"started {count} services")
 
     def _listen(self, ns: str, address: str, kind: int) -> socket.socket:
@@ -179,14 +179,14 @@ class Daemon:
         self.tasks.append(asyncio.ensure_future(dns_engine.serve_dns(resolver, udp, tcp)))
 
     def _start_process(self, ns_name: str, command: list[str], log_name: str,
-                       pass_fds: Sequence[int] = ()) -> int:
+                       pass_fds: Sequence[int] = (), umask: int = -1) -> int:
         """Run a command inside a namespace (and its mounts and hostname), logging to logs/."""
         logdir = self.statedir / "logs"
         logdir.mkdir(exist_ok=True)
         argv = ["nsenter", *self.fabric.nsenter_args(ns_name), "--", *command]
         with open(logdir / log_name, "ab") as out:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd="/",
-                                    pass_fds=pass_fds)
+                                    pass_fds=pass_fds, umask=umask)
         self.commands[proc.pid] = (ns_name, " ".join(command))
         log.info("started in %s (pid %d): %s", ns_name, proc.pid, " ".join(command))
         return proc.pid

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterable
 
+from vpclab.daemon import paths
 from vpclab.fabric import nsutil
 
 CLONE_NEWIPC = 0x08000000
@@ -95,8 +96,9 @@ def _become_daemon(log_path: Path, keep: set[int], run: Callable[[], int]) -> No
     code = 1
     try:
         nsutil.mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        os.umask(0o077)  # what the daemon writes in the lab's directory is the owner's alone
         null = os.open(os.devnull, os.O_RDONLY)
-        log = os.open(str(log_path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        log = os.open(str(log_path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.dup2(null, 0)
         os.dup2(log, 1)
         os.dup2(log, 2)
@@ -109,7 +111,7 @@ def _become_daemon(log_path: Path, keep: set[int], run: Callable[[], int]) -> No
                     pass
         os.chdir("/")
         with open("/proc/self/comm", "w") as comm:
-            comm.write("vpclab-daemon")
+            comm.write(paths.DAEMON_COMM)
         code = run()
     finally:
         os._exit(code)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -14,6 +15,8 @@ CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, at RE
 
 class Store:
     def __init__(self, path: Path) -> None:
+        # The owner's alone (SQLite gives its journal the database file's mode).
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
         self.db = sqlite3.connect(str(path), isolation_level=None)
         self.db.executescript(SCHEMA)
 
@@ -32,9 +35,10 @@ class Store:
                               (time.time(), kind, json.dumps(params, sort_keys=True)))
         return int(cur.lastrowid)
 
-    def changes(self) -> list[tuple[int, str, dict]]:
-        rows = self.db.execute("SELECT seq, kind, params FROM changes ORDER BY seq").fetchall()
-        return [(seq, kind, json.loads(params)) for seq, kind, params in rows]
+    def changes(self) -> list[tuple[int, float, str, dict]]:
+        """Every change as (seq, when (epoch seconds), kind, params), in order."""
+        rows = self.db.execute("SELECT seq, at, kind, params FROM changes ORDER BY seq").fetchall()
+        return [(seq, at, kind, json.loads(params)) for seq, at, kind, params in rows]
 
     def close(self) -> None:
         self.db.close()

@@ -116,8 +116,9 @@ class Fabric:
         if ns.own_mounts:
             etc = self.statedir / "etc" / ns.name
             etc.mkdir(parents=True, exist_ok=True)
-            (etc / "resolv.conf").write_text(ns.resolv_conf or "")
-            (etc / "hosts").write_text(ns.etc_hosts or "")
+            for name, text in (("resolv.conf", ns.resolv_conf), ("hosts", ns.etc_hosts)):
+                (etc / name).write_text(text or "")
+                (etc / name).chmod(0o644)  # as on EC2; the lab's 0700 directory keeps them private
         fds: dict[str, int] = {}
         try:
             nsutil.unshare(flags)

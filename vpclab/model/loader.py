@@ -43,6 +43,7 @@ from .elb import (
     resolve_target_group_attributes,
 )
 from .errors import LabFileError
+from .labname import lab_name_problem
 from .health_check import HealthCheckConfig
 from .ids import aws_hex, aws_id, elb_arn, hosted_zone_id, hostname_domain, hostname_for
 from .resources import (
@@ -75,7 +76,6 @@ from .resources import (
     txt_strings,
 )
 
-LAB_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")
 RESOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
 DNS_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*")
@@ -2240,10 +2240,7 @@ def _lab_name(given: str | None, lab: Mapping[str, Any], source: str) -> str:
         candidate, origin = lab["name"], "from lab.name"
     else:
         candidate, origin = Path(source).stem, "from the file name; set lab.name to choose another"
-    if not LAB_NAME.fullmatch(candidate):
-        raise _Invalid(
-            "lab.name",
-            f"lab name '{candidate}' ({origin}) must be 1-31 lowercase letters, digits or '-', "
-            "starting with a letter or digit",
-        )
+    problem = lab_name_problem(candidate, origin)
+    if problem is not None:
+        raise _Invalid("lab.name", problem)
     return candidate
