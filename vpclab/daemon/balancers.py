@@ -250,14 +250,7 @@ class Balancers:
 
     @staticmethod
     async def request(node: Node, message: dict) -> dict:
-        with unixpath.usable(node.control) as path:
-            reader, writer = await asyncio.open_unix_connection(path)
-        try:
-            writer.write((json.dumps(message) + "\n").encode())
-            await writer.drain()
-            return json.loads(await asyncio.wait_for(reader.readline(), 5))
-        finally:
-            writer.close()
+        return await ask_engine(node.control, message)
 
     # --- live changes -------------------------------------------------------------
 
@@ -306,6 +299,18 @@ class Balancers:
             except (OSError, asyncio.TimeoutError) as exc:
                 out[node.ns] = {"error": str(exc)}
         return out
+
+
+async def ask_engine(control: Path, message: dict, timeout: float = 5) -> dict:
+    """One request to an engine's control socket (engines.control) and its answer."""
+    with unixpath.usable(control) as path:
+        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), timeout)
+    try:
+        writer.write((json.dumps(message) + "\n").encode())
+        await writer.drain()
+        return json.loads(await asyncio.wait_for(reader.readline(), timeout))
+    finally:
+        writer.close()
 
 
 def _node_config(lab: Lab, lb: str, az: str) -> nlb_engine.NodeConfig:

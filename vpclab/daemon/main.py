@@ -22,7 +22,7 @@ from typing import Sequence
 
 from vpclab import unixpath
 from vpclab.daemon import sandbox
-from vpclab.daemon.balancers import Balancers
+from vpclab.daemon.balancers import Balancers, ask_engine
 from vpclab.daemon.changes import apply_change
 from vpclab.daemon.paths import API_SOCKET, NAMESPACES_FILE
 from vpclab.daemon.status import lab_status
@@ -211,13 +211,13 @@ class Daemon:
         for svc in wanted - self.relays.keys():
             self._start_relay(svc)
 
-    def _appliance_stats(self, name: str) -> Path:
-        return self.statedir / "appliances" / f"{name}.json"
+    def _appliance_control(self, name: str) -> Path:
+        return self.statedir / "appliances" / f"{name}.sock"
 
     def _start_appliance(self, svc: Service) -> None:
         directory = self.statedir / "appliances"
         directory.mkdir(exist_ok=True)
-        argv = [sys.executable, "-m", "vpclab.engines.appliance", "--stats", str(self._appliance_stats(svc.ns)),
+        argv = [sys.executable, "-m", "vpclab.engines.appliance", "--control", str(self._appliance_control(svc.ns)),
                 "--health-port", str(svc.param("health_port", 80))]
         if svc.param("config"):
             rules = directory / f"{svc.ns}-rules.json"
@@ -295,17 +295,23 @@ class Daemon:
         raise ValueError(f"unknown request {op!r}")
 
     async def status(self) -> dict:
-        appliances = {}
-        for svc in self.wiring.services:
-            if svc.kind == "appliance":
-                try:  # written by the appliance every second; absent until its first write
-                    appliances[svc.ns] = json.loads(self._appliance_stats(svc.ns).read_text())
-                except (OSError, ValueError):
-                    pass
-        status = lab_status(self.lab, self.balancers.target_health, await self.balancers.snapshots(), appliances)
+        names = [svc.ns for svc in self.wiring.services if svc.kind == "appliance"]
+        # Asked now, alongside the GWLB nodes, so both count the same packets.
+        answers = await asyncio.gather(self.balancers.snapshots(),
+                                       *(self._appliance_snapshot(n) for n in names))
+        appliances = {n: a for n, a in zip(names, answers[1:]) if a is not None}
+        status = lab_status(self.lab, self.balancers.target_health, answers[0], appliances)
         status["dns"] = {ns: r.counters.snapshot() for ns, r in self.resolvers.items()}
         status["daemon"] = {"fabric_seconds": round(self.bring_up_seconds, 4)}
         return status
+
+    async def _appliance_snapshot(self, name: str) -> dict | None:
+        """The appliance's counters now; None while it is not answering (not started, or stopped)."""
+        try:
+            reply = await ask_engine(self._appliance_control(name), {"op": "snapshot"})
+        except (OSError, ValueError, asyncio.TimeoutError):
+            return None
+        return reply.get("snapshot")
 
     def change(self, kind: str, params: dict) -> dict:
         new_lab = apply_change(self.lab, kind, params)  # validates before anything is touched
