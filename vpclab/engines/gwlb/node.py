@@ -212,13 +212,14 @@ class NodeSpec:
     targets: tuple[TargetSpec, ...] = ()
     uplink: str = "eth0"
     fast_path: fastpath.FastPathFds | None = None
+    hash_seed: int = 0  # the load balancer's: its nodes, and a node restarted, pick alike
 
     @classmethod
     def from_dict(cls, data: Any) -> NodeSpec:
         if not isinstance(data, Mapping):
             raise ValueError("config: expected a JSON object")
         _no_unknown("config", data, {"availability_zone", "attributes", "node_ip", "endpoints",
-                                     "targets", "control_socket", "uplink", "fast_path"})
+                                     "targets", "control_socket", "uplink", "fast_path", "hash_seed"})
         az = data.get("availability_zone", "")
         if not isinstance(az, str):
             raise ValueError(f"config.availability_zone: expected a string, got {az!r}")
@@ -239,6 +240,9 @@ class NodeSpec:
             duplicates = sorted({i for i in items if items.count(i) > 1})
             if duplicates:
                 raise ValueError(f"config.{name}: duplicate id(s) {', '.join(duplicates)}")
+        hash_seed = data.get("hash_seed", 0)
+        if type(hash_seed) is not int or not 0 <= hash_seed < 1 << 63:
+            raise ValueError(f"config.hash_seed: expected a non-negative integer, got {hash_seed!r}")
         fast_path = None
         if data.get("fast_path") is not None:
             try:
@@ -247,7 +251,7 @@ class NodeSpec:
                 raise ValueError(f"config.fast_path: expected the fds of a loaded instance ({error})") from None
         spec = cls(availability_zone=az, node_ip=_ipv4("config.node_ip", data.get("node_ip")),
                    control_socket=control, attributes=dict(attributes), endpoints=endpoints,
-                   targets=targets, uplink=uplink, fast_path=fast_path)
+                   targets=targets, uplink=uplink, fast_path=fast_path, hash_seed=hash_seed)
         try:
             spec.gwlb_config()
         except (ValueError, TypeError) as error:
@@ -256,7 +260,7 @@ class NodeSpec:
 
     def gwlb_config(self, attributes: Mapping[str, Any] | None = None) -> GwlbConfig:
         return GwlbConfig.from_attributes(self.attributes if attributes is None else attributes,
-                                          availability_zone=self.availability_zone)
+                                          availability_zone=self.availability_zone, hash_seed=self.hash_seed)
 
 
 def _no_unknown(where: str, data: Mapping, known: set[str]) -> None:
@@ -505,7 +509,7 @@ class NodeProcess:
         self.spec = spec
         self.clock = clock
         self.attributes = dict(spec.attributes)
-        self.node = GwlbNode(spec.gwlb_config())
+        self.node = GwlbNode(spec.gwlb_config(), first_cookie=int.from_bytes(os.urandom(4), "big"))
         now = clock()
         for target in spec.targets:
             self.node.register(target.id, target.ip, target.az, now)
