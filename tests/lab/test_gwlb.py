@@ -377,3 +377,70 @@ def test_send_tcp_reset_resets_an_idle_connection_at_both_ends_and_answers_a_str
     assert result.stdout.strip() == "reset"
     assert ":9000" not in lab.sh("web-1", "ss -Htn state established").stdout  # the server's end too
     assert node_counters(lab)["tcp_resets_sent"] == 3
+
+
+PINGER = """
+import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", {sport}))
+s.settimeout(0.1)
+answered = []
+for i in range({count}):
+    s.sendto(b"ping %d" % i, ("{dst}", 7))
+    try:
+        while s.recv(100) != b"ping %d" % i:
+            pass
+        answered.append(i)
+    except socket.timeout:
+        pass
+    time.sleep(0.05)
+print(" ".join(map(str, answered)))
+"""
+
+
+def engines(lab, kind: str) -> list[dict]:
+    return [e for e in lab.status()["engines"] if e["kind"] == kind]
+
+
+def restarted_once(lab, kind: str, old_pids: set[int]) -> list[dict] | None:
+    """The engines of `kind`, once each has been restarted once and runs under a new PID."""
+    found = engines(lab, kind)
+    if all(e["restarts"] == 1 and e["state"] == "running" and e["pid"] and e["pid"] not in old_pids
+           for e in found):
+        return found
+    return None
+
+
+def test_killed_gwlb_nodes_come_back_and_a_flow_keeps_its_appliance(gwlb):
+    """SIGKILL both nodes under traffic: the daemon restarts them at once, counts it, and
+    the flow in flight goes on through the appliance it had (rendezvous hashing)."""
+    dst = gwlb.instance("web-1")["public_ip"]
+    assert udp_exchange(gwlb, sport=40030, count=3) == 3
+    before = appliances(gwlb)
+    nodes = engines(gwlb, "gwlb_node")
+    assert len(nodes) == 2 and all(n["restarts"] == 0 and n["pid"] for n in nodes)
+    pinger = subprocess.Popen(
+        [sys.executable, "-m", "vpclab", "exec", "--lab", gwlb.name, "client", "--", "python3", "-c",
+         PINGER.format(sport=40030, count=120, dst=dst)], env=gwlb.env, stdout=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: appliances(gwlb) != before, 20, "the pinger's traffic through an appliance")
+        for node in nodes:
+            gwlb.sh(node["namespace"], f"kill -9 {node['pid']}")
+        restarted = wait_for(lambda: restarted_once(gwlb, "gwlb_node", {n["pid"] for n in nodes}), 30,
+                             "both nodes restarted")
+        assert all(n["last_exit"] == "killed by SIGKILL" for n in restarted)
+        answered = [int(i) for i in pinger.communicate(timeout=120)[0].split()]
+    finally:
+        pinger.kill()
+    assert answered and answered[-1] >= 110, answered  # traffic came back, well before the end
+    used = {n: a["packets_in"] - before[n]["packets_in"] for n, a in appliances(gwlb).items()}
+    assert sorted(used.values())[0] == 0, used  # one appliance carried the flow, before and after
+    assert page_through(gwlb).startswith("web-1 ")  # and TCP through both nodes again
+    if fastpath.unavailable_reason() is None:  # a restarted node attaches its fast path again
+        for lb in gwlb.status()["load_balancers"]:
+            for node in lb["nodes"]:
+                assert "off" not in node["counters"]["io"]["fast_path"], node["counters"]["io"]
+
+
+def page_through(lab) -> str:
+    return wait_for(lambda: lab.curl("client", web_url(lab)), 30, "a page through the GWLB")

@@ -8,6 +8,7 @@ the lab and every namespace goes with them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from vpclab.daemon.changes import apply_change
 from vpclab.daemon.paths import API_SOCKET, NAMESPACES_FILE
 from vpclab.daemon.status import lab_status
 from vpclab.daemon.store import Store
+from vpclab.daemon.supervisor import Supervisor
 from vpclab.engines import dns as dns_engine
 from vpclab.engines import services as services_engine
 from vpclab.engines.gwlb.fastpath import FastPathFds
@@ -73,8 +75,10 @@ class Daemon:
         self.wiring: Wiring | None = None
         self.resolvers: dict[str, dns_engine.Resolver] = {}
         self.commands: dict[int, tuple[str, str]] = {}  # pid -> (namespace, command)
+        self.processes: dict[int, subprocess.Popen] = {}
         self.balancers = Balancers(statedir, self.fabric.inside, self.fabric.run_in, on_routing_change=self.refresh_dns)
-        self.relays: dict[Service, int] = {}  # Proxy Protocol v2 relays -> pid
+        self.relays: dict[Service, str] = {}  # Proxy Protocol v2 relays -> their engine's name
+        self.supervisor = Supervisor()  # every engine on AWS's side, restarted when it dies
         self.tasks: list[asyncio.Task] = []
         self.stopping: asyncio.Event | None = None
         self.bring_up_seconds = 0.0
@@ -107,9 +111,7 @@ class Daemon:
         count = 0
         nodes = [svc for svc in self.wiring.services if svc.kind == "gwlb_node"]
         for node in self.balancers.node_configs(nodes, self.fast_paths):
-            self._start_process(node.ns, [sys.executable, "-m", "vpclab.engines.gwlb.node",
-                                          str(node.control.with_suffix(".json"))], f"{node.ns}.log",
-                                pass_fds=node.fast_path.all() if node.fast_path else ())
+            self.supervisor.add(node.ns, "gwlb_node", node.ns, functools.partial(self._start_gwlb_node, node))
         for svc in self.wiring.services:
             if svc.kind == "command":
                 self._start_process(svc.ns, ["sh", "-c", svc.param("command")], f"{svc.ns}.log")
@@ -141,6 +143,16 @@ class Daemon:
         if nodes or nlb_nodes:
             self.tasks.append(self.balancers.start_health_checks(self.lab))
         self.progress.send("progress", message=f"started {count} services")
+
+    def _start_gwlb_node(self, node) -> int:
+        engine = self.supervisor.engines.get(node.ns)
+        if engine is not None and engine.restarts:  # a restart: the lab as it is now
+            svc = next(s for s in self.wiring.services if s.kind == "gwlb_node" and s.ns == node.ns)
+            self.balancers.write_node_config(node, svc)
+            self.tasks.append(asyncio.ensure_future(self.balancers.resync(node)))
+        return self._start_process(node.ns, [sys.executable, "-m", "vpclab.engines.gwlb.node",
+                                             str(node.control.with_suffix(".json"))], f"{node.ns}.log",
+                                   pass_fds=node.fast_path.all() if node.fast_path else ())
 
     def _listen(self, ns: str, address: str, kind: int) -> socket.socket:
         host, port = address.rsplit(":", 1)
@@ -174,9 +186,12 @@ class Daemon:
     def _start_dns(self, svc: Service) -> None:
         resolver = dns_engine.Resolver(self._zones(svc))
         self.resolvers[svc.ns] = resolver
-        udp = [self._listen(svc.ns, a, socket.SOCK_DGRAM) for a in svc.addresses]
-        tcp = [self._listen(svc.ns, a, socket.SOCK_STREAM) for a in svc.addresses]
-        self.tasks.append(asyncio.ensure_future(dns_engine.serve_dns(resolver, udp, tcp)))
+
+        def serve():
+            udp = [self._listen(svc.ns, a, socket.SOCK_DGRAM) for a in svc.addresses]
+            tcp = [self._listen(svc.ns, a, socket.SOCK_STREAM) for a in svc.addresses]
+            return dns_engine.serve_dns(resolver, udp, tcp)
+        self.tasks.append(self.supervisor.run_task(f"{svc.ns}/resolver", "dns", svc.ns, serve))
 
     def _start_process(self, ns_name: str, command: list[str], log_name: str,
                        pass_fds: Sequence[int] = ()) -> int:
@@ -188,6 +203,9 @@ class Daemon:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd="/",
                                     pass_fds=pass_fds)
         self.commands[proc.pid] = (ns_name, " ".join(command))
+        # Held until reaped: a Popen dropped while running joins subprocess's list of
+        # children that any later Popen reaps, and the supervisor would never see the exit.
+        self.processes[proc.pid] = proc
         log.info("started in %s (pid %d): %s", ns_name, proc.pid, " ".join(command))
         return proc.pid
 
@@ -198,15 +216,17 @@ class Daemon:
             argv += ["--vpc-endpoint-id", svc.param("vpc_endpoint_id"), "--dst-ip", svc.param("dst_ip")]
         if svc.param("transparent"):
             argv.append("--transparent")
-        self.relays[svc] = self._start_process(svc.ns, argv, f"{svc.ns}.log")
+        name = f"{svc.ns}/{svc.addresses[0]}"
+        self.supervisor.add(name, "pp2_relay", svc.ns, lambda: self._start_process(svc.ns, argv, f"{svc.ns}.log"))
+        self.relays[svc] = name
 
     def _restart_relays(self, wiring: Wiring) -> None:
         """A live change can switch proxy_protocol_v2 on or off: start and stop relays to match."""
         wanted = {svc for svc in wiring.services if svc.kind == "pp2_relay"}
         for svc in list(self.relays):
             if svc not in wanted:
-                pid = self.relays.pop(svc)
-                if pid in self.commands:  # ours and still running
+                pid = self.supervisor.remove(self.relays.pop(svc))
+                if pid is not None and pid in self.commands:  # ours and still running
                     os.kill(pid, signal.SIGTERM)
         for svc in wanted - self.relays.keys():
             self._start_relay(svc)
@@ -237,6 +257,9 @@ class Daemon:
             if pid == 0:
                 return
             started = self.commands.pop(pid, None)
+            self.processes.pop(pid, None)
+            if self.supervisor.exited(pid, status):
+                continue  # logged, and started again, by the supervisor
             if started is not None:
                 log.info("command in %s exited with status %d: %s", started[0],
                          os.waitstatus_to_exitcode(status), started[1])
@@ -256,6 +279,7 @@ class Daemon:
         self.progress.send("ready", status=lab_status(self.lab))
         self.progress.close()
         await self.stopping.wait()
+        self.supervisor.closing = True
         server.close()
         for task in self.tasks:
             task.cancel()
@@ -303,6 +327,7 @@ class Daemon:
         status = lab_status(self.lab, self.balancers.target_health, answers[0], appliances)
         status["dns"] = {ns: r.counters.snapshot() for ns, r in self.resolvers.items()}
         status["daemon"] = {"fabric_seconds": round(self.bring_up_seconds, 4)}
+        status["engines"] = self.supervisor.snapshot()
         return status
 
     async def _appliance_snapshot(self, name: str) -> dict | None:
