@@ -45,6 +45,12 @@ def test_a_target_joining_takes_about_its_share_and_only_from_others():
     assert 1_700 <= len(moved) <= 2_300  # a fifth of 10,000
 
 
+@given(st.integers(0, 2**32 - 1), st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=8, unique=True))
+def test_pick_takes_the_highest_score(flow_hash, keys):
+    chosen = pick(flow_hash, list(range(len(keys))), keys)
+    assert score(flow_hash, keys[chosen]) == max(score(flow_hash, k) for k in keys)
+
+
 def test_the_salt_changes_the_mapping():
     flows = range(0, 2**32, 2**22)
     assert [choose(h, IDS[:4], salt=1) for h in flows] != [choose(h, IDS[:4], salt=2) for h in flows]
