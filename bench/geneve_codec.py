@@ -40,11 +40,11 @@ def rate(step: Callable[[], object], seconds: float) -> float:
     return best
 
 
-def inner_tcp(size: int) -> bytes:
+def inner_tcp(size: int, src: bytes = bytes([10, 0, 1, 10]), sport: int = 40000, flags: int = 0x10) -> bytes:
     payload = bytes(max(0, size - 40))
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40 + len(payload), 0, 0, 64, 6, 0,
-                     bytes([10, 0, 1, 10]), bytes([198, 51, 100, 7]))
-    return ip + struct.pack("!HHIIBBHHH", 40000, 443, 0, 0, 0x50, 0x10, 8192, 0, 0) + payload
+                     src, bytes([198, 51, 100, 7]))
+    return ip + struct.pack("!HHIIBBHHH", sport, 443, 0, 0, 0x50, flags, 8192, 0, 0) + payload
 
 
 def main() -> None:
@@ -63,6 +63,20 @@ def main() -> None:
     node.set_target_health("i-1", True, 0)
     sent = node.from_endpoint(inner, header.endpoint_id, 0)
     appliance = Appliance()
+    # New flows (a SYN each, from a fresh source) over four healthy targets: target choice at work.
+    chooser = GwlbNode(GwlbConfig(availability_zone="a"), endpoints=[header.endpoint_id])
+    for i in range(4):
+        chooser.register(f"i-{i}", f"10.9.0.{10 + i}")
+        chooser.set_target_health(f"i-{i}", True, 0)
+    syns = [inner_tcp(40, src=bytes([10, 1, n >> 8 & 0xFF, n & 0xFF]), sport=1024 + n % 50000, flags=0x02)
+            for n in range(1 << 16)]
+    cursor = [0]
+
+    def new_flow() -> None:
+        i = cursor[0] = (cursor[0] + 1) & 0xFFFF
+        if i == 0:  # every source used: let all flows idle out, so each SYN starts a flow again
+            chooser.expire(1e9 * (1 + chooser.new_flow_count))
+        chooser.from_endpoint(syns[i], header.endpoint_id, 1)
 
     def baseline() -> None:
         layout.unpack_from(datagram)
@@ -79,6 +93,7 @@ def main() -> None:
         ("gwlb node from_endpoint", lambda: node.from_endpoint(inner, header.endpoint_id, 1)),
         ("gwlb node from_appliance", lambda: node.from_appliance(sent.datagram, sent.target_ip, 1)),
         ("appliance handle", lambda: appliance.handle(sent.datagram, 1)),
+        ("gwlb node new flow, 4 tgts", new_flow),
     ]:
         ops = rate(step, args.seconds)
         print(f"{name:26s} {ops:>12,.0f}/s  {ops / base:5.2f}x baseline")

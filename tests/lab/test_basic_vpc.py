@@ -109,6 +109,15 @@ def test_each_instance_has_own_hostname_resolv_conf_and_vpc_mtu(basic):
     assert basic.sh("client", "hostname").stdout.strip() == "client"
 
 
+def test_each_host_sees_only_its_own_interfaces_in_sysfs(basic):
+    """An appliance that reads /sys/class/net must see its ENI (MTU 9001), never the host's links."""
+    for node in ("app-1", "client"):
+        assert basic.sh(node, "ls /sys/class/net").stdout.split() == ["eth0", "lo"], node
+    assert basic.sh("app-1", "cat /sys/class/net/eth0/mtu").stdout.strip() == "9001"
+    assert basic.sh("app-1", "cat /sys/class/net/eth0/address").stdout.strip() == \
+        basic.sh("app-1", "ip -o link show eth0").stdout.split("link/ether ")[1].split()[0]
+
+
 def test_capture_writes_a_pcap_that_tshark_reads(basic, tmp_path):
     pcap = tmp_path / "web.pcap"
     capture = subprocess.Popen(

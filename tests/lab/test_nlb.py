@@ -248,3 +248,23 @@ def test_az_without_a_healthy_target_leaves_the_dns_answer_until_every_az_has_no
     wait_for(lambda: target_states(lab, "half-healthy")["web-b"] == "unhealthy", 40, "web-b unhealthy")
     assert wait_for(lambda: answer(lb["dns_name"]) == set(public.values()), 10, "every AZ back in DNS")
     assert answer("web.example.local") == set(public.values())
+
+
+def test_killed_proxy_protocol_relays_are_restarted_and_carry_connections_again(nlb):
+    """A relay is AWS's side of the NLB: SIGKILLed, the daemon starts it again and counts it."""
+    assert page(nlb, f"http://{NODE_A}:8081/").get("proxy-protocol-hex")
+    relays = [e for e in nlb.status()["engines"] if e["kind"] == "pp2_relay"]
+    assert relays and all(r["pid"] and r["state"] == "running" for r in relays)
+    old = {r["name"]: r for r in relays}
+    for relay in relays:
+        nlb.sh(relay["namespace"], f"kill -9 {relay['pid']}")
+
+    def restarted():
+        now = {e["name"]: e for e in nlb.status()["engines"] if e["kind"] == "pp2_relay"}
+        return now if all(e["restarts"] == old[n]["restarts"] + 1 and e["pid"] and e["pid"] != old[n]["pid"]
+                          and e["state"] == "running" for n, e in now.items()) else None
+    now = wait_for(restarted, 30, "every relay restarted")
+    assert {e["last_exit"] for e in now.values()} == {"killed by SIGKILL"}
+    seen = wait_for(lambda: page(nlb, f"http://{NODE_A}:8081/").get("proxy-protocol-hex"), 30,
+                    "a connection through the restarted relay")
+    assert parse_header(bytes.fromhex(seen)).source[0] == "10.0.9.10"

@@ -95,6 +95,8 @@ def test_lab_runs_as_an_unprivileged_user(as_nobody):
     assert page.stdout.startswith("web-1 "), page.stderr
     nat = run("exec", "app-1", "--", "curl", "-s", "--max-time", "3", "http://server.internet.test/")
     assert "client: 203.0.113.10:" in nat.stdout, nat.stderr
+    # sysfs mounts from inside the instance's netns, which the unprivileged sandbox owns
+    assert run("exec", "app-1", "--", "ls", "/sys/class/net").stdout.split() == ["eth0", "lo"]
     daemon_owner = subprocess.run(["ps", "-o", "uid=", "-C", "vpclab-daemon"], capture_output=True,
                                   text=True).stdout.split()
     assert str(run.uid) in daemon_owner

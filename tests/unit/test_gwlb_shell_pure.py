@@ -292,3 +292,11 @@ def test_fast_path_fds_in_the_config_are_checked():
     spec = NodeSpec.from_dict(config(fast_path={name: 10 + i for i, name in enumerate(
         ("encap", "decap", "ring_filter", "flows", "returns", "counters", "config"))}))
     assert spec.fast_path is not None and spec.fast_path.flows == 13
+
+
+def test_appliance_answers_its_counters_on_request_not_only_every_second():
+    process = ApplianceProcess(health_port=0)
+    process.appliance.packets_in = 7  # as if it had just received seven datagrams
+    answer = process.control({"op": "snapshot"})
+    assert answer["ok"] and answer["snapshot"]["packets_in"] == 7 and "io" in answer["snapshot"]
+    assert not process.control({"op": "register"})["ok"]

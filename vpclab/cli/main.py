@@ -80,6 +80,11 @@ def render_status(status: dict) -> str:
         rows += [[e["name"], e["id"], e["type"], e["vpc"], ",".join(n["subnet"] for n in e["enis"]), e["state"],
                   e["service_name"]] for e in status["vpc_endpoints"]]
         out += "\n\n" + _table(rows)
+    if status.get("engines"):
+        rows = [["ENGINE", "KIND", "PID", "STATE", "RESTARTS", "LAST EXIT"]]
+        rows += [[e["name"], e["kind"], str(e["pid"] or "-"), e["state"], str(e["restarts"]),
+                  e["last_exit"] or "-"] for e in status["engines"]]
+        out += "\n\n" + _table(rows)
     return out
 
 

@@ -69,14 +69,42 @@ class Balancers:
             lb, az = svc.param("load_balancer"), svc.param("config")["availability_zone"]
             node = Node(lb, az, svc.ns, directory / f"{lb}-{az}.sock",
                         fast_paths.pop(0) if fast_paths else None)
-            config = dict(svc.param("config"), control_socket=str(node.control))
-            if node.fast_path is not None:
-                config["fast_path"] = node.fast_path.to_dict()
-            (directory / f"{lb}-{az}.json").write_text(json.dumps(config, indent=1))
+            self.write_node_config(node, svc)
             self.nodes.append(node)
             self.group_of_lb[lb] = svc.param("target_group")
             out.append(node)
         return out
+
+    def write_node_config(self, node: Node, svc: Service) -> None:
+        """The node's CONFIG.json from its service (the lab as it is now), with each target's
+        health as last checked: a restarted node then picks among the same healthy targets
+        as before, and so sends each flow where it went. The same fast path, if it had one
+        (it empties its maps and attaches again)."""
+        config = dict(svc.param("config"), control_socket=str(node.control))
+        health = self.target_health(svc.param("target_group"))
+        config["targets"] = [dict(t, healthy=_healthy(health.get(t["id"], {}).get("State")))
+                             for t in config["targets"]]
+        if node.fast_path is not None:
+            config["fast_path"] = node.fast_path.to_dict()
+        node.control.with_suffix(".json").write_text(json.dumps(config, indent=1))
+
+    async def resync(self, node: Node, timeout: float = 20.0) -> None:
+        """Once a restarted node answers, tell it the health verdicts given while it started."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                await self.request(node, {"op": "snapshot"})
+                break
+            except (OSError, ValueError, asyncio.TimeoutError):
+                if loop.time() > deadline:
+                    log.warning("node %s did not answer after its restart", node.ns)
+                    return
+                await asyncio.sleep(0.05)
+        for target_id, health in self.target_health(self.group_of_lb[node.load_balancer]).items():
+            healthy = _healthy(health.get("State"))
+            if healthy is not None:
+                await self._tell(node, {"op": "set_target_health", "target": target_id, "healthy": healthy})
 
     async def wait_ready(self, timeout: float = 20.0) -> None:
         """Every node answers on its control socket (a Python start takes a while)."""
@@ -263,14 +291,7 @@ class Balancers:
 
     @staticmethod
     async def request(node: Node, message: dict) -> dict:
-        with unixpath.usable(node.control) as path:
-            reader, writer = await asyncio.open_unix_connection(path)
-        try:
-            writer.write((json.dumps(message) + "\n").encode())
-            await writer.drain()
-            return json.loads(await asyncio.wait_for(reader.readline(), 5))
-        finally:
-            writer.close()
+        return await ask_engine(node.control, message)
 
     # --- live changes -------------------------------------------------------------
 
@@ -319,6 +340,23 @@ class Balancers:
             except (OSError, asyncio.TimeoutError) as exc:
                 out[node.ns] = {"error": str(exc)}
         return out
+
+
+async def ask_engine(control: Path, message: dict, timeout: float = 5) -> dict:
+    """One request to an engine's control socket (engines.control) and its answer."""
+    with unixpath.usable(control) as path:
+        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), timeout)
+    try:
+        writer.write((json.dumps(message) + "\n").encode())
+        await writer.drain()
+        return json.loads(await asyncio.wait_for(reader.readline(), timeout))
+    finally:
+        writer.close()
+
+
+def _healthy(state: str | None) -> bool | None:
+    """A health checker state as a GWLB node takes it: a verdict, or none yet."""
+    return {"healthy": True, "unhealthy": False}.get(state)
 
 
 def _node_config(lab: Lab, lb: str, az: str) -> nlb_engine.NodeConfig:

@@ -8,6 +8,7 @@ the lab and every namespace goes with them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -22,11 +23,12 @@ from typing import Sequence
 
 from vpclab import unixpath
 from vpclab.daemon import sandbox
-from vpclab.daemon.balancers import Balancers
+from vpclab.daemon.balancers import Balancers, ask_engine
 from vpclab.daemon.changes import Draining, apply_change, replay
 from vpclab.daemon.paths import API_SOCKET, NAMESPACES_FILE
 from vpclab.daemon.status import lab_status
 from vpclab.daemon.store import Store
+from vpclab.daemon.supervisor import Supervisor
 from vpclab.engines import dns as dns_engine
 from vpclab.engines import services as services_engine
 from vpclab.engines.gwlb.fastpath import FastPathFds
@@ -73,8 +75,10 @@ class Daemon:
         self.wiring: Wiring | None = None
         self.resolvers: dict[str, dns_engine.Resolver] = {}
         self.commands: dict[int, tuple[str, str]] = {}  # pid -> (namespace, command)
+        self.processes: dict[int, subprocess.Popen] = {}
         self.balancers = Balancers(statedir, self.fabric.inside, self.fabric.run_in, on_routing_change=self.refresh_dns)
-        self.relays: dict[Service, int] = {}  # Proxy Protocol v2 relays -> pid
+        self.relays: dict[Service, str] = {}  # Proxy Protocol v2 relays -> their engine's name
+        self.supervisor = Supervisor()  # every engine on AWS's side, restarted when it dies
         self.tasks: list[asyncio.Task] = []
         self.stopping: asyncio.Event | None = None
         self.bring_up_seconds = 0.0
@@ -106,9 +110,7 @@ class Daemon:
         count = 0
         nodes = [svc for svc in self.wiring.services if svc.kind == "gwlb_node"]
         for node in self.balancers.node_configs(nodes, self.fast_paths):
-            self._start_process(node.ns, [sys.executable, "-m", "vpclab.engines.gwlb.node",
-                                          str(node.control.with_suffix(".json"))], f"{node.ns}.log",
-                                pass_fds=node.fast_path.all() if node.fast_path else ())
+            self.supervisor.add(node.ns, "gwlb_node", node.ns, functools.partial(self._start_gwlb_node, node))
         for svc in self.wiring.services:
             if svc.kind == "command":  # the user's own: EC2's umask, not the daemon's
                 self._start_process(svc.ns, ["sh", "-c", svc.param("command")], f"{svc.ns}.log", umask=0o022)
@@ -142,6 +144,16 @@ class Daemon:
             self.balancers.resume_draining(self.draining, time.time())
         self.progress.send("progress", message=f"started {count} services")
 
+    def _start_gwlb_node(self, node) -> int:
+        engine = self.supervisor.engines.get(node.ns)
+        if engine is not None and engine.restarts:  # a restart: the lab as it is now
+            svc = next(s for s in self.wiring.services if s.kind == "gwlb_node" and s.ns == node.ns)
+            self.balancers.write_node_config(node, svc)
+            self.tasks.append(asyncio.ensure_future(self.balancers.resync(node)))
+        return self._start_process(node.ns, [sys.executable, "-m", "vpclab.engines.gwlb.node",
+                                             str(node.control.with_suffix(".json"))], f"{node.ns}.log",
+                                   pass_fds=node.fast_path.all() if node.fast_path else ())
+
     def _listen(self, ns: str, address: str, kind: int) -> socket.socket:
         host, port = address.rsplit(":", 1)
         with self.fabric.inside(ns):
@@ -174,9 +186,12 @@ class Daemon:
     def _start_dns(self, svc: Service) -> None:
         resolver = dns_engine.Resolver(self._zones(svc))
         self.resolvers[svc.ns] = resolver
-        udp = [self._listen(svc.ns, a, socket.SOCK_DGRAM) for a in svc.addresses]
-        tcp = [self._listen(svc.ns, a, socket.SOCK_STREAM) for a in svc.addresses]
-        self.tasks.append(asyncio.ensure_future(dns_engine.serve_dns(resolver, udp, tcp)))
+
+        def serve():
+            udp = [self._listen(svc.ns, a, socket.SOCK_DGRAM) for a in svc.addresses]
+            tcp = [self._listen(svc.ns, a, socket.SOCK_STREAM) for a in svc.addresses]
+            return dns_engine.serve_dns(resolver, udp, tcp)
+        self.tasks.append(self.supervisor.run_task(f"{svc.ns}/resolver", "dns", svc.ns, serve))
 
     def _start_process(self, ns_name: str, command: list[str], log_name: str,
                        pass_fds: Sequence[int] = (), umask: int = -1) -> int:
@@ -188,6 +203,9 @@ class Daemon:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd="/",
                                     pass_fds=pass_fds, umask=umask)
         self.commands[proc.pid] = (ns_name, " ".join(command))
+        # Held until reaped: a Popen dropped while running joins subprocess's list of
+        # children that any later Popen reaps, and the supervisor would never see the exit.
+        self.processes[proc.pid] = proc
         log.info("started in %s (pid %d): %s", ns_name, proc.pid, " ".join(command))
         return proc.pid
 
@@ -198,26 +216,28 @@ class Daemon:
             argv += ["--vpc-endpoint-id", svc.param("vpc_endpoint_id"), "--dst-ip", svc.param("dst_ip")]
         if svc.param("transparent"):
             argv.append("--transparent")
-        self.relays[svc] = self._start_process(svc.ns, argv, f"{svc.ns}.log")
+        name = f"{svc.ns}/{svc.addresses[0]}"
+        self.supervisor.add(name, "pp2_relay", svc.ns, lambda: self._start_process(svc.ns, argv, f"{svc.ns}.log"))
+        self.relays[svc] = name
 
     def _restart_relays(self, wiring: Wiring) -> None:
         """A live change can switch proxy_protocol_v2 on or off: start and stop relays to match."""
         wanted = {svc for svc in wiring.services if svc.kind == "pp2_relay"}
         for svc in list(self.relays):
             if svc not in wanted:
-                pid = self.relays.pop(svc)
-                if pid in self.commands:  # ours and still running
+                pid = self.supervisor.remove(self.relays.pop(svc))
+                if pid is not None and pid in self.commands:  # ours and still running
                     os.kill(pid, signal.SIGTERM)
         for svc in wanted - self.relays.keys():
             self._start_relay(svc)
 
-    def _appliance_stats(self, name: str) -> Path:
-        return self.statedir / "appliances" / f"{name}.json"
+    def _appliance_control(self, name: str) -> Path:
+        return self.statedir / "appliances" / f"{name}.sock"
 
     def _start_appliance(self, svc: Service) -> None:
         directory = self.statedir / "appliances"
         directory.mkdir(exist_ok=True)
-        argv = [sys.executable, "-m", "vpclab.engines.appliance", "--stats", str(self._appliance_stats(svc.ns)),
+        argv = [sys.executable, "-m", "vpclab.engines.appliance", "--control", str(self._appliance_control(svc.ns)),
                 "--health-port", str(svc.param("health_port", 80))]
         if svc.param("config"):
             rules = directory / f"{svc.ns}-rules.json"
@@ -237,6 +257,9 @@ class Daemon:
             if pid == 0:
                 return
             started = self.commands.pop(pid, None)
+            self.processes.pop(pid, None)
+            if self.supervisor.exited(pid, status):
+                continue  # logged, and started again, by the supervisor
             if started is not None:
                 log.info("command in %s exited with status %d: %s", started[0],
                          os.waitstatus_to_exitcode(status), started[1])
@@ -256,6 +279,7 @@ class Daemon:
         self.progress.send("ready", status=lab_status(self.lab))
         self.progress.close()
         await self.stopping.wait()
+        self.supervisor.closing = True
         server.close()
         for task in self.tasks:
             task.cancel()
@@ -295,17 +319,24 @@ class Daemon:
         raise ValueError(f"unknown request {op!r}")
 
     async def status(self) -> dict:
-        appliances = {}
-        for svc in self.wiring.services:
-            if svc.kind == "appliance":
-                try:  # written by the appliance every second; absent until its first write
-                    appliances[svc.ns] = json.loads(self._appliance_stats(svc.ns).read_text())
-                except (OSError, ValueError):
-                    pass
-        status = lab_status(self.lab, self.balancers.target_health, await self.balancers.snapshots(), appliances)
+        names = [svc.ns for svc in self.wiring.services if svc.kind == "appliance"]
+        # Asked now, alongside the GWLB nodes, so both count the same packets.
+        answers = await asyncio.gather(self.balancers.snapshots(),
+                                       *(self._appliance_snapshot(n) for n in names))
+        appliances = {n: a for n, a in zip(names, answers[1:]) if a is not None}
+        status = lab_status(self.lab, self.balancers.target_health, answers[0], appliances)
         status["dns"] = {ns: r.counters.snapshot() for ns, r in self.resolvers.items()}
         status["daemon"] = {"fabric_seconds": round(self.bring_up_seconds, 4)}
+        status["engines"] = self.supervisor.snapshot()
         return status
+
+    async def _appliance_snapshot(self, name: str) -> dict | None:
+        """The appliance's counters now; None while it is not answering (not started, or stopped)."""
+        try:
+            reply = await ask_engine(self._appliance_control(name), {"op": "snapshot"})
+        except (OSError, ValueError, asyncio.TimeoutError):
+            return None
+        return reply.get("snapshot")
 
     def change(self, kind: str, params: dict) -> dict:
         new_lab = apply_change(self.lab, kind, params)  # validates before anything is touched

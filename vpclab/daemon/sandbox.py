@@ -18,7 +18,6 @@ from vpclab.fabric import nsutil
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
-MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
 
 
 # Namespace ids come from per-CPU batches on recent kernels (6.18 here), so a
@@ -95,7 +94,7 @@ def launch(log_path: Path, keep_fd: int, run: Callable[[], int], inherit: Iterab
 def _become_daemon(log_path: Path, keep: set[int], run: Callable[[], int]) -> None:
     code = 1
     try:
-        nsutil.mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        nsutil.mount("proc", "/proc", "proc", nsutil.MS_NOSUID | nsutil.MS_NODEV | nsutil.MS_NOEXEC)
         os.umask(0o077)  # what the daemon writes in the lab's directory is the owner's alone
         null = os.open(os.devnull, os.O_RDONLY)
         log = os.open(str(log_path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)

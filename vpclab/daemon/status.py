@@ -86,6 +86,8 @@ def lab_status(lab: Lab, target_health: Callable[[str], dict] = lambda _g: {},
              "enis": [{"id": n.id, "subnet": n.subnet, "az": n.az, "ip": str(n.ip)} for n in e.enis]}
             for e in lab.vpc_endpoints.values()
         ],
+        # AWS's side as processes and tasks (daemon.supervisor): restarts, how the last run ended
+        "engines": [],
     }
 
 

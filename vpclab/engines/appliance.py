@@ -1,7 +1,7 @@
 """The reference GENEVE appliance: a process around `appliance_core.Appliance`.
 
     python -m vpclab.engines.appliance [--listen-ip 0.0.0.0] [--port 6081]
-        [--health-port 80] [--rules FILE] [--stats FILE]
+        [--health-port 80] [--rules FILE] [--stats FILE] [--control SOCKET]
 
 - GENEVE on UDP `--port`: each datagram goes through the core (rules, per-flow
   verdicts) and, if allowed, returns as reference §1.2 says a one-arm
@@ -26,6 +26,9 @@
   rules and says why on stderr.
 - `--stats FILE`: every second the core's `snapshot()` plus I/O counters (`io`),
   written atomically (write, then rename).
+- `--control SOCKET`: a Unix socket answering `{"op": "snapshot"}` with the same
+  counters as of that moment (engines.control): the daemon's `status` asks it,
+  so the appliance's counters never lag behind the GWLB node's.
 
 SIGTERM or SIGINT stops it. Bad datagrams are counted, never fatal.
 """
@@ -45,6 +48,7 @@ from typing import Callable
 
 import yaml
 
+from vpclab.engines.control import ControlServer
 from vpclab.engines.epoll_loop import EpollLoop
 from vpclab.engines.appliance_core import Appliance, ApplianceConfig, Reply
 from vpclab.engines.geneve import GENEVE_PORT
@@ -94,10 +98,11 @@ class ApplianceProcess:
     """`__init__` does no I/O; `start` opens the sockets; `run` serves until stopped."""
 
     def __init__(self, listen_ip: str = "0.0.0.0", port: int = GENEVE_PORT, health_port: int = 80,
-                 rules: str | None = None, stats: str | None = None,
+                 rules: str | None = None, stats: str | None = None, control: str | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.listen_ip, self.port, self.health_port = listen_ip, port, health_port
-        self.rules_path, self.stats_path = rules, stats
+        self.rules_path, self.stats_path, self.control_path = rules, stats, control
+        self._control: ControlServer | None = None
         self.clock = clock
         self.appliance = Appliance(load_rules(rules) if rules else None)
         self.loop: EpollLoop | None = None
@@ -145,6 +150,8 @@ class ApplianceProcess:
             self.loop.watch(health, self._accept_health)
         self.loop.stop_on(signal.SIGTERM, signal.SIGINT)
         signal.signal(signal.SIGHUP, self._on_reload_signal)
+        if self.control_path:
+            self._control = ControlServer(self.loop, self.control_path, self.control)
 
     # --- GENEVE -------------------------------------------------------------------
 
@@ -308,6 +315,11 @@ class ApplianceProcess:
     def snapshot(self) -> dict:
         return {**self.appliance.snapshot(), "io": {**self.io, "reply_sockets": len(self._reply_sockets)}}
 
+    def control(self, request) -> dict:
+        if not isinstance(request, dict) or request.get("op") != "snapshot":
+            return {"ok": False, "error": "the appliance answers {\"op\": \"snapshot\"} only"}
+        return {"ok": True, "snapshot": self.snapshot()}
+
     def write_stats(self) -> None:
         if self.stats_path:
             try:
@@ -334,6 +346,8 @@ class ApplianceProcess:
             self.reload()
 
     def close(self) -> None:
+        if self._control is not None:
+            self._control.close()
         for sock in (self._geneve, self._health, *self._reply_sockets,
                      *(c for c, _, _ in self._health_conns.values())):
             if sock is not None:
@@ -359,9 +373,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--health-port", type=int, default=80, help="TCP/HTTP health listener, 0 for none")
     parser.add_argument("--rules", help="YAML or JSON rules for ApplianceConfig; SIGHUP reloads it")
     parser.add_argument("--stats", help="file to write counters to, as JSON, every second")
+    parser.add_argument("--control", help="Unix socket that answers {\"op\": \"snapshot\"} with the counters now")
     args = parser.parse_args(argv)
     try:
-        process = ApplianceProcess(args.listen_ip, args.port, args.health_port, args.rules, args.stats)
+        process = ApplianceProcess(args.listen_ip, args.port, args.health_port, args.rules, args.stats,
+                                   args.control)
     except ValueError as error:
         print(f"appliance: {error}", file=sys.stderr)
         return 2

@@ -128,6 +128,9 @@ class Fabric:
                     nsutil.umount(str(self.nsdir))  # an instance does not see the lab's internals
                     nsutil.bind_file(str(etc / "resolv.conf"), "/etc/resolv.conf")
                     nsutil.bind_file(str(etc / "hosts"), "/etc/hosts")
+                    # A sysfs mounted from inside the new netns shows its own interfaces, not the
+                    # host's (the kernel allows it: the netns belongs to the sandbox's user ns).
+                    nsutil.mount("sysfs", "/sys", "sysfs", nsutil.MS_NOSUID | nsutil.MS_NODEV | nsutil.MS_NOEXEC)
                 fds = {k: os.open(f"/proc/thread-self/ns/{k}", os.O_RDONLY | os.O_CLOEXEC) for k in kinds}
             finally:
                 self.switch.go_home(flags)

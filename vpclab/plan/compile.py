@@ -13,6 +13,7 @@ a namespace of their own.
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
@@ -633,6 +634,8 @@ def _gwlb_node(lab: Lab, lb: LoadBalancer, node, endpoints: list[EndpointLink]) 
         "node_ip": str(node.private_ip),
         "endpoints": [{"id": e.endpoint.id, "ifname": e.ifname} for e in served],
         "targets": [{"id": t.id, "ip": str(t.ip), "az": t.az} for t in group.targets],
+        # Fixed per load balancer: every node, restarted or not, maps a flow to the same target.
+        "hash_seed": zlib.crc32(lb.arn.encode()),
     }
     namespace = Namespace(name=name, kind="gwlb", sysctls=BASE_SYSCTLS, ip_batch=tuple(batch),
                           tx_offload_off=("eth0",) + tuple(e.ifname for e in served))

@@ -27,6 +27,9 @@ Choices where AWS leaves room (reference: **uncertain**):
 - A RST ends a 5-tuple TCP flow: it lingers `RESET_LINGER` seconds so the RST's
   own return matches, and a new SYN on it starts a new flow with a new cookie.
 - Non-first fragments carry no ports, so they hash on the 3-tuple.
+- Target choice is rendezvous hashing of the flow over the candidates' ids, both
+  salted by the load balancer's `hash_seed`: a restarted node maps a flow to the
+  target it had whenever that target still stands (its cookie is new).
 - `no_rebalance`: when the deregistration delay ends, the flows still on the
   target are dropped (`target_deregistered`) until they idle out.
 """
@@ -38,6 +41,7 @@ from dataclasses import dataclass
 from ipaddress import ip_address
 from typing import Iterable, Mapping, NamedTuple
 
+from vpclab.engines.gwlb import rendezvous
 from vpclab.engines.geneve import (
     ETH_P_IP, ETH_P_IPV6, HEADER_LEN, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN,
     GeneveError, GwlbHeader, decode, int_to_vpce_id, parse_inner, tcp_reset, tcp_sequence, vpce_id_to_int,
@@ -284,7 +288,10 @@ def _endpoint_int(endpoint: int | str) -> int:
 class GwlbNode:
     """The flow table, target choice and GENEVE encap/decap of one GWLB node."""
 
-    def __init__(self, config: GwlbConfig | None = None, endpoints: Iterable[int | str] = ()) -> None:
+    def __init__(self, config: GwlbConfig | None = None, endpoints: Iterable[int | str] = (),
+                 first_cookie: int = 0) -> None:
+        """`first_cookie`: where the cookie sequence starts; a restarted node's own start keeps it
+        from handing a dead node's cookies to other flows (appliances key verdicts on them)."""
         self._use(config or GwlbConfig())
         self._resets: list[Reset] = []
         self._endpoints: set[int] = {_endpoint_int(e) for e in endpoints}
@@ -292,12 +299,14 @@ class GwlbNode:
         self._target_ips: frozenset[str] = frozenset()
         self._healthy: list[Target] = []
         self._fallback: list[Target] = []
+        self._healthy_keys: list[int] = []  # rendezvous keys of _healthy's targets, in its order
+        self._fallback_keys: list[int] = []
         self._gen = 0  # bumped on every target change; flows revalidate lazily
         self._next_deadline = float("inf")  # earliest end of a deregistration delay
         self._flows: dict[tuple, _Flow] = {}
         self._by_cookie: dict[tuple[int, int], _Flow] = {}
         self._by_header: dict[bytes, _Flow] = {}
-        self._flow_seq = 0
+        self._flow_seq = first_cookie & 0xFFFFFFFF
         self._cookie_salt = zlib.crc32(self.config.hash_seed.to_bytes(8, "big", signed=True))
         self.new_flow_count = 0
         self.processed_bytes = 0
@@ -387,6 +396,8 @@ class GwlbNode:
                         if cfg.cross_zone or t.az == cfg.availability_zone), key=lambda t: t.id)
         self._healthy = [t for t in scope if t.state == HEALTHY]
         self._fallback = [t for t in scope if t.state in (HEALTHY, UNHEALTHY, INITIAL)]
+        self._healthy_keys = [rendezvous.target_key(t.id, self._cookie_salt) for t in self._healthy]
+        self._fallback_keys = [rendezvous.target_key(t.id, self._cookie_salt) for t in self._fallback]
         self._target_ips = frozenset(t.ip for t in self._targets.values())
         self._next_deadline = min((t.drain_end for t in self._targets.values() if t.state == DRAINING),
                                   default=float("inf"))
@@ -584,10 +595,13 @@ class GwlbNode:
         return drop
 
     def _pick(self, flow_hash: int, healthy_only: bool = False) -> Target | None:
-        candidates = self._healthy or (None if healthy_only else self._fallback)
-        if not candidates:
+        """Rendezvous hashing over the flow and the candidates' ids: the same flow finds the
+        same target after a node restart, and a target's leaving moves only its own flows."""
+        if self._healthy:
+            return rendezvous.pick(flow_hash, self._healthy, self._healthy_keys)
+        if healthy_only or not self._fallback:
             return None
-        return candidates[flow_hash % len(candidates)]
+        return rendezvous.pick(flow_hash, self._fallback, self._fallback_keys)
 
     def _new_flow(self, key: tuple, endpoint_id: int, proto: int, src: bytes, dst: bytes,
                   now: float) -> _Flow | None:

@@ -101,7 +101,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, ip_address
 from typing import Any, Callable, Mapping
 
-from vpclab import unixpath
+from vpclab.engines.control import ControlServer
 from vpclab.engines.epoll_loop import EpollLoop
 from vpclab.engines.geneve import GENEVE_PORT, internet_checksum, vpce_id_to_int
 from vpclab.engines.gwlb.core import SRC_PORT_BITS, Decap, Encap, GwlbConfig, GwlbNode, Reset
@@ -125,7 +125,6 @@ RX_BUFFER = 65536            # room for any UDP datagram
 SOCKET_BUFFER = 4 << 20     # asked for; the kernel caps it at rmem_max/wmem_max
 MAX_SRC_SOCKETS = 1 << SRC_PORT_BITS
 TICK = 1.0                  # expire() and housekeeping period, seconds
-CONTROL_LINE_MAX = 1 << 20
 
 NFT_TABLE = "vpclab_gwlb_node"  # netdev table: one ingress chain per endpoint veth
 
@@ -213,13 +212,14 @@ class NodeSpec:
     targets: tuple[TargetSpec, ...] = ()
     uplink: str = "eth0"
     fast_path: fastpath.FastPathFds | None = None
+    hash_seed: int = 0  # the load balancer's: its nodes, and a node restarted, pick alike
 
     @classmethod
     def from_dict(cls, data: Any) -> NodeSpec:
         if not isinstance(data, Mapping):
             raise ValueError("config: expected a JSON object")
         _no_unknown("config", data, {"availability_zone", "attributes", "node_ip", "endpoints",
-                                     "targets", "control_socket", "uplink", "fast_path"})
+                                     "targets", "control_socket", "uplink", "fast_path", "hash_seed"})
         az = data.get("availability_zone", "")
         if not isinstance(az, str):
             raise ValueError(f"config.availability_zone: expected a string, got {az!r}")
@@ -240,6 +240,9 @@ class NodeSpec:
             duplicates = sorted({i for i in items if items.count(i) > 1})
             if duplicates:
                 raise ValueError(f"config.{name}: duplicate id(s) {', '.join(duplicates)}")
+        hash_seed = data.get("hash_seed", 0)
+        if type(hash_seed) is not int or not 0 <= hash_seed < 1 << 63:
+            raise ValueError(f"config.hash_seed: expected a non-negative integer, got {hash_seed!r}")
         fast_path = None
         if data.get("fast_path") is not None:
             try:
@@ -248,7 +251,7 @@ class NodeSpec:
                 raise ValueError(f"config.fast_path: expected the fds of a loaded instance ({error})") from None
         spec = cls(availability_zone=az, node_ip=_ipv4("config.node_ip", data.get("node_ip")),
                    control_socket=control, attributes=dict(attributes), endpoints=endpoints,
-                   targets=targets, uplink=uplink, fast_path=fast_path)
+                   targets=targets, uplink=uplink, fast_path=fast_path, hash_seed=hash_seed)
         try:
             spec.gwlb_config()
         except (ValueError, TypeError) as error:
@@ -257,7 +260,7 @@ class NodeSpec:
 
     def gwlb_config(self, attributes: Mapping[str, Any] | None = None) -> GwlbConfig:
         return GwlbConfig.from_attributes(self.attributes if attributes is None else attributes,
-                                          availability_zone=self.availability_zone)
+                                          availability_zone=self.availability_zone, hash_seed=self.hash_seed)
 
 
 def _no_unknown(where: str, data: Mapping, known: set[str]) -> None:
@@ -516,7 +519,7 @@ class NodeProcess:
         self.spec = spec
         self.clock = clock
         self.attributes = dict(spec.attributes)
-        self.node = GwlbNode(spec.gwlb_config())
+        self.node = GwlbNode(spec.gwlb_config(), first_cookie=int.from_bytes(os.urandom(4), "big"))
         now = clock()
         for target in spec.targets:
             self.node.register(target.id, target.ip, target.az, now)
@@ -531,8 +534,7 @@ class NodeProcess:
         self._senders: dict[str, dict[int, Callable[[bytes], int]]] = {}
         self._src_sockets: list[socket.socket] = []
         self._max_src_sockets = MAX_SRC_SOCKETS
-        self._control: socket.socket | None = None
-        self._control_conns: dict[int, tuple[socket.socket, bytearray]] = {}
+        self._control: ControlServer | None = None
         self.io: dict[str, int] = dict.fromkeys((
             "rx_frames", "rx_not_ip", "rx_not_unicast", "rx_short", "rx_gso", "rx_bad_offload_header",
             "rx_errors", "checksums_completed", "encap_sent", "geneve_received", "decap_sent",
@@ -833,64 +835,7 @@ class NodeProcess:
     # --- control -----------------------------------------------------------------
 
     def _open_control(self) -> None:
-        path = self.spec.control_socket
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        with unixpath.usable(path) as reachable:
-            server.bind(reachable)
-        server.listen(16)
-        server.setblocking(False)
-        self._control = server
-        self.loop.watch(server, self._accept_control)
-
-    def _accept_control(self, now: float) -> None:
-        assert self._control is not None
-        while True:
-            try:
-                conn, _ = self._control.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            conn.settimeout(2.0)  # replies are small; never let a stuck client hold the data path long
-            self._control_conns[conn.fileno()] = (conn, bytearray())
-            self.loop.watch(conn, functools.partial(self._read_control, conn))
-
-    def _read_control(self, conn: socket.socket, now: float) -> None:
-        _, pending = self._control_conns[conn.fileno()]
-        try:
-            data = conn.recv(65536)
-        except OSError:
-            data = b""
-        if not data:
-            self._close_control(conn)
-            return
-        pending += data
-        if len(pending) > CONTROL_LINE_MAX:
-            self._close_control(conn)
-            return
-        while b"\n" in pending:
-            line, _, rest = bytes(pending).partition(b"\n")
-            pending[:] = rest
-            if not line.strip():
-                continue
-            try:
-                request = json.loads(line)
-            except ValueError as error:
-                response = {"ok": False, "error": f"bad JSON: {error}"}
-            else:
-                response = self.control(request)
-            try:
-                conn.sendall(json.dumps(response).encode() + b"\n")
-            except OSError:
-                self._close_control(conn)
-                return
-
-    def _close_control(self, conn: socket.socket) -> None:
-        self._control_conns.pop(conn.fileno(), None)
-        self.loop.unwatch(conn)
-        conn.close()
+        self._control = ControlServer(self.loop, self.spec.control_socket, self.control)
 
     def control(self, request: Any) -> dict:
         """Serve one control request; never raises."""
@@ -1015,14 +960,10 @@ class NodeProcess:
         if self.fast is not None:
             self.fast.close()
         if self._control is not None:
-            try:
-                os.unlink(self.spec.control_socket)
-            except OSError:
-                pass
+            self._control.close()
         for endpoint in self.endpoints.values():
             endpoint.close()
-        socks = [self._geneve, self._control, *self._src_sockets,
-                 *(c for c, _ in self._control_conns.values())]
+        socks = [self._geneve, *self._src_sockets]
         for sock in socks:
             if sock is not None:
                 sock.close()
