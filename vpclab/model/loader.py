@@ -18,8 +18,6 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, NoReturn
 
-import yaml
-
 from .alloc import (
     DEFAULT_INTERNET_CIDR,
     ELASTIC_IP_POOL,
@@ -44,6 +42,7 @@ from .elb import (
 )
 from .errors import LabFileError
 from .health_check import HealthCheckConfig
+from .labfile import parse_yaml, read_lab_file
 from .ids import aws_hex, aws_id, elb_arn, hosted_zone_id, hostname_domain, hostname_for
 from .resources import (
     DEFAULT_ACCOUNT,
@@ -2151,46 +2150,12 @@ def _route_refusal(
     return None
 
 
-# -- YAML --
-
-
-class _YamlLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys instead of keeping the last one silently."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen = set()
-        for key_node, _ in node.value:
-            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-                key = self.construct_object(key_node)
-                if key in seen:
-                    raise yaml.MarkedYAMLError(problem=f"duplicate key '{key}'", problem_mark=key_node.start_mark)
-                seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-def _parse_yaml(text: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_YamlLoader)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise _Invalid("", f"invalid YAML{where}: {e.problem}") from None
-    except yaml.YAMLError as e:
-        raise _Invalid("", f"invalid YAML: {e}") from None
-
-
 # -- Entry points --
 
 
 def load_lab(path: str | Path, name: str | None = None) -> Lab:
-    """Read and load a lab file; see `load_lab_text`."""
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise LabFileError(source, "", f"cannot read the lab file: {reason}") from None
-    return load_lab_text(text, source, name)
+    """Read and load a lab file (refused if not a regular file of at most 4 MiB); see `load_lab_text`."""
+    return load_lab_text(read_lab_file(path), str(path), name)
 
 
 def load_lab_text(text: str, source: str, name: str | None = None) -> Lab:
@@ -2200,7 +2165,7 @@ def load_lab_text(text: str, source: str, name: str | None = None) -> Lab:
     Raises LabFileError for the first problem found.
     """
     try:
-        document = _Document(_parse_yaml(text))
+        document = _Document(parse_yaml(text, source))
         lab_name = _lab_name(name, document.lab, source)
         region = document.lab.get("region", DEFAULT_REGION)
         account = document.lab.get("account", DEFAULT_ACCOUNT)
