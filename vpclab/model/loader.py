@@ -155,9 +155,13 @@ def port_range(protocol: str, first: int | None, last: int | None) -> tuple[int 
     return None, None  # all traffic or another protocol: AWS ignores ports
 
 
-def same_permission(a: SgRule, b: SgRule) -> bool:
+def permission_key(rule: SgRule) -> SgRule:
     """AWS identifies a rule by everything but its description."""
-    return replace(a, description="") == replace(b, description="")
+    return replace(rule, description="")
+
+
+def same_permission(a: SgRule, b: SgRule) -> bool:
+    return permission_key(a) == permission_key(b)
 
 
 # -- Pass 1: shape. A field reads one value at a key path, raising _Invalid. --
@@ -627,10 +631,11 @@ def _record_set(value: Any, path: str) -> dict[str, Any]:
             _join(path, "ResourceRecords"),
             "a record set needs at least one value in ResourceRecords, or an AliasTarget",
         )
+    index_of: dict[str, int] = {}
     for i, item in enumerate(values):
-        if item in values[:i]:
-            reason = f"{item} is already ResourceRecords[{values.index(item)}]"
-            raise _Invalid(f"{_join(path, 'ResourceRecords')}[{i}]", reason)
+        j = index_of.setdefault(item, i)
+        if j != i:
+            raise _Invalid(f"{_join(path, 'ResourceRecords')}[{i}]", f"{item} is already ResourceRecords[{j}]")
     if rtype == "CNAME" and len(values) > 1:
         raise _Invalid(_join(path, "ResourceRecords"), f"a CNAME has exactly one value, got {len(values)}")
     return {**props, "ResourceRecords": values}
@@ -1138,15 +1143,16 @@ class _Builder:
 
     def _rules(self, group: SecurityGroup, spec: _Spec, key: str, peer_key: str) -> tuple[SgRule, ...]:
         rules: list[SgRule] = []
+        index_of: dict[SgRule, int] = {}  # permission -> its first rule: one lookup per rule, not a scan
         for i, rule in enumerate(spec.props.get(key, [])):
             path = f"{spec.at(key)}[{i}]"
             if rule.group is not None:
                 vpc = self.built["vpcs"][group.vpc]
                 peer = self._ref("security_groups", rule.group, f"{path}.{peer_key}", vpc)
                 rule = replace(rule, group=peer.name)
-            for j, earlier in enumerate(rules):
-                if same_permission(rule, earlier):
-                    raise _Invalid(path, f"this rule duplicates {key}[{j}]")
+            j = index_of.setdefault(permission_key(rule), i)
+            if j != i:
+                raise _Invalid(path, f"this rule duplicates {key}[{j}]")
             rules.append(rule)
         return tuple(rules)
 
@@ -1412,6 +1418,7 @@ class _Builder:
                 lambda changes: resolve_target_group_attributes(protocol, target_type, None, changes),
             )  # fmt: skip
             targets: list[Target] = []
+            index_of: dict[str, int] = {}  # target ID -> its first registration
             for i, ref in enumerate(spec.props.get("Targets", [])):
                 path = f"{spec.at('Targets')}[{i}]"
                 if lb_type == "gateway" and ref.get("Port", port) != port:
@@ -1423,13 +1430,13 @@ class _Builder:
                     )  # fmt: skip
                 except ValueError as e:
                     raise _Invalid(ref["at"], str(e)) from None
-                for j, earlier in enumerate(targets):
-                    if earlier.id == target.id:
-                        also = (
-                            "; registering one target on several ports is not supported yet"
-                            if earlier.port != target.port else ""
-                        )
-                        raise _Invalid(path, f"target {target.id} is already Targets[{j}]{also}")
+                j = index_of.setdefault(target.id, i)
+                if j != i:
+                    also = (
+                        "; registering one target on several ports is not supported yet"
+                        if targets[j].port != target.port else ""
+                    )
+                    raise _Invalid(path, f"target {target.id} is already Targets[{j}]{also}")
                 targets.append(target)
             hex_id = aws_hex("targetgroup", vpc.account, self.region, spec.name)
             self._add(
@@ -1448,14 +1455,14 @@ class _Builder:
             )
 
     def _listeners(self) -> None:
-        taken: dict[str, list[tuple[str, int, str]]] = {}  # load balancer -> (protocol, port, listener)
+        taken: dict[str, dict[int, list[tuple[str, str]]]] = {}  # load balancer -> port -> (protocol, listener)
         for spec in self.doc.specs["listeners"]:
             lb: LoadBalancer = self._ref("load_balancers", spec.props["LoadBalancerArn"], spec.at("LoadBalancerArn"))
             if lb.type == "gateway":
                 self._gateway_listener(spec, lb)
                 protocol, port = None, None
             else:
-                protocol, port = self._network_listener(spec, lb, taken.setdefault(lb.name, []))
+                protocol, port = self._network_listener(spec, lb, taken.setdefault(lb.name, {}))
             group = self._forward_target(spec, lb, protocol)
             attributes = self._attributes(
                 spec, "ListenerAttributes",
@@ -1491,7 +1498,7 @@ class _Builder:
                 )
 
     def _network_listener(
-        self, spec: _Spec, lb: LoadBalancer, taken: list[tuple[str, int, str]]
+        self, spec: _Spec, lb: LoadBalancer, taken: dict[int, list[tuple[str, str]]]
     ) -> tuple[str, int]:
         """An NLB listener's protocol and port, not colliding with its other listeners':
         TCP and UDP may share a port, TCP_UDP takes it for both."""
@@ -1501,14 +1508,14 @@ class _Builder:
         protocol, port = spec.props["Protocol"], spec.props["Port"]
         if protocol not in LISTENER_PROTOCOLS:
             raise _Invalid(spec.at("Protocol"), _protocol_problem(protocol, LISTENER_PROTOCOLS, "listeners"))
-        for other_protocol, other_port, other in taken:
-            if other_port == port and (other_protocol == protocol or "TCP_UDP" in (protocol, other_protocol)):
+        for other_protocol, other in taken.get(port, ()):
+            if other_protocol == protocol or "TCP_UDP" in (protocol, other_protocol):
                 raise _Invalid(
                     spec.at("Port"),
                     f"load balancer {lb.name} already has listener {other} on {other_protocol} port {port}; "
                     "two listeners can share a port only as TCP and UDP (TCP_UDP takes both)",
                 )
-        taken.append((protocol, port, spec.name))
+        taken.setdefault(port, []).append((protocol, spec.name))
         return protocol, port
 
     def _forward_target(self, spec: _Spec, lb: LoadBalancer, protocol: str | None) -> TargetGroup:
@@ -1836,14 +1843,15 @@ class _Builder:
         for spec in self.doc.specs["network_acls"]:
             vpc = self._vpc_of(spec)
             entries: list[NaclEntry] = []
+            index_of: dict[tuple[int, bool], int] = {}  # (rule number, egress) -> its entry
             for i, entry in enumerate(spec.props.get("Entries", [])):
-                for j, earlier in enumerate(entries):
-                    if (earlier.rule_number, earlier.egress) == (entry.rule_number, entry.egress):
-                        direction = "egress" if entry.egress else "ingress"
-                        raise _Invalid(
-                            f"{spec.at('Entries')}[{i}].RuleNumber",
-                            f"{direction} rule {entry.rule_number} is already Entries[{j}]",
-                        )
+                j = index_of.setdefault((entry.rule_number, entry.egress), i)
+                if j != i:
+                    direction = "egress" if entry.egress else "ingress"
+                    raise _Invalid(
+                        f"{spec.at('Entries')}[{i}].RuleNumber",
+                        f"{direction} rule {entry.rule_number} is already Entries[{j}]",
+                    )
                 entries.append(entry)
             subnets = self._associate(spec, "SubnetAssociations", "subnets", vpc, acl_of_subnet)
             entries.sort(key=lambda e: (e.egress, e.rule_number))
@@ -1962,6 +1970,7 @@ class _Builder:
     def _zone_records(self, spec: _Spec, domain: str) -> list[tuple[dict[str, Any], str]]:
         """The record sets, each inside the zone, one per name and type, a CNAME alone at its name."""
         records: list[tuple[dict[str, Any], str]] = []
+        types_at: dict[str, list[tuple[int, str]]] = {}  # name -> (index, type) of its record sets so far
         for i, props in enumerate(spec.props.get("RecordSets", [])):
             path = f"{spec.at('RecordSets')}[{i}]"
             name, rtype = props["Name"], props["Type"]
@@ -1972,20 +1981,19 @@ class _Builder:
                 raise _Invalid(
                     f"{path}.Type", f"a CNAME can't be at the zone apex {domain}; use an alias (AliasTarget) there"
                 )
-            for j, (earlier, _) in enumerate(records):
-                if earlier["Name"] != name:
-                    continue
-                if earlier["Type"] == rtype:
+            for j, earlier_type in types_at.get(name, ()):  # a few at most: one per type
+                if earlier_type == rtype:
                     raise _Invalid(
                         f"{path}.Type",
                         f"{name} already has a record set of type {rtype}, RecordSets[{j}]; give all its values there",
                     )
-                if "CNAME" in (rtype, earlier["Type"]):
+                if "CNAME" in (rtype, earlier_type):
                     raise _Invalid(
                         f"{path}.Type",
-                        f"{name} already has a record set of type {earlier['Type']}, RecordSets[{j}], and a CNAME "
+                        f"{name} already has a record set of type {earlier_type}, RecordSets[{j}], and a CNAME "
                         "must be the only record set at its name",
                     )
+            types_at.setdefault(name, []).append((i, rtype))
             records.append((props, path))
         return records
 
