@@ -465,7 +465,7 @@ def test_duplicate_rule_is_refused_even_with_another_description():
 # item, not a scan of the items before it. N = 1,000 keeps PyYAML's parse short; checked pairwise,
 # as before, 2,000 rules took 6.8 s and 70,000 hours.
 N = 1_000
-MANY = ""
+MANY = "lab: {quotas: {Inbound or outbound rules per security group: 100000, Rules per network ACL: 100000}}\n"
 
 
 def many_rules(extra: str = "") -> str:

@@ -43,6 +43,18 @@ from .elb import (
 from .errors import LabFileError
 from .health_check import HealthCheckConfig
 from .labfile import parse_yaml, read_lab_file
+from .quotas import (
+    ENDPOINTS_PER_VPC,
+    NAT_GATEWAYS_PER_AZ,
+    ROUTES_PER_TABLE,
+    RULES_PER_NACL,
+    RULES_PER_SG,
+    SGS_PER_ENI,
+    SUBNETS_PER_VPC,
+    VPCS_PER_REGION,
+    over_quota,
+    quota_increase,
+)
 from .ids import aws_hex, aws_id, elb_arn, hosted_zone_id, hostname_domain, hostname_for
 from .resources import (
     DEFAULT_ACCOUNT,
@@ -788,7 +800,23 @@ RESOURCE_SECTIONS: dict[str, tuple[dict[str, Field], tuple[str, ...]]] = {
         (),
     ),
 }
-LAB_FIELDS = {"name": TEXT, "region": _leaf(_region), "account": _leaf(_account)}
+
+
+def _quota_increases(value: Any, path: str) -> dict[str, int]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _Invalid(path, f"expected a mapping of AWS quota names to values, got {_describe(value)}")
+    increases = {}
+    for name, given in value.items():
+        try:
+            increases[name] = quota_increase(name, given)
+        except ValueError as e:
+            raise _Invalid(_join(path, name), str(e)) from None
+    return increases
+
+
+LAB_FIELDS = {"name": TEXT, "region": _leaf(_region), "account": _leaf(_account), "quotas": _quota_increases}
 INTERNET_FIELDS = {"CidrBlock": _leaf(_cidr_sized(8, 28)), "hosts": lambda value, path: value}  # hosts: resources
 SECTIONS = ("lab", "vpcs", "subnets", "route_tables", "internet_gateways", "nat_gateways",
             "security_groups", "network_acls", "instances", "load_balancers", "target_groups",
@@ -982,6 +1010,7 @@ class _Builder:
         self.listener_of_group: dict[str, str] = {}  # target group -> the (first) listener that forwards to it
         self.service_of: dict[str, str] = {}  # load balancer -> its endpoint service
         self.notes: list[str] = []  # "<key path>: <remark>" for what is valid but inert
+        self.quotas: dict[str, int] = document.lab.get("quotas", {})  # AWS quota name -> the lab's increase
 
     def build(self) -> dict[str, dict[str, Any]]:
         if self.internet_cidr.overlaps(ELASTIC_IP_POOL):
@@ -1055,15 +1084,29 @@ class _Builder:
     def _add(self, section: str, resource: Any) -> None:
         self.built[section][resource.name] = resource
 
+    def _within(self, quota: str, count: int, path: str, what: Callable[[int], str]) -> None:
+        """`count` of what AWS's `quota` limits (`what(count)` says what), refused at `path` if over it."""
+        reason = over_quota(self.quotas, quota, count, what(count))
+        if reason:
+            raise _Invalid(path, reason)
+
+    def _count(self, counts: dict[Any, int], key: Any, quota: str, path: str, what: Callable[[int], str]) -> None:
+        """One more of what `quota` limits per `key` (a VPC, an account...)."""
+        counts[key] = counts.get(key, 0) + 1
+        self._within(quota, counts[key], path, what)
+
     # Sections
 
     def _vpcs(self) -> None:
+        per_account: dict[str, int] = {}
         for spec in self.doc.specs["vpcs"]:
             cidr: IPv4Network = spec.props["CidrBlock"]
             for taken, what in ((ELASTIC_IP_POOL, "the Elastic IP pool"), (self.internet_cidr, "the internet")):
                 if cidr.overlaps(taken):
                     raise _Invalid(spec.at("CidrBlock"), f"{cidr} overlaps {what} {taken}")
             account = spec.props.get("Account", self.account)
+            self._count(per_account, account, VPCS_PER_REGION, spec.path,
+                        lambda n: f"account {account} would have {n} VPCs in {self.region}")  # fmt: skip
             self._add(
                 "vpcs",
                 Vpc(
@@ -1077,8 +1120,11 @@ class _Builder:
             )
 
     def _subnets(self) -> None:
+        per_vpc: dict[str, int] = {}
         for spec in self.doc.specs["subnets"]:
             vpc = self._vpc_of(spec)
+            self._count(per_vpc, vpc.name, SUBNETS_PER_VPC, spec.path,
+                        lambda n: f"VPC {vpc.name} would have {n} subnets")  # fmt: skip
             cidr: IPv4Network = spec.props["CidrBlock"]
             if not cidr.subnet_of(vpc.cidr):
                 raise _Invalid(spec.at("CidrBlock"), f"{cidr} is outside VPC {vpc.name} ({vpc.cidr})")
@@ -1144,8 +1190,10 @@ class _Builder:
     def _rules(self, group: SecurityGroup, spec: _Spec, key: str, peer_key: str) -> tuple[SgRule, ...]:
         rules: list[SgRule] = []
         index_of: dict[SgRule, int] = {}  # permission -> its first rule: one lookup per rule, not a scan
+        direction = "inbound" if key == "SecurityGroupIngress" else "outbound"
         for i, rule in enumerate(spec.props.get(key, [])):
             path = f"{spec.at(key)}[{i}]"
+            self._within(RULES_PER_SG, i + 1, path, lambda n: f"security group {group.name} has {n} {direction} rules")
             if rule.group is not None:
                 vpc = self.built["vpcs"][group.vpc]
                 peer = self._ref("security_groups", rule.group, f"{path}.{peer_key}", vpc)
@@ -1159,6 +1207,11 @@ class _Builder:
     def _addressed_resources(self) -> None:
         """NAT gateways, instances, load balancer nodes and endpoint interfaces share the subnets' addresses."""
         claims = [self._nat_claim(spec) for spec in self.doc.specs["nat_gateways"]]
+        per_zone: dict[tuple[str, str], int] = {}
+        for claim in claims:
+            account, zone = self._subnet_vpc(claim.subnet.name).account, claim.subnet.az
+            self._count(per_zone, (account, zone), NAT_GATEWAYS_PER_AZ, claim.spec.path,
+                        lambda n: f"account {account} would have {n} NAT gateways in {zone}")  # fmt: skip
         claims += [self._instance_claim(spec) for spec in self.doc.specs["instances"]]
         for spec in self.doc.specs["load_balancers"]:
             claims += self._load_balancer_claims(spec)
@@ -1688,6 +1741,8 @@ class _Builder:
         groups: list[str] = []
         for i, value in enumerate(spec.props.get("SecurityGroupIds", [f"{vpc.name}-default"])):
             path = f"{spec.at('SecurityGroupIds')}[{i}]"
+            eni = f"{KIND_LABELS[spec.section]} {spec.name}'s network interface"
+            self._within(SGS_PER_ENI, i + 1, path, lambda n: f"{eni} has {n} security groups")
             group = self._ref("security_groups", value, path, vpc)
             if group.name in groups:
                 raise _Invalid(path, f"security group {group.name} is listed twice")
@@ -1697,8 +1752,12 @@ class _Builder:
         return tuple(groups)
 
     def _endpoints(self) -> None:
+        per_vpc: dict[str, int] = {}
         for spec in self.doc.specs["vpc_endpoints"]:
             vpc = self._vpc_of(spec)
+            self._count(per_vpc, vpc.name, ENDPOINTS_PER_VPC, spec.path,
+                        lambda n: f"VPC {vpc.name} would have {n} interface and Gateway Load Balancer "
+                                  "endpoints")  # fmt: skip
             path = spec.at("ServiceName")
             service: VpcEndpointService = self._ref("vpc_endpoint_services", spec.props["ServiceName"], path)
             endpoint_type = spec.props["VpcEndpointType"]
@@ -1799,8 +1858,10 @@ class _Builder:
             route = Route(destination, kind, target)
             if destination == vpc.cidr:
                 routes[0] = route
-            else:
-                routes.append(route)
+                continue
+            routes.append(route)
+            self._within(ROUTES_PER_TABLE, len(routes) - 1, path,
+                         lambda n: f"route table {spec.name} has {n} routes besides the local route")
         return tuple(routes)
 
     def _route_target(self, vpc: Vpc, key: str, value: str, path: str) -> tuple[str, str]:
@@ -1844,7 +1905,11 @@ class _Builder:
             vpc = self._vpc_of(spec)
             entries: list[NaclEntry] = []
             index_of: dict[tuple[int, bool], int] = {}  # (rule number, egress) -> its entry
+            per_direction: dict[bool, int] = {}
             for i, entry in enumerate(spec.props.get("Entries", [])):
+                way = "outbound" if entry.egress else "inbound"
+                self._count(per_direction, entry.egress, RULES_PER_NACL, f"{spec.at('Entries')}[{i}]",
+                            lambda n: f"network ACL {spec.name} has {n} {way} rules")  # fmt: skip
                 j = index_of.setdefault((entry.rule_number, entry.egress), i)
                 if j != i:
                     direction = "egress" if entry.egress else "ingress"
@@ -2203,6 +2268,7 @@ def load_lab_text(text: str, source: str, name: str | None = None) -> Lab:
         vpc_endpoints=built["vpc_endpoints"],
         hosted_zones=built["hosted_zones"],
         notes=tuple(builder.notes),
+        quotas=builder.quotas,
     )
 
 
