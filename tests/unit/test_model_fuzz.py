@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vpclab.model import Lab, LabFileError, load_lab_text
+from vpclab.model.errors import UNPRINTABLE
 
 EXAMPLE = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "basic-vpc.yaml").read_text())
 
@@ -54,6 +56,7 @@ def loads_or_is_refused(original: dict, mutations: list[tuple[tuple, Any]]) -> N
         lab = load_lab_text(yaml.safe_dump(doc), "fuzz.yaml", name="fuzz")
     except LabFileError as e:
         assert "\n" not in str(e)
+        assert not any(unicodedata.category(c) in UNPRINTABLE for c in str(e))  # control characters come out escaped
     else:
         assert isinstance(lab, Lab)
 
@@ -62,6 +65,27 @@ def loads_or_is_refused(original: dict, mutations: list[tuple[tuple, Any]]) -> N
 @given(st.lists(st.tuples(st.sampled_from(PATHS), VALUES), min_size=1, max_size=3))
 def test_mutated_example_loads_or_is_refused_with_a_lab_file_error(mutations):
     loads_or_is_refused(EXAMPLE, mutations)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.sampled_from(PATHS), st.integers(65, 10_000), st.sampled_from([("[", "]"), ("{k: ", "}")]))
+def test_deep_nesting_anywhere_in_a_lab_is_refused_with_a_lab_file_error(path, depth, brackets):
+    """Lists or mappings nested deeper than a lab file may, wherever they are, are refused
+    (not a RecursionError); the key path names where the nesting goes too deep."""
+    doc = copy.deepcopy(EXAMPLE)
+    node = doc
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = "NESTED-HERE"
+    opening, closing = brackets
+    text = yaml.safe_dump(doc, default_flow_style=True, width=2**20).replace(
+        "NESTED-HERE", opening * depth + "x" + closing * depth)
+    try:
+        load_lab_text(text, "deep.yaml", name="deep")
+    except LabFileError as e:
+        assert "nest deeper than the 64 levels a lab file may have" in e.reason
+    else:
+        raise AssertionError("a lab nested too deep was loaded")
 
 
 # The same over a GWLB lab: load balancer, target group, listener, endpoint service, endpoint, routes.

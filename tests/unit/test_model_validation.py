@@ -1,9 +1,15 @@
 """A bad lab file is refused with one LabFileError naming the file, the key and the reason."""
 from __future__ import annotations
 
+import os
+import re
+import signal
+
 import pytest
 
 from vpclab.model import LabFileError, load_lab, load_lab_text
+from vpclab.model.labfile import MAX_FILE_BYTES, MAX_NESTING, read_lab_file
+from vpclab.model.resources import SgRule
 
 BASE = """
 vpcs:
@@ -53,10 +59,103 @@ def test_first_error_in_file_order_is_reported():
     assert e.key_path == "instances.a.Bogus"
 
 
+@pytest.mark.parametrize("hostile", ["web\x00", "web\x1b[2J\x1b[31m", "web\u202eexe.sh", "web\x9b1m", "web\udcff"])
+def test_control_characters_in_a_name_are_escaped_in_the_error(hostile):
+    e = refused(BASE + f"instances:\n  {hostile!r}: {{SubnetId: public-a}}\n".replace("'", '"'))
+    escaped = repr(hostile)[1:-1]
+    assert e.key_path == f"instances.{hostile}"  # the key itself, for programs
+    assert f"instances.{escaped}: resource name '{escaped}' must be" in str(e)
+    assert str(e).isprintable()
+
+
+def test_control_characters_in_the_file_name_are_escaped_in_the_error():
+    e = refused("vpcs: {}\n", source="lab\x1b]0;pwned\x07.yaml")
+    assert str(e).startswith("lab\\x1b]0;pwned\\x07.yaml: vpcs: ")
+    assert str(e).isprintable()
+
+
+def test_an_error_without_control_characters_reads_as_before():
+    e = LabFileError("lab.yaml", "vpcs.main", "line one\n  line\ttwo")
+    assert str(e) == "lab.yaml: vpcs.main: line one line two"
+
+
 def test_unreadable_file_is_a_lab_file_error(tmp_path):
     with pytest.raises(LabFileError) as info:
         load_lab(tmp_path / "missing.yaml")
     assert "cannot read" in str(info.value) and "missing.yaml" in str(info.value)
+
+
+def not_loaded(path) -> LabFileError:
+    """Loading `path` is refused at once: a blocked open or an endless read fails after 10 s."""
+
+    def hung(signum, frame):
+        raise TimeoutError(f"loading {path} did not return")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(10)
+    try:
+        with pytest.raises(LabFileError) as info:
+            load_lab(path)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    return info.value
+
+
+@pytest.mark.parametrize("kind", ["a directory", "a character device", "a named pipe"])
+def test_a_lab_file_that_is_not_a_regular_file_is_refused_without_reading_it(tmp_path, kind):
+    path = {"a directory": tmp_path, "a character device": "/dev/null", "a named pipe": tmp_path / "pipe"}[kind]
+    if kind == "a named pipe":
+        os.mkfifo(path)  # no writer: a plain open() would wait forever
+    e = not_loaded(path)
+    assert (e.source, e.key_path) == (str(path), "")
+    assert e.reason == f"cannot read the lab file: it is {kind}, not a regular file"
+
+
+def test_a_lab_file_over_4_mib_is_refused_without_reading_it(tmp_path):
+    path = tmp_path / "huge.yaml"
+    with open(path, "wb") as f:
+        f.truncate(MAX_FILE_BYTES + 1)  # sparse: nothing to read but NULs
+    e = not_loaded(path)
+    assert e.reason == "cannot read the lab file: it is larger than 4 MiB, the most a lab file may be"
+
+
+def test_a_lab_file_of_exactly_4_mib_is_read(tmp_path):
+    path = tmp_path / "big.yaml"
+    path.write_text("vpcs: {}\n" + "#" * (MAX_FILE_BYTES - 10) + "\n")
+    assert len(read_lab_file(path)) == MAX_FILE_BYTES
+
+
+@pytest.mark.parametrize("opening, closing, step", [("[", "]", "[0]"), ("{k: ", "}", ".k"), ("- ", "", "[0]")])
+def test_ten_thousand_nested_lists_or_mappings_are_refused_with_their_place(opening, closing, step):
+    nested = opening * 10_000 + "x" + closing * 10_000 + "\n"
+    if opening == "- ":
+        nested = "\n  " + nested  # block lists, compact: "- - - x" on a line of its own
+    e = refused(BASE + "route_tables: " + nested)
+    assert e.key_path == "route_tables" + step * (MAX_NESTING - 1)  # the top-level mapping is level 1
+    assert re.match(r"YAML at line \d+, column \d+: ", e.reason)
+    assert e.reason.endswith(": lists and mappings nest deeper than the 64 levels a lab file may have")
+
+
+def test_nesting_up_to_64_levels_is_read_as_yaml():
+    e = refused(BASE + "route_tables: " + "[" * (MAX_NESTING - 1) + "]" * (MAX_NESTING - 1) + "\n")
+    assert (e.key_path, e.reason) == ("route_tables", "expected a mapping of route table names to properties, "
+                                                      "got a list")
+
+
+def test_an_alias_inside_what_it_names_is_refused():
+    e = refused(BASE + "vpc_endpoints:\n  e: {ServiceName: s, VpcId: main, PolicyDocument: &p {Statement: [*p]}}\n")
+    assert e.key_path == "vpc_endpoints.e.PolicyDocument.Statement[0]"
+    assert e.reason == "YAML at line 13, column 68: the alias *p is inside the list or mapping it names"
+
+
+def test_aliases_that_expand_to_a_billion_values_are_refused():
+    laughs = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 10)
+    )
+    e = refused(laughs)
+    assert e.key_path == "a5"
+    assert e.reason.endswith("more than 1,000,000 values with its aliases expanded, the most a lab file may hold")
 
 
 # -- shape
@@ -360,6 +459,81 @@ def test_duplicate_rule_is_refused_even_with_another_description():
                 "      - {IpProtocol: tcp, FromPort: 80, ToPort: 80, CidrIp: 0.0.0.0/0}\n"
                 "      - {IpProtocol: 6, FromPort: 80, ToPort: 80, CidrIp: 0.0.0.0/0, Description: again}\n")  # fmt: skip
     assert (e.key_path, e.reason) == ("security_groups.g.SecurityGroupIngress[1]", "this rule duplicates SecurityGroupIngress[0]")
+
+
+# A user may list thousands of rules, entries or targets: each duplicate check is one lookup per
+# item, not a scan of the items before it. N = 1,000 keeps PyYAML's parse short; checked pairwise,
+# as before, 2,000 rules took 6.8 s and 70,000 hours.
+N = 1_000
+MANY = "lab: {quotas: {Inbound or outbound rules per security group: 100000, Rules per network ACL: 100000}}\n"
+
+
+def many_rules(extra: str = "") -> str:
+    rules = "".join(f"      - {{IpProtocol: tcp, FromPort: {i}, ToPort: {i}, CidrIp: 10.0.0.0/8}}\n" for i in range(N))
+    return BASE + MANY + "security_groups:\n  g:\n    VpcId: main\n    SecurityGroupIngress:\n" + rules + extra
+
+
+def test_thousands_of_distinct_rules_load_and_a_duplicate_among_them_is_named(monkeypatch):
+    comparisons = 0
+    compare = SgRule.__eq__
+
+    def counted(a, b):
+        nonlocal comparisons
+        comparisons += 1
+        return compare(a, b)
+
+    monkeypatch.setattr(SgRule, "__eq__", counted)
+    lab = load_lab_text(many_rules(), "lab.yaml", name="t")
+    assert [rule.from_port for rule in lab.security_groups["g"].ingress] == list(range(N))
+    again = "      - {IpProtocol: 6, FromPort: 567, ToPort: 567, CidrIp: 10.0.0.0/8, Description: again}\n"
+    e = refused(many_rules(again))
+    assert (e.key_path, e.reason) == (f"security_groups.g.SecurityGroupIngress[{N}]", "this rule duplicates SecurityGroupIngress[567]")
+    assert comparisons <= 2 * N  # pairwise: N * N
+
+
+def test_thousands_of_nacl_entries_load_and_a_reused_rule_number_is_named():
+    entries = [f"{{RuleNumber: {i}, Protocol: -1, RuleAction: allow, CidrBlock: 0.0.0.0/0, Egress: {i % 2 == 0}}}"
+               for i in range(1, N + 1)]
+    lab = load_lab_text(BASE + MANY + acl(*entries)[len(BASE):], "lab.yaml", name="t")
+    assert len(lab.network_acls["n"].entries) == N
+    e = refused(BASE + MANY + acl(*entries, "{RuleNumber: 567, Protocol: -1, RuleAction: deny, CidrBlock: 10.0.0.0/8}")[len(BASE):])
+    assert (e.key_path, e.reason) == (f"network_acls.n.Entries[{N}].RuleNumber", "ingress rule 567 is already Entries[566]")
+
+
+WIDE = """
+vpcs:
+  main: {CidrBlock: 10.0.0.0/16}
+subnets:
+  wide: {VpcId: main, CidrBlock: 10.0.0.0/20}
+"""
+
+
+def test_thousands_of_targets_register_and_a_target_registered_twice_is_named():
+    targets = ", ".join(f"10.0.{4 + i // 250}.{4 + i % 250}" for i in range(N))
+    group = "target_groups:\n  tg: {{Protocol: TCP, Port: 80, VpcId: main, TargetType: ip, Targets: [{}]}}\n"
+    lab = load_lab_text(WIDE + group.format(targets), "lab.yaml", name="t")
+    assert len(lab.target_groups["tg"].targets) == N
+    e = refused(WIDE + group.format(targets + ", {Id: 10.0.5.10, Port: 8080}"))
+    assert (e.key_path, e.reason) == (
+        f"target_groups.tg.Targets[{N}]",
+        "target 10.0.5.10 is already Targets[256]; registering one target on several ports is not supported yet",
+    )
+
+
+def test_thousands_of_records_and_values_load_and_a_repeated_one_is_named():
+    values = ", ".join(f"10.0.{i // 250}.{i % 250}" for i in range(N))
+    names = "".join(f"      - {{Name: h{i}.example.local, Type: A, ResourceRecords: [10.0.0.{i % 250}]}}\n" for i in range(N))
+    zone = "hosted_zones:\n  z:\n    Name: example.local\n    VPCs: [{{VPCId: main}}]\n    RecordSets:\n{}"
+    lab = load_lab_text(WIDE + zone.format(f"      - {{Name: many.example.local, Type: A, ResourceRecords: [{values}]}}\n" + names),
+                        "lab.yaml", name="t")
+    assert len(lab.hosted_zones["z"].records[0].values) == N and len(lab.hosted_zones["z"].records) == N + 1
+    e = refused(WIDE + zone.format(f"      - {{Name: many.example.local, Type: A, ResourceRecords: [{values}, 10.0.2.7]}}\n"))
+    assert (e.key_path, e.reason) == (f"hosted_zones.z.RecordSets[0].ResourceRecords[{N}]", "10.0.2.7 is already ResourceRecords[507]")
+    e = refused(WIDE + zone.format(names + "      - {Name: h77.example.local, Type: CNAME, ResourceRecords: [x.example.local]}\n"))
+    assert (e.key_path, e.reason) == (
+        f"hosted_zones.z.RecordSets[{N}].Type",
+        "h77.example.local already has a record set of type A, RecordSets[77], and a CNAME must be the only record set at its name",
+    )
 
 
 # -- network ACLs

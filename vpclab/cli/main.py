@@ -11,7 +11,7 @@ from pathlib import Path
 
 from vpclab.daemon import paths
 from vpclab.daemon.client import Lab, LabError
-from vpclab.model.errors import LabFileError
+from vpclab.model.errors import LabFileError, printable
 
 # The model and the plan are imported where a command reads a lab file: most
 # commands (exec, capture, status...) only talk to a running lab and start faster without them.
@@ -20,6 +20,11 @@ from vpclab.model.errors import LabFileError
 def load_lab(path, name=None):
     from vpclab.model import load_lab as load
     return load(path, name)
+
+
+def read_lab_file(path) -> str:
+    from vpclab.model.labfile import read_lab_file as read
+    return read(path)
 
 
 def _say(message: str) -> None:
@@ -93,10 +98,10 @@ def render_status(status: dict) -> str:
 
 def cmd_validate(args) -> int:
     lab = load_lab(args.file)
-    print(f"{args.file}: ok ({len(lab.vpcs)} VPCs, {len(lab.subnets)} subnets, "
+    print(f"{printable(args.file)}: ok ({len(lab.vpcs)} VPCs, {len(lab.subnets)} subnets, "
           f"{len(lab.instances)} instances)")
     for note in lab.notes:  # valid, but not what the user may expect
-        print(f"{args.file}: note: {note}")
+        print(f"{printable(args.file)}: note: {note}")
     return 0
 
 
@@ -114,7 +119,7 @@ def cmd_up(args) -> int:
         if lab.daemon_pid() is not None:
             raise LabError(f"lab {lab.name} is already up (`vpclab down --lab {lab.name}` first)")
         restoring = lab.exists()
-        text = Path(args.file).read_text()
+        text = read_lab_file(args.file)
         if restoring:
             model = lab.saved_lab(text)  # what comes back, live changes and all
             _say(f"lab {lab.name}: its daemon is gone; bringing it back from its state store")
@@ -356,10 +361,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args) or 0
     except LabFileError as exc:
-        _say(f"error: {exc}")
+        _say(f"error: {printable(str(exc))}")
         return 2
     except LabError as exc:
-        _say(f"error: {exc}")
+        _say("error: " + printable(str(exc), keep="\n\t"))  # a daemon log's lines keep their breaks
         return 1
     except KeyboardInterrupt:
         return 130

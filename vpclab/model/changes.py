@@ -20,6 +20,7 @@ from .elb import (
     resolve_target_group_attributes,
 )
 from .errors import ChangeError
+from .quotas import RULES_PER_SG, quota_value
 from .loader import GENEVE_PORT, parse_integer, parse_network, parse_protocol, port_range, same_permission
 from .resources import Lab, Listener, LoadBalancer, SecurityGroup, SgRule, Target, TargetGroup, VpcEndpoint
 
@@ -112,6 +113,9 @@ def _change(lab: Lab, group_name_or_id: str, rule: SgRule, direction: Direction,
         raise ChangeError("InvalidPermission.Duplicate", f'the specified rule "{_summary(rule)}" already exists')
     if not add and not exists:
         raise ChangeError("InvalidPermission.NotFound", "The specified rule does not exist in this security group.")
+    if add and len(rules) >= quota_value(lab.quotas, RULES_PER_SG):  # per direction, as the quota is
+        message = "The maximum number of rules per security group has been reached."
+        raise ChangeError("RulesPerSecurityGroupLimitExceeded", message)
     kept = rules + (rule,) if add else tuple(r for r in rules if not same_permission(r, rule))
     changed = replace(group, **{direction: kept})
     return replace(lab, security_groups={**lab.security_groups, group.name: changed})

@@ -18,8 +18,6 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, NoReturn
 
-import yaml
-
 from .alloc import (
     DEFAULT_INTERNET_CIDR,
     ELASTIC_IP_POOL,
@@ -45,6 +43,19 @@ from .elb import (
 from .errors import LabFileError
 from .labname import lab_name_problem
 from .health_check import HealthCheckConfig
+from .labfile import parse_yaml, read_lab_file
+from .quotas import (
+    ENDPOINTS_PER_VPC,
+    NAT_GATEWAYS_PER_AZ,
+    ROUTES_PER_TABLE,
+    RULES_PER_NACL,
+    RULES_PER_SG,
+    SGS_PER_ENI,
+    SUBNETS_PER_VPC,
+    VPCS_PER_REGION,
+    over_quota,
+    quota_increase,
+)
 from .ids import aws_hex, aws_id, elb_arn, hosted_zone_id, hostname_domain, hostname_for
 from .resources import (
     DEFAULT_ACCOUNT,
@@ -156,9 +167,13 @@ def port_range(protocol: str, first: int | None, last: int | None) -> tuple[int 
     return None, None  # all traffic or another protocol: AWS ignores ports
 
 
-def same_permission(a: SgRule, b: SgRule) -> bool:
+def permission_key(rule: SgRule) -> SgRule:
     """AWS identifies a rule by everything but its description."""
-    return replace(a, description="") == replace(b, description="")
+    return replace(rule, description="")
+
+
+def same_permission(a: SgRule, b: SgRule) -> bool:
+    return permission_key(a) == permission_key(b)
 
 
 # -- Pass 1: shape. A field reads one value at a key path, raising _Invalid. --
@@ -628,10 +643,11 @@ def _record_set(value: Any, path: str) -> dict[str, Any]:
             _join(path, "ResourceRecords"),
             "a record set needs at least one value in ResourceRecords, or an AliasTarget",
         )
+    index_of: dict[str, int] = {}
     for i, item in enumerate(values):
-        if item in values[:i]:
-            reason = f"{item} is already ResourceRecords[{values.index(item)}]"
-            raise _Invalid(f"{_join(path, 'ResourceRecords')}[{i}]", reason)
+        j = index_of.setdefault(item, i)
+        if j != i:
+            raise _Invalid(f"{_join(path, 'ResourceRecords')}[{i}]", f"{item} is already ResourceRecords[{j}]")
     if rtype == "CNAME" and len(values) > 1:
         raise _Invalid(_join(path, "ResourceRecords"), f"a CNAME has exactly one value, got {len(values)}")
     return {**props, "ResourceRecords": values}
@@ -784,7 +800,23 @@ RESOURCE_SECTIONS: dict[str, tuple[dict[str, Field], tuple[str, ...]]] = {
         (),
     ),
 }
-LAB_FIELDS = {"name": TEXT, "region": _leaf(_region), "account": _leaf(_account)}
+
+
+def _quota_increases(value: Any, path: str) -> dict[str, int]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _Invalid(path, f"expected a mapping of AWS quota names to values, got {_describe(value)}")
+    increases = {}
+    for name, given in value.items():
+        try:
+            increases[name] = quota_increase(name, given)
+        except ValueError as e:
+            raise _Invalid(_join(path, name), str(e)) from None
+    return increases
+
+
+LAB_FIELDS = {"name": TEXT, "region": _leaf(_region), "account": _leaf(_account), "quotas": _quota_increases}
 INTERNET_FIELDS = {"CidrBlock": _leaf(_cidr_sized(8, 28)), "hosts": lambda value, path: value}  # hosts: resources
 SECTIONS = ("lab", "vpcs", "subnets", "route_tables", "internet_gateways", "nat_gateways",
             "security_groups", "network_acls", "instances", "load_balancers", "target_groups",
@@ -978,6 +1010,7 @@ class _Builder:
         self.listener_of_group: dict[str, str] = {}  # target group -> the (first) listener that forwards to it
         self.service_of: dict[str, str] = {}  # load balancer -> its endpoint service
         self.notes: list[str] = []  # "<key path>: <remark>" for what is valid but inert
+        self.quotas: dict[str, int] = document.lab.get("quotas", {})  # AWS quota name -> the lab's increase
 
     def build(self) -> dict[str, dict[str, Any]]:
         if self.internet_cidr.overlaps(ELASTIC_IP_POOL):
@@ -1051,15 +1084,29 @@ class _Builder:
     def _add(self, section: str, resource: Any) -> None:
         self.built[section][resource.name] = resource
 
+    def _within(self, quota: str, count: int, path: str, what: Callable[[int], str]) -> None:
+        """`count` of what AWS's `quota` limits (`what(count)` says what), refused at `path` if over it."""
+        reason = over_quota(self.quotas, quota, count, what(count))
+        if reason:
+            raise _Invalid(path, reason)
+
+    def _count(self, counts: dict[Any, int], key: Any, quota: str, path: str, what: Callable[[int], str]) -> None:
+        """One more of what `quota` limits per `key` (a VPC, an account...)."""
+        counts[key] = counts.get(key, 0) + 1
+        self._within(quota, counts[key], path, what)
+
     # Sections
 
     def _vpcs(self) -> None:
+        per_account: dict[str, int] = {}
         for spec in self.doc.specs["vpcs"]:
             cidr: IPv4Network = spec.props["CidrBlock"]
             for taken, what in ((ELASTIC_IP_POOL, "the Elastic IP pool"), (self.internet_cidr, "the internet")):
                 if cidr.overlaps(taken):
                     raise _Invalid(spec.at("CidrBlock"), f"{cidr} overlaps {what} {taken}")
             account = spec.props.get("Account", self.account)
+            self._count(per_account, account, VPCS_PER_REGION, spec.path,
+                        lambda n: f"account {account} would have {n} VPCs in {self.region}")  # fmt: skip
             self._add(
                 "vpcs",
                 Vpc(
@@ -1073,8 +1120,11 @@ class _Builder:
             )
 
     def _subnets(self) -> None:
+        per_vpc: dict[str, int] = {}
         for spec in self.doc.specs["subnets"]:
             vpc = self._vpc_of(spec)
+            self._count(per_vpc, vpc.name, SUBNETS_PER_VPC, spec.path,
+                        lambda n: f"VPC {vpc.name} would have {n} subnets")  # fmt: skip
             cidr: IPv4Network = spec.props["CidrBlock"]
             if not cidr.subnet_of(vpc.cidr):
                 raise _Invalid(spec.at("CidrBlock"), f"{cidr} is outside VPC {vpc.name} ({vpc.cidr})")
@@ -1139,21 +1189,29 @@ class _Builder:
 
     def _rules(self, group: SecurityGroup, spec: _Spec, key: str, peer_key: str) -> tuple[SgRule, ...]:
         rules: list[SgRule] = []
+        index_of: dict[SgRule, int] = {}  # permission -> its first rule: one lookup per rule, not a scan
+        direction = "inbound" if key == "SecurityGroupIngress" else "outbound"
         for i, rule in enumerate(spec.props.get(key, [])):
             path = f"{spec.at(key)}[{i}]"
+            self._within(RULES_PER_SG, i + 1, path, lambda n: f"security group {group.name} has {n} {direction} rules")
             if rule.group is not None:
                 vpc = self.built["vpcs"][group.vpc]
                 peer = self._ref("security_groups", rule.group, f"{path}.{peer_key}", vpc)
                 rule = replace(rule, group=peer.name)
-            for j, earlier in enumerate(rules):
-                if same_permission(rule, earlier):
-                    raise _Invalid(path, f"this rule duplicates {key}[{j}]")
+            j = index_of.setdefault(permission_key(rule), i)
+            if j != i:
+                raise _Invalid(path, f"this rule duplicates {key}[{j}]")
             rules.append(rule)
         return tuple(rules)
 
     def _addressed_resources(self) -> None:
         """NAT gateways, instances, load balancer nodes and endpoint interfaces share the subnets' addresses."""
         claims = [self._nat_claim(spec) for spec in self.doc.specs["nat_gateways"]]
+        per_zone: dict[tuple[str, str], int] = {}
+        for claim in claims:
+            account, zone = self._subnet_vpc(claim.subnet.name).account, claim.subnet.az
+            self._count(per_zone, (account, zone), NAT_GATEWAYS_PER_AZ, claim.spec.path,
+                        lambda n: f"account {account} would have {n} NAT gateways in {zone}")  # fmt: skip
         claims += [self._instance_claim(spec) for spec in self.doc.specs["instances"]]
         for spec in self.doc.specs["load_balancers"]:
             claims += self._load_balancer_claims(spec)
@@ -1413,6 +1471,7 @@ class _Builder:
                 lambda changes: resolve_target_group_attributes(protocol, target_type, None, changes),
             )  # fmt: skip
             targets: list[Target] = []
+            index_of: dict[str, int] = {}  # target ID -> its first registration
             for i, ref in enumerate(spec.props.get("Targets", [])):
                 path = f"{spec.at('Targets')}[{i}]"
                 if lb_type == "gateway" and ref.get("Port", port) != port:
@@ -1424,13 +1483,13 @@ class _Builder:
                     )  # fmt: skip
                 except ValueError as e:
                     raise _Invalid(ref["at"], str(e)) from None
-                for j, earlier in enumerate(targets):
-                    if earlier.id == target.id:
-                        also = (
-                            "; registering one target on several ports is not supported yet"
-                            if earlier.port != target.port else ""
-                        )
-                        raise _Invalid(path, f"target {target.id} is already Targets[{j}]{also}")
+                j = index_of.setdefault(target.id, i)
+                if j != i:
+                    also = (
+                        "; registering one target on several ports is not supported yet"
+                        if targets[j].port != target.port else ""
+                    )
+                    raise _Invalid(path, f"target {target.id} is already Targets[{j}]{also}")
                 targets.append(target)
             hex_id = aws_hex("targetgroup", vpc.account, self.region, spec.name)
             self._add(
@@ -1449,14 +1508,14 @@ class _Builder:
             )
 
     def _listeners(self) -> None:
-        taken: dict[str, list[tuple[str, int, str]]] = {}  # load balancer -> (protocol, port, listener)
+        taken: dict[str, dict[int, list[tuple[str, str]]]] = {}  # load balancer -> port -> (protocol, listener)
         for spec in self.doc.specs["listeners"]:
             lb: LoadBalancer = self._ref("load_balancers", spec.props["LoadBalancerArn"], spec.at("LoadBalancerArn"))
             if lb.type == "gateway":
                 self._gateway_listener(spec, lb)
                 protocol, port = None, None
             else:
-                protocol, port = self._network_listener(spec, lb, taken.setdefault(lb.name, []))
+                protocol, port = self._network_listener(spec, lb, taken.setdefault(lb.name, {}))
             group = self._forward_target(spec, lb, protocol)
             attributes = self._attributes(
                 spec, "ListenerAttributes",
@@ -1492,7 +1551,7 @@ class _Builder:
                 )
 
     def _network_listener(
-        self, spec: _Spec, lb: LoadBalancer, taken: list[tuple[str, int, str]]
+        self, spec: _Spec, lb: LoadBalancer, taken: dict[int, list[tuple[str, str]]]
     ) -> tuple[str, int]:
         """An NLB listener's protocol and port, not colliding with its other listeners':
         TCP and UDP may share a port, TCP_UDP takes it for both."""
@@ -1502,14 +1561,14 @@ class _Builder:
         protocol, port = spec.props["Protocol"], spec.props["Port"]
         if protocol not in LISTENER_PROTOCOLS:
             raise _Invalid(spec.at("Protocol"), _protocol_problem(protocol, LISTENER_PROTOCOLS, "listeners"))
-        for other_protocol, other_port, other in taken:
-            if other_port == port and (other_protocol == protocol or "TCP_UDP" in (protocol, other_protocol)):
+        for other_protocol, other in taken.get(port, ()):
+            if other_protocol == protocol or "TCP_UDP" in (protocol, other_protocol):
                 raise _Invalid(
                     spec.at("Port"),
                     f"load balancer {lb.name} already has listener {other} on {other_protocol} port {port}; "
                     "two listeners can share a port only as TCP and UDP (TCP_UDP takes both)",
                 )
-        taken.append((protocol, port, spec.name))
+        taken.setdefault(port, []).append((protocol, spec.name))
         return protocol, port
 
     def _forward_target(self, spec: _Spec, lb: LoadBalancer, protocol: str | None) -> TargetGroup:
@@ -1682,6 +1741,8 @@ class _Builder:
         groups: list[str] = []
         for i, value in enumerate(spec.props.get("SecurityGroupIds", [f"{vpc.name}-default"])):
             path = f"{spec.at('SecurityGroupIds')}[{i}]"
+            eni = f"{KIND_LABELS[spec.section]} {spec.name}'s network interface"
+            self._within(SGS_PER_ENI, i + 1, path, lambda n: f"{eni} has {n} security groups")
             group = self._ref("security_groups", value, path, vpc)
             if group.name in groups:
                 raise _Invalid(path, f"security group {group.name} is listed twice")
@@ -1691,8 +1752,12 @@ class _Builder:
         return tuple(groups)
 
     def _endpoints(self) -> None:
+        per_vpc: dict[str, int] = {}
         for spec in self.doc.specs["vpc_endpoints"]:
             vpc = self._vpc_of(spec)
+            self._count(per_vpc, vpc.name, ENDPOINTS_PER_VPC, spec.path,
+                        lambda n: f"VPC {vpc.name} would have {n} interface and Gateway Load Balancer "
+                                  "endpoints")  # fmt: skip
             path = spec.at("ServiceName")
             service: VpcEndpointService = self._ref("vpc_endpoint_services", spec.props["ServiceName"], path)
             endpoint_type = spec.props["VpcEndpointType"]
@@ -1793,8 +1858,10 @@ class _Builder:
             route = Route(destination, kind, target)
             if destination == vpc.cidr:
                 routes[0] = route
-            else:
-                routes.append(route)
+                continue
+            routes.append(route)
+            self._within(ROUTES_PER_TABLE, len(routes) - 1, path,
+                         lambda n: f"route table {spec.name} has {n} routes besides the local route")
         return tuple(routes)
 
     def _route_target(self, vpc: Vpc, key: str, value: str, path: str) -> tuple[str, str]:
@@ -1837,14 +1904,19 @@ class _Builder:
         for spec in self.doc.specs["network_acls"]:
             vpc = self._vpc_of(spec)
             entries: list[NaclEntry] = []
+            index_of: dict[tuple[int, bool], int] = {}  # (rule number, egress) -> its entry
+            per_direction: dict[bool, int] = {}
             for i, entry in enumerate(spec.props.get("Entries", [])):
-                for j, earlier in enumerate(entries):
-                    if (earlier.rule_number, earlier.egress) == (entry.rule_number, entry.egress):
-                        direction = "egress" if entry.egress else "ingress"
-                        raise _Invalid(
-                            f"{spec.at('Entries')}[{i}].RuleNumber",
-                            f"{direction} rule {entry.rule_number} is already Entries[{j}]",
-                        )
+                way = "outbound" if entry.egress else "inbound"
+                self._count(per_direction, entry.egress, RULES_PER_NACL, f"{spec.at('Entries')}[{i}]",
+                            lambda n: f"network ACL {spec.name} has {n} {way} rules")  # fmt: skip
+                j = index_of.setdefault((entry.rule_number, entry.egress), i)
+                if j != i:
+                    direction = "egress" if entry.egress else "ingress"
+                    raise _Invalid(
+                        f"{spec.at('Entries')}[{i}].RuleNumber",
+                        f"{direction} rule {entry.rule_number} is already Entries[{j}]",
+                    )
                 entries.append(entry)
             subnets = self._associate(spec, "SubnetAssociations", "subnets", vpc, acl_of_subnet)
             entries.sort(key=lambda e: (e.egress, e.rule_number))
@@ -1963,6 +2035,7 @@ class _Builder:
     def _zone_records(self, spec: _Spec, domain: str) -> list[tuple[dict[str, Any], str]]:
         """The record sets, each inside the zone, one per name and type, a CNAME alone at its name."""
         records: list[tuple[dict[str, Any], str]] = []
+        types_at: dict[str, list[tuple[int, str]]] = {}  # name -> (index, type) of its record sets so far
         for i, props in enumerate(spec.props.get("RecordSets", [])):
             path = f"{spec.at('RecordSets')}[{i}]"
             name, rtype = props["Name"], props["Type"]
@@ -1973,20 +2046,19 @@ class _Builder:
                 raise _Invalid(
                     f"{path}.Type", f"a CNAME can't be at the zone apex {domain}; use an alias (AliasTarget) there"
                 )
-            for j, (earlier, _) in enumerate(records):
-                if earlier["Name"] != name:
-                    continue
-                if earlier["Type"] == rtype:
+            for j, earlier_type in types_at.get(name, ()):  # a few at most: one per type
+                if earlier_type == rtype:
                     raise _Invalid(
                         f"{path}.Type",
                         f"{name} already has a record set of type {rtype}, RecordSets[{j}]; give all its values there",
                     )
-                if "CNAME" in (rtype, earlier["Type"]):
+                if "CNAME" in (rtype, earlier_type):
                     raise _Invalid(
                         f"{path}.Type",
-                        f"{name} already has a record set of type {earlier['Type']}, RecordSets[{j}], and a CNAME "
+                        f"{name} already has a record set of type {earlier_type}, RecordSets[{j}], and a CNAME "
                         "must be the only record set at its name",
                     )
+            types_at.setdefault(name, []).append((i, rtype))
             records.append((props, path))
         return records
 
@@ -2151,46 +2223,12 @@ def _route_refusal(
     return None
 
 
-# -- YAML --
-
-
-class _YamlLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys instead of keeping the last one silently."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen = set()
-        for key_node, _ in node.value:
-            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-                key = self.construct_object(key_node)
-                if key in seen:
-                    raise yaml.MarkedYAMLError(problem=f"duplicate key '{key}'", problem_mark=key_node.start_mark)
-                seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-def _parse_yaml(text: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_YamlLoader)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise _Invalid("", f"invalid YAML{where}: {e.problem}") from None
-    except yaml.YAMLError as e:
-        raise _Invalid("", f"invalid YAML: {e}") from None
-
-
 # -- Entry points --
 
 
 def load_lab(path: str | Path, name: str | None = None) -> Lab:
-    """Read and load a lab file; see `load_lab_text`."""
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise LabFileError(source, "", f"cannot read the lab file: {reason}") from None
-    return load_lab_text(text, source, name)
+    """Read and load a lab file (refused if not a regular file of at most 4 MiB); see `load_lab_text`."""
+    return load_lab_text(read_lab_file(path), str(path), name)
 
 
 def load_lab_text(text: str, source: str, name: str | None = None) -> Lab:
@@ -2200,7 +2238,7 @@ def load_lab_text(text: str, source: str, name: str | None = None) -> Lab:
     Raises LabFileError for the first problem found.
     """
     try:
-        document = _Document(_parse_yaml(text))
+        document = _Document(parse_yaml(text, source))
         lab_name = _lab_name(name, document.lab, source)
         region = document.lab.get("region", DEFAULT_REGION)
         account = document.lab.get("account", DEFAULT_ACCOUNT)
@@ -2230,6 +2268,7 @@ def load_lab_text(text: str, source: str, name: str | None = None) -> Lab:
         vpc_endpoints=built["vpc_endpoints"],
         hosted_zones=built["hosted_zones"],
         notes=tuple(builder.notes),
+        quotas=builder.quotas,
     )
 
 

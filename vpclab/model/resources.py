@@ -350,6 +350,7 @@ class Lab:
     vpc_endpoints: Mapping[str, VpcEndpoint] = field(default_factory=dict)
     hosted_zones: Mapping[str, HostedZone] = field(default_factory=dict)
     notes: tuple[str, ...] = ()  # "<key path>: <remark>": valid, but maybe not what was meant
+    quotas: Mapping[str, int] = field(default_factory=dict)  # AWS quota name -> the value the lab raised it to
 
     def hosted_zones_of(self, vpc: str) -> tuple[HostedZone, ...]:
         """The private hosted zones associated with a VPC, in file order (whether or not its
