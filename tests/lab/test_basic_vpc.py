@@ -49,7 +49,7 @@ def test_internet_client_reaches_web_instance_by_its_public_ip(basic):
     web = basic.instance("web-1")
     page = basic.curl("client", f"http://{web['public_ip']}/")
     assert page.startswith(f"web-1 {web['id']} us-east-1a")
-    assert "client: 198.51.100." in page  # the IGW translates only the instance's side
+    assert "client: 100.64.0." in page  # the IGW translates only the instance's side
 
 
 def test_private_instance_reaches_internet_and_server_sees_nat_gateway_elastic_ip(basic):
@@ -97,7 +97,7 @@ def test_vpc_resolver_at_base_plus_two_answers_instance_and_internet_names(basic
                  f"s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(2);"
                  f"s.sendto(dnslib.DNSRecord.question('server.internet.test').pack(),('{resolver}',53));"
                  "print(dnslib.DNSRecord.parse(s.recv(512)).short())")
-        assert basic.sh("app-1", f"python3 -c \"{query}\"").stdout.strip() == "198.51.100.11"
+        assert basic.sh("app-1", f"python3 -c \"{query}\"").stdout.strip() == "100.64.0.11"
 
 
 def test_each_instance_has_own_hostname_resolv_conf_and_vpc_mtu(basic):
@@ -120,7 +120,7 @@ def test_capture_writes_a_pcap_that_tshark_reads(basic, tmp_path):
     capture.wait(timeout=20)
     decoded = subprocess.run(["tshark", "-r", str(pcap), "-T", "fields", "-e", "ip.src", "-e", "tcp.dstport"],
                              capture_output=True, text=True, check=True).stdout
-    assert "198.51.100.10\t80" in decoded  # the ENI sees the client's real address
+    assert "100.64.0.10\t80" in decoded  # the ENI sees the client's real address
 
 
 def test_status_json_has_the_stable_schema(basic):

@@ -92,7 +92,7 @@ def test_ingress_and_egress_pass_through_an_appliance(gwlb, tmp_path):
     before = appliances(gwlb)
     page = gwlb.curl("client", web_url(gwlb))
     assert page.startswith("web-1 ")
-    assert "client: 198.51.100.10:" in page  # inspection is transparent: web-1 sees the client
+    assert "client: 100.64.0.10:" in page  # inspection is transparent: web-1 sees the client
     nat_ip = gwlb.status()["nat_gateways"][0]["public_ip"]
     assert f"client: {nat_ip}:" in gwlb.curl("web-1", "http://server.internet.test/")
     after = appliances(gwlb)
@@ -283,14 +283,14 @@ def node_drops(lab, az: str = "us-east-1a") -> dict:
 def test_inner_packets_over_8500_bytes_are_dropped_silently(gwlb):
     send = ("import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
             "s.setsockopt(socket.IPPROTO_IP, 10, 2); "  # IP_MTU_DISCOVER = IP_PMTUDISC_DO: never fragment
-            "s.sendto(b'x' * {size}, ('198.51.100.250', 9))")  # unassigned: no host link MTU on the way
+            "s.sendto(b'x' * {size}, ('100.64.0.250', 9))")  # unassigned: no host link MTU on the way
     before = node_drops(gwlb).get("oversize", 0)
     gwlb.sh("web-1", f"python3 -c \"{send.format(size=8400)}\"")  # 8,428-byte packet: carried
     assert node_drops(gwlb).get("oversize", 0) == before
     gwlb.sh("web-1", f"python3 -c \"{send.format(size=8600)}\"")  # 8,628 bytes: over the limit
     assert node_drops(gwlb).get("oversize", 0) == before + 1
     # no ICMP "fragmentation needed" comes back: the sender's path MTU is still its link's
-    assert "mtu" not in gwlb.sh("web-1", "ip route get 198.51.100.250").stdout.split("cache")[-1]
+    assert "mtu" not in gwlb.sh("web-1", "ip route get 100.64.0.250").stdout.split("cache")[-1]
 
 
 # web-1 also echoes TCP on port 9000 (its default services close idle connections early).
@@ -349,7 +349,7 @@ def test_send_tcp_reset_resets_an_idle_connection_at_both_ends_and_answers_a_str
     # A non-SYN segment with no flow: the GWLB answers with a RST carrying the
     # segment's ACK as its sequence number, and no appliance ever sees it.
     before = appliances(lab)
-    reply = lab.sh("client", f"python3 -c '{STRAY_ACK.format(src='198.51.100.10', dst=web)}'").stdout.split()
+    reply = lab.sh("client", f"python3 -c '{STRAY_ACK.format(src='100.64.0.10', dst=web)}'").stdout.split()
     assert reply == [web, "R", "5555"]
     counters = node_counters(lab)
     assert counters["drops"].get("non_syn_without_flow") == 1 and counters["tcp_resets_sent"] == 1

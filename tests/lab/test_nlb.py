@@ -64,7 +64,7 @@ def test_internet_facing_nlb_is_reached_on_its_elastic_ips_with_the_client_ip_pr
     public = {n["az"]: n["public_ip"] for n in lb["nodes"]}
     seen = page(nlb, f"http://{public['us-east-1a']}/", node="outside")
     assert seen["name"] == "web-a"
-    assert seen["client"].startswith("198.51.100.")
+    assert seen["client"].startswith("100.64.0.")
 
 
 

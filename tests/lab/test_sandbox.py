@@ -82,10 +82,10 @@ def test_lab_runs_as_an_unprivileged_user(as_nobody):
     run = as_nobody
     up = run("up", str(BASIC), "--name", "rootless", timeout=120)
     assert up.returncode == 0, up.stderr
-    page = run("exec", "client", "--", "curl", "-s", "--max-time", "3", "http://203.0.113.11/")
+    page = run("exec", "client", "--", "curl", "-s", "--max-time", "3", "http://100.64.1.11/")
     assert page.stdout.startswith("web-1 "), page.stderr
     nat = run("exec", "app-1", "--", "curl", "-s", "--max-time", "3", "http://server.internet.test/")
-    assert "client: 203.0.113.10:" in nat.stdout, nat.stderr
+    assert "client: 100.64.1.10:" in nat.stdout, nat.stderr
     daemon_owner = subprocess.run(["ps", "-o", "uid=", "-C", "vpclab-daemon"], capture_output=True,
                                   text=True).stdout.split()
     assert "65534" in daemon_owner
@@ -102,7 +102,7 @@ def test_a_gwlb_lab_runs_unprivileged_on_its_python_data_path(as_nobody):
     page = ""
     for _ in range(30):  # until the appliances pass their health checks
         page = as_nobody("exec", "--lab", "gwlb-rootless", "client", "--", "curl", "-s", "--max-time", "2",
-                         "http://203.0.113.11/").stdout
+                         "http://100.64.1.11/").stdout
         if page.startswith("web-1 "):
             break
     assert page.startswith("web-1 ")

@@ -69,14 +69,14 @@ def gwlb_distributed(steps: Steps, status: dict) -> None:
     _wait_targets(lab, "healthy", 2)
     before = _appliance_packets(lab)
     steps.expect("ingress: client -> IGW -> edge route table -> GWLB endpoint -> appliance -> web-1",
-                 "client", f"curl -s --max-time 3 {url}", ok=True, shows="client: 198.51.100.10")
+                 "client", f"curl -s --max-time 3 {url}", ok=True, shows="client: 100.64.0.10")
     steps.expect(f"egress: web-1 -> endpoint -> appliance -> NAT gateway -> IGW; the server sees {nat_ip}",
                  "web-1", "curl -s --max-time 3 http://server.internet.test/", ok=True, shows=nat_ip)
     after = _appliance_packets(lab)
     print(f"   GENEVE packets inspected per appliance: "
           f"{ {n: after[n] - before[n] for n in after} }")
     steps.expect("web-1 resolves the server's name through the VPC resolver at base+2",
-                 "web-1", "getent hosts server.internet.test", ok=True, shows="198.51.100.11")
+                 "web-1", "getent hosts server.internet.test", ok=True, shows="100.64.0.11")
     steps.change("revoke-security-group-ingress", group="web-sg", protocol="tcp", port="80", cidr="0.0.0.0/0")
     steps.expect("with port 80 revoked from web-sg, the client is blocked (after inspection)",
                  "client", f"curl -s --max-time 2 {url}", ok=False)
