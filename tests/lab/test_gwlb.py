@@ -254,8 +254,10 @@ def test_endpoint_pending_acceptance_carries_nothing_until_accepted(up):
     wait_for(lambda: all_healthy(lab), 30, "both appliances healthy")
     url = web_url(lab)
     assert lab.curl("client", url, timeout=2) == ""  # routed to the endpoint, and dropped
-    lab.vpclab("endpoint", "--lab", lab.name, "accept", "gwlbe-a")
+    assert "applied" in lab.vpclab("endpoint", "--lab", lab.name, "accept", "gwlbe-a").stderr
     assert {e["name"]: e["state"] for e in lab.status()["vpc_endpoints"]}["gwlbe-a"] == "available"
+    again = lab.vpclab("endpoint", "--lab", lab.name, "accept", "gwlbe-a").stderr  # AWS accepts it; nothing moves
+    assert "no-op" in again and "applied" not in again
     assert lab.curl("client", url).startswith("web-1 ")
     assert lab.curl("client", f"http://{lab.instance('web-2')['public_ip']}/", timeout=2) == ""
     lab.vpclab("endpoint", "--lab", lab.name, "reject", "gwlbe-a")

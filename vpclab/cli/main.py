@@ -12,6 +12,7 @@ from pathlib import Path
 from vpclab.daemon import paths
 from vpclab.daemon.client import Lab, LabError
 from vpclab.model.errors import LabFileError
+from vpclab.wording import counted
 
 # The model and the plan are imported where a command reads a lab file: most
 # commands (exec, capture, status...) only talk to a running lab and start faster without them.
@@ -88,8 +89,8 @@ def render_status(status: dict) -> str:
 
 def cmd_validate(args) -> int:
     lab = load_lab(args.file)
-    print(f"{args.file}: ok ({len(lab.vpcs)} VPCs, {len(lab.subnets)} subnets, "
-          f"{len(lab.instances)} instances)")
+    print(f"{args.file}: ok ({counted(len(lab.vpcs), 'VPC')}, {counted(len(lab.subnets), 'subnet')}, "
+          f"{counted(len(lab.instances), 'instance')})")
     for note in lab.notes:  # valid, but not what the user may expect
         print(f"{args.file}: note: {note}")
     return 0
@@ -185,15 +186,20 @@ def cmd_logs(args) -> int:
 def cmd_sg_change(args) -> int:
     params = {"group": args.group_id, "protocol": args.protocol, "port": args.port,
               "cidr": args.cidr, "source_group": args.source_group}
-    result = _pick_lab(args.lab).request({"op": "change", "kind": args.command_name,
-                                          "params": {k: v for k, v in params.items() if v is not None}})
-    _say(f"{args.command_name}: applied (change {result['seq']})")
+    _change(args, args.command_name, {k: v for k, v in params.items() if v is not None})
     return 0
+
+
+def change_outcome(kind: str, result: dict) -> str:
+    """What a live change did: applied as change N, or nothing (already so, as AWS allows)."""
+    if result.get("no_op"):
+        return f"{kind}: no-op, already in that state (nothing changed)"
+    return f"{kind}: applied (change {result['seq']})"
 
 
 def _change(args, kind: str, params: dict) -> dict:
     result = _pick_lab(args.lab).request({"op": "change", "kind": kind, "params": params})
-    _say(f"{kind}: applied (change {result['seq']})")
+    _say(change_outcome(kind, result))
     return result
 
 
