@@ -36,3 +36,13 @@ if ! $PY -m vpclab.engines.gwlb.fastpath build; then
   echo "install.sh: warning: the GWLB eBPF fast path did not build; vpclab falls back to the Python data path" >&2
 fi
 echo "install.sh: vpclab $($PY -c 'import importlib.metadata as m; print(m.version("vpclab"))') is installed"
+# Where the `vpclab` command went, and how to reach it if PATH does not.
+BIN=$($PY -c 'import os, sysconfig
+dirs = [sysconfig.get_path("scripts"), sysconfig.get_path("scripts", os.name + "_user")]
+print(next((d for d in dirs if os.path.exists(os.path.join(d, "vpclab"))), dirs[0]))')
+if command -v vpclab >/dev/null; then
+  echo "install.sh: the vpclab command is $BIN/vpclab; on your PATH, vpclab is $(command -v vpclab)"
+else
+  echo "install.sh: the vpclab command is $BIN/vpclab; put it on your PATH with:"
+  echo "  export PATH=\"$BIN:\$PATH\"   # e.g. in ~/.profile"
+fi

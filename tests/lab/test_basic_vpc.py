@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, start_capture, wait_for
 
 pytestmark = pytest.mark.lab
 BASIC = ROOT / "examples" / "basic-vpc.yaml"
@@ -111,16 +112,28 @@ def test_each_instance_has_own_hostname_resolv_conf_and_vpc_mtu(basic):
 
 def test_capture_writes_a_pcap_that_tshark_reads(basic, tmp_path):
     pcap = tmp_path / "web.pcap"
-    capture = subprocess.Popen(
-        [sys.executable, "-m", "vpclab", "capture", "--lab", basic.name, "web-1", "tcp port 80", "-c", "6", "-d", "10",
-         "-w", str(pcap)], env=basic.env, stderr=subprocess.PIPE)
-    time.sleep(1.0)
+    capture = start_capture(basic, "web-1", "tcp port 80", "-c", "6", "--seconds", "60", "-w", str(pcap))
     web = basic.instance("web-1")
     basic.curl("client", f"http://{web['public_ip']}/")
-    capture.wait(timeout=20)
+    assert capture.wait(timeout=90) == 0  # 6 packets: the handshake and more
     decoded = subprocess.run(["tshark", "-r", str(pcap), "-T", "fields", "-e", "ip.src", "-e", "tcp.dstport"],
                              capture_output=True, text=True, check=True).stdout
     assert "100.64.0.10\t80" in decoded  # the ENI sees the client's real address
+
+
+def test_capture_runs_until_ctrl_c_and_then_stops_quietly(basic):
+    capture = start_capture(basic, "web-1", "tcp port 80")
+    basic.curl("client", f"http://{basic.instance('web-1')['public_ip']}/")
+
+    def printed_the_request() -> bool:
+        ready = select.select([capture.stdout], [], [], 1)[0]  # tcpdump -l prints whole lines
+        return bool(ready) and "HTTP: GET / HTTP/1.1" in capture.stdout.readline()
+
+    wait_for(printed_the_request, 60, "the request in the printed capture")
+    capture.send_signal(signal.SIGINT)
+    out, err = capture.communicate(timeout=30)
+    assert capture.returncode == 0
+    assert "File: -" not in err and "Interrupted system call" not in err and err.strip() == ""
 
 
 def test_status_json_has_the_stable_schema(basic):

@@ -1,13 +1,14 @@
 """Gateway Load Balancer labs, proven with real traffic through GENEVE appliances."""
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
-from conftest import ROOT, target_states, wait_for
+from conftest import ROOT, start_capture, target_states, wait_for
 from vpclab.engines.gwlb import fastpath
 
 pytestmark = pytest.mark.lab
@@ -102,18 +103,13 @@ def test_ingress_and_egress_pass_through_an_appliance(gwlb, tmp_path):
 
 
 def test_capture_on_appliance_shows_geneve_with_the_three_gwlb_options(gwlb, tmp_path):
-    pcaps = {}
-    captures = []
-    for name in ("appliance-1", "appliance-2"):
-        pcaps[name] = tmp_path / f"{name}.pcap"
-        captures.append(subprocess.Popen(
-            [sys.executable, "-m", "vpclab", "capture", "--lab", gwlb.name, name, "udp port 6081",
-             "-d", "4", "-w", str(pcaps[name])], env=gwlb.env, stderr=subprocess.DEVNULL))
-    time.sleep(1.0)
+    pcaps = {name: tmp_path / f"{name}.pcap" for name in ("appliance-1", "appliance-2")}
+    captures = [start_capture(gwlb, name, "udp port 6081", "-w", str(pcap)) for name, pcap in pcaps.items()]
     for _ in range(4):
         gwlb.curl("client", web_url(gwlb))
-    for capture in captures:
-        capture.wait(timeout=20)
+    for capture in captures:  # stopped as by Ctrl-C: the pcap is still complete
+        capture.send_signal(signal.SIGINT)
+        assert capture.wait(timeout=30) == 0
     seen = ""
     for pcap in pcaps.values():
         seen += subprocess.run(["tshark", "-r", str(pcap), "-V", "-Y", "geneve"], capture_output=True,

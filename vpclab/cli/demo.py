@@ -8,6 +8,7 @@ from pathlib import Path
 
 from vpclab.cli.main import render_status
 from vpclab.daemon.client import Lab, LabError
+from vpclab.daemon.store import Store
 from vpclab.model import load_lab
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -90,16 +91,34 @@ def gwlb_distributed(steps: Steps, status: dict) -> None:
                      "client", f"curl -s --max-time 3 {url}", ok=True, shows="web-1")
 
 
-def run_demo() -> int:
+STARTED_BY = "vpclab demo"  # the mark in a lab's state store that lets the demo remove it again
+
+
+def started_by_demo(lab: Lab) -> bool:
+    store = Store(lab.dir / "state.sqlite")
+    try:
+        return store.mark("started_by") == STARTED_BY
+    finally:
+        store.close()
+
+
+def run_demo(name: str | None = None) -> int:
     example = EXAMPLES / "gwlb-distributed.yaml"
-    model = load_lab(example, DEMO_LAB)
+    model = load_lab(example, name or DEMO_LAB)
     lab = Lab(model.name)
     if lab.exists():
+        if not started_by_demo(lab):  # someone's own lab: never the demo's to remove
+            raise LabError(f"a lab named {lab.name} exists and `vpclab demo` did not start it; "
+                           f"give the demo another --name, or `vpclab down --lab {lab.name}` first")
+        print(f"vpclab demo: removing {lab.name}, left by an earlier demo")
         lab.stop()
         lab.remove()
-    print(f"vpclab demo: bringing up {example.name}")
+    print(f"vpclab demo: bringing up {example.name} as lab {lab.name}")
     started = time.monotonic()
     lab.create(model.name, str(example), example.read_text())
+    store = Store(lab.dir / "state.sqlite")
+    store.set_mark("started_by", STARTED_BY)
+    store.close()  # before the sandbox forks
     try:
         status = lab.start(lambda m: print(f"   {m}"), model)
         print(f"up in {time.monotonic() - started:.2f}s\n")
