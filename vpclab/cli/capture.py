@@ -38,13 +38,13 @@ def capture(lab: Lab, args) -> int:
         decoder = subprocess.Popen(["tcpdump", "-n", "-l", "-r", "-"], stdin=dump.stdout,
                                    stderr=subprocess.DEVNULL, start_new_session=True)
         dump.stdout.close()
-    said: list[str] = []  # dumpcap's stderr: "Capturing on" once its capture is open, or its error
+    said: list[str] = []  # dumpcap's stderr: "File: -" once its capture is open and filtered, or its error
     interrupted = False
     try:
         try:
             for line in dump.stderr:
                 said.append(line.decode(errors="replace"))
-                if said[-1].startswith("Capturing on "):
+                if said[-1].startswith("File: "):
                     print(f"capturing on {args.node} {args.interface} until {bound or 'Ctrl-C'}",
                           file=sys.stderr, flush=True)
                     break
