@@ -44,3 +44,13 @@ echo "install.sh: vpclab $($PY -c 'import importlib.metadata as m; print(m.versi
 if ! $PY -m vpclab doctor; then
   echo "install.sh: warning: vpclab doctor reports a required feature missing (above); labs that need it will refuse to come up" >&2
 fi
+# Where the `vpclab` command went, and how to reach it if PATH does not.
+BIN=$($PY -c 'import os, sysconfig
+dirs = [sysconfig.get_path("scripts"), sysconfig.get_path("scripts", os.name + "_user")]
+print(next((d for d in dirs if os.path.exists(os.path.join(d, "vpclab"))), dirs[0]))')
+if command -v vpclab >/dev/null; then
+  echo "install.sh: the vpclab command is $BIN/vpclab; on your PATH, vpclab is $(command -v vpclab)"
+else
+  echo "install.sh: the vpclab command is $BIN/vpclab; put it on your PATH with:"
+  echo "  export PATH=\"$BIN:\$PATH\"   # e.g. in ~/.profile"
+fi

@@ -4,6 +4,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+import select
+import signal
 import subprocess
 import sys
 import time
@@ -115,6 +117,19 @@ def lab_daemons(under: Path) -> list[int]:
         except OSError:
             continue
     return pids
+
+
+def start_capture(lab: RunningLab, node: str, *args: str, timeout: float = 30) -> subprocess.Popen:
+    """`vpclab capture NODE ARGS...`, returned once dumpcap has its capture open (it says so)."""
+    capture = subprocess.Popen([sys.executable, "-m", "vpclab", "capture", "--lab", lab.name, node, *args],
+                               env=lab.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as at a terminal
+    ready, _, _ = select.select([capture.stderr], [], [], timeout)
+    line = capture.stderr.readline() if ready else ""
+    if not line.startswith("capturing on "):
+        capture.kill()
+        raise AssertionError(f"capture did not start within {timeout}s: {line}{capture.stderr.read()}")
+    return capture
 
 
 def target_states(lab: RunningLab, group: str) -> dict[str, str]:

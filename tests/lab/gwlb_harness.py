@@ -203,7 +203,7 @@ class Topology:
         fds = tuple(config["fast_path"].values()) if config.get("fast_path") else ()
         pid = self.spawn("node", "gwlb", [sys.executable, "-m", "vpclab.engines.gwlb.node", str(path)],
                          pass_fds=fds)
-        _wait_for(lambda: _connectable(self.workdir / "node.sock") or not self.alive("node"), 10)
+        _wait_for(lambda: _connectable(self.workdir / "node.sock") or not self.alive("node"), 60)  # generous: a loaded machine
         if not self.alive("node"):
             raise RuntimeError(f"gwlb node died:\n{self.log('node')}")
         return pid
@@ -218,7 +218,7 @@ class Topology:
             rules_path.write_text(json.dumps(rules))
             argv += ["--rules", str(rules_path)]
         pid = self.spawn(name, name, argv)
-        _wait_for(lambda: stats.exists() or not self.alive(name), 10)
+        _wait_for(lambda: stats.exists() or not self.alive(name), 60)
         if not self.alive(name):
             raise RuntimeError(f"appliance {name} died:\n{self.log(name)}")
         return pid

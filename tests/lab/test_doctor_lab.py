@@ -96,7 +96,7 @@ def test_up_refuses_a_lab_needing_a_missing_feature_before_building_anything(lab
 
 def test_up_brings_a_lab_up_when_only_a_feature_it_does_not_use_is_missing(up):
     lab = up(BASIC, "unneeded", extra_env={"VPCLAB_DOCTOR_MISSING": "af-packet,haproxy"})  # GWLB, ALB only
-    assert lab.curl("client", "http://203.0.113.11/").startswith("web-1 ")
+    assert lab.curl("client", "http://100.64.1.11/").startswith("web-1 ")
 
 
 # In a user namespace of our own, user.max_user_namespaces is that namespace's own limit:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+from conftest import wait_for  # noqa: E402
 from gwlb_harness import (  # noqa: E402
     ENDPOINT_ID, NODE_IP, SERVER_IP, Sandbox, appliance_ip,
 )
@@ -75,12 +76,8 @@ def start_servers(box: Sandbox, big_file_bytes: int = 1_000_000) -> None:
     box.call("spawn", name="web", ns="server",
              argv=[sys.executable, "-m", "http.server", str(WEB_PORT), "--bind", SERVER_IP,
                    "--directory", str(box.workdir / "web")])
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:  # bypass the node until the servers answer
-        if box.sh("server", f"curl -s -o /dev/null --max-time 1 http://{SERVER_IP}:{WEB_PORT}/")["rc"] == 0:
-            return
-        time.sleep(0.1)
-    raise AssertionError("test servers did not start")
+    answers = f"curl -s -o /dev/null --max-time 1 http://{SERVER_IP}:{WEB_PORT}/"  # bypassing the node
+    wait_for(lambda: box.sh("server", answers)["rc"] == 0, 60, "the test servers to answer")
 
 
 def ping(box: Sandbox, count: int = 3) -> bool:
@@ -107,9 +104,7 @@ def snapshot(box: Sandbox) -> dict:
 def appliance_stats(box: Sandbox, after: float) -> dict:
     """The appliance's stats file, once it has been rewritten after `after` (epoch seconds)."""
     path = box.workdir / "appl-1.stats.json"
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and path.stat().st_mtime <= after:
-        time.sleep(0.1)
+    wait_for(lambda: path.stat().st_mtime > after, 30, "the appliance to rewrite its stats")
     return json.loads(path.read_text())
 
 
@@ -117,10 +112,8 @@ def start_capture(box: Sandbox, name: str, ns: str = "appl-1", seconds: int = 6)
     pcap = box.workdir / f"{name}.pcapng"
     box.call("spawn", name=name, ns=ns, argv=["dumpcap", "-q", "-i", "eth0", "-f", "udp port 6081",
                                                "-a", f"duration:{seconds}", "-w", str(pcap)])
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and not pcap.exists():
-        time.sleep(0.05)
-    time.sleep(0.3)  # the filter is in place once the file is
+    # dumpcap names its file once its capture is open and filtered
+    wait_for(lambda: "File: " in box.call("log", name=name), 30, f"{name} to start capturing")
     return pcap
 
 
@@ -197,9 +190,8 @@ def test_appliance_deny_rule_blocks_and_sighup_reloads(sandbox, tmp_path):
 
     (tmp_path / "appl-1.rules.json").write_text(json.dumps({"rules": []}))
     sandbox.call("signal", name="appl-1", sig=int(signal.SIGHUP))
-    time.sleep(0.3)
+    wait_for(lambda: appliance_stats(sandbox, 0)["io"]["reloads"] == 1, 30, "the appliance to reload its rules")
     assert download(sandbox) == "200 999936"
-    assert appliance_stats(sandbox, time.time())["io"]["reloads"] == 1
 
 
 BURST = textwrap.dedent("""
@@ -284,11 +276,11 @@ def test_hairpin_example_appliance(sandbox):
     sandbox.call("build")
     start_servers(sandbox)
     sandbox.call("spawn", name="hairpin", ns="appl-1", argv=["sh", str(HAIRPIN)])
-    deadline = time.monotonic() + 10
     health = f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 1 http://{appliance_ip(1)}/"
-    while time.monotonic() < deadline and sandbox.sh("gwlb", health)["out"] != "200":
-        time.sleep(0.1)
-    assert sandbox.sh("gwlb", health)["out"] == "200", sandbox.call("log", name="hairpin")
+    try:
+        wait_for(lambda: sandbox.sh("gwlb", health)["out"] == "200", 60, "the hairpin appliance's health port")
+    except AssertionError as timeout:
+        raise AssertionError(f"{timeout}\n{sandbox.call('log', name='hairpin')}") from None
     sandbox.call("start_node")
     pcap = start_capture(sandbox, "cap")
 
@@ -362,9 +354,8 @@ def test_control_socket_and_bad_input(sandbox):
         print("sent")
     """)
     assert sandbox.sh("appl-2", f"python3 -c {_quote(junk_geneve)}")["out"].strip() == "sent"
-    deadline = time.monotonic() + 5
-    while snapshot(sandbox)["io"]["rx_frames"] < peer["rx_frames"] + 300 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for(lambda: snapshot(sandbox)["io"]["rx_frames"] >= peer["rx_frames"] + 300 or
+             not sandbox.call("alive", name="node"), 60, "the node to read the junk")
     assert sandbox.call("alive", name="node")
     after = snapshot(sandbox)
     assert after["io"]["rx_frames"] >= peer["rx_frames"] + 300

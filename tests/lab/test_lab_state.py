@@ -93,7 +93,7 @@ def test_up_of_another_file_after_a_crash_refuses_and_names_down(up, vpclab_home
     assert not lab_daemons(vpclab_home)  # nothing was brought up
     again = lab.vpclab("up", str(BASIC), "--name", "crashed", timeout=120)  # its own file: restored
     assert "bringing it back from its state store" in again.stderr
-    assert lab.curl("client", "http://203.0.113.11/").startswith("web-1 ")
+    assert lab.curl("client", "http://100.64.1.11/").startswith("web-1 ")
 
 
 def test_a_target_draining_at_the_crash_finishes_its_drain_after_restore(up, vpclab_home, tmp_path):

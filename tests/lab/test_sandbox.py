@@ -91,10 +91,10 @@ def test_lab_runs_as_an_unprivileged_user(as_nobody):
     run = as_nobody
     up = run("up", str(BASIC), "--name", "rootless", timeout=120)
     assert up.returncode == 0, up.stderr
-    page = run("exec", "client", "--", "curl", "-s", "--max-time", "3", "http://203.0.113.11/")
+    page = run("exec", "client", "--", "curl", "-s", "--max-time", "3", "http://100.64.1.11/")
     assert page.stdout.startswith("web-1 "), page.stderr
     nat = run("exec", "app-1", "--", "curl", "-s", "--max-time", "3", "http://server.internet.test/")
-    assert "client: 203.0.113.10:" in nat.stdout, nat.stderr
+    assert "client: 100.64.1.10:" in nat.stdout, nat.stderr
     # sysfs mounts from inside the instance's netns, which the unprivileged sandbox owns
     assert run("exec", "app-1", "--", "ls", "/sys/class/net").stdout.split() == ["eth0", "lo"]
     daemon_owner = subprocess.run(["ps", "-o", "uid=", "-C", "vpclab-daemon"], capture_output=True,
@@ -112,7 +112,7 @@ def test_a_gwlb_lab_runs_unprivileged_on_its_python_data_path(as_nobody):
     page = ""
     for _ in range(30):  # until the appliances pass their health checks
         page = as_nobody("exec", "--lab", "gwlb-rootless", "client", "--", "curl", "-s", "--max-time", "2",
-                         "http://203.0.113.11/").stdout
+                         "http://100.64.1.11/").stdout
         if page.startswith("web-1 "):
             break
     assert page.startswith("web-1 ")
@@ -124,7 +124,7 @@ def test_a_user_without_vpclab_home_keeps_labs_in_their_own_state_directory(as_n
     state = as_nobody.home / ".local" / "state" / "vpclab" / "labs" / "mine"
     assert os.stat(state / "state.sqlite").st_uid == as_nobody.uid  # not root's /var/lib/vpclab
     page = as_nobody("exec", "--lab", "mine", "client", "--", "curl", "-s", "--max-time", "3",
-                     "http://203.0.113.11/")
+                     "http://100.64.1.11/")
     assert page.stdout.startswith("web-1 "), page.stderr
     down = as_nobody("down", "--lab", "mine")
     assert down.returncode == 0, down.stderr

@@ -58,7 +58,7 @@ def test_validate_escapes_the_file_name_in_its_report(tmp_path, capsys):
     path = tmp_path / "ok\x1b[31m.yaml"
     path.write_text("lab: {name: ok}\n" + LAB)
     assert cli.main(["validate", str(path)]) == 0
-    assert capsys.readouterr().out == f"{tmp_path}/ok\\x1b[31m.yaml: ok (1 VPCs, 0 subnets, 0 instances)\n"
+    assert capsys.readouterr().out == f"{tmp_path}/ok\\x1b[31m.yaml: ok (1 VPC, 0 subnets, 0 instances)\n"
 
 
 def test_a_lab_error_keeps_its_lines_and_escapes_control_characters(capsys, monkeypatch):

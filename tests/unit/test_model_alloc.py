@@ -5,7 +5,8 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from vpclab.model.alloc import AddressError, elastic_ip_pool, internet_pool, subnet_pool
+from vpclab.model.alloc import DEFAULT_INTERNET_CIDR, ELASTIC_IP_POOL, AddressError, elastic_ip_pool, internet_pool, subnet_pool
+from vpclab.model import load_lab_text
 
 SUBNET = IPv4Network("10.0.1.0/24")
 
@@ -43,13 +44,31 @@ def test_exhausted_pool_says_so():
         pool.allocate("one more")
 
 
-def test_elastic_ips_start_at_203_0_113_10():
-    assert elastic_ip_pool().allocate("x") == IPv4Address("203.0.113.10")
+def test_elastic_ips_start_at_100_64_1_10():
+    assert elastic_ip_pool().allocate("x") == IPv4Address("100.64.1.10")
 
 
 def test_internet_hosts_start_at_dot_10_and_gateway_and_resolver_are_reserved():
-    pool = internet_pool(IPv4Network("198.51.100.0/24"))
-    assert pool.allocate("x") == IPv4Address("198.51.100.10")
+    pool = internet_pool(IPv4Network("100.64.0.0/24"))
+    assert pool.allocate("x") == IPv4Address("100.64.0.10")
     for host, reason in ((1, "internet router"), (2, "internet resolver")):
         with pytest.raises(AddressError, match=reason):
-            pool.take(IPv4Address(f"198.51.100.{host}"), "y")
+            pool.take(IPv4Address(f"100.64.0.{host}"), "y")
+
+
+@pytest.mark.parametrize("default", [DEFAULT_INTERNET_CIDR, ELASTIC_IP_POOL], ids=["internet", "elastic-ips"])
+def test_default_public_ranges_are_shared_address_space_neither_private_nor_routed_on_the_internet(default):
+    # Appliances classify by is_private: a documentation block (TEST-NET) would make the
+    # internet look inside. 100.64.0.0/10 (RFC 6598) is neither private nor carried by any
+    # internet router, so an escaped packet could never reach a real destination.
+    assert default.subnet_of(IPv4Network("100.64.0.0/10"))
+    assert not default.is_private and not default.is_global
+    assert not any(ip.is_private or ip.is_global for ip in (default[0], default[10], default[-1]))
+
+
+def test_the_internet_defaults_to_shared_address_space_and_a_lab_may_choose_another_range():
+    vpc = "vpcs: {v: {CidrBlock: 10.0.0.0/16}}\n"
+    assert load_lab_text(vpc, "lab.yaml").internet_cidr == DEFAULT_INTERNET_CIDR
+    chosen = load_lab_text(vpc + "internet: {CidrBlock: 198.51.100.0/24, hosts: {h: {}}}\n", "lab.yaml")
+    assert chosen.internet_cidr == IPv4Network("198.51.100.0/24")
+    assert str(chosen.internet_hosts["h"].ip) == "198.51.100.10"

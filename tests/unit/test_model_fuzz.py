@@ -28,7 +28,7 @@ def _paths(node: Any, prefix: tuple = ()) -> list[tuple]:
 PATHS = _paths(EXAMPLE)
 PLAUSIBLE = st.sampled_from(
     ["10.0.1.0/24", "10.0.1.5", "10.0.0.0/16", "0.0.0.0/0", "main", "public-a", "igw", "nat-a", "web-sg", "web-1",
-     "tcp", "-1", "icmp", "local", "a", "203.0.113.10", "198.51.100.1"]
+     "tcp", "-1", "icmp", "local", "a", "100.64.1.10", "100.64.0.1"]
 )  # fmt: skip
 VALUES = st.one_of(
     st.none(),
@@ -117,7 +117,7 @@ PRIVATELINK_PATHS = _paths(PRIVATELINK_DOC)
 PRIVATELINK_PLAUSIBLE = st.sampled_from(
     ["nlb", "svc", "vpce", "web", "http", "consumer", "provider", "consumer-a", "consumer-c", "endpoint-sg",
      "provider-sg", "TCP", "UDP", "TCP_UDP", "TLS", "Interface", "GatewayLoadBalancer", "internet-facing", "network",
-     "10.0.1.50", "203.0.113.9", 80, "*", "false", {"SubnetId": "consumer-a", "Ipv4": "10.0.1.60"},
+     "10.0.1.50", "100.64.1.9", 80, "*", "false", {"SubnetId": "consumer-a", "Ipv4": "10.0.1.60"},
      {"preserve_client_ip.enabled": False}, {"tcp.idle_timeout.seconds": 60}, {"Id": "web-1", "Port": 8080},
      [{"SubnetId": "provider-a"}]])  # fmt: skip
 PRIVATELINK_VALUES = st.one_of(VALUES, PRIVATELINK_PLAUSIBLE, st.lists(PRIVATELINK_PLAUSIBLE, max_size=2))

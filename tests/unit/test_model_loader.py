@@ -194,19 +194,19 @@ def test_explicit_addresses_are_taken_before_others_are_allocated_lowest_first_i
 def test_public_ips_come_from_the_elastic_ip_pool_from_10_after_explicit_ones():
     lab = load(BASE + "nat_gateways:\n  nat: {SubnetId: public-a}\n"
                "instances:\n  web: {SubnetId: public-a, AssociatePublicIpAddress: true}\n"
-               "  fixed: {SubnetId: public-a, PublicIpAddress: 203.0.113.10}\n")  # fmt: skip
-    assert str(lab.instances["fixed"].public_ip) == "203.0.113.10"
-    assert str(lab.nat_gateways["nat"].public_ip) == "203.0.113.11"
-    assert str(lab.instances["web"].public_ip) == "203.0.113.12"
+               "  fixed: {SubnetId: public-a, PublicIpAddress: 100.64.1.10}\n")  # fmt: skip
+    assert str(lab.instances["fixed"].public_ip) == "100.64.1.10"
+    assert str(lab.nat_gateways["nat"].public_ip) == "100.64.1.11"
+    assert str(lab.instances["web"].public_ip) == "100.64.1.12"
 
 
 def test_internet_hosts_are_allocated_from_dot_10_with_default_dns_names():
-    lab = load(BASE + "internet:\n  hosts:\n    client: {}\n    server: {Ip: 198.51.100.10}\n    Web: {DnsName: www.example.test}\n")
+    lab = load(BASE + "internet:\n  hosts:\n    client: {}\n    server: {Ip: 100.64.0.10}\n    Web: {DnsName: www.example.test}\n")
     hosts = lab.internet_hosts
     assert (str(hosts["server"].ip), str(hosts["client"].ip), str(hosts["Web"].ip)) == (
-        "198.51.100.10",
-        "198.51.100.11",
-        "198.51.100.12",
+        "100.64.0.10",
+        "100.64.0.11",
+        "100.64.0.12",
     )
     assert hosts["client"].dns_name == "client.internet.test"
     assert hosts["Web"].dns_name == "www.example.test"

@@ -102,8 +102,8 @@ def test_network_load_balancer_is_internet_facing_by_default_with_an_elastic_ip_
     lb = load().load_balancers["nlb"]
     assert (lb.type, lb.scheme, lb.vpc) == ("network", "internet-facing", "main")
     assert [(n.subnet, n.az, n.private_ip, n.public_ip) for n in lb.nodes] == [
-        ("pub-a", "us-east-1a", IPv4Address("10.0.1.4"), IPv4Address("203.0.113.10")),
-        ("pub-b", "us-east-1b", IPv4Address("10.0.2.4"), IPv4Address("203.0.113.11")),
+        ("pub-a", "us-east-1a", IPv4Address("10.0.1.4"), IPv4Address("100.64.1.10")),
+        ("pub-b", "us-east-1b", IPv4Address("10.0.2.4"), IPv4Address("100.64.1.11")),
     ]
     assert all(re.fullmatch(r"eni-0[0-9a-f]{16}", n.eni_id) for n in lb.nodes)
 
@@ -132,25 +132,25 @@ def test_internet_facing_by_default_needs_an_internet_gateway_and_suggests_inter
 
 
 def test_subnet_mappings_choose_elastic_ip_and_private_address():
-    lab = load(with_lb("    SubnetMappings:\n      - {SubnetId: pub-a, PublicIPv4Address: 203.0.113.50}\n"
+    lab = load(with_lb("    SubnetMappings:\n      - {SubnetId: pub-a, PublicIPv4Address: 100.64.1.50}\n"
                        "      - {SubnetId: pub-b, PrivateIPv4Address: 10.0.2.50}\n"))  # fmt: skip
     first, second = lab.load_balancers["nlb"].nodes
-    assert (first.public_ip, first.private_ip) == (IPv4Address("203.0.113.50"), IPv4Address("10.0.1.4"))
-    assert (second.public_ip, second.private_ip) == (IPv4Address("203.0.113.10"), IPv4Address("10.0.2.50"))
+    assert (first.public_ip, first.private_ip) == (IPv4Address("100.64.1.50"), IPv4Address("10.0.1.4"))
+    assert (second.public_ip, second.private_ip) == (IPv4Address("100.64.1.10"), IPv4Address("10.0.2.50"))
 
 
 def test_chosen_elastic_ip_must_be_in_the_pool_and_free():
     mapping = "    SubnetMappings:\n      - {SubnetId: pub-a, PublicIPv4Address: %s}\n"
-    reason = refused_at(with_lb(mapping % "198.51.100.7"), "load_balancers.nlb.SubnetMappings[0].PublicIPv4Address")
-    assert reason == "198.51.100.7 is outside the Elastic IP pool 203.0.113.0/24"
-    text = edit("  web-1: {SubnetId: app-a}", "  web-1: {SubnetId: app-a, PublicIpAddress: 203.0.113.50}",
-                with_lb(mapping % "203.0.113.50"))  # fmt: skip
+    reason = refused_at(with_lb(mapping % "100.64.0.7"), "load_balancers.nlb.SubnetMappings[0].PublicIPv4Address")
+    assert reason == "100.64.0.7 is outside the Elastic IP pool 100.64.1.0/24"
+    text = edit("  web-1: {SubnetId: app-a}", "  web-1: {SubnetId: app-a, PublicIpAddress: 100.64.1.50}",
+                with_lb(mapping % "100.64.1.50"))  # fmt: skip
     reason = refused_at(text, "load_balancers.nlb.SubnetMappings[0].PublicIPv4Address")
-    assert reason == "203.0.113.50 is already used by instance web-1"
+    assert reason == "100.64.1.50 is already used by instance web-1"
 
 
 def test_public_address_of_an_internal_load_balancer_is_refused():
-    text = with_lb("    Scheme: internal\n    SubnetMappings:\n      - {SubnetId: pub-a, PublicIPv4Address: 203.0.113.50}\n")
+    text = with_lb("    Scheme: internal\n    SubnetMappings:\n      - {SubnetId: pub-a, PublicIPv4Address: 100.64.1.50}\n")
     reason = refused_at(text, "load_balancers.nlb.SubnetMappings[0].PublicIPv4Address")
     assert reason.startswith("an internal load balancer's nodes have no public address")
 
@@ -682,13 +682,13 @@ def zone(record: str, text: str = NLB) -> str:
 def test_alias_to_an_internet_facing_nlb_answers_its_elastic_ips():
     lb = LAB.load_balancers["nlb"]
     (record,) = load(zone(f"{{Name: web.example.local, Type: A, AliasTarget: {{DNSName: {lb.dns_name}}}}}")).hosted_zones["z"].records
-    assert (record.values, record.ttl, record.alias_target) == (("203.0.113.10", "203.0.113.11"), 60, lb.dns_name)
+    assert (record.values, record.ttl, record.alias_target) == (("100.64.1.10", "100.64.1.11"), 60, lb.dns_name)
 
 
 def test_alias_to_a_zonal_name_answers_that_azs_node():
     name = LAB.load_balancers["nlb"].zonal_dns_name("us-east-1b")
     (record,) = load(zone(f"{{Name: web.example.local, Type: A, AliasTarget: {{DNSName: {name}}}}}")).hosted_zones["z"].records
-    assert record.values == ("203.0.113.11",)
+    assert record.values == ("100.64.1.11",)
 
 
 def test_alias_to_an_internal_nlb_answers_its_private_addresses():
@@ -700,7 +700,7 @@ def test_alias_to_an_internal_nlb_answers_its_private_addresses():
 
 def test_alias_by_the_nlbs_lab_name_means_its_regional_name():
     (record,) = load(zone("{Name: web.example.local, Type: A, AliasTarget: {DNSName: nlb}}")).hosted_zones["z"].records
-    assert (record.alias_target, record.values) == (LAB.load_balancers["nlb"].dns_name, ("203.0.113.10", "203.0.113.11"))
+    assert (record.alias_target, record.values) == (LAB.load_balancers["nlb"].dns_name, ("100.64.1.10", "100.64.1.11"))
 
 
 def test_alias_to_an_unknown_name_lists_what_an_alias_may_name():

@@ -315,12 +315,12 @@ def test_second_internet_gateway_in_a_vpc_is_refused():
 
 
 def test_vpc_overlapping_the_elastic_ip_pool_is_refused():
-    assert "Elastic IP pool" in refused("vpcs: {v: {CidrBlock: 203.0.113.0/24}}\n").reason
+    assert "Elastic IP pool" in refused("vpcs: {v: {CidrBlock: 100.64.1.0/24}}\n").reason
 
 
 def test_vpc_overlapping_the_internet_is_refused():
-    e = refused("vpcs: {v: {CidrBlock: 198.51.100.0/24}}\n")
-    assert (e.key_path, e.reason) == ("vpcs.v.CidrBlock", "198.51.100.0/24 overlaps the internet 198.51.100.0/24")
+    e = refused("vpcs: {v: {CidrBlock: 100.64.0.0/24}}\n")
+    assert (e.key_path, e.reason) == ("vpcs.v.CidrBlock", "100.64.0.0/24 overlaps the internet 100.64.0.0/24")
 
 
 # -- addresses
@@ -371,18 +371,18 @@ def test_nat_gateway_without_internet_gateway_is_refused():
 
 
 def test_public_ip_outside_the_elastic_ip_pool_is_refused():
-    e = refused(BASE + "instances:\n  web: {SubnetId: public-a, PublicIpAddress: 198.51.100.10}\n")
-    assert e.reason == "198.51.100.10 is outside the Elastic IP pool 203.0.113.0/24"
+    e = refused(BASE + "instances:\n  web: {SubnetId: public-a, PublicIpAddress: 100.64.0.10}\n")
+    assert e.reason == "100.64.0.10 is outside the Elastic IP pool 100.64.1.0/24"
 
 
 def test_public_ip_with_associate_false_is_contradictory():
-    e = refused(BASE + "instances:\n  w: {SubnetId: public-a, AssociatePublicIpAddress: false, PublicIpAddress: 203.0.113.20}\n")
+    e = refused(BASE + "instances:\n  w: {SubnetId: public-a, AssociatePublicIpAddress: false, PublicIpAddress: 100.64.1.20}\n")
     assert e.key_path == "instances.w.AssociatePublicIpAddress"
 
 
 def test_internet_host_on_the_internet_router_address_is_refused():
-    e = refused(BASE + "internet:\n  hosts:\n    h: {Ip: 198.51.100.1}\n")
-    assert (e.key_path, e.reason) == ("internet.hosts.h.Ip", "198.51.100.1 is reserved in the internet 198.51.100.0/24: internet router")
+    e = refused(BASE + "internet:\n  hosts:\n    h: {Ip: 100.64.0.1}\n")
+    assert (e.key_path, e.reason) == ("internet.hosts.h.Ip", "100.64.0.1 is reserved in the internet 100.64.0.0/24: internet router")
 
 
 def test_internet_hosts_with_the_same_dns_name_are_refused():

@@ -9,6 +9,7 @@ from pathlib import Path
 from vpclab.cli.main import render_status
 from vpclab.daemon.client import Lab, LabError
 from vpclab.doctor.probes import refuse_if_lacking
+from vpclab.daemon.store import Store
 from vpclab.model import load_lab
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -70,14 +71,14 @@ def gwlb_distributed(steps: Steps, status: dict) -> None:
     _wait_targets(lab, "healthy", 2)
     before = _appliance_packets(lab)
     steps.expect("ingress: client -> IGW -> edge route table -> GWLB endpoint -> appliance -> web-1",
-                 "client", f"curl -s --max-time 3 {url}", ok=True, shows="client: 198.51.100.10")
+                 "client", f"curl -s --max-time 3 {url}", ok=True, shows="client: 100.64.0.10")
     steps.expect(f"egress: web-1 -> endpoint -> appliance -> NAT gateway -> IGW; the server sees {nat_ip}",
                  "web-1", "curl -s --max-time 3 http://server.internet.test/", ok=True, shows=nat_ip)
     after = _appliance_packets(lab)
     print(f"   GENEVE packets inspected per appliance: "
           f"{ {n: after[n] - before[n] for n in after} }")
     steps.expect("web-1 resolves the server's name through the VPC resolver at base+2",
-                 "web-1", "getent hosts server.internet.test", ok=True, shows="198.51.100.11")
+                 "web-1", "getent hosts server.internet.test", ok=True, shows="100.64.0.11")
     steps.change("revoke-security-group-ingress", group="web-sg", protocol="tcp", port="80", cidr="0.0.0.0/0")
     steps.expect("with port 80 revoked from web-sg, the client is blocked (after inspection)",
                  "client", f"curl -s --max-time 2 {url}", ok=False)
@@ -91,17 +92,35 @@ def gwlb_distributed(steps: Steps, status: dict) -> None:
                      "client", f"curl -s --max-time 3 {url}", ok=True, shows="web-1")
 
 
-def run_demo() -> int:
+STARTED_BY = "vpclab demo"  # the mark in a lab's state store that lets the demo remove it again
+
+
+def started_by_demo(lab: Lab) -> bool:
+    store = Store(lab.dir / "state.sqlite")
+    try:
+        return store.mark("started_by") == STARTED_BY
+    finally:
+        store.close()
+
+
+def run_demo(name: str | None = None) -> int:
     example = EXAMPLES / "gwlb-distributed.yaml"
-    model = load_lab(example, DEMO_LAB)
+    model = load_lab(example, name or DEMO_LAB)
     refuse_if_lacking(model)
     lab = Lab(model.name)
     if lab.exists():
+        if not started_by_demo(lab):  # someone's own lab: never the demo's to remove
+            raise LabError(f"a lab named {lab.name} exists and `vpclab demo` did not start it; "
+                           f"give the demo another --name, or `vpclab down --lab {lab.name}` first")
+        print(f"vpclab demo: removing {lab.name}, left by an earlier demo")
         lab.stop()
         lab.remove()
-    print(f"vpclab demo: bringing up {example.name}")
+    print(f"vpclab demo: bringing up {example.name} as lab {lab.name}")
     started = time.monotonic()
     lab.create(model.name, str(example), example.read_text())
+    store = Store(lab.dir / "state.sqlite")
+    store.set_mark("started_by", STARTED_BY)
+    store.close()  # before the sandbox forks
     try:
         status = lab.start(lambda m: print(f"   {m}"), model)
         print(f"up in {time.monotonic() - started:.2f}s\n")

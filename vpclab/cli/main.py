@@ -12,6 +12,7 @@ from pathlib import Path
 from vpclab.daemon import paths
 from vpclab.daemon.client import Lab, LabError
 from vpclab.model.errors import LabFileError, printable
+from vpclab.wording import counted
 
 # The model and the plan are imported where a command reads a lab file: most
 # commands (exec, capture, status...) only talk to a running lab and start faster without them.
@@ -98,8 +99,8 @@ def render_status(status: dict) -> str:
 
 def cmd_validate(args) -> int:
     lab = load_lab(args.file)
-    print(f"{printable(args.file)}: ok ({len(lab.vpcs)} VPCs, {len(lab.subnets)} subnets, "
-          f"{len(lab.instances)} instances)")
+    print(f"{printable(args.file)}: ok ({counted(len(lab.vpcs), 'VPC')}, {counted(len(lab.subnets), 'subnet')}, "
+          f"{counted(len(lab.instances), 'instance')})")
     for note in lab.notes:  # valid, but not what the user may expect
         print(f"{printable(args.file)}: note: {note}")
     return 0
@@ -200,29 +201,19 @@ def cmd_exec(args) -> int:
 
 
 def cmd_capture(args) -> int:
-    lab = _pick_lab(args.lab)
-    dumpcap = ["dumpcap", "-q", "-P", "-i", args.interface, "-w", "-"]
-    if args.count:
-        dumpcap += ["-c", str(args.count)]
-    if args.duration:
-        dumpcap += ["-a", f"duration:{args.duration}"]
-    if args.filter:
-        dumpcap += ["-f", " ".join(args.filter)]
-    argv = lab.nsenter(args.node) + dumpcap
-    if args.write:
-        with open(args.write, "wb") as out:
-            return subprocess.run(argv, stdout=out).returncode
-    # Decode on the host side: tcpdump cannot drop privileges inside a user namespace.
-    capture = subprocess.Popen(argv, stdout=subprocess.PIPE)
-    try:
-        return subprocess.run(["tcpdump", "-n", "-l", "-r", "-"], stdin=capture.stdout).returncode
-    finally:
-        capture.kill()
+    from vpclab.cli.capture import capture
+    return capture(_pick_lab(args.lab), args)
 
 
 def cmd_logs(args) -> int:
     lab = _pick_lab(args.lab)
-    files = [lab.dir / "daemon.log"] if not args.node else [lab.dir / "logs" / f"{args.node}.log"]
+    if args.node and args.node_option and args.node != args.node_option:
+        raise LabError(f"two nodes given: {args.node} and --node {args.node_option}")
+    node = args.node or args.node_option
+    files = [lab.dir / "daemon.log"] if not node else [lab.dir / "logs" / f"{node}.log"]
+    if node and not args.follow and not files[0].exists():
+        lab.nsenter(node)  # refuses a node the lab does not have, naming those it has
+        raise LabError(f"{node} has no output yet (only nodes that run a command, such as appliances, have one)")
     argv = ["tail", "-n", str(args.lines)] + (["-F"] if args.follow else []) + [str(f) for f in files]
     return subprocess.run(argv).returncode
 
@@ -230,15 +221,20 @@ def cmd_logs(args) -> int:
 def cmd_sg_change(args) -> int:
     params = {"group": args.group_id, "protocol": args.protocol, "port": args.port,
               "cidr": args.cidr, "source_group": args.source_group}
-    result = _pick_lab(args.lab).request({"op": "change", "kind": args.command_name,
-                                          "params": {k: v for k, v in params.items() if v is not None}})
-    _say(f"{args.command_name}: applied (change {result['seq']})")
+    _change(args, args.command_name, {k: v for k, v in params.items() if v is not None})
     return 0
+
+
+def change_outcome(kind: str, result: dict) -> str:
+    """What a live change did: applied as change N, or nothing (already so, as AWS allows)."""
+    if result.get("no_op"):
+        return f"{kind}: no-op, already in that state (nothing changed)"
+    return f"{kind}: applied (change {result['seq']})"
 
 
 def _change(args, kind: str, params: dict) -> dict:
     result = _pick_lab(args.lab).request({"op": "change", "kind": kind, "params": params})
-    _say(f"{kind}: applied (change {result['seq']})")
+    _say(change_outcome(kind, result))
     return result
 
 
@@ -281,7 +277,7 @@ def cmd_appliance(args) -> int:
 
 def cmd_demo(args) -> int:
     from vpclab.cli.demo import run_demo
-    return run_demo()
+    return run_demo(args.name)
 
 
 # --- the parser -------------------------------------------------------------------
@@ -316,15 +312,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("exec", cmd_exec, "run a command inside an instance, internet host or other node")
     p.add_argument("node")
     p.add_argument("command", nargs=argparse.REMAINDER)
-    p = command("capture", cmd_capture, "capture packets on a node's interface (pcap)")
+    p = command("capture", cmd_capture, "capture packets on a node's interface (pcap), until Ctrl-C, "
+                "-c COUNT packets or --seconds N")
     p.add_argument("node")
     p.add_argument("filter", nargs="*", help="a capture filter, e.g. 'tcp port 80'")
     p.add_argument("-i", "--interface", default="eth0")
     p.add_argument("-w", "--write", help="write a pcap file instead of printing")
     p.add_argument("-c", "--count", type=int, help="stop after this many packets")
-    p.add_argument("-d", "--duration", type=int, help="stop after this many seconds")
+    p.add_argument("--seconds", "-d", "--duration", dest="seconds", type=int, help="stop after this many seconds")
     p = command("logs", cmd_logs, "the lab daemon's log, or a node's command output")
-    p.add_argument("--node")
+    p.add_argument("node", nargs="?", help="a node whose command output to show (or --node)")
+    p.add_argument("--node", dest="node_option", metavar="NODE", help=argparse.SUPPRESS)
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("-n", "--lines", type=int, default=50)
     for name in ("authorize-security-group-ingress", "revoke-security-group-ingress",
@@ -351,8 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("appliance", cmd_appliance, "run the reference GENEVE appliance (what appliance instances run)",
                 lab_option=False)
     p.add_argument("appliance_args", nargs=argparse.REMAINDER, help="see `vpclab appliance -- --help`")
-    command("demo", cmd_demo, "bring up the richest example lab, send real traffic through it, tear it down",
-            lab_option=False)
+    p = command("demo", cmd_demo, "bring up the richest example lab, send real traffic through it, tear it down",
+                lab_option=False)
+    p.add_argument("--name",
+                   help="the demo lab's name (default: vpclab-demo); a lab the demo did not start is never removed")
     return parser
 
 

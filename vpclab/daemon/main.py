@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from vpclab import unixpath
+from vpclab.wording import counted
 from vpclab.daemon import sandbox
 from vpclab.daemon.balancers import Balancers, ask_engine
 from vpclab.daemon.changes import Draining, apply_change, replay
@@ -142,7 +143,7 @@ class Daemon:
         if nodes or nlb_nodes:
             self.tasks.append(self.balancers.start_health_checks(self.lab))
             self.balancers.resume_draining(self.draining, time.time())
-        self.progress.send("progress", message=f"started {count} services")
+        self.progress.send("progress", message=f"started {counted(count, 'service')}")
 
     def _start_gwlb_node(self, node) -> int:
         engine = self.supervisor.engines.get(node.ns)
@@ -276,7 +277,7 @@ class Daemon:
         path.unlink(missing_ok=True)
         with unixpath.usable(path) as reachable:
             server = await asyncio.start_unix_server(self._client, path=reachable)
-        self.progress.send("ready", status=lab_status(self.lab))
+        self.progress.send("ready", status=lab_status(self.lab, self.balancers.target_health))  # as `targets` says
         self.progress.close()
         await self.stopping.wait()
         self.supervisor.closing = True
@@ -340,6 +341,9 @@ class Daemon:
 
     def change(self, kind: str, params: dict) -> dict:
         new_lab = apply_change(self.lab, kind, params)  # validates before anything is touched
+        if new_lab == self.lab:  # e.g. accepting an available endpoint: AWS succeeds, nothing changes
+            log.info("change %s %s: already so, nothing to apply", kind, params)
+            return {"seq": None, "reapplied": [], "no_op": True}
         new_wiring = compile_lab(new_lab)
         changed = self.fabric.reconcile(new_wiring)
         seq = self.store.append_change(kind, params)

@@ -10,6 +10,7 @@ from pathlib import Path
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS lab (id INTEGER PRIMARY KEY CHECK (id = 1), name TEXT, source TEXT, text TEXT);
 CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL, kind TEXT, params TEXT);
+CREATE TABLE IF NOT EXISTS marks (key TEXT PRIMARY KEY, value TEXT);
 """
 
 
@@ -39,6 +40,14 @@ class Store:
         """Every change as (seq, when (epoch seconds), kind, params), in order."""
         rows = self.db.execute("SELECT seq, at, kind, params FROM changes ORDER BY seq").fetchall()
         return [(seq, at, kind, json.loads(params)) for seq, at, kind, params in rows]
+
+    def set_mark(self, key: str, value: str) -> None:
+        """A fact about the lab itself, e.g. who started it (`started_by`)."""
+        self.db.execute("INSERT OR REPLACE INTO marks (key, value) VALUES (?, ?)", (key, value))
+
+    def mark(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM marks WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
 
     def close(self) -> None:
         self.db.close()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from vpclab.fabric import nsutil
+from vpclab.wording import counted
 from vpclab.plan.wiring import Namespace, Wiring
 
 Progress = Callable[[str], None]
@@ -52,7 +53,7 @@ class Fabric:
 
     def up(self, wiring: Wiring, progress: Progress = lambda _m: None,
            namespaces_made: Callable[[], None] = lambda: None) -> None:
-        progress(f"creating {len(wiring.namespaces)} namespaces")
+        progress(f"creating {counted(len(wiring.namespaces), 'namespace')}")
         self.nsdir.mkdir(exist_ok=True)
         nsutil.mount("tmpfs", str(self.nsdir), "tmpfs", 0)  # seen by the sandbox only
         try:
@@ -63,7 +64,7 @@ class Fabric:
         # Sysctls first: interfaces moved in later inherit the namespace defaults.
         for ns in wiring.namespaces:
             self._write_sysctls(ns)
-        progress(f"wiring {len(wiring.links)} links")
+        progress(f"wiring {counted(len(wiring.links), 'link')}")
         self.run_in(None, ["ip", "-batch", "-"], "".join(
             f"link add name {lk.a_ifname} netns {self.files[lk.a_ns]['net']} mtu {lk.mtu} "
             f"type veth peer name {lk.b_ifname} netns {self.files[lk.b_ns]['net']} mtu {lk.mtu}\n"

@@ -8,8 +8,12 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv4Network
 from typing import Mapping
 
-ELASTIC_IP_POOL = IPv4Network("203.0.113.0/24")  # TEST-NET-3
-DEFAULT_INTERNET_CIDR = IPv4Network("198.51.100.0/24")  # TEST-NET-2
+# Both from the shared address space (RFC 6598), not the documentation blocks: appliances
+# (and Python's ipaddress) take TEST-NET addresses for private ones and would misclassify
+# internet traffic, and no internet router carries 100.64.0.0/10, so nothing here ever
+# looks like a real destination.
+DEFAULT_INTERNET_CIDR = IPv4Network("100.64.0.0/24")
+ELASTIC_IP_POOL = IPv4Network("100.64.1.0/24")
 FIRST_ALLOCATED_HOST = 10  # below .10 only explicit addresses
 
 

@@ -727,7 +727,7 @@ RESOURCE_SECTIONS: dict[str, tuple[dict[str, Field], tuple[str, ...]]] = {
                         "PublicIPv4Address": ADDRESS,  # vpclab's own: the lab has no Elastic IP resources
                         "AllocationId": _refused(
                             "Elastic IP allocations (AllocationId) are not supported yet: the lab has no Elastic "
-                            "IP resources; give PublicIPv4Address to choose a node's address from 203.0.113.0/24"
+                            f"IP resources; give PublicIPv4Address to choose a node's address from {ELASTIC_IP_POOL}"
                         ),
                         "IPv6Address": _unsupported("IPv6 addresses"),
                     },

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Literal, Mapping
 
+from .alloc import DEFAULT_INTERNET_CIDR
 from .health_check import HealthCheckConfig, lb_type_for_protocol
 
 DEFAULT_REGION = "us-east-1"
@@ -342,7 +343,7 @@ class Lab:
     network_acls: Mapping[str, NetworkAcl] = field(default_factory=dict)
     instances: Mapping[str, Instance] = field(default_factory=dict)
     internet_hosts: Mapping[str, InternetHost] = field(default_factory=dict)
-    internet_cidr: IPv4Network = IPv4Network("198.51.100.0/24")  # .1 its router, .2 its resolver
+    internet_cidr: IPv4Network = DEFAULT_INTERNET_CIDR  # .1 its router, .2 its resolver
     load_balancers: Mapping[str, LoadBalancer] = field(default_factory=dict)
     target_groups: Mapping[str, TargetGroup] = field(default_factory=dict)
     listeners: Mapping[str, Listener] = field(default_factory=dict)
