@@ -229,7 +229,7 @@ def test_stopped_appliance_fails_over_new_flows_and_existing_flows_follow_target
         assert carried == 4  # the flow moved to a healthy appliance
 
 
-def test_deregistered_target_drains_for_the_delay_then_is_unused(gwlb):
+def test_deregistered_target_drains_then_leaves_but_its_live_flow_keeps_it_under_no_rebalance(gwlb):
     before = appliances(gwlb)
     assert udp_exchange(gwlb, sport=43000, count=2) == 2
     pinned = serving_appliance(gwlb, before)
@@ -242,7 +242,17 @@ def test_deregistered_target_drains_for_the_delay_then_is_unused(gwlb):
     after = appliances(gwlb)
     assert after[pinned]["flows"] == before[pinned]["flows"]  # no new flow went to the draining target
     wait_for(lambda: "draining" not in appliance_states(gwlb).values(), 25, "the 10 s delay to end")
-    assert udp_exchange(gwlb, sport=43000, count=2) == 0  # no_rebalance: dropped after the delay
+    # no_rebalance: the live flow keeps its appliance until it idles out (120 s for UDP) ...
+    before = appliances(gwlb)
+    assert udp_exchange(gwlb, sport=43000, count=5) == 5
+    after = appliances(gwlb)
+    assert after[pinned]["packets_in"] - before[pinned]["packets_in"] == 10
+    # ... while new flows never reach it
+    for sport in range(43200, 43206):
+        assert udp_exchange(gwlb, sport=sport, count=1) == 1
+    assert appliances(gwlb)[pinned]["flows"] == after[pinned]["flows"]
+    assert all(node["counters"]["drops"].get("target_deregistered", 0) == 0
+               for node in gwlb.status()["load_balancers"][0]["nodes"])
     gwlb.vpclab("register", "--lab", gwlb.name, "appliances", pinned)
     wait_for(lambda: all_healthy(gwlb), 30, "the re-registered target healthy")
 
