@@ -4,6 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -246,3 +247,23 @@ def test_az_without_a_healthy_target_leaves_the_dns_answer_until_every_az_has_no
     wait_for(lambda: target_states(lab, "half-healthy")["web-b"] == "unhealthy", 40, "web-b unhealthy")
     assert wait_for(lambda: answer(lb["dns_name"]) == set(public.values()), 10, "every AZ back in DNS")
     assert answer("web.example.local") == set(public.values())
+
+
+def two_group_lab() -> str:
+    """nlb.yaml with two listeners: `http` (web-instances, healthy in both AZs) and `half`
+    (half-healthy: web-a in AZ a fails its checks, web-b in AZ b passes)."""
+    head, rest = LAB.read_text().split("listeners:\n")
+    kept = [line for line in rest.splitlines() if line.startswith(("  http:", "  half:"))]
+    return head + "listeners:\n" + "\n".join(kept) + "\ninternet:\n  hosts:\n    outside: {}\n" + ALIAS_ZONE
+
+
+def test_bring_up_with_two_target_groups_logs_no_error(up, lab_env):
+    home = Path(lab_env["VPCLAB_HOME"])
+    for attempt in range(3):  # each bring-up registers both groups' targets; each once raced
+        name = f"nlbup{attempt}"
+        lab = up(two_group_lab(), name)
+        wait_for(lambda: target_states(lab, "web-instances") == {"web-a": "healthy", "web-b": "healthy"}, 40,
+                 "web targets healthy")
+        log = (home / "labs" / name / "daemon.log").read_text()
+        assert " ERROR " not in log and "Traceback" not in log, log[-3000:]
+        lab.vpclab("down", "--lab", name, timeout=60)

@@ -103,10 +103,13 @@ class Balancers:
                 probes.setdefault(listener.target_group, node.ns)
         for group_name, probe_ns in probes.items():
             group = lab.target_groups[group_name]
-            config = group.health_check_config()
-            self.checker.add_target_group(group_name, config, connect=self._connector(probe_ns),
+            self.checker.add_target_group(group_name, group.health_check_config(),
+                                          connect=self._connector(probe_ns),
                                           proxy_protocol_v2=_proxy_protocol_v2(group))
-            for target in group.targets:
+        # Only once every group exists: each registration reports a change, and the
+        # refresh it triggers (NLB rulesets, DNS) reads every group of the load balancer.
+        for group_name in probes:
+            for target in lab.target_groups[group_name].targets:
                 self.checker.register(group_name, target.id, str(target.ip), target.port)
         return asyncio.ensure_future(self.checker.run())
 
