@@ -151,12 +151,13 @@ class Balancers:
             self._apply_nlb(node, first=True)
 
     def zone_in_service(self, lb: str, az: str) -> bool:
-        """Whether an NLB's AZ stays in its DNS answer: a listener there has a healthy target in scope."""
+        """Whether an NLB's AZ stays in its DNS answer: each of its target groups with
+        targets has a healthy one in scope (§3.6)."""
         node = next((n for n in self.nlb_nodes if n.load_balancer == lb and n.az == az), None)
         if node is None or self.lab is None:
             return True
-        return any(nlb_engine.zone_in_service(self._target_views(li.target_group), az, li.cross_zone)
-                   for li in node.config.listeners)
+        groups = {li.target_group: li.cross_zone for li in node.config.listeners}
+        return nlb_engine.zone_in_dns([(self._target_views(g), cross_zone) for g, cross_zone in groups.items()], az)
 
     def _remember_addresses(self, lab: Lab) -> None:
         """Where targets are, kept after they are deregistered: their connections may outlive them."""
