@@ -127,6 +127,35 @@ def test_capture_on_appliance_shows_geneve_with_the_three_gwlb_options(gwlb, tmp
         assert option_type in seen
 
 
+def test_geneve_reaches_the_appliance_with_ttl_255_id_0_df_clear_on_both_data_paths(gwlb, tmp_path):
+    ips = {name: gwlb.instance(name)["private_ip"] for name in ("appliance-1", "appliance-2")}
+    pcaps, captures = {}, []
+    for name in ips:
+        pcaps[name] = tmp_path / f"{name}.pcap"
+        captures.append(subprocess.Popen(
+            [sys.executable, "-m", "vpclab", "capture", "--lab", gwlb.name, name, "udp port 6081",
+             "-d", "5", "-w", str(pcaps[name])], env=gwlb.env, stderr=subprocess.DEVNULL))
+    time.sleep(1.5)
+    for _ in range(3):  # each: SYN and FIN on the Python path, the rest on the fast path when it is on
+        assert gwlb.curl("client", web_url(gwlb)).startswith("web-1 ")
+    for capture in captures:
+        capture.wait(timeout=30)
+    seen = []
+    for name, pcap in pcaps.items():
+        out = subprocess.run(
+            ["tshark", "-r", str(pcap), "-o", "udp.check_checksum:TRUE", "-Y", f"geneve && ip.dst == {ips[name]}",
+             "-T", "fields", "-E", "occurrence=f", "-e", "ip.ttl", "-e", "ip.id", "-e", "ip.flags.df",
+             "-e", "udp.checksum.status", "-e", "tcp.flags.syn"],
+            capture_output=True, text=True, check=True).stdout
+        seen += [tuple(line.split("\t")) for line in out.splitlines()]
+    outer = {(ttl, int(ident, 16), df, csum) for ttl, ident, df, csum, _syn in seen}
+    assert outer == {("255", 0, "0", "1")}, outer  # tshark's checksum status 1: good
+    syns = [s for s in seen if s[4] in ("1", "True")]
+    assert syns and len(seen) - len(syns) >= 3 * 4  # SYNs, and the ACKs, request and FINs after them
+    if fastpath.unavailable_reason() is None:
+        assert node_counters(gwlb)["io"]["fast_path"]["encap_hit"] > 0  # the fast path sent some of them
+
+
 def test_a_flow_and_its_replies_use_the_same_appliance(gwlb):
     before = appliances(gwlb)
     assert udp_exchange(gwlb, sport=40001, count=6) == 6
