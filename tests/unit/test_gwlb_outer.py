@@ -8,7 +8,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import ARP, Ether
 
 from vpclab.engines.geneve import internet_checksum
-from vpclab.engines.gwlb.outer import OuterHeader, arp_reply_mac, arp_request, default_gateway
+from vpclab.engines.gwlb.outer import OuterHeader, arp_reply_mac, arp_request, next_hop
 
 OWN, ROUTER = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
 
@@ -50,9 +50,12 @@ def test_arp_request_and_the_routers_reply():
     assert arp_reply_mac(b"short", "10.0.5.5", "10.0.5.1") is None
 
 
-def test_default_gateway_from_proc_net_route():
+def test_next_hop_is_the_gateway_of_the_longest_matching_route_or_the_address_on_link():
     text = ("Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
             "eth0\t00000000\t0105000A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n"
-            "eth0\t0005000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n")
-    assert default_gateway(text, "eth0") == "10.0.5.1"
-    assert default_gateway(text, "eth1") is None
+            "eth0\t0005000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n"
+            "eth1\t0006000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n")
+    assert next_hop(text, "eth0", "10.0.5.10") == "10.0.5.10"  # its own subnet: on link
+    assert next_hop(text, "eth0", "10.0.7.10") == "10.0.5.1"  # elsewhere: the default gateway
+    assert next_hop(text, "eth0", "10.0.6.10") == "10.0.5.1"  # eth1's subnet is not eth0's
+    assert next_hop(text.replace("eth0\t00000000", "eth9\t00000000"), "eth0", "10.0.7.10") is None

@@ -45,8 +45,8 @@ and the node reads it there with no recv() per frame (measured: about 10 %
 less CPU per round trip, node and whole path alike). Inner IP packets go
 through `GwlbNode.from_endpoint` and out as GENEVE over UDP from the flow's source port
 to `target:6081`, written with their outer IPv4 and UDP headers as AWS's are (TTL 255,
-ID 0, DF clear: outer.py) to a packet socket on `uplink`, addressed to the VPC router's
-MAC (one ARP request at startup). Without it (no ARP reply) a UDP socket sends them and the
+ID 0, DF clear: outer.py) to a packet socket on `uplink`, addressed to the next hop's MAC (the
+VPC router's, by an ARP request of the node's own at startup or a target's first use). Without it (no ARP reply) a UDP socket sends them and the
 kernel picks the IP ID; `io.setup_warnings` says so. Each (target, source port) in use also
 has a UDP socket bound to `node_ip:port` and connected to `target:6081`, created on first use
 (ports span 2**14; the fd limit caps the pool, and past it datagrams leave from
@@ -523,7 +523,8 @@ class NodeProcess:
         # target IP → source port → send() of a UDP socket bound to node_ip:port, connected to target:6081
         self._senders: dict[str, dict[int, Callable[[bytes], int]]] = {}
         self._src_sockets: list[socket.socket] = []
-        self._uplink_tx: tuple[socket.socket, bytes, bytes] | None = None  # socket, own MAC, router's MAC
+        self._uplink_tx: tuple[socket.socket, bytes] | None = None  # a packet socket, its MAC
+        self._next_hop_macs: dict[str, bytes] = {}  # next hop IP → its MAC (the router's)
         self._max_src_sockets = MAX_SRC_SOCKETS
         self._control: socket.socket | None = None
         self._control_conns: dict[int, tuple[socket.socket, bytearray]] = {}
@@ -543,6 +544,8 @@ class NodeProcess:
             self._uplink_tx = self._open_uplink_tx()
         except OSError as error:
             self.setup_warnings.append(f"outer IPv4 header left to the kernel (its IP ID): {error}")
+        for target in self.spec.targets:  # learn the next hops now, not on a flow's first packet
+            self._next_hop_mac(target.ip)
         if self.spec.fast_path is not None:
             try:
                 self.fast = _FastPath(self.spec.fast_path, self.node, self.spec.node_ip,
@@ -561,28 +564,8 @@ class NodeProcess:
         self.loop.stop_on(signal.SIGTERM, signal.SIGINT)
         self._open_control()  # last: a connectable control socket means "ready"
 
-    def _open_uplink_tx(self) -> tuple[socket.socket, bytes, bytes]:
-        """The packet socket that sends GENEVE with AWS's outer header (outer.py), and the MACs."""
-        uplink, node_ip = self.spec.uplink, self.spec.node_ip
-        with open("/proc/net/route") as f:
-            gateway = outer.default_gateway(f.read(), uplink)
-        if gateway is None:
-            raise OSError(f"no default route via {uplink}")
-        router_mac = None
-        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(outer.ETH_P_ARP)) as arp:
-            arp.bind((uplink, outer.ETH_P_ARP))
-            arp.settimeout(0.2)
-            own_mac = arp.getsockname()[4]
-            for _ in range(15):  # the router answers at once (proxy_delay 0); bounded all the same
-                arp.send(outer.arp_request(own_mac, node_ip, gateway))
-                try:
-                    while router_mac is None:
-                        router_mac = outer.arp_reply_mac(arp.recv(128), node_ip, gateway)
-                    break
-                except socket.timeout:
-                    continue
-        if router_mac is None:
-            raise OSError(f"no ARP reply from the router ({gateway})")
+    def _open_uplink_tx(self) -> tuple[socket.socket, bytes]:
+        """The packet socket that sends GENEVE with AWS's outer header (outer.py), and its MAC."""
         tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # protocol 0: receives nothing
         try:
             tx.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)  # the kernel finishes the UDP checksum
@@ -590,17 +573,54 @@ class NodeProcess:
                 tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
             except OSError:
                 pass
-            tx.bind((uplink, 0))
+            tx.bind((self.spec.uplink, 0))
             tx.setblocking(False)
         except OSError:
             tx.close()
             raise
-        return tx, own_mac, router_mac
+        return tx, tx.getsockname()[4]
 
-    def _outer_send(self, target_ip: str, port: int) -> Callable[[bytes], int]:
-        assert self._uplink_tx is not None
-        tx, own_mac, router_mac = self._uplink_tx
-        frame, send = outer.OuterHeader(own_mac, router_mac, self.spec.node_ip, target_ip, port).frame, tx.send
+    def _next_hop_mac(self, target_ip: str) -> bytes | None:
+        """The MAC GENEVE to `target_ip` goes to (the VPC router's, in a lab), by our own ARP
+        request (bounded: 5 x 0.2 s), remembered per next hop; None if nobody answered."""
+        uplink, node_ip = self.spec.uplink, self.spec.node_ip
+        try:
+            with open("/proc/net/route") as f:
+                hop = outer.next_hop(f.read(), uplink, target_ip)
+        except (OSError, ValueError):
+            return None
+        if hop is None or hop in self._next_hop_macs:
+            return self._next_hop_macs.get(hop) if hop is not None else None
+        mac = None
+        try:
+            with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(outer.ETH_P_ARP)) as arp:
+                arp.bind((uplink, outer.ETH_P_ARP))
+                arp.settimeout(0.2)
+                own_mac = arp.getsockname()[4]
+                for _ in range(5):
+                    arp.send(outer.arp_request(own_mac, node_ip, hop))
+                    try:
+                        while mac is None:
+                            mac = outer.arp_reply_mac(arp.recv(128), node_ip, hop)
+                        break
+                    except socket.timeout:
+                        continue
+        except OSError:
+            return None
+        if mac is not None:
+            self._next_hop_macs[hop] = mac
+        return mac
+
+    def _outer_send(self, target_ip: str, port: int) -> Callable[[bytes], int] | None:
+        """Send with AWS's outer header, or None (the kernel's header, and a warning)."""
+        mac = None if self._uplink_tx is None else self._next_hop_mac(target_ip)
+        if mac is None:
+            if self._uplink_tx is not None:
+                self.setup_warnings.append(f"outer IPv4 header to {target_ip} left to the kernel "
+                                           f"(its IP ID): no ARP reply for its next hop")
+            return None
+        tx, own_mac = self._uplink_tx
+        frame, send = outer.OuterHeader(own_mac, mac, self.spec.node_ip, target_ip, port).frame, tx.send
         return lambda datagram: send(frame(datagram))
 
     def _raise_fd_limit(self) -> None:
@@ -870,11 +890,12 @@ class NodeProcess:
                 self._src_sockets.append(sock)
                 # An appliance that swaps the ports answers here, not on 6081 (§1.2: accept it).
                 self.loop.watch(sock, functools.partial(self._drain_geneve, sock))
-                send = senders[port] = sock.send if self._uplink_tx is None else self._outer_send(target_ip, port)
+                send = senders[port] = self._outer_send(target_ip, port) or sock.send
                 return send
         self.io["src_port_fallback"] += 1
-        if self._uplink_tx is not None:
-            send = senders[port] = self._outer_send(target_ip, GENEVE_PORT)
+        send = self._outer_send(target_ip, GENEVE_PORT)
+        if send is not None:
+            senders[port] = send
             return send
         geneve, address = self._geneve, (target_ip, GENEVE_PORT)
         assert geneve is not None

@@ -11,7 +11,8 @@ UDP header and payload, whose checksum field holds the pseudo-header sum); with 
 offload off on the uplink it does so in software before the frame leaves, so the
 checksum on the wire is complete. The eBPF fast path writes the same header (fastpath.c).
 
-The router's MAC is learned with one ARP request for the uplink's default gateway.
+The next hop's MAC (the VPC router answers ARP for every address) is learned with an ARP
+request of the node's own.
 """
 from __future__ import annotations
 
@@ -85,10 +86,19 @@ def arp_reply_mac(frame: bytes, own_ip: str, target_ip: str) -> bytes | None:
     return sha
 
 
-def default_gateway(proc_net_route: str, ifname: str) -> str | None:
-    """The default gateway via `ifname` in /proc/net/route's text, if any."""
+def next_hop(proc_net_route: str, ifname: str, dst: str) -> str | None:
+    """Where a packet to `dst` goes first out of `ifname`, from /proc/net/route's text: the
+    gateway of the longest matching route, or `dst` itself on a link route; None without one."""
+    address = int(IPv4Address(dst))
+    best: tuple[int, str] | None = None
     for line in proc_net_route.splitlines()[1:]:
         fields = line.split()
-        if len(fields) >= 3 and fields[0] == ifname and fields[1] == "00000000" and fields[2] != "00000000":
-            return str(IPv4Address(int(fields[2], 16).to_bytes(4, "little")))
-    return None
+        if len(fields) < 8 or fields[0] != ifname:
+            continue
+        net, gateway, mask = (int.from_bytes(bytes.fromhex(fields[i]), "little") for i in (1, 2, 7))
+        if address & mask != net:
+            continue
+        length = bin(mask).count("1")
+        if best is None or length > best[0]:
+            best = (length, str(IPv4Address(gateway)) if gateway else dst)
+    return None if best is None else best[1]
