@@ -45,9 +45,10 @@ and the node reads it there with no recv() per frame (measured: about 10 %
 less CPU per round trip, node and whole path alike). Inner IP packets go
 through `GwlbNode.from_endpoint` and out as GENEVE over UDP from the flow's source port
 to `target:6081`, written with their outer IPv4 and UDP headers as AWS's are (TTL 255,
-ID 0, DF clear: outer.py) to a packet socket on `uplink`, addressed to the next hop's MAC (the
-VPC router's, by an ARP request of the node's own at startup or a target's first use). Without it (no ARP reply) a UDP socket sends them and the
-kernel picks the IP ID; `io.setup_warnings` says so. Each (target, source port) in use also
+ID 0, DF clear: outer.py) to a packet socket on `uplink`, addressed to the next hop's MAC
+(the VPC router's, learned by an ARP request of the node's own at startup or on a
+target's first use). Without an ARP reply a UDP socket sends them and the kernel picks
+the IP ID; `io.setup_warnings` says so. Each (target, source port) in use also
 has a UDP socket bound to `node_ip:port` and connected to `target:6081`, created on first use
 (ports span 2**14; the fd limit caps the pool, and past it datagrams leave from
 6081, which appliances answer the same way). Measured on this kernel, a pool of
