@@ -272,10 +272,12 @@ def test_deregistered_target_drains_then_leaves_but_its_live_flow_keeps_it_under
     assert after[pinned]["flows"] == before[pinned]["flows"]  # no new flow went to the draining target
     wait_for(lambda: "draining" not in appliance_states(gwlb).values(), 25, "the 10 s delay to end")
     # no_rebalance: the live flow keeps its appliance until it idles out (120 s for UDP) ...
-    before = appliances(gwlb)
+    before, fast_before = appliances(gwlb), node_counters(gwlb)["io"]["fast_path"]
     assert udp_exchange(gwlb, sport=43000, count=5) == 5
     after = appliances(gwlb)
     assert after[pinned]["packets_in"] - before[pinned]["packets_in"] == 10
+    if fastpath.unavailable_reason() is None:  # the delay's end emptied the fast path; the flow is back on it
+        assert node_counters(gwlb)["io"]["fast_path"]["encap_hit"] - fast_before["encap_hit"] >= 3
     # ... while new flows never reach it
     for sport in range(43200, 43206):
         assert udp_exchange(gwlb, sport=sport, count=1) == 1
