@@ -180,5 +180,9 @@ def test_the_vpc_router_is_no_hop_a_ttl_1_connection_reaches_another_subnet(basi
     connect = ("import socket; s = socket.socket(); s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 1); "
                f"s.settimeout(5); s.connect(('{app['private_ip']}', 80)); print('connected')")
     assert basic.sh("web-1", f'python3 -c "{connect}"', check=False).stdout.strip() == "connected"
+    # a live change reloads the router's nftables (flush ruleset), and the TTL rules with it
+    rule = ["web-sg", "--protocol", "tcp", "--port", "8080", "--cidr", "0.0.0.0/0"]
+    basic.vpclab("authorize-security-group-ingress", "--lab", basic.name, *rule)
+    assert basic.sh("web-1", f'python3 -c "{connect}"', check=False).stdout.strip() == "connected"
     log = (Path(basic.env["VPCLAB_HOME"]) / "labs" / basic.name / "daemon.log").read_text()
     assert "TTL is decremented" not in log
