@@ -8,7 +8,7 @@ cd "$(dirname "$0")"
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 PACKAGES=(iproute2 nftables conntrack util-linux procps tcpdump tshark ethtool haproxy
-          curl netcat-openbsd iputils-ping socat
+          curl netcat-openbsd iputils-ping socat iptables  # iptables: xt TTL, see plan KEEP_TTL
           python3 python3-pip python3-yaml python3-dnslib  # Debian's python3 runs the rootless lab test
           clang libbpf-dev libbpf1 linux-libc-dev)          # the GWLB node's eBPF fast path
 missing=()

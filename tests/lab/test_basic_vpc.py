@@ -210,3 +210,17 @@ def test_down_leaves_nothing_behind(up):
     assert not (Path(lab.env["VPCLAB_HOME"]) / "labs" / lab.name).exists()
     assert subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout.count("\n") == host_links
     assert subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout == ""
+
+
+def test_the_vpc_router_is_no_hop_a_ttl_1_connection_reaches_another_subnet(basic):
+    # At AWS an instance's first hop to another in its VPC is that instance (traceroute shows one hop)
+    app = basic.instance("app-1")
+    connect = ("import socket; s = socket.socket(); s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 1); "
+               f"s.settimeout(5); s.connect(('{app['private_ip']}', 80)); print('connected')")
+    assert basic.sh("web-1", f'python3 -c "{connect}"', check=False).stdout.strip() == "connected"
+    # a live change reloads the router's nftables (flush ruleset), and the TTL rules with it
+    rule = ["web-sg", "--protocol", "tcp", "--port", "8080", "--cidr", "0.0.0.0/0"]
+    basic.vpclab("authorize-security-group-ingress", "--lab", basic.name, *rule)
+    assert basic.sh("web-1", f'python3 -c "{connect}"', check=False).stdout.strip() == "connected"
+    log = (Path(basic.env["VPCLAB_HOME"]) / "labs" / basic.name / "daemon.log").read_text()
+    assert "TTL is decremented" not in log

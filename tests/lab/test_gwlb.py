@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 
 import pytest
 
@@ -114,6 +115,32 @@ def test_capture_on_appliance_shows_geneve_with_the_three_gwlb_options(gwlb, tmp
     assert seen.count("Amazon") >= 3  # tshark names class 0x0108 Amazon
     for option_type in ("Type: 0x01", "Type: 0x02", "Type: 0x03"):
         assert option_type in seen
+
+
+def test_geneve_reaches_the_appliance_with_ttl_255_id_0_df_clear_on_both_data_paths(gwlb, tmp_path):
+    ips = {name: gwlb.instance(name)["private_ip"] for name in ("appliance-1", "appliance-2")}
+    pcaps, captures = {}, []
+    for name in ips:
+        pcaps[name] = tmp_path / f"{name}.pcap"
+        captures.append(start_capture(gwlb, name, "udp port 6081", "--seconds", "10", "-w", str(pcaps[name])))
+    for _ in range(3):  # each: SYN and FIN on the Python path, the rest on the fast path when it is on
+        assert gwlb.curl("client", web_url(gwlb)).startswith("web-1 ")
+    for capture in captures:
+        capture.wait(timeout=30)
+    seen = []
+    for name, pcap in pcaps.items():
+        out = subprocess.run(
+            ["tshark", "-r", str(pcap), "-o", "udp.check_checksum:TRUE", "-Y", f"geneve && ip.dst == {ips[name]}",
+             "-T", "fields", "-E", "occurrence=f", "-e", "ip.ttl", "-e", "ip.id", "-e", "ip.flags.df",
+             "-e", "udp.checksum.status", "-e", "tcp.flags.syn"],
+            capture_output=True, text=True, check=True).stdout
+        seen += [tuple(line.split("\t")) for line in out.splitlines()]
+    outer = {(ttl, int(ident, 16), df, csum) for ttl, ident, df, csum, _syn in seen}
+    assert outer == {("255", 0, "0", "1")}, outer  # tshark's checksum status 1: good
+    syns = [s for s in seen if s[4] in ("1", "True")]
+    assert syns and len(seen) - len(syns) >= 3 * 4  # SYNs, and the ACKs, request and FINs after them
+    if doctor_report()["ebpf-fast-path"]["ok"]:
+        assert node_counters(gwlb)["io"]["fast_path"]["encap_hit"] > 0  # the fast path sent some of them
 
 
 def test_a_flow_and_its_replies_use_the_same_appliance(gwlb):
@@ -238,7 +265,7 @@ def test_stopped_appliance_fails_over_new_flows_and_existing_flows_follow_target
         assert carried == 4  # the flow moved to a healthy appliance
 
 
-def test_deregistered_target_drains_for_the_delay_then_is_unused(gwlb):
+def test_deregistered_target_drains_then_leaves_but_its_live_flow_keeps_it_under_no_rebalance(gwlb):
     before = appliances(gwlb)
     assert udp_exchange(gwlb, sport=43000, count=2) == 2
     pinned = serving_appliance(gwlb, before)
@@ -251,7 +278,19 @@ def test_deregistered_target_drains_for_the_delay_then_is_unused(gwlb):
     after = appliances(gwlb)
     assert after[pinned]["flows"] == before[pinned]["flows"]  # no new flow went to the draining target
     wait_for(lambda: "draining" not in appliance_states(gwlb).values(), 25, "the 10 s delay to end")
-    assert udp_exchange(gwlb, sport=43000, count=2) == 0  # no_rebalance: dropped after the delay
+    # no_rebalance: the live flow keeps its appliance until it idles out (120 s for UDP) ...
+    before, fast_before = appliances(gwlb), node_counters(gwlb)["io"]["fast_path"]
+    assert udp_exchange(gwlb, sport=43000, count=5) == 5
+    after = appliances(gwlb)
+    assert after[pinned]["packets_in"] - before[pinned]["packets_in"] == 10
+    if doctor_report()["ebpf-fast-path"]["ok"]:  # the delay's end emptied the fast path; the flow is back on it
+        assert node_counters(gwlb)["io"]["fast_path"]["encap_hit"] - fast_before["encap_hit"] >= 3
+    # ... while new flows never reach it
+    for sport in range(43200, 43206):
+        assert udp_exchange(gwlb, sport=sport, count=1) == 1
+    assert appliances(gwlb)[pinned]["flows"] == after[pinned]["flows"]
+    assert all(node["counters"]["drops"].get("target_deregistered", 0) == 0
+               for node in gwlb.status()["load_balancers"][0]["nodes"])
     gwlb.vpclab("register", "--lab", gwlb.name, "appliances", pinned)
     wait_for(lambda: all_healthy(gwlb), 30, "the re-registered target healthy")
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -124,10 +125,14 @@ def test_zone_without_a_healthy_target_leaves_dns_and_its_node_fails_open(nlb):
     assert set(served_by(nlb, f"http://{NODE_B}:8082/", 4)) == {"web-b"}
 
 
-def test_regional_dns_name_answers_with_every_node(nlb):
+def test_regional_dns_name_answers_with_the_nodes_whose_az_has_a_healthy_target_in_every_group(nlb):
+    groups = ("web-instances", "web-ips", "echo", "web-pp2")
+    wait_for(lambda: all(set(target_states(nlb, g).values()) == {"healthy"} for g in groups)
+             and target_states(nlb, "half-healthy") == {"web-a": "unhealthy", "web-b": "healthy"}, 40,
+             "every group healthy but half-healthy in AZ a")
     lb = next(b for b in nlb.status()["load_balancers"] if b["name"] == "web-nlb")
     out = nlb.sh("client", f"getent ahostsv4 {lb['dns_name']}").stdout.split()
-    assert {ip for ip in out if ip.count(".") == 3} == {n["public_ip"] for n in lb["nodes"]}
+    assert {ip for ip in out if ip.count(".") == 3} == {n["public_ip"] for n in lb["nodes"] if n["az"] == "us-east-1b"}
 
 
 def test_cross_zone_on_failing_open_across_zones_only_when_no_zone_is_healthy(up):
@@ -270,3 +275,47 @@ def test_killed_proxy_protocol_relays_are_restarted_and_carry_connections_again(
     seen = wait_for(lambda: page(nlb, f"http://{NODE_A}:8081/").get("proxy-protocol-hex"), 30,
                     "a connection through the restarted relay")
     assert parse_header(bytes.fromhex(seen)).source[0] == "10.0.9.10"
+
+
+def two_group_lab() -> str:
+    """nlb.yaml with two listeners: `http` (web-instances, healthy in both AZs) and `half`
+    (half-healthy: web-a in AZ a fails its checks, web-b in AZ b passes)."""
+    head, rest = LAB.read_text().split("listeners:\n")
+    kept = [line for line in rest.splitlines() if line.startswith(("  http:", "  half:"))]
+    return head + "listeners:\n" + "\n".join(kept) + "\ninternet:\n  hosts:\n    outside: {}\n" + ALIAS_ZONE
+
+
+def test_cross_zone_off_az_leaves_dns_when_one_of_its_target_groups_has_no_healthy_target_there(up):
+    lab = up(two_group_lab(), "nlb2tg")
+    lb = next(b for b in lab.status()["load_balancers"] if b["name"] == "web-nlb")
+    public = {n["az"]: n["public_ip"] for n in lb["nodes"]}
+
+    def answer(name: str) -> set[str]:
+        out = lab.sh("client", f"getent ahostsv4 {name}", check=False).stdout.split()
+        return {word for word in out if word.count(".") == 3}
+
+    wait_for(lambda: target_states(lab, "web-instances") == {"web-a": "healthy", "web-b": "healthy"}
+             and target_states(lab, "half-healthy") == {"web-a": "unhealthy", "web-b": "healthy"}, 40,
+             "web-instances healthy; half-healthy unhealthy in AZ a only")
+    # web-instances alone would keep AZ a; half-healthy has no healthy target there (§3.6)
+    assert wait_for(lambda: answer(lb["dns_name"]) == {public["us-east-1b"]}, 10, "AZ a to leave DNS")
+    assert answer("web.example.local") == {public["us-east-1b"]}  # EvaluateTargetHealth (§7)
+    # Node A still takes each group's new connections by that group's rules: web-instances to its
+    # healthy web-a, half-healthy failing open to web-a, its only target in scope.
+    assert set(served_by(lab, f"http://{NODE_A}/", 4)) == {"web-a"}
+    assert set(served_by(lab, f"http://{NODE_A}:8082/", 4)) == {"web-a"}
+    lab.sh("web-b", "pkill -f 'TCP4-LISTEN:900[1]'")  # half-healthy is now unhealthy in every AZ
+    wait_for(lambda: target_states(lab, "half-healthy")["web-b"] == "unhealthy", 40, "web-b unhealthy")
+    assert wait_for(lambda: answer(lb["dns_name"]) == set(public.values()), 10, "every AZ back in DNS")
+
+
+def test_bring_up_with_two_target_groups_logs_no_error(up, lab_env):
+    home = Path(lab_env["VPCLAB_HOME"])
+    for attempt in range(3):  # each bring-up registers both groups' targets; each once raced
+        name = f"nlbup{attempt}"
+        lab = up(two_group_lab(), name)
+        wait_for(lambda: target_states(lab, "web-instances") == {"web-a": "healthy", "web-b": "healthy"}, 40,
+                 "web targets healthy")
+        log = (home / "labs" / name / "daemon.log").read_text()
+        assert " ERROR " not in log and "Traceback" not in log, log[-3000:]
+        lab.vpclab("down", "--lab", name, timeout=60)

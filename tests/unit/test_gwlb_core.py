@@ -496,9 +496,36 @@ def test_deregistered_target_gets_no_new_flows_but_keeps_its_flows_until_the_del
     assert {send(node, udp(sport=p), 11).target_ip for p in range(50)} == {
         t.ip for t in node.targets() if t.id != target}
     assert send(node, tcp(), 10 + 299).target_ip == result.target_ip
-    assert node.from_endpoint(tcp(), EP, 10 + 300) == Drop("target_deregistered")
-    assert target not in {t.id for t in node.targets()}
-    assert node.from_appliance(result.datagram, result.target_ip, 311) == Drop("unknown_target")
+
+
+def test_no_rebalance_keeps_a_busy_flow_on_its_deregistered_target_until_it_idles_out():
+    node = make_node(targets=2, deregistration_delay=5)
+    result = send(node, udp(), 0)
+    target = target_of(node, result)
+    node.deregister(target, now=0)
+    for now in range(1, 200):  # one packet a second, far past the delay and the 120 s UDP timeout
+        node.expire(now)
+        assert send(node, udp(), now).target_ip == result.target_ip
+        assert isinstance(node.from_appliance(result.datagram, result.target_ip, now), Decap)
+    assert target not in {t.id for t in node.targets()}  # the target itself left at 5 s
+    assert "target_deregistered" not in node.snapshot()["drops"]
+    assert {send(node, udp(sport=p), 200).target_ip for p in range(50)} == {
+        t.ip for t in node.targets()}  # new flows never reach it
+    node.expire(199 + 120)  # the flow idles out: its target is forgotten
+    assert node.from_appliance(result.datagram, result.target_ip, 320) == Drop("unknown_target")
+    assert target_of(node, send(node, udp(), 320)) != target  # the same 5-tuple is a new flow
+
+
+def test_no_rebalance_flow_of_a_deregistered_target_ends_with_the_tcp_idle_timeout():
+    node = make_node(targets=1, deregistration_delay=0, tcp_idle_timeout=60)
+    result = send(node, tcp(flags=SYN), 0)
+    node.deregister("i-0", now=0)
+    assert node.targets() == []
+    assert send(node, tcp(), 59).target_ip == result.target_ip
+    node.expire(59 + 60)
+    assert node.snapshot()["ActiveFlowCount"] == 0
+    assert node.from_appliance(result.datagram, result.target_ip, 120) == Drop("unknown_target")
+    assert node.from_endpoint(tcp(), EP, 120) == Drop("no_targets")
 
 
 def test_rebalance_moves_a_deregistered_targets_flows_after_the_delay():

@@ -8,7 +8,7 @@ import pytest
 
 from vpclab.engines.nlb import (
     DRAINING, HEALTHY, INITIAL, UNHEALTHY, UNUSED, ListenerConfig, NodeConfig, TargetView,
-    listener_routes, node_ruleset, routable_targets, zone_in_service,
+    listener_routes, node_ruleset, routable_targets, zone_in_dns, zone_in_service,
 )
 
 A, B = "us-east-1a", "us-east-1b"
@@ -70,6 +70,30 @@ def test_zone_leaves_dns_without_a_healthy_target():
     assert zone_in_service([t("10.0.1.10", A), t("10.0.2.10", B, UNHEALTHY)], A, cross_zone=False)
     assert not zone_in_service([t("10.0.1.10", A), t("10.0.2.10", B, UNHEALTHY)], B, cross_zone=False)
     assert zone_in_service([t("10.0.1.10", A), t("10.0.2.10", B, UNHEALTHY)], B, cross_zone=True)
+
+
+def test_cross_zone_off_an_az_stays_in_dns_only_with_a_healthy_target_in_each_target_group():
+    web = [t("10.0.1.10", A), t("10.0.2.10", B)]
+    half = [t("10.0.1.11", A, UNHEALTHY), t("10.0.2.11", B)]
+    groups = [(web, False), (half, False)]
+    assert not zone_in_dns(groups, A)  # web is healthy in A, but half is not
+    assert zone_in_dns(groups, B)
+    assert zone_in_dns([(web, False)], A)
+
+
+def test_cross_zone_on_each_target_group_needs_a_healthy_target_in_any_az():
+    web = [t("10.0.1.10", A), t("10.0.2.10", B, UNHEALTHY)]
+    half = [t("10.0.1.11", A, UNHEALTHY), t("10.0.2.11", B)]
+    assert zone_in_dns([(web, True), (half, True)], A) and zone_in_dns([(web, True), (half, True)], B)
+    assert not zone_in_dns([(web, True), ([t("10.0.2.11", B, UNHEALTHY)], True)], A)
+    assert not zone_in_dns([(web, False), (half, True)], B)  # web keeps its own setting: off
+
+
+def test_a_target_group_without_targets_does_not_count_but_alone_keeps_no_az():
+    web = [t("10.0.1.10", A)]
+    assert zone_in_dns([(web, False), ([], False)], A)
+    assert not zone_in_dns([([], False)], A)
+    assert not zone_in_dns([], A)
 
 
 ENDPOINT = {"vpc_endpoint_id": "vpce-0123456789abcdef0", "ifname": "pl-consumer-a", "eni_ip": "10.0.1.50",

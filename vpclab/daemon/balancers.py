@@ -132,10 +132,13 @@ class Balancers:
                 probes.setdefault(listener.target_group, node.ns)
         for group_name, probe_ns in probes.items():
             group = lab.target_groups[group_name]
-            config = group.health_check_config()
-            self.checker.add_target_group(group_name, config, connect=self._connector(probe_ns),
+            self.checker.add_target_group(group_name, group.health_check_config(),
+                                          connect=self._connector(probe_ns),
                                           proxy_protocol_v2=_proxy_protocol_v2(group))
-            for target in group.targets:
+        # Only once every group exists: each registration reports a change, and the
+        # refresh it triggers (NLB rulesets, DNS) reads every group of the load balancer.
+        for group_name in probes:
+            for target in lab.target_groups[group_name].targets:
                 self.checker.register(group_name, target.id, str(target.ip), target.port)
         return asyncio.ensure_future(self.checker.run())
 
@@ -189,12 +192,13 @@ class Balancers:
             self._apply_nlb(node, first=True)
 
     def zone_in_service(self, lb: str, az: str) -> bool:
-        """Whether an NLB's AZ stays in its DNS answer: a listener there has a healthy target in scope."""
+        """Whether an NLB's AZ stays in its DNS answer: each of its target groups with
+        targets has a healthy one in scope (§3.6)."""
         node = next((n for n in self.nlb_nodes if n.load_balancer == lb and n.az == az), None)
         if node is None or self.lab is None:
             return True
-        return any(nlb_engine.zone_in_service(self._target_views(li.target_group), az, li.cross_zone)
-                   for li in node.config.listeners)
+        groups = {li.target_group: li.cross_zone for li in node.config.listeners}
+        return nlb_engine.zone_in_dns([(self._target_views(g), cross_zone) for g, cross_zone in groups.items()], az)
 
     def _remember_addresses(self, lab: Lab) -> None:
         """Where targets are, kept after they are deregistered: their connections may outlive them."""

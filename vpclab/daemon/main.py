@@ -167,8 +167,8 @@ class Daemon:
         return sock
 
     def _aws_names(self, svc: Service) -> dict[str, list[str]]:
-        """NLB and endpoint names; an NLB's AZs without a healthy target leave its answers,
-        unless every AZ is in that state (reference §3.1)."""
+        """NLB and endpoint names; an NLB's AZs where a target group has no healthy target
+        in scope leave its answers, unless every AZ is in that state (reference §3.6)."""
         out = {}
         for name, entries in svc.param("aws_names", ()):
             kept = [ip for ip, lb, az in entries if not lb or self.balancers.zone_in_service(lb, az)]

@@ -154,8 +154,18 @@ def routable_targets(targets: Iterable[TargetView], az: str, cross_zone: bool) -
 
 
 def zone_in_service(targets: Iterable[TargetView], az: str, cross_zone: bool) -> bool:
-    """Whether DNS keeps this node's AZ: it has a healthy target in scope (§3.1)."""
+    """Whether one target group keeps this node's AZ in DNS: it has a healthy target in
+    scope, the node's AZ with cross-zone off, any AZ with it on (§3.1)."""
     return any(t.state == HEALTHY for t in targets if cross_zone or t.az == az)
+
+
+def zone_in_dns(groups: Iterable[tuple[Sequence[TargetView], bool]], az: str) -> bool:
+    """Whether DNS keeps this node's AZ, given each of the load balancer's target groups
+    as (its targets, its cross-zone setting): every group with targets must keep it
+    (§3.6, and §7 EvaluateTargetHealth). With no group holding a target, no AZ does."""
+    with_targets = [(targets, cross_zone) for targets, cross_zone in groups if targets]
+    return bool(with_targets) and all(zone_in_service(targets, az, cross_zone)
+                                      for targets, cross_zone in with_targets)
 
 
 def _set(values: Sequence[str]) -> str:

@@ -11,6 +11,7 @@ process per namespace.
 """
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from vpclab.wording import counted
 from vpclab.plan.wiring import Namespace, Wiring
 
 Progress = Callable[[str], None]
+log = logging.getLogger("vpclab.fabric")
 
 
 class FabricError(Exception):
@@ -79,6 +81,7 @@ class Fabric:
         progress("loading security groups, network ACLs and NAT (nftables)")
         self._parallel([(ns.name, ["nft", "-f", "-"], _replace_ruleset(ns.nft))
                         for ns in wiring.namespaces if ns.nft])
+        self._load_iptables([ns for ns in wiring.namespaces if ns.iptables])
         self.wiring = wiring
 
     def reconcile(self, new: Wiring) -> list[str]:
@@ -105,10 +108,23 @@ class Fabric:
             if tables or after.nft != before.nft:
                 changed.append(after.name)
         self._parallel(jobs)
+        # an nft reload flushed the iptables-nft tables too
+        self._load_iptables([after for before, after in zip(old.namespaces, new.namespaces)
+                             if after.iptables and (after.nft != before.nft or after.iptables != before.iptables)])
         self.wiring = new
         return changed
 
     # --- helpers ----------------------------------------------------------
+
+    def _load_iptables(self, namespaces: list[Namespace]) -> None:
+        """Best effort: where the kernel or the host lacks the xt targets, the lab still runs,
+        with the difference docs/deviations.md describes, and the daemon log says so."""
+        if not namespaces:
+            return
+        try:
+            self._parallel([(ns.name, ["iptables-nft-restore"], ns.iptables) for ns in namespaces])
+        except (OSError, FabricError) as exc:
+            log.warning("TTL is decremented inside VPCs (see docs/deviations.md): %s", exc)
 
     def _create_namespace(self, ns: Namespace) -> dict[str, str]:
         """A new network namespace (and mount and UTS ones for hosts), kept by bind mounts."""

@@ -73,6 +73,22 @@ PROXY_ARP = (("ipv4/conf/default/proxy_arp", "1"),)
 # router's nftables does that with one set lookup (router_ruleset). A node needs no such drop:
 # a packet from its own address finds no socket to answer it.
 ACCEPT_LOCAL = (("ipv4/conf/all/accept_local", "1"),)
+# The VPC router is the hypervisor, not a hop: TTL leaves it as it came (traceroute's first hop
+# is the destination). Forwarding decrements it, so add one before; a packet that came with 255
+# (no room) is marked and gets its one back after. nft's own `ip ttl set` is refused in a user
+# namespace; the xt TTL target is not. Bit 31 of the mark: the router's fwmark rules never set it.
+KEEP_TTL_MARK = 0x80000000
+KEEP_TTL = f"""*raw
+:PREROUTING ACCEPT [0:0]
+-A PREROUTING -m ttl --ttl-eq 255 -j MARK --or-mark {KEEP_TTL_MARK:#x}
+COMMIT
+*mangle
+:PREROUTING ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+-A PREROUTING -m ttl --ttl-lt 255 -j TTL --ttl-inc 1
+-A FORWARD -m mark --mark {KEEP_TTL_MARK:#x}/{KEEP_TTL_MARK:#x} -j TTL --ttl-inc 1
+COMMIT
+"""
 
 
 def router_ns(vpc: str) -> str:
@@ -375,6 +391,7 @@ def _router(lab: Lab, vpc: Vpc, enis: list[Eni], igw, endpoints: list[EndpointLi
         sysctls=BASE_SYSCTLS + FORWARDING + PROXY_ARP + ACCEPT_LOCAL,
         ip_batch=tuple(batch),
         nft=router_ruleset(lab, vpc, enis, tuple(own)),
+        iptables=KEEP_TTL,
         # the GWLB node relays these packets raw: no partial checksums, no GSO super-packets
         tx_offload_off=tuple(e.ifname for e in endpoints),
     )

@@ -26,6 +26,9 @@ class Namespace:
     sysctls: tuple[tuple[str, str], ...] = ()  # paths under /proc/sys/net
     ip_batch: tuple[str, ...] = ()  # `ip -batch` lines, run inside the namespace
     nft: str = ""  # an nftables ruleset, applied atomically
+    # An iptables-nft-restore script, loaded after `nft` (whose flush removes it): what nftables
+    # itself may not do in a user namespace (header rewrites), through the kernel's xt targets.
+    iptables: str = ""
     tx_offload_off: tuple[str, ...] = ()  # interfaces whose packets an engine relays raw
 
     @property

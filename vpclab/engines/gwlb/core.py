@@ -30,8 +30,12 @@ Choices where AWS leaves room (reference: **uncertain**):
 - Target choice is rendezvous hashing of the flow over the candidates' ids, both
   salted by the load balancer's `hash_seed`: a restarted node maps a flow to the
   target it had whenever that target still stands (its cookie is new).
-- `no_rebalance`: when the deregistration delay ends, the flows still on the
-  target are dropped (`target_deregistered`) until they idle out.
+- When the deregistration delay ends the target leaves the group (no new
+  flows, no health checks). With `no_rebalance` its existing flows keep going
+  to it, and its GENEVE replies are still taken, until each flow idles out
+  (350 s TCP or the listener's value, 120 s others): AWS closes them only when
+  idle, and a busy flow never is. With `rebalance` they are rehashed to a
+  target still registered on their next packet.
 """
 from __future__ import annotations
 
@@ -226,7 +230,8 @@ _tuple_new = tuple.__new__  # builds a NamedTuple without its Python-level __new
 
 
 class Target:
-    """A registered target as this node sees it. `removed` once deregistration ends."""
+    """A registered target as this node sees it. `removed` once deregistration ends
+    (its `no_rebalance` flows may still use it: see `GwlbNode._retired`)."""
 
     __slots__ = ("id", "ip", "az", "state", "since", "drain_end", "removed")
 
@@ -297,6 +302,8 @@ class GwlbNode:
         self._endpoints: set[int] = {_endpoint_int(e) for e in endpoints}
         self._targets: dict[str, Target] = {}
         self._target_ips: frozenset[str] = frozenset()
+        # Deregistered targets still carrying `no_rebalance` flows; dropped once those idle out.
+        self._retired: set[Target] = set()
         self._healthy: list[Target] = []
         self._fallback: list[Target] = []
         self._healthy_keys: list[int] = []  # rendezvous keys of _healthy's targets, in its order
@@ -389,6 +396,8 @@ class GwlbNode:
     def _remove_target(self, target: Target) -> None:
         target.removed = True
         del self._targets[target.id]
+        if self.config.on_deregistration == NO_REBALANCE:
+            self._retired.add(target)
 
     def _targets_changed(self) -> None:
         cfg = self.config
@@ -398,7 +407,7 @@ class GwlbNode:
         self._fallback = [t for t in scope if t.state in (HEALTHY, UNHEALTHY, INITIAL)]
         self._healthy_keys = [rendezvous.target_key(t.id, self._cookie_salt) for t in self._healthy]
         self._fallback_keys = [rendezvous.target_key(t.id, self._cookie_salt) for t in self._fallback]
-        self._target_ips = frozenset(t.ip for t in self._targets.values())
+        self._note_target_ips()
         self._next_deadline = min((t.drain_end for t in self._targets.values() if t.state == DRAINING),
                                   default=float("inf"))
         self._gen += 1
@@ -500,7 +509,21 @@ class GwlbNode:
         idle = [f for f in self._flows.values() if now - f.last_seen >= f.timeout]
         for flow in idle:
             self._end_idle(flow)
+        if self._retired:
+            self._drop_unused_retired()
         return len(idle)
+
+    def _drop_unused_retired(self) -> None:
+        """Forget deregistered targets whose last flow has idled out (or moved)."""
+        in_use = {f.target for f in self._flows.values()}
+        unused = self._retired - in_use
+        if unused:
+            self._retired -= unused
+            self._note_target_ips()
+
+    def _note_target_ips(self) -> None:
+        """The addresses whose GENEVE replies are taken: registered and retired targets."""
+        self._target_ips = frozenset([t.ip for t in self._targets.values()] + [t.ip for t in self._retired])
 
     # --- a fast path (an in-kernel data path for established flows) -----------------
 
@@ -645,7 +668,8 @@ class GwlbNode:
         cfg = self.config
         if target.removed:
             if cfg.on_deregistration == NO_REBALANCE:
-                return "target_deregistered"  # gen stays stale: every packet lands here
+                flow.gen = self._gen  # stays on its deregistered target until it idles out
+                return None
             moved = self._pick(flow.hash)
             if moved is None:
                 return "no_targets"

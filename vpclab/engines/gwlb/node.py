@@ -44,15 +44,19 @@ the kernel copies each frame into the ring instead of queueing an skb clone,
 and the node reads it there with no recv() per frame (measured: about 10 %
 less CPU per round trip, node and whole path alike). Inner IP packets go
 through `GwlbNode.from_endpoint` and out as GENEVE over UDP from the flow's source port
-to `target:6081`. Senders are UDP sockets bound to `node_ip:port` and connected
-to `target:6081`, one per (target, source port) in use, created on first use
+to `target:6081`, written with their outer IPv4 and UDP headers as AWS's are (TTL 255,
+ID 0, DF clear: outer.py) to a packet socket on `uplink`, addressed to the next hop's MAC
+(the VPC router's, learned by an ARP request of the node's own at startup or on a
+target's first use). Without an ARP reply a UDP socket sends them and the kernel picks
+the IP ID; `io.setup_warnings` says so. Each (target, source port) in use also
+has a UDP socket bound to `node_ip:port` and connected to `target:6081`, created on first use
 (ports span 2**14; the fd limit caps the pool, and past it datagrams leave from
 6081, which appliances answer the same way). Measured on this kernel, a pool of
 bound UDP sockets beats one raw IPPROTO_RAW socket that builds the outer
 IPv4/UDP header itself, which needs a per-packet UDP checksum in Python: the
 raw socket was 10-35 % slower at 100-1,400 B and about 35 % slower at 8,500 B.
 The kernel owns the outer header (TTL 255 and DF clear are set per socket; the
-IP ID is the kernel's). Returning datagrams arrive on `node_ip:6081` (and, from
+kernel's IP ID is replaced: see below). Returning datagrams arrive on `node_ip:6081` (and, from
 appliances that swap the ports, on the sender sockets), go through
 `GwlbNode.from_appliance`, and their inner packet goes back out its endpoint
 veth as an Ethernet frame to the router side's MAC, as do the TCP RSTs the core
@@ -105,7 +109,7 @@ from vpclab.engines.control import ControlServer
 from vpclab.engines.epoll_loop import EpollLoop
 from vpclab.engines.geneve import GENEVE_PORT, internet_checksum, vpce_id_to_int
 from vpclab.engines.gwlb.core import SRC_PORT_BITS, Decap, Encap, GwlbConfig, GwlbNode, Reset
-from vpclab.engines.gwlb import fastpath
+from vpclab.engines.gwlb import fastpath, outer
 from vpclab.engines.gwlb.ring import TP_STATUS_KERNEL, TP_STATUS_USER, TPACKET2_HDR, RxRing
 
 ETH_P_ALL = 0x0003
@@ -533,6 +537,8 @@ class NodeProcess:
         # target IP → source port → send() of a UDP socket bound to node_ip:port, connected to target:6081
         self._senders: dict[str, dict[int, Callable[[bytes], int]]] = {}
         self._src_sockets: list[socket.socket] = []
+        self._uplink_tx: tuple[socket.socket, bytes] | None = None  # a packet socket, its MAC
+        self._next_hop_macs: dict[str, bytes] = {}  # next hop IP → its MAC (the router's)
         self._max_src_sockets = MAX_SRC_SOCKETS
         self._control: ControlServer | None = None
         self.io: dict[str, int] = dict.fromkeys((
@@ -547,6 +553,12 @@ class NodeProcess:
         self._raise_fd_limit()
         self.loop = EpollLoop(TICK, self.clock)
         self._setup_link(self.spec.uplink, endpoint=False)
+        try:
+            self._uplink_tx = self._open_uplink_tx()
+        except OSError as error:
+            self.setup_warnings.append(f"outer IPv4 header left to the kernel (its IP ID): {error}")
+        for target in self.spec.targets:  # learn the next hops now, not on a flow's first packet
+            self._next_hop_mac(target.ip)
         if self.spec.fast_path is not None:
             try:
                 self.fast = _FastPath(self.spec.fast_path, self.node, self.spec.node_ip,
@@ -564,6 +576,65 @@ class NodeProcess:
             self.attach_endpoint(endpoint)
         self.loop.stop_on(signal.SIGTERM, signal.SIGINT)
         self._open_control()  # last: a connectable control socket means "ready"
+
+    def _open_uplink_tx(self) -> tuple[socket.socket, bytes]:
+        """The packet socket that sends GENEVE with AWS's outer header (outer.py), and its MAC."""
+        tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # protocol 0: receives nothing
+        try:
+            tx.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)  # the kernel finishes the UDP checksum
+            try:
+                tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+            except OSError:
+                pass
+            tx.bind((self.spec.uplink, 0))
+            tx.setblocking(False)
+        except OSError:
+            tx.close()
+            raise
+        return tx, tx.getsockname()[4]
+
+    def _next_hop_mac(self, target_ip: str) -> bytes | None:
+        """The MAC GENEVE to `target_ip` goes to (the VPC router's, in a lab), by our own ARP
+        request (bounded: 5 x 0.2 s), remembered per next hop; None if nobody answered."""
+        uplink, node_ip = self.spec.uplink, self.spec.node_ip
+        try:
+            with open("/proc/net/route") as f:
+                hop = outer.next_hop(f.read(), uplink, target_ip)
+        except (OSError, ValueError):
+            return None
+        if hop is None or hop in self._next_hop_macs:
+            return self._next_hop_macs.get(hop) if hop is not None else None
+        mac = None
+        try:
+            with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(outer.ETH_P_ARP)) as arp:
+                arp.bind((uplink, outer.ETH_P_ARP))
+                arp.settimeout(0.2)
+                own_mac = arp.getsockname()[4]
+                for _ in range(5):
+                    arp.send(outer.arp_request(own_mac, node_ip, hop))
+                    try:
+                        while mac is None:
+                            mac = outer.arp_reply_mac(arp.recv(128), node_ip, hop)
+                        break
+                    except socket.timeout:
+                        continue
+        except OSError:
+            return None
+        if mac is not None:
+            self._next_hop_macs[hop] = mac
+        return mac
+
+    def _outer_send(self, target_ip: str, port: int) -> Callable[[bytes], int] | None:
+        """Send with AWS's outer header, or None (the kernel's header, and a warning)."""
+        mac = None if self._uplink_tx is None else self._next_hop_mac(target_ip)
+        if mac is None:
+            if self._uplink_tx is not None:
+                self.setup_warnings.append(f"outer IPv4 header to {target_ip} left to the kernel "
+                                           f"(its IP ID): no ARP reply for its next hop")
+            return None
+        tx, own_mac = self._uplink_tx
+        frame, send = outer.OuterHeader(own_mac, mac, self.spec.node_ip, target_ip, port).frame, tx.send
+        return lambda datagram: send(frame(datagram))
 
     def _raise_fd_limit(self) -> None:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -805,9 +876,11 @@ class NodeProcess:
     def _sender(self, target_ip: str, port: int) -> Callable[[bytes], int]:
         """How to send GENEVE from `node_ip:port` to `target_ip:6081`.
 
-        A socket bound to the port and connected to the target: connected, the
+        Through the uplink's packet socket, with AWS's outer header, when it opened;
+        else a socket bound to the port and connected to the target: connected, the
         kernel keeps the route instead of looking it up per packet (measured
-        faster than sendto). Sockets for two targets share a port (SO_REUSEADDR).
+        faster than sendto). Either way that socket exists, since appliances that
+        swap the ports answer to it. Sockets for two targets share a port (SO_REUSEADDR).
         Without one (fd limit, port taken) it goes from 6081, which appliances
         answer just the same, since they reply to 6081 (§1.2)."""
         senders = self._senders.setdefault(target_ip, {})
@@ -824,9 +897,13 @@ class NodeProcess:
                 self._src_sockets.append(sock)
                 # An appliance that swaps the ports answers here, not on 6081 (§1.2: accept it).
                 self.loop.watch(sock, functools.partial(self._drain_geneve, sock))
-                send = senders[port] = sock.send
+                send = senders[port] = self._outer_send(target_ip, port) or sock.send
                 return send
         self.io["src_port_fallback"] += 1
+        send = self._outer_send(target_ip, GENEVE_PORT)
+        if send is not None:
+            senders[port] = send
+            return send
         geneve, address = self._geneve, (target_ip, GENEVE_PORT)
         assert geneve is not None
         send = senders[port] = lambda datagram: geneve.sendto(datagram, address)
@@ -963,7 +1040,7 @@ class NodeProcess:
             self._control.close()
         for endpoint in self.endpoints.values():
             endpoint.close()
-        socks = [self._geneve, *self._src_sockets]
+        socks = [self._geneve, *self._src_sockets, self._uplink_tx and self._uplink_tx[0]]
         for sock in socks:
             if sock is not None:
                 sock.close()
