@@ -85,7 +85,7 @@ def gwlb_distributed(steps: Steps, status: dict) -> None:
     steps.change("authorize-security-group-ingress", group="web-sg", protocol="tcp", port="80",
                  cidr="0.0.0.0/0")
     print("\n== failover: stop appliance-1; after 2 failed checks (10 s) new flows go to appliance-2")
-    _run(lab, "appliance-1", "pkill -f 'appliances/[a]ppliance-1.json'")
+    _run(lab, "appliance-1", "pkill -f 'appliances/[a]ppliance-1.sock'")
     _wait_targets(lab, "unhealthy", 1)
     for _ in range(3):
         steps.expect("a new flow from the client reaches web-1 through the surviving appliance",
