@@ -11,6 +11,7 @@ from dataclasses import replace
 from ipaddress import IPv4Network
 from typing import Any, Callable, Iterable, Literal, Mapping
 
+from .ec2.rules import port_range, same_permission
 from .elb import (
     LOAD_BALANCER_ATTRIBUTES,
     AttributeProblem,
@@ -19,9 +20,10 @@ from .elb import (
     resolve_target,
     resolve_target_group_attributes,
 )
+from .elbv2 import GENEVE_PORT
 from .errors import ChangeError
 from .quotas import RULES_PER_SG, quota_value
-from .loader import GENEVE_PORT, parse_integer, parse_network, parse_protocol, port_range, same_permission
+from .reader import parse_integer, parse_network, parse_protocol
 from .resources import Lab, Listener, LoadBalancer, SecurityGroup, SgRule, Target, TargetGroup, VpcEndpoint
 
 Direction = Literal["ingress", "egress"]
