@@ -12,7 +12,8 @@ from ipaddress import IPv4Network
 from typing import Any, Callable, Iterable, Literal, Mapping
 
 from .ec2.rules import port_range, same_permission
-from .elb import (
+from .elbv2 import GENEVE_PORT
+from .elbv2.attributes import (
     LOAD_BALANCER_ATTRIBUTES,
     AttributeProblem,
     resolve_attributes,
@@ -20,7 +21,6 @@ from .elb import (
     resolve_target,
     resolve_target_group_attributes,
 )
-from .elbv2 import GENEVE_PORT
 from .errors import ChangeError
 from .quotas import RULES_PER_SG, quota_value
 from .reader import parse_integer, parse_network, parse_protocol

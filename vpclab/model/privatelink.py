@@ -5,10 +5,10 @@ The sections' field tables (pass 1), and their defaults, validation and referenc
 """
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Iterable
 
 from .common import _AddressClaim, _BuilderBase, _one_subnet_per_az
-from .elb import parse_principal, principal_allows
 from .ids import aws_id
 from .quotas import ENDPOINTS_PER_VPC
 from .reader import (
@@ -22,11 +22,42 @@ from .reader import (
     _leaf,
     _list_of,
     _mapping,
+    _show,
     _Spec,
     _text,
     _unsupported,
 )
 from .resources import EndpointEni, LoadBalancer, VpcEndpoint, VpcEndpointService
+
+# -- Endpoint service principals --
+
+PRINCIPAL = re.compile(r"arn:aws:iam::(\d{12}):(root|role/[\w+=,.@-]{1,64}|user/[\w+=,.@-]{1,64})")
+
+
+def parse_principal(value: Any) -> str:
+    """`*` or `arn:aws:iam::<account>:root|role/<name>|user/<name>` (no paths, as AWS)."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a principal ARN or *, got {_show(value)}")
+    if value == "*" or PRINCIPAL.fullmatch(value):
+        return value
+    if re.fullmatch(r"\d{12}", value):
+        raise ValueError(f"a principal is an ARN: write arn:aws:iam::{value}:root for the whole account")
+    raise ValueError(
+        f"'{value}' is not a principal: expected arn:aws:iam::<account>:root, "
+        "arn:aws:iam::<account>:role/<name>, arn:aws:iam::<account>:user/<name> or *"
+    )
+
+
+def principal_account(principal: str) -> str | None:
+    """The account a principal belongs to; None for `*` (everyone)."""
+    match = PRINCIPAL.fullmatch(principal)
+    return match[1] if match else None
+
+
+def principal_allows(principals: Iterable[str], account: str) -> bool:
+    """Whether `account` may connect: a role or user counts as its account, `*` as everyone."""
+    return any(p == "*" or principal_account(p) == account for p in principals)
+
 
 ENDPOINT_TYPES = ("GatewayLoadBalancer", "Interface", "Gateway")
 

@@ -104,6 +104,14 @@ def _describe(value: Any) -> str:
     return {dict: "a mapping", list: "a list"}.get(type(value), type(value).__name__)
 
 
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (str, int, float)):
+        return f"'{value}'"
+    return {dict: "a mapping", list: "a list", type(None): "nothing"}.get(type(value), type(value).__name__)
+
+
 def _did_you_mean(word: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(word, [str(c) for c in choices], n=1)
     return f"; did you mean '{close[0]}'?" if close else ""

@@ -1,5 +1,5 @@
 """ELBv2 in the lab file: load balancers (gateway, network), target groups and listeners,
-with their health checks and attributes (checked by model/elb.py and model/health_check.py).
+with their health checks and attributes (checked by attributes.py and model/health_check.py).
 
 The sections' field tables (pass 1), and their defaults, validation and references (pass 2).
 """
@@ -7,21 +7,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .alloc import ELASTIC_IP_POOL
-from .common import _AddressClaim, _BuilderBase, _one_subnet_per_az
-from .elb import (
-    LOAD_BALANCER_ATTRIBUTES,
-    AttributeProblem,
-    default_attributes,
-    elb_name_problem,
-    resolve_attributes,
-    resolve_listener_attributes,
-    resolve_target,
-    resolve_target_group_attributes,
-)
-from .health_check import HealthCheckConfig
-from .ids import aws_hex, elb_arn
-from .reader import (
+from ..alloc import ELASTIC_IP_POOL
+from ..common import _AddressClaim, _BuilderBase, _one_subnet_per_az
+from ..health_check import HealthCheckConfig
+from ..ids import aws_hex, elb_arn
+from ..reader import (
     ADDRESS,
     BOOLEAN,
     INTEGER,
@@ -44,7 +34,17 @@ from .reader import (
     _text,
     _unsupported,
 )
-from .resources import Listener, LoadBalancer, LoadBalancerNode, Target, TargetGroup, Vpc
+from ..resources import Listener, LoadBalancer, LoadBalancerNode, Target, TargetGroup, Vpc
+from .attributes import (
+    LOAD_BALANCER_ATTRIBUTES,
+    AttributeProblem,
+    default_attributes,
+    elb_name_problem,
+    resolve_attributes,
+    resolve_listener_attributes,
+    resolve_target,
+    resolve_target_group_attributes,
+)
 
 
 def _health_check_port(value: Any) -> int | str:
