@@ -3,10 +3,10 @@ addresses that NAT gateways, instances, load balancer nodes and endpoints take i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Callable, Mapping
 
-from .alloc import AddressError, AddressPool, elastic_ip_pool, subnet_pool
+from .alloc import DEFAULT_INTERNET_CIDR, AddressError, AddressPool, elastic_ip_pool, subnet_pool
 from .ids import aws_id
 from .quotas import SGS_PER_ENI, over_quota
 from .reader import _a, _did_you_mean, _Invalid, _Spec
@@ -64,6 +64,16 @@ class _BuilderBase:
 
     # every service's section -> its label ("security group"), set by the loader
     KIND_LABELS: Mapping[str, str] = {}
+
+    def __init__(self, document: Any, region: str, account: str):
+        self.doc = document  # the loader's pass 1: specs, names and the lab and internet sections
+        self.region = region
+        self.account = account
+        self.internet_cidr: IPv4Network = document.internet.get("CidrBlock", DEFAULT_INTERNET_CIDR)
+        # section -> name -> resource, as resolved so far (implicit resources included)
+        self.built: dict[str, dict[str, Any]] = {section: {} for section in document.specs}
+        self.notes: list[str] = []  # "<key path>: <remark>" for what is valid but inert
+        self.quotas: dict[str, int] = document.lab.get("quotas", {})  # AWS quota name -> the lab's increase
 
     def _id(self, prefix: str, account: str, name: str) -> str:
         return aws_id(prefix, account, self.region, name)

@@ -9,16 +9,19 @@ A bad file is refused with one `LabFileError`, the first one met in two passes:
    network ACLs, internet hosts, and last hosted zones, whose aliases may point
    at any of them), each section in file order.
 
-Each AWS service owns its sections in its own module (SERVICES); this module composes them.
+Each AWS service owns its sections in its own module, listed in SERVICES; this module
+composes them. A service module gives its sections' field tables (RESOURCE_SECTIONS), the
+top-level sections it reads (SECTIONS), their labels in messages (KIND_LABELS), and for
+pass 2 its builder class (BUILDER, on common._BuilderBase), the builder method listing the
+addresses it takes in subnets (CLAIMS, or None) and its steps in each of PHASES (STEPS).
 """
 from __future__ import annotations
 
-from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any, Mapping
 
 from . import ec2, elbv2, privatelink, route53
-from .alloc import DEFAULT_INTERNET_CIDR, ELASTIC_IP_POOL
+from .alloc import ELASTIC_IP_POOL
 from .ec2 import INTERNET_FIELDS
 from .errors import LabFileError
 from .labfile import parse_yaml, read_lab_file
@@ -38,7 +41,7 @@ from .reader import (
     _region,
     _Spec,
 )
-from .resources import DEFAULT_ACCOUNT, DEFAULT_REGION, EndpointEni, Lab
+from .resources import DEFAULT_ACCOUNT, DEFAULT_REGION, Lab
 
 SERVICES = (ec2, elbv2, privatelink, route53)  # each owns its sections: fields, defaults, checks
 
@@ -123,55 +126,41 @@ class _Document:
 # -- Pass 2: meaning. --
 
 
-class _Builder(ec2.Ec2Builder, elbv2.Elbv2Builder, privatelink.PrivateLinkBuilder, route53.Route53Builder):
-    """Pass 2: each service's sections in dependency order, so that references point backwards."""
+# Pass 2 runs phase by phase, in each phase the services' steps in SERVICES order, so that a
+# reference always names a resource already built.
+PHASES = (
+    "networks",  # VPCs, subnets, gateways, security groups
+    "addresses",  # what takes addresses in subnets, claimed by each service then allocated in file order
+    "attachments",  # target groups, listeners, endpoint services, endpoints
+    "routes",  # route tables, which may name all of the above, network ACLs, internet hosts
+    "names",  # hosted zones, whose aliases may name any of them
+)
+
+
+class _Builder(*(service.BUILDER for service in SERVICES)):  # type: ignore[misc]
+    """Pass 2: every service's builder, composed."""
 
     KIND_LABELS = KIND_LABELS
-
-    def __init__(self, document: _Document, region: str, account: str):
-        self.doc = document
-        self.region = region
-        self.account = account
-        self.internet_cidr: IPv4Network = document.internet.get("CidrBlock", DEFAULT_INTERNET_CIDR)
-        # section -> name -> resource, as resolved so far (implicit resources included)
-        self.built: dict[str, dict[str, Any]] = {section: {} for section in RESOURCE_SECTIONS}
-        self.endpoint_enis: dict[str, list[EndpointEni]] = {}  # endpoint name -> its interfaces, once allocated
-        self.endpoint_groups: dict[str, tuple[str, ...]] = {}  # interface endpoint name -> its security groups
-        self.listener_of: dict[str, str] = {}  # load balancer -> its (first) listener
-        self.listener_of_group: dict[str, str] = {}  # target group -> the (first) listener that forwards to it
-        self.service_of: dict[str, str] = {}  # load balancer -> its endpoint service
-        self.notes: list[str] = []  # "<key path>: <remark>" for what is valid but inert
-        self.quotas: dict[str, int] = document.lab.get("quotas", {})  # AWS quota name -> the lab's increase
 
     def build(self) -> dict[str, dict[str, Any]]:
         if self.internet_cidr.overlaps(ELASTIC_IP_POOL):
             raise _Invalid("internet.CidrBlock", f"{self.internet_cidr} overlaps the Elastic IP pool {ELASTIC_IP_POOL}")
-        self._vpcs()
-        self._subnets()
-        self._internet_gateways()
-        self._security_groups()
-        self._addressed_resources()
-        self._target_groups()
-        self._listeners()
-        self._endpoint_services()
-        self._endpoints()
-        self._route_tables()
-        self._network_acls()
-        self._internet_hosts()
-        self._hosted_zones()
+        for phase in PHASES:
+            if phase == "addresses":
+                self._addressed_resources()
+                continue
+            for service in SERVICES:
+                for step in service.STEPS.get(phase, ()):
+                    getattr(self, step)()
         return self.built
 
     def _addressed_resources(self) -> None:
         """NAT gateways, instances, load balancer nodes and endpoint interfaces share the subnets' addresses."""
-        claims = self._ec2_claims()
-        for spec in self.doc.specs["load_balancers"]:
-            claims += self._load_balancer_claims(spec)
-        for spec in self.doc.specs["vpc_endpoints"]:
-            claims += self._endpoint_claims(spec)
+        claims = [claim for service in SERVICES if service.CLAIMS for claim in getattr(self, service.CLAIMS)()]
         self._allocate(sorted(claims, key=lambda claim: claim.spec.order))
-        self._ec2_addressed(claims)
-        self._endpoint_interfaces(claims)
-        self._load_balancers(claims)
+        for service in SERVICES:
+            for step in service.STEPS.get("addresses", ()):
+                getattr(self, step)(claims)
 
 
 # -- Entry points --

@@ -109,6 +109,16 @@ KIND_LABELS = {
 class PrivateLinkBuilder(_BuilderBase):
     """Endpoint services and the VPC endpoints that connect to them."""
 
+    def __init__(self, *args: Any):
+        super().__init__(*args)
+        self.endpoint_enis: dict[str, list[EndpointEni]] = {}  # endpoint name -> its interfaces, once allocated
+        self.endpoint_groups: dict[str, tuple[str, ...]] = {}  # interface endpoint name -> its security groups
+        self.service_of: dict[str, str] = {}  # load balancer -> its endpoint service
+
+    def _privatelink_claims(self) -> list[_AddressClaim]:
+        """The addresses the endpoints' network interfaces take."""
+        return [claim for spec in self.doc.specs["vpc_endpoints"] for claim in self._endpoint_claims(spec)]
+
     def _endpoint_services(self) -> None:
         for spec in self.doc.specs["vpc_endpoint_services"]:
             if "GatewayLoadBalancerArns" in spec.props and "NetworkLoadBalancerArns" in spec.props:
@@ -287,3 +297,8 @@ class PrivateLinkBuilder(_BuilderBase):
                     dns_entries=dns_entries,
                 ),
             )
+
+
+BUILDER = PrivateLinkBuilder
+CLAIMS = "_privatelink_claims"  # the builder's method that lists the addresses its resources take in subnets
+STEPS = {"addresses": ("_endpoint_interfaces",), "attachments": ("_endpoint_services", "_endpoints")}  # loader.PHASES

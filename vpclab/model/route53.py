@@ -384,6 +384,11 @@ class Route53Builder(_BuilderBase):
         raise _Invalid(at, f"hosted zone {zone} has no A record at {target}{has}; an alias here points to A records")
 
 
+BUILDER = Route53Builder
+CLAIMS = None  # hosted zones take no addresses
+STEPS = {"names": ("_hosted_zones",)}  # loader.PHASES
+
+
 @dataclass
 class _ZoneDraft:
     """A hosted zone read in pass 2, before its aliases are resolved."""

@@ -360,3 +360,12 @@ class Ec2Builder(Ec2RoutingBuilder):
                     spec.props.get("DefaultServices", True),
                 ),
             )
+
+
+BUILDER = Ec2Builder
+CLAIMS = "_ec2_claims"  # the builder's method that lists the addresses its resources take in subnets
+STEPS = {  # loader.PHASES
+    "networks": ("_vpcs", "_subnets", "_internet_gateways", "_security_groups"),
+    "addresses": ("_ec2_addressed",),
+    "routes": ("_route_tables", "_network_acls", "_internet_hosts"),
+}

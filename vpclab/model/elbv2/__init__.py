@@ -182,6 +182,15 @@ def _target_group_type(protocol: str, path: str) -> str:
 class Elbv2Builder(_BuilderBase):
     """Load balancers, target groups and listeners."""
 
+    def __init__(self, *args: Any):
+        super().__init__(*args)
+        self.listener_of: dict[str, str] = {}  # load balancer -> its (first) listener
+        self.listener_of_group: dict[str, str] = {}  # target group -> the (first) listener that forwards to it
+
+    def _elbv2_claims(self) -> list[_AddressClaim]:
+        """The addresses the load balancers' nodes take."""
+        return [claim for spec in self.doc.specs["load_balancers"] for claim in self._load_balancer_claims(spec)]
+
     def _load_balancer_claims(self, spec: _Spec) -> list[_AddressClaim]:
         """One address claim per node: one enabled subnet per AZ, all in one VPC; an
         internet-facing load balancer's nodes each take an Elastic IP too."""
@@ -472,3 +481,8 @@ class Elbv2Builder(_BuilderBase):
                 f"target group {group.name} is in VPC {group.vpc}, but load balancer {lb.name} is in VPC {lb.vpc}",
             )
         return group
+
+
+BUILDER = Elbv2Builder
+CLAIMS = "_elbv2_claims"  # the builder's method that lists the addresses its resources take in subnets
+STEPS = {"addresses": ("_load_balancers",), "attachments": ("_target_groups", "_listeners")}  # loader.PHASES
