@@ -18,7 +18,7 @@ from vpclab.model import (
     modify_target_group_attributes,
     register_targets,
 )
-from vpclab.model.elb import target_group_defaults
+from vpclab.model.elbv2.attributes import target_group_defaults
 from vpclab.model.health_check import HealthCheckConfig
 
 # One VPC with an internet gateway: an NLB (internet-facing, CloudFormation's default) in two

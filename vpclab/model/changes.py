@@ -11,7 +11,9 @@ from dataclasses import replace
 from ipaddress import IPv4Network
 from typing import Any, Callable, Iterable, Literal, Mapping
 
-from .elb import (
+from .ec2.rules import port_range, same_permission
+from .elbv2 import GENEVE_PORT
+from .elbv2.attributes import (
     LOAD_BALANCER_ATTRIBUTES,
     AttributeProblem,
     resolve_attributes,
@@ -21,7 +23,7 @@ from .elb import (
 )
 from .errors import ChangeError
 from .quotas import RULES_PER_SG, quota_value
-from .loader import GENEVE_PORT, parse_integer, parse_network, parse_protocol, port_range, same_permission
+from .reader import parse_integer, parse_network, parse_protocol
 from .resources import Lab, Listener, LoadBalancer, SecurityGroup, SgRule, Target, TargetGroup, VpcEndpoint
 
 Direction = Literal["ingress", "egress"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .elb import did_you_mean
+from .reader import _did_you_mean
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def quota_increase(name: Any, value: Any) -> int:
     (an increase raises a quota, it never lowers one). Raises ValueError(reason)."""
     quota = QUOTAS.get(name) if isinstance(name, str) else None
     if quota is None:
-        raise ValueError(f"unknown quota '{name}'{did_you_mean(str(name), QUOTAS)}")
+        raise ValueError(f"unknown quota '{name}'{_did_you_mean(str(name), QUOTAS)}")
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"expected a whole number, got {value!r}")
     if value < quota.default:

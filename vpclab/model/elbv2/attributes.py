@@ -1,4 +1,4 @@
-"""Elastic Load Balancing and PrivateLink rules, shared by the lab loader and live changes.
+"""Elastic Load Balancing rules, shared by the lab loader and live changes.
 
 Everything here is pure and raises ValueError subclasses with a one-line reason;
 the loader pins them to a key path (`LabFileError`), live changes to an AWS
@@ -15,20 +15,19 @@ error code (`ChangeError`).
   DNS-friendly and at most 32 characters).
 - Targets: `resolve_target` turns `appliance-1`, `i-0…` or `10.0.21.20` into a
   `Target` of a target group, as RegisterTargets does.
-- Principals: `parse_principal`, `principal_allows` (endpoint service permissions).
 
 References: /work/shared/reference/aws-behaviour.md §2.2, §2.4, §3.3-§3.7, §6.
 """
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
-from .health_check import lb_type_for_protocol
-from .resources import Instance, Subnet, Target
+from ..health_check import lb_type_for_protocol
+from ..reader import _did_you_mean, _show
+from ..resources import Instance, Subnet, Target
 
 # -- Attributes --
 
@@ -49,19 +48,6 @@ class AttributeSpec:
     default: str
     parse: Callable[[Any], str]  # raises ValueError(reason); returns the value as AWS shows it
     meaning: str = ""
-
-
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1)
-    return f"; did you mean '{close[0]}'?" if close else ""
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (str, int, float)):
-        return f"'{value}'"
-    return {dict: "a mapping", list: "a list", type(None): "nothing"}.get(type(value), type(value).__name__)
 
 
 def boolean_value(value: Any) -> str:
@@ -90,7 +76,7 @@ def integer_between(low: int, high: int) -> Callable[[Any], str]:
 def one_of(*choices: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         if not isinstance(value, str) or value.strip().lower() not in choices:
-            hint = did_you_mean(value.strip().lower(), choices) if isinstance(value, str) else ""
+            hint = _did_you_mean(value.strip().lower(), choices) if isinstance(value, str) else ""
             raise ValueError(f"expected one of {', '.join(choices)}, got {_show(value)}{hint}")
         return value.strip().lower()
 
@@ -227,7 +213,7 @@ def resolve_attributes(
             unsupported = UNSUPPORTED_ATTRIBUTES.get(what, {}).get(name)
             if unsupported:
                 raise AttributeProblem(name, f"{what} attribute {name} {unsupported}")
-            raise AttributeProblem(name, f"unknown {what} attribute '{name}'{did_you_mean(name, schema)}")
+            raise AttributeProblem(name, f"unknown {what} attribute '{name}'{_did_you_mean(name, schema)}")
         try:
             result[key] = schema[key].parse(value)
         except ValueError as e:
@@ -378,7 +364,7 @@ def resolve_target(
         if instance is None:
             if _is_address(value):
                 raise ValueError(f"target type instance takes instances, not IP addresses like {value}")
-            raise ValueError(f"unknown instance '{value}'{did_you_mean(value, instances)}")
+            raise ValueError(f"unknown instance '{value}'{_did_you_mean(value, instances)}")
         subnet = subnets[instance.subnet]
         if subnet.vpc != vpc:
             raise ValueError(f"instance {instance.name} is in VPC {subnet.vpc}, not in VPC {vpc} (the target group's)")
@@ -415,33 +401,3 @@ def _reserved(ip: IPv4Address, subnet: Subnet) -> str | None:
     if ip == subnet.cidr.broadcast_address:
         return "broadcast address"
     return names.get(ip)
-
-
-# -- Endpoint service principals --
-
-PRINCIPAL = re.compile(r"arn:aws:iam::(\d{12}):(root|role/[\w+=,.@-]{1,64}|user/[\w+=,.@-]{1,64})")
-
-
-def parse_principal(value: Any) -> str:
-    """`*` or `arn:aws:iam::<account>:root|role/<name>|user/<name>` (no paths, as AWS)."""
-    if not isinstance(value, str):
-        raise ValueError(f"expected a principal ARN or *, got {_show(value)}")
-    if value == "*" or PRINCIPAL.fullmatch(value):
-        return value
-    if re.fullmatch(r"\d{12}", value):
-        raise ValueError(f"a principal is an ARN: write arn:aws:iam::{value}:root for the whole account")
-    raise ValueError(
-        f"'{value}' is not a principal: expected arn:aws:iam::<account>:root, "
-        "arn:aws:iam::<account>:role/<name>, arn:aws:iam::<account>:user/<name> or *"
-    )
-
-
-def principal_account(principal: str) -> str | None:
-    """The account a principal belongs to; None for `*` (everyone)."""
-    match = PRINCIPAL.fullmatch(principal)
-    return match[1] if match else None
-
-
-def principal_allows(principals: Iterable[str], account: str) -> bool:
-    """Whether `account` may connect: a role or user counts as its account, `*` as everyone."""
-    return any(p == "*" or principal_account(p) == account for p in principals)

@@ -1,0 +1,488 @@
+"""ELBv2 in the lab file: load balancers (gateway, network), target groups and listeners,
+with their health checks and attributes (checked by attributes.py and model/health_check.py).
+
+The sections' field tables (pass 1), and their defaults, validation and references (pass 2).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ..alloc import ELASTIC_IP_POOL
+from ..common import _AddressClaim, _BuilderBase, _one_subnet_per_az
+from ..health_check import HealthCheckConfig
+from ..ids import aws_hex, elb_arn
+from ..reader import (
+    ADDRESS,
+    BOOLEAN,
+    INTEGER,
+    NAMES,
+    TEXT,
+    Field,
+    _attributes,
+    _between,
+    _choice,
+    _describe,
+    _did_you_mean,
+    _fields,
+    _Invalid,
+    _join,
+    _leaf,
+    _list_of,
+    _mapping,
+    _refused,
+    _Spec,
+    _text,
+    _unsupported,
+)
+from ..resources import Listener, LoadBalancer, LoadBalancerNode, Target, TargetGroup, Vpc
+from .attributes import (
+    LOAD_BALANCER_ATTRIBUTES,
+    AttributeProblem,
+    default_attributes,
+    elb_name_problem,
+    resolve_attributes,
+    resolve_listener_attributes,
+    resolve_target,
+    resolve_target_group_attributes,
+)
+
+
+def _health_check_port(value: Any) -> int | str:
+    if value == "traffic-port":
+        return value
+    try:
+        return _between(1, 65535)(value)
+    except ValueError:
+        raise ValueError(f"expected a port 1-65535 or traffic-port, got {_describe(value)}") from None
+
+
+def _http_code(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return _text(value)
+
+
+def _upper(value: Any) -> str:
+    return _text(value).upper()
+
+
+def _target_ref(value: Any, path: str) -> dict[str, Any]:
+    """A target: its Id alone (`appliance-1`, `10.0.21.20`) or `{Id: ..., Port: ...}`.
+
+    `at` is where its Id is written, for messages."""
+    if isinstance(value, str):
+        return {"Id": value, "at": path}
+    props = _fields(value, path, {"Id": TEXT, "Port": _leaf(_between(1, 65535))}, required=("Id",))
+    return {**props, "at": _join(path, "Id")}
+
+
+HEALTH_CHECK_FIELDS: dict[str, Field] = {
+    "HealthCheckEnabled": BOOLEAN,
+    "HealthCheckProtocol": _leaf(_upper),
+    "HealthCheckPort": _leaf(_health_check_port),
+    "HealthCheckPath": TEXT,
+    "HealthCheckIntervalSeconds": INTEGER,
+    "HealthCheckTimeoutSeconds": INTEGER,
+    "HealthyThresholdCount": INTEGER,
+    "UnhealthyThresholdCount": INTEGER,
+    "Matcher": _mapping({"HttpCode": _leaf(_http_code), "GrpcCode": _unsupported("gRPC matchers")}, ("HttpCode",)),
+}
+
+
+# section -> (fields of each resource, required keys)
+RESOURCE_SECTIONS: dict[str, tuple[dict[str, Field], tuple[str, ...]]] = {
+    "load_balancers": (
+        {
+            "Type": _leaf(_choice("gateway", "network", "application")),
+            "Scheme": _leaf(_choice("internal", "internet-facing")),
+            "IpAddressType": _leaf(_choice("ipv4", "dualstack")),
+            "Subnets": NAMES,
+            "SubnetMappings": _list_of(
+                _mapping(
+                    {
+                        "SubnetId": TEXT,
+                        "PrivateIPv4Address": ADDRESS,
+                        "PublicIPv4Address": ADDRESS,  # vpclab's own: the lab has no Elastic IP resources
+                        "AllocationId": _refused(
+                            "Elastic IP allocations (AllocationId) are not supported yet: the lab has no Elastic "
+                            f"IP resources; give PublicIPv4Address to choose a node's address from {ELASTIC_IP_POOL}"
+                        ),
+                        "IPv6Address": _unsupported("IPv6 addresses"),
+                    },
+                    ("SubnetId",),
+                )
+            ),
+            "LoadBalancerAttributes": _attributes,
+        },
+        (),
+    ),
+    "target_groups": (
+        {
+            "Protocol": _leaf(_upper),
+            "Port": _leaf(_between(1, 65535)),
+            "VpcId": TEXT,
+            "TargetType": _leaf(_choice("instance", "ip", "alb", "lambda")),
+            **HEALTH_CHECK_FIELDS,
+            "TargetGroupAttributes": _attributes,
+            "Targets": _list_of(_target_ref),
+        },
+        ("Protocol", "Port", "VpcId"),
+    ),
+    "listeners": (
+        {
+            "LoadBalancerArn": TEXT,
+            "DefaultActions": _list_of(_mapping({"Type": TEXT, "TargetGroupArn": TEXT}, ("Type",))),
+            "Protocol": _leaf(_upper),
+            "Port": _leaf(_between(1, 65535)),
+            "ListenerAttributes": _attributes,
+        },
+        ("LoadBalancerArn", "DefaultActions"),
+    ),
+}
+SECTIONS = ("load_balancers", "target_groups", "listeners")
+KIND_LABELS = {
+    "load_balancers": "load balancer",
+    "target_groups": "target group",
+    "listeners": "listener",
+}
+
+GENEVE_PORT = 6081
+_ARN_TYPES = {"gateway": "gwy", "network": "net", "application": "app"}
+
+
+TARGET_GROUP_PROTOCOLS = ("GENEVE", "TCP", "UDP", "TCP_UDP")
+LISTENER_PROTOCOLS = ("TCP", "UDP", "TCP_UDP")
+# A Network Load Balancer listener's protocol -> the target group protocols it may forward to
+# (AWS's create-target-group guide: TCP -> TCP or TCP_UDP, UDP -> UDP or TCP_UDP, TCP_UDP -> TCP_UDP).
+LISTENER_GROUP_PROTOCOLS = {"TCP": ("TCP", "TCP_UDP"), "UDP": ("UDP", "TCP_UDP"), "TCP_UDP": ("TCP_UDP",)}
+NOT_YET_PROTOCOLS = {
+    "TLS": "TLS {what} (Network Load Balancers with certificates) are not supported yet",
+    "HTTP": "HTTP {what} (for Application Load Balancers) are not supported yet",
+    "HTTPS": "HTTPS {what} (for Application Load Balancers) are not supported yet",
+    "QUIC": "QUIC {what} are not supported yet",
+    "TCP_QUIC": "TCP_QUIC {what} are not supported yet",
+}
+
+
+def _protocol_problem(protocol: str, supported: tuple[str, ...], what: str) -> str:
+    """Why a target group or listener protocol outside `supported` is refused."""
+    if protocol in NOT_YET_PROTOCOLS:
+        return NOT_YET_PROTOCOLS[protocol].format(what=what)
+    choices = supported + tuple(NOT_YET_PROTOCOLS)
+    return f"unknown protocol '{protocol}'{_did_you_mean(protocol, choices)}; expected {', '.join(supported)}"
+
+
+def _target_group_type(protocol: str, path: str) -> str:
+    """The load balancer type a target group protocol serves: GENEVE gateway, TCP/UDP/TCP_UDP network."""
+    if protocol not in TARGET_GROUP_PROTOCOLS:
+        raise _Invalid(path, _protocol_problem(protocol, TARGET_GROUP_PROTOCOLS, "target groups"))
+    return "gateway" if protocol == "GENEVE" else "network"
+
+
+class Elbv2Builder(_BuilderBase):
+    """Load balancers, target groups and listeners."""
+
+    def __init__(self, *args: Any):
+        super().__init__(*args)
+        self.listener_of: dict[str, str] = {}  # load balancer -> its (first) listener
+        self.listener_of_group: dict[str, str] = {}  # target group -> the (first) listener that forwards to it
+
+    def _elbv2_claims(self) -> list[_AddressClaim]:
+        """The addresses the load balancers' nodes take."""
+        return [claim for spec in self.doc.specs["load_balancers"] for claim in self._load_balancer_claims(spec)]
+
+    def _load_balancer_claims(self, spec: _Spec) -> list[_AddressClaim]:
+        """One address claim per node: one enabled subnet per AZ, all in one VPC; an
+        internet-facing load balancer's nodes each take an Elastic IP too."""
+        lb_type = spec.props.get("Type")
+        if lb_type is None:
+            raise _Invalid(
+                spec.at("Type"),
+                "Type defaults to application, as in CloudFormation, and Application Load Balancers "
+                "are not supported yet: write Type: network or Type: gateway",
+            )
+        if lb_type == "application":
+            raise _Invalid(
+                spec.at("Type"), "application load balancers are not supported yet; only network and gateway are"
+            )
+        problem = elb_name_problem(spec.name, "load balancer")
+        if problem:
+            raise _Invalid(spec.path, problem)
+        scheme = spec.props.get("Scheme", "internal" if lb_type == "gateway" else "internet-facing")
+        if lb_type == "gateway" and scheme == "internet-facing":
+            raise _Invalid(spec.at("Scheme"), "a Gateway Load Balancer is always internal")
+        if spec.props.get("IpAddressType") == "dualstack":
+            raise _Invalid(spec.at("IpAddressType"), "dualstack load balancers are not supported yet")
+        if "Subnets" in spec.props and "SubnetMappings" in spec.props:
+            raise _Invalid(spec.at("SubnetMappings"), "give Subnets or SubnetMappings, not both")
+        if "Subnets" in spec.props:
+            key = "Subnets"
+            mappings = [{"SubnetId": value} for value in spec.props[key]]
+        elif "SubnetMappings" in spec.props:
+            key = "SubnetMappings"
+            mappings = spec.props[key]
+        else:
+            raise _Invalid(
+                spec.at("Subnets"), "required key is missing: a load balancer needs Subnets (or SubnetMappings)"
+            )
+        if not mappings:
+            raise _Invalid(spec.at(key), "a load balancer needs at least one subnet")
+        public = scheme == "internet-facing"
+        claims: list[_AddressClaim] = []
+        vpc: Vpc | None = None
+        for i, mapping in enumerate(mappings):
+            path = f"{spec.at(key)}[{i}]"
+            subnet_path = f"{path}.SubnetId" if key == "SubnetMappings" else path
+            subnet = self._ref("subnets", mapping["SubnetId"], subnet_path, vpc)
+            if vpc is None:
+                vpc = self._subnet_vpc(subnet.name)
+                if public:
+                    default = "" if "Scheme" in spec.props else " (the default Scheme, as in CloudFormation)"
+                    self._need_internet_gateway(
+                        subnet, f"an internet-facing load balancer{default}", spec.at("Scheme"),
+                        "; write Scheme: internal for one reachable only from inside the VPC",
+                    )  # fmt: skip
+            _one_subnet_per_az(claims, subnet, subnet_path, "load balancer")
+            if "PublicIPv4Address" in mapping and not public:
+                raise _Invalid(
+                    f"{path}.PublicIPv4Address",
+                    "an internal load balancer's nodes have no public address; PublicIPv4Address is for "
+                    "Scheme: internet-facing",
+                )
+            claims.append(
+                _AddressClaim(
+                    spec, f"load balancer {spec.name}", subnet, public,
+                    explicit=mapping.get("PrivateIPv4Address"), explicit_path=f"{path}.PrivateIPv4Address",
+                    explicit_public=mapping.get("PublicIPv4Address"), explicit_public_path=f"{path}.PublicIPv4Address",
+                    path=subnet_path,
+                )  # fmt: skip
+            )
+        return claims
+
+    def _load_balancers(self, claims: list[_AddressClaim]) -> None:
+        """The load balancers, once their nodes' claims have addresses."""
+        nodes: dict[str, list[_AddressClaim]] = {}
+        for claim in claims:
+            if claim.spec.section == "load_balancers":
+                nodes.setdefault(claim.spec.name, []).append(claim)
+        for spec in self.doc.specs["load_balancers"]:
+            self._add("load_balancers", self._load_balancer(spec, nodes[spec.name]))
+
+    def _load_balancer(self, spec: _Spec, claims: list[_AddressClaim]) -> LoadBalancer:
+        vpc = self._subnet_vpc(claims[0].subnet.name)
+        lb_type = spec.props["Type"]
+        hex_id = aws_hex("loadbalancer", vpc.account, self.region, spec.name)
+        nodes = tuple(
+            LoadBalancerNode(
+                c.subnet.name,
+                c.subnet.az,
+                self._id("eni", vpc.account, f"{spec.name}/{c.subnet.name}"),
+                c.private_ip,
+                c.public_ip,
+            )
+            for c in claims
+        )
+        schema = LOAD_BALANCER_ATTRIBUTES[lb_type]
+        attributes = self._attributes(
+            spec, "LoadBalancerAttributes",
+            lambda changes: resolve_attributes(schema, default_attributes(schema), changes, "load balancer"),
+        )  # fmt: skip
+        return LoadBalancer(
+            name=spec.name,
+            arn=elb_arn(self.region, vpc.account, f"loadbalancer/{_ARN_TYPES[lb_type]}/{spec.name}/{hex_id}"),
+            type=lb_type,
+            scheme="internet-facing" if claims[0].public else "internal",
+            vpc=vpc.name,
+            nodes=nodes,
+            dns_name=f"{spec.name}-{hex_id}.elb.{self.region}.amazonaws.com".lower(),
+            attributes=attributes,
+        )
+
+    def _attributes(self, spec: _Spec, key: str, resolve: Callable[[dict[str, Any]], dict[str, str]]) -> dict[str, str]:
+        """The attributes under `key`, resolved from the defaults by `resolve` (one of elb's resolvers);
+        a refused one is pinned to its key path."""
+        given: dict[str, tuple[Any, str]] = spec.props.get(key, {})
+        try:
+            return resolve({k: value for k, (value, _) in given.items()})
+        except AttributeProblem as e:
+            path = given[e.key][1] if e.key in given else spec.at(key)
+            raise _Invalid(path, e.reason) from None
+
+    def _target_groups(self) -> None:
+        for spec in self.doc.specs["target_groups"]:
+            problem = elb_name_problem(spec.name, "target group")
+            if problem:
+                raise _Invalid(spec.path, problem)
+            protocol = spec.props["Protocol"]
+            lb_type = _target_group_type(protocol, spec.at("Protocol"))
+            port = spec.props["Port"]
+            if lb_type == "gateway" and port != GENEVE_PORT:
+                raise _Invalid(spec.at("Port"), f"a GENEVE target group's port is {GENEVE_PORT}, got {port}")
+            vpc = self._vpc_of(spec)
+            target_type = spec.props.get("TargetType", "instance")
+            if target_type not in ("instance", "ip"):
+                if lb_type == "gateway":
+                    reason = f"a GENEVE target group takes instance or ip targets, not {target_type}"
+                elif target_type == "alb":
+                    reason = "alb target groups (an Application Load Balancer as target) are not supported yet"
+                else:
+                    reason = f"a {protocol} target group takes instance or ip targets, not {target_type}"
+                raise _Invalid(spec.at("TargetType"), reason)
+            health_check = {key: spec.props[key] for key in HEALTH_CHECK_FIELDS if key in spec.props}
+            try:
+                HealthCheckConfig.for_target_group(lb_type, protocol, TargetType=target_type, **health_check)
+            except ValueError as e:
+                first_word = str(e).split(" ", 1)[0]
+                key = first_word if first_word in HEALTH_CHECK_FIELDS or first_word == "Protocol" else None
+                raise _Invalid(spec.at(key) if key else spec.path, str(e)) from None
+            attributes = self._attributes(
+                spec, "TargetGroupAttributes",
+                lambda changes: resolve_target_group_attributes(protocol, target_type, None, changes),
+            )  # fmt: skip
+            targets: list[Target] = []
+            index_of: dict[str, int] = {}  # target ID -> its first registration
+            for i, ref in enumerate(spec.props.get("Targets", [])):
+                path = f"{spec.at('Targets')}[{i}]"
+                if lb_type == "gateway" and ref.get("Port", port) != port:
+                    raise _Invalid(f"{path}.Port", f"a GENEVE target's port is the group's, {port}, got {ref['Port']}")
+                try:
+                    target = resolve_target(
+                        ref["Id"], target_type, vpc.name, ref.get("Port", port),
+                        self.built["instances"], self.built["subnets"],
+                    )  # fmt: skip
+                except ValueError as e:
+                    raise _Invalid(ref["at"], str(e)) from None
+                j = index_of.setdefault(target.id, i)
+                if j != i:
+                    also = (
+                        "; registering one target on several ports is not supported yet"
+                        if targets[j].port != target.port else ""
+                    )
+                    raise _Invalid(path, f"target {target.id} is already Targets[{j}]{also}")
+                targets.append(target)
+            hex_id = aws_hex("targetgroup", vpc.account, self.region, spec.name)
+            self._add(
+                "target_groups",
+                TargetGroup(
+                    name=spec.name,
+                    arn=elb_arn(self.region, vpc.account, f"targetgroup/{spec.name}/{hex_id}"),
+                    protocol=protocol,
+                    port=port,
+                    vpc=vpc.name,
+                    target_type=target_type,
+                    health_check=health_check,
+                    attributes=attributes,
+                    targets=tuple(targets),
+                ),
+            )
+
+    def _listeners(self) -> None:
+        taken: dict[str, dict[int, list[tuple[str, str]]]] = {}  # load balancer -> port -> (protocol, listener)
+        for spec in self.doc.specs["listeners"]:
+            lb: LoadBalancer = self._ref("load_balancers", spec.props["LoadBalancerArn"], spec.at("LoadBalancerArn"))
+            if lb.type == "gateway":
+                self._gateway_listener(spec, lb)
+                protocol, port = None, None
+            else:
+                protocol, port = self._network_listener(spec, lb, taken.setdefault(lb.name, {}))
+            group = self._forward_target(spec, lb, protocol)
+            attributes = self._attributes(
+                spec, "ListenerAttributes",
+                lambda changes: resolve_listener_attributes(lb.type, protocol, None, changes),
+            )  # fmt: skip
+            self.listener_of.setdefault(lb.name, spec.name)
+            self.listener_of_group.setdefault(group.name, spec.name)
+            account = lb.arn.split(":")[4]
+            lb_hex = lb.arn.rsplit("/", 1)[1]
+            hex_id = aws_hex("listener", account, self.region, lb.name, spec.name)
+            arn = elb_arn(self.region, account, f"listener/{_ARN_TYPES[lb.type]}/{lb.name}/{lb_hex}/{hex_id}")
+            self._add("listeners", Listener(spec.name, arn, lb.name, group.name, protocol, port, attributes))
+        for spec in self.doc.specs["load_balancers"]:
+            if spec.props["Type"] == "gateway" and spec.name not in self.listener_of:
+                raise _Invalid(
+                    spec.path,
+                    f"a Gateway Load Balancer needs exactly one listener, and {spec.name} has none: "
+                    f"add one under listeners with LoadBalancerArn: {spec.name}",
+                )
+
+    def _gateway_listener(self, spec: _Spec, lb: LoadBalancer) -> None:
+        """A GWLB has exactly one listener, which takes every IP packet."""
+        if lb.name in self.listener_of:
+            raise _Invalid(
+                spec.at("LoadBalancerArn"),
+                f"load balancer {lb.name} already has listener {self.listener_of[lb.name]}; "
+                "a Gateway Load Balancer has exactly one",
+            )
+        for key in ("Protocol", "Port"):
+            if key in spec.props:
+                raise _Invalid(
+                    spec.at(key), "a Gateway Load Balancer listener takes every IP packet: no Protocol or Port"
+                )
+
+    def _network_listener(
+        self, spec: _Spec, lb: LoadBalancer, taken: dict[int, list[tuple[str, str]]]
+    ) -> tuple[str, int]:
+        """An NLB listener's protocol and port, not colliding with its other listeners':
+        TCP and UDP may share a port, TCP_UDP takes it for both."""
+        for key in ("Protocol", "Port"):
+            if key not in spec.props:
+                raise _Invalid(spec.at(key), f"required key is missing: a Network Load Balancer listener has a {key}")
+        protocol, port = spec.props["Protocol"], spec.props["Port"]
+        if protocol not in LISTENER_PROTOCOLS:
+            raise _Invalid(spec.at("Protocol"), _protocol_problem(protocol, LISTENER_PROTOCOLS, "listeners"))
+        for other_protocol, other in taken.get(port, ()):
+            if other_protocol == protocol or "TCP_UDP" in (protocol, other_protocol):
+                raise _Invalid(
+                    spec.at("Port"),
+                    f"load balancer {lb.name} already has listener {other} on {other_protocol} port {port}; "
+                    "two listeners can share a port only as TCP and UDP (TCP_UDP takes both)",
+                )
+        taken.setdefault(port, []).append((protocol, spec.name))
+        return protocol, port
+
+    def _forward_target(self, spec: _Spec, lb: LoadBalancer, protocol: str | None) -> TargetGroup:
+        """The target group of a listener's one default action, a forward, in the load balancer's VPC."""
+        kind = "a Gateway Load Balancer listener" if lb.type == "gateway" else "a Network Load Balancer listener"
+        actions = spec.props["DefaultActions"]
+        if len(actions) != 1:
+            raise _Invalid(
+                spec.at("DefaultActions"),
+                f"{kind} has exactly one default action, "
+                f"{{Type: forward, TargetGroupArn: <target group>}}; got {len(actions)}",
+            )
+        action, action_path = actions[0], f"{spec.at('DefaultActions')}[0]"
+        if action["Type"].lower() != "forward":
+            raise _Invalid(f"{action_path}.Type", f"{kind} can only forward, got '{action['Type']}'")
+        if "TargetGroupArn" not in action:
+            raise _Invalid(f"{action_path}.TargetGroupArn", "required key is missing")
+        group_path = f"{action_path}.TargetGroupArn"
+        group: TargetGroup = self._ref("target_groups", action["TargetGroupArn"], group_path)
+        if lb.type == "gateway" and group.protocol != "GENEVE":
+            raise _Invalid(
+                group_path, f"target group {group.name} is {group.protocol}; a Gateway Load Balancer forwards to GENEVE"
+            )
+        if protocol is not None and group.protocol not in LISTENER_GROUP_PROTOCOLS[protocol]:
+            allowed = " or ".join(LISTENER_GROUP_PROTOCOLS[protocol])
+            raise _Invalid(
+                group_path,
+                f"target group {group.name} is {group.protocol}, and a {protocol} listener forwards to a {allowed} "
+                "target group",
+            )
+        first = self.listener_of_group.get(group.name)
+        if first is not None and self.built["listeners"][first].load_balancer != lb.name:
+            raise _Invalid(
+                group_path,
+                f"target group {group.name} is already used by listener {first}; "
+                "vpclab lets a target group serve one load balancer",
+            )
+        if group.vpc != lb.vpc:
+            raise _Invalid(
+                group_path,
+                f"target group {group.name} is in VPC {group.vpc}, but load balancer {lb.name} is in VPC {lb.vpc}",
+            )
+        return group
+
+
+BUILDER = Elbv2Builder
+CLAIMS = "_elbv2_claims"  # the builder's method that lists the addresses its resources take in subnets
+STEPS = {"addresses": ("_load_balancers",), "attachments": ("_target_groups", "_listeners")}  # loader.PHASES
