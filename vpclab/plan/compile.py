@@ -14,11 +14,9 @@ a namespace of their own.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
 from vpclab.model.resources import (
-    EndpointEni,
     HostedZone,
     Instance,
     Lab,
@@ -29,23 +27,39 @@ from vpclab.model.resources import (
     SgRule,
     Subnet,
     Vpc,
-    VpcEndpoint,
     txt_text,
+)
+from vpclab.plan.common import (
+    ACCEPT_LOCAL,
+    ALT_DNS_IP,
+    BASE_SYSCTLS,
+    FORWARDING,
+    INTERNET_NS,
+    PROXY_ARP,
+    VPC_MTU,
+    Eni,
+    EndpointLink,
+    InterfaceLink,
+    endpoint_links,
+    gwlb_ns,
+    ifname_for,
+    igw_ns,
+    interface_links,
+    nat_ns,
+    nlb_ns,
+    router_ns,
+    single_eni,
 )
 from vpclab.plan.wiring import Link, Namespace, Service, Wiring
 
-VPC_MTU = 9001
 ENI_TABLE = 200  # per-ENI /32 routes: where the local route's throw lands
 FIRST_AWS_TABLE = 1000
-ALT_DNS_IP = "169.254.169.253"  # AWS's link-local resolver address
 # The router <-> internet gateway link; each VPC has its own router namespace,
 # so the same pair serves every VPC.
 IGW_LINK_ROUTER = "169.254.0.1"
 IGW_LINK_GATEWAY = "169.254.0.2"
 # Internet gateway <-> internet links: one /30 each from TEST-NET-1.
 IGW_TRANSIT = IPv4Network("192.0.2.0/24")
-# GWLB endpoint links (consumer router <-> GWLB node): one /30 each, link-local.
-ENDPOINT_LINKS = IPv4Network("169.254.128.0/17")
 # What a GWLB node takes from its load balancer, listener and target group.
 GWLB_NODE_ATTRIBUTES = frozenset({
     "load_balancing.cross_zone.enabled", "tcp.idle_timeout.seconds",
@@ -54,25 +68,6 @@ GWLB_NODE_ATTRIBUTES = frozenset({
     "deregistration_delay.timeout_seconds", "vpclab.drop_stale_cookie.enabled",
 })
 
-# Every namespace: no IPv6 until it is done on purpose, no reverse-path
-# filtering (inspection paths are asymmetric by design), no redirects.
-BASE_SYSCTLS: tuple[tuple[str, str], ...] = (
-    ("ipv6/conf/all/disable_ipv6", "1"),
-    ("ipv6/conf/default/disable_ipv6", "1"),
-    ("ipv4/conf/all/rp_filter", "0"),
-    ("ipv4/conf/default/rp_filter", "0"),
-    ("ipv4/conf/all/send_redirects", "0"),
-    ("ipv4/conf/default/send_redirects", "0"),
-    ("ipv4/conf/all/accept_redirects", "0"),
-    ("ipv4/conf/default/accept_redirects", "0"),
-)
-FORWARDING = (("ipv4/ip_forward", "1"),)
-PROXY_ARP = (("ipv4/conf/default/proxy_arp", "1"),)
-# A router's (or NLB node's) policy rules make the kernel check each forwarded packet's source
-# with a second full route lookup, which only drops sources that are its own addresses; a
-# router's nftables does that with one set lookup (router_ruleset). A node needs no such drop:
-# a packet from its own address finds no socket to answer it.
-ACCEPT_LOCAL = (("ipv4/conf/all/accept_local", "1"),)
 # The VPC router is the hypervisor, not a hop: TTL leaves it as it came (traceroute's first hop
 # is the destination). Forwarding decrements it, so add one before; a packet that came with 255
 # (no room) is marked and gets its one back after. nft's own `ip ttl set` is refused in a user
@@ -89,150 +84,11 @@ COMMIT
 -A FORWARD -m mark --mark {KEEP_TTL_MARK:#x}/{KEEP_TTL_MARK:#x} -j TTL --ttl-inc 1
 COMMIT
 """
-
-
-def router_ns(vpc: str) -> str:
-    return f"router:{vpc}"
-
-
-def igw_ns(igw: str) -> str:
-    return f"igw:{igw}"
-
-
-def nat_ns(nat: str) -> str:
-    return f"nat:{nat}"
-
-
-def nlb_ns(lb: str, az: str) -> str:
-    return f"nlb:{lb}:{az}"
-
-
-def gwlb_ns(lb: str, az: str) -> str:
-    return f"gwlb:{lb}:{az}"
-
-
-INTERNET_NS = "internet:router"  # lab names have no colon, so no instance can collide
-
-
-@dataclass(frozen=True)
-class EndpointLink:
-    """A GWLB endpoint: a veth from its VPC's router to the GWLB node of its AZ."""
-
-    endpoint: VpcEndpoint
-    subnet: Subnet
-    node_ns: str
-    ifname: str
-    router_ip: IPv4Address
-    node_ip: IPv4Address
-
-    @property
-    def available(self) -> bool:
-        return self.endpoint.state == "available"
-
-
-def endpoint_links(lab: Lab) -> list[EndpointLink]:
-    links = []
-    slots = ENDPOINT_LINKS.subnets(new_prefix=30)
-    taken: set[str] = set()
-    for ep in lab.vpc_endpoints.values():
-        if ep.type != "GatewayLoadBalancer":
-            continue
-        eni = ep.enis[0]
-        lb = lab.load_balancer_of_endpoint(ep.name).name
-        slot = next(slots)
-        links.append(EndpointLink(ep, lab.subnets[eni.subnet], gwlb_ns(lb, eni.az),
-                                  ifname_for("ep-", ep.name, taken),
-                                  slot.network_address + 1, slot.network_address + 2))
-    return links
-
-
-INTERFACE_LINKS = IPv4Network("169.254.64.0/18")  # the node's address on each endpoint ENI's veth, from a /30
 NLB_REPLY_MARK = 0x100  # + node index: replies to preserved-client connections go back to their node
 NLB_REPLY_TABLE = 400  # + node index
 NLB_RELAY_PORT = 20000  # + listener index: a node's local Proxy Protocol v2 relays
-ENDPOINT_MARK = 0x100  # + endpoint link index, in an NLB node: connections from that endpoint
-ENDPOINT_TABLE = 100  # + endpoint link index, in an NLB node: routes their replies back to it
 RELAY_MARK = 0x2  # in an NLB node: connections of its transparent PPv2 relays (engines.nlb)
 RELAY_TABLE = 99  # their replies, addressed to the client, are local there
-
-
-@dataclass(frozen=True)
-class InterfaceLink:
-    """One ENI of an interface endpoint: a veth from the consumer VPC's router straight into the
-    NLB node of its AZ (engines.nlb explains how colliding CIDRs are kept apart there)."""
-
-    endpoint: VpcEndpoint
-    eni: EndpointEni
-    subnet: Subnet
-    load_balancer: str
-    node_ns: str
-    ifname: str  # the node's side of the veth
-    node_ip: IPv4Address  # the node's own address on it: where the endpoint's PPv2 relays listen
-    index: int  # among the node's endpoint links: its connection mark, reply table and conntrack zone
-
-    @property
-    def available(self) -> bool:
-        return self.endpoint.state == "available"
-
-    @property
-    def mark(self) -> int:
-        return ENDPOINT_MARK + self.index
-
-    @property
-    def table(self) -> int:
-        return ENDPOINT_TABLE + self.index
-
-    @property
-    def zone(self) -> int:  # 0 is the default zone, where the targets' replies are
-        return 1 + self.index
-
-
-def interface_links(lab: Lab) -> list[InterfaceLink]:
-    links = []
-    slots = INTERFACE_LINKS.subnets(new_prefix=30)
-    taken: dict[str, set[str]] = {}  # interface names per node namespace
-    for ep in lab.vpc_endpoints.values():
-        if ep.type != "Interface":
-            continue
-        for eni in ep.enis:
-            lb = lab.load_balancer_of_endpoint(ep.name, eni.az).name
-            node_ns = nlb_ns(lb, eni.az)
-            names = taken.setdefault(node_ns, {"lo", "eth0"})
-            links.append(InterfaceLink(ep, eni, lab.subnets[eni.subnet], lb, node_ns,
-                                       ifname_for("pl-", f"{ep.name}-{eni.az[-1]}", names),
-                                       next(slots).network_address + 2, len(names) - 3))
-    return links
-
-
-@dataclass(frozen=True)
-class Eni:
-    """An ENI as the router sees it."""
-
-    id: str
-    owner: str  # instance or NAT gateway name
-    owner_ns: str
-    ifname: str  # the router's side of the veth
-    ip: IPv4Address
-    subnet: Subnet
-    security_groups: tuple[str, ...]
-    source_dest_check: bool
-    owner_ifname: str = "eth0"  # the owner's side; an NLB node has one more per interface endpoint
-
-    @property
-    def chain(self) -> str:
-        return self.id.replace("-", "_")
-
-
-def ifname_for(prefix: str, name: str, taken: set[str]) -> str:
-    """A unique Linux interface name (15 characters at most)."""
-    base = (prefix + "".join(c if c.isalnum() or c in "-_" else "-" for c in name))[:15]
-    candidate, n = base, 1
-    while candidate in taken:
-        suffix = str(n)
-        candidate = base[: 15 - len(suffix)] + suffix
-        n += 1
-    taken.add(candidate)
-    return candidate
 
 
 def compile_lab(lab: Lab) -> Wiring:
@@ -565,12 +421,6 @@ def _sg_checks(sgs, direction: str, group_ids: dict[str, str], eni: Eni) -> list
 # --- instances, gateways, the internet -------------------------------------
 
 
-def _single_eni(ip, prefixlen: int, gateway) -> tuple[str, ...]:
-    """A namespace with one interface, eth0, whose default route is its subnet's router."""
-    return ("link set lo up", "link set eth0 up", f"addr add {ip}/{prefixlen} dev eth0",
-            f"route add default via {gateway} dev eth0")
-
-
 def _resolv_conf(nameserver: str, search: str | None) -> str:
     lines = [f"nameserver {nameserver}"]
     if search:
@@ -597,7 +447,7 @@ def _instance(lab: Lab, vpc: Vpc, inst: Instance) -> Namespace:
         resolv_conf=_resolv_conf(str(vpc.resolver_ip), dns_search_domain(lab.region)),
         etc_hosts=f"127.0.0.1 localhost\n{inst.private_ip} {inst.hostname} {short}\n",
         sysctls=sysctls,
-        ip_batch=_single_eni(inst.private_ip, subnet.cidr.prefixlen, subnet.router_ip),
+        ip_batch=single_eni(inst.private_ip, subnet.cidr.prefixlen, subnet.router_ip),
     )
 
 
@@ -641,7 +491,7 @@ def _gwlb_node(lab: Lab, lb: LoadBalancer, node, endpoints: list[EndpointLink]) 
     name = gwlb_ns(lb.name, node.az)
     subnet = lab.subnets[node.subnet]
     served = [e for e in endpoints if e.node_ns == name]
-    batch = list(_single_eni(node.private_ip, subnet.cidr.prefixlen, subnet.router_ip))
+    batch = list(single_eni(node.private_ip, subnet.cidr.prefixlen, subnet.router_ip))
     for ep in served:  # an address only so that the node's kernel answers ARP for the router
         batch += [f"link set {ep.ifname} up", f"addr add {ep.node_ip}/30 dev {ep.ifname}"]
     group = lab.target_groups[gwlb_listener(lab, lb.name).target_group]
@@ -702,7 +552,7 @@ def _nlb_node(lab: Lab, lb: LoadBalancer, node, interfaces: list[InterfaceLink])
     Each interface endpoint ENI of its AZ is a veth into it: the node answers ARP for the ENI's
     IP there (proxy ARP) and routes that endpoint's replies back out by connection mark."""
     subnet = lab.subnets[node.subnet]
-    batch = list(_single_eni(node.private_ip, subnet.cidr.prefixlen, subnet.router_ip))
+    batch = list(single_eni(node.private_ip, subnet.cidr.prefixlen, subnet.router_ip))
     own = [link for link in interfaces if link.node_ns == nlb_ns(lb.name, node.az)]
     # a transparent PPv2 relay's replies are addressed to the client: deliver them here (engines.nlb)
     batch += [f"route add local default dev lo table {RELAY_TABLE}",
@@ -807,7 +657,7 @@ def _nat_gateway(name: str, subnet: Subnet, ip: IPv4Address) -> Namespace:
         name=nat_ns(name),
         kind="nat",
         sysctls=BASE_SYSCTLS + FORWARDING,
-        ip_batch=_single_eni(ip, subnet.cidr.prefixlen, subnet.router_ip),
+        ip_batch=single_eni(ip, subnet.cidr.prefixlen, subnet.router_ip),
         nft=nft,
     )
 
@@ -891,7 +741,7 @@ def _internet(lab: Lab, gateway_lines: list[str], taken: set[str]):
             resolv_conf=_resolv_conf(str(resolver), None),
             etc_hosts=f"127.0.0.1 localhost\n{host.ip} {host.dns_name} {host.name}\n",
             sysctls=BASE_SYSCTLS,
-            ip_batch=_single_eni(host.ip, cidr.prefixlen, gateway),
+            ip_batch=single_eni(host.ip, cidr.prefixlen, gateway),
         ))
         if host.default_services:
             identity = _identity(name=host.name, public_ip=host.ip, hostname=host.dns_name)
