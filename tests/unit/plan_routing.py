@@ -1,7 +1,7 @@
 """A tiny evaluator of Linux IPv4 policy routing, for the plan's `ip -batch` lines.
 
 It reads the `addr add`, `rule add` and `route add` lines that
-vpclab.plan.compile emits and answers what the kernel would do with a packet
+vpclab.plan emits and answers what the kernel would do with a packet
 that enters on interface `iif` for destination `dst`:
 
 1. an address the namespace owns is delivered locally (this stands in for the

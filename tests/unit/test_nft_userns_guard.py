@@ -24,7 +24,9 @@ import pytest
 from vpclab.engines import nlb
 from vpclab.engines.gwlb.node import kernel_ip_drop
 from vpclab.model import load_lab_text
-from vpclab.plan.compile import compile_lab, endpoint_links, nlb_node_config
+from vpclab.plan.common import endpoint_links
+from vpclab.plan.compile import compile_lab
+from vpclab.plan.elbv2 import nlb_node_config
 
 REPO = Path(__file__).resolve().parents[2]
 # every protocol whose header fields nft can address as a payload (nft describe)

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from vpclab.model import load_lab
-from vpclab.plan.compile import KEEP_TTL, compile_lab
+from vpclab.plan.compile import compile_lab
+from vpclab.plan.ec2 import KEEP_TTL
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

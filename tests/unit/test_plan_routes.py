@@ -14,7 +14,8 @@ import pytest
 
 from plan_routing import PolicyRouter, router_of, router_side, where
 from vpclab.model import LabFileError, accept_vpc_endpoint_connections, load_lab, load_lab_text
-from vpclab.plan.compile import ENI_TABLE, compile_lab
+from vpclab.plan.compile import compile_lab
+from vpclab.plan.ec2 import ENI_TABLE
 
 REPO = Path(__file__).resolve().parents[2]
 INTERNET = "8.8.8.8"

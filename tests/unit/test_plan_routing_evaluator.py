@@ -7,7 +7,7 @@ import pytest
 
 from plan_routing import Decision, PolicyRouter
 
-# The shape compile.py gives a VPC router: one rule per ingress interface, AWS tables
+# The shape plan/ec2.py gives a VPC router: one rule per ingress interface, AWS tables
 # with the local route as a throw, a table of per-ENI /32 routes, then a blackhole rule.
 ROUTER = """
 link set lo up

@@ -12,7 +12,9 @@ import pytest
 
 from plan_routing import PolicyRouter, router_side
 from vpclab.model import accept_vpc_endpoint_connections, load_lab, load_lab_text
-from vpclab.plan.compile import INTERNET_NS, ENI_TABLE, VPC_MTU, compile_lab, interface_links
+from vpclab.plan.common import INTERNET_NS, VPC_MTU, interface_links
+from vpclab.plan.compile import compile_lab
+from vpclab.plan.ec2 import ENI_TABLE
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))

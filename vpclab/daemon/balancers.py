@@ -22,7 +22,7 @@ from vpclab.engines import nlb as nlb_engine
 from vpclab.engines.gwlb.fastpath import FastPathFds
 from vpclab.engines.health import HealthChecker
 from vpclab.model.resources import Lab
-from vpclab.plan.compile import gwlb_node_attributes, nlb_node_config
+from vpclab.plan.elbv2 import gwlb_node_attributes, nlb_node_config
 from vpclab.plan.wiring import Service
 
 log = logging.getLogger("vpclab.balancers")

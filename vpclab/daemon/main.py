@@ -357,7 +357,7 @@ class Daemon:
 def dns_zones(svc: Service, aws_names: dict[str, list[str]] | None = None):
     """The zones a `dns` service answers; `aws_names` are the NLB and endpoint names it gives now."""
     private = []
-    for domain, record_sets in svc.param("private_zones", ()):  # compile._private_zone
+    for domain, record_sets in svc.param("private_zones", ()):  # route53._private_zone
         records: dict[str, list] = {}
         for name, rtype, ttl, values, alias_target in record_sets:
             if aws_names and alias_target in aws_names:  # an alias answers as its target does now

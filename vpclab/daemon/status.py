@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Callable, Mapping
 
 from vpclab.model.resources import Lab
-from vpclab.plan.compile import gwlb_ns
+from vpclab.plan.common import gwlb_ns
 
 
 def _str(value) -> str | None:

@@ -79,6 +79,12 @@ class Wiring:
                 return ns
         raise KeyError(name)
 
+    @staticmethod
+    def join(parts: list[Wiring]) -> Wiring:
+        """One wiring of the parts, in their order (what each service compiled)."""
+        return Wiring(tuple(ns for p in parts for ns in p.namespaces), tuple(li for p in parts for li in p.links),
+                      tuple(svc for p in parts for svc in p.services))
+
     def render(self) -> str:
         """A readable listing of everything, as `vpclab plan` prints it."""
         out: list[str] = []

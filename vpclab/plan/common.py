@@ -1,0 +1,179 @@
+"""What every service's compiler shares: namespace and interface names, sysctls, the ENI as a
+VPC router sees it, and the veths that join a consumer VPC's router to a load balancer node
+(PrivateLink endpoints, which both the router (ec2) and the nodes (elbv2) are wired from)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+
+from vpclab.model.resources import EndpointEni, Lab, Subnet, VpcEndpoint
+
+VPC_MTU = 9001
+ALT_DNS_IP = "169.254.169.253"  # AWS's link-local resolver address
+# GWLB endpoint links (consumer router <-> GWLB node): one /30 each, link-local.
+ENDPOINT_LINKS = IPv4Network("169.254.128.0/17")
+
+# Every namespace: no IPv6 until it is done on purpose, no reverse-path
+# filtering (inspection paths are asymmetric by design), no redirects.
+BASE_SYSCTLS: tuple[tuple[str, str], ...] = (
+    ("ipv6/conf/all/disable_ipv6", "1"),
+    ("ipv6/conf/default/disable_ipv6", "1"),
+    ("ipv4/conf/all/rp_filter", "0"),
+    ("ipv4/conf/default/rp_filter", "0"),
+    ("ipv4/conf/all/send_redirects", "0"),
+    ("ipv4/conf/default/send_redirects", "0"),
+    ("ipv4/conf/all/accept_redirects", "0"),
+    ("ipv4/conf/default/accept_redirects", "0"),
+)
+FORWARDING = (("ipv4/ip_forward", "1"),)
+PROXY_ARP = (("ipv4/conf/default/proxy_arp", "1"),)
+# A router's (or NLB node's) policy rules make the kernel check each forwarded packet's source
+# with a second full route lookup, which only drops sources that are its own addresses; a
+# router's nftables does that with one set lookup (router_ruleset). A node needs no such drop:
+# a packet from its own address finds no socket to answer it.
+ACCEPT_LOCAL = (("ipv4/conf/all/accept_local", "1"),)
+
+
+def router_ns(vpc: str) -> str:
+    return f"router:{vpc}"
+
+
+def igw_ns(igw: str) -> str:
+    return f"igw:{igw}"
+
+
+def nat_ns(nat: str) -> str:
+    return f"nat:{nat}"
+
+
+def nlb_ns(lb: str, az: str) -> str:
+    return f"nlb:{lb}:{az}"
+
+
+def gwlb_ns(lb: str, az: str) -> str:
+    return f"gwlb:{lb}:{az}"
+
+
+INTERNET_NS = "internet:router"  # lab names have no colon, so no instance can collide
+
+
+@dataclass(frozen=True)
+class EndpointLink:
+    """A GWLB endpoint: a veth from its VPC's router to the GWLB node of its AZ."""
+
+    endpoint: VpcEndpoint
+    subnet: Subnet
+    node_ns: str
+    ifname: str
+    router_ip: IPv4Address
+    node_ip: IPv4Address
+
+    @property
+    def available(self) -> bool:
+        return self.endpoint.state == "available"
+
+
+def endpoint_links(lab: Lab) -> list[EndpointLink]:
+    links = []
+    slots = ENDPOINT_LINKS.subnets(new_prefix=30)
+    taken: set[str] = set()
+    for ep in lab.vpc_endpoints.values():
+        if ep.type != "GatewayLoadBalancer":
+            continue
+        eni = ep.enis[0]
+        lb = lab.load_balancer_of_endpoint(ep.name).name
+        slot = next(slots)
+        links.append(EndpointLink(ep, lab.subnets[eni.subnet], gwlb_ns(lb, eni.az),
+                                  ifname_for("ep-", ep.name, taken),
+                                  slot.network_address + 1, slot.network_address + 2))
+    return links
+
+
+INTERFACE_LINKS = IPv4Network("169.254.64.0/18")  # the node's address on each endpoint ENI's veth, from a /30
+ENDPOINT_MARK = 0x100  # + endpoint link index, in an NLB node: connections from that endpoint
+ENDPOINT_TABLE = 100  # + endpoint link index, in an NLB node: routes their replies back to it
+
+
+@dataclass(frozen=True)
+class InterfaceLink:
+    """One ENI of an interface endpoint: a veth from the consumer VPC's router straight into the
+    NLB node of its AZ (engines.nlb explains how colliding CIDRs are kept apart there)."""
+
+    endpoint: VpcEndpoint
+    eni: EndpointEni
+    subnet: Subnet
+    load_balancer: str
+    node_ns: str
+    ifname: str  # the node's side of the veth
+    node_ip: IPv4Address  # the node's own address on it: where the endpoint's PPv2 relays listen
+    index: int  # among the node's endpoint links: its connection mark, reply table and conntrack zone
+
+    @property
+    def available(self) -> bool:
+        return self.endpoint.state == "available"
+
+    @property
+    def mark(self) -> int:
+        return ENDPOINT_MARK + self.index
+
+    @property
+    def table(self) -> int:
+        return ENDPOINT_TABLE + self.index
+
+    @property
+    def zone(self) -> int:  # 0 is the default zone, where the targets' replies are
+        return 1 + self.index
+
+
+def interface_links(lab: Lab) -> list[InterfaceLink]:
+    links = []
+    slots = INTERFACE_LINKS.subnets(new_prefix=30)
+    taken: dict[str, set[str]] = {}  # interface names per node namespace
+    for ep in lab.vpc_endpoints.values():
+        if ep.type != "Interface":
+            continue
+        for eni in ep.enis:
+            lb = lab.load_balancer_of_endpoint(ep.name, eni.az).name
+            node_ns = nlb_ns(lb, eni.az)
+            names = taken.setdefault(node_ns, {"lo", "eth0"})
+            links.append(InterfaceLink(ep, eni, lab.subnets[eni.subnet], lb, node_ns,
+                                       ifname_for("pl-", f"{ep.name}-{eni.az[-1]}", names),
+                                       next(slots).network_address + 2, len(names) - 3))
+    return links
+
+
+@dataclass(frozen=True)
+class Eni:
+    """An ENI as the router sees it."""
+
+    id: str
+    owner: str  # instance or NAT gateway name
+    owner_ns: str
+    ifname: str  # the router's side of the veth
+    ip: IPv4Address
+    subnet: Subnet
+    security_groups: tuple[str, ...]
+    source_dest_check: bool
+    owner_ifname: str = "eth0"  # the owner's side; an NLB node has one more per interface endpoint
+
+    @property
+    def chain(self) -> str:
+        return self.id.replace("-", "_")
+
+
+def ifname_for(prefix: str, name: str, taken: set[str]) -> str:
+    """A unique Linux interface name (15 characters at most)."""
+    base = (prefix + "".join(c if c.isalnum() or c in "-_" else "-" for c in name))[:15]
+    candidate, n = base, 1
+    while candidate in taken:
+        suffix = str(n)
+        candidate = base[: 15 - len(suffix)] + suffix
+        n += 1
+    taken.add(candidate)
+    return candidate
+
+
+def single_eni(ip, prefixlen: int, gateway) -> tuple[str, ...]:
+    """A namespace with one interface, eth0, whose default route is its subnet's router."""
+    return ("link set lo up", "link set eth0 up", f"addr add {ip}/{prefixlen} dev eth0",
+            f"route add default via {gateway} dev eth0")

@@ -1,0 +1,577 @@
+"""Compile EC2: VPC routers, NAT and internet gateways, instances and the internet.
+
+Each VPC has one router namespace and every ENI is a point-to-point veth into
+it, so every packet between ENIs crosses the router (DESIGN.md). There:
+- AWS route tables become Linux tables picked by `ip rule iif <eni>`; the
+  local route compiles to `throw <vpc cidr>` so that lookup falls through to
+  a lower-priority table of per-ENI /32 routes, and a route more specific
+  than local still wins by longest prefix match, as at AWS;
+- security groups (stateful), network ACLs (stateless, at the subnet
+  boundary) and the source/destination check are nftables rules per ENI.
+NAT never sits on the router: the internet gateway and NAT gateways each have
+a namespace of their own.
+"""
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network
+
+from vpclab.model.resources import (
+    Instance,
+    Lab,
+    NaclEntry,
+    NetworkAcl,
+    RouteTable,
+    SgRule,
+    Subnet,
+    Vpc,
+)
+from vpclab.plan.common import (
+    ACCEPT_LOCAL,
+    ALT_DNS_IP,
+    BASE_SYSCTLS,
+    FORWARDING,
+    INTERNET_NS,
+    PROXY_ARP,
+    VPC_MTU,
+    Eni,
+    EndpointLink,
+    ifname_for,
+    igw_ns,
+    nat_ns,
+    router_ns,
+    single_eni,
+)
+from vpclab.plan.wiring import Link, Namespace, Service, Wiring
+
+ENI_TABLE = 200  # per-ENI /32 routes: where the local route's throw lands
+FIRST_AWS_TABLE = 1000
+# The router <-> internet gateway link; each VPC has its own router namespace,
+# so the same pair serves every VPC.
+IGW_LINK_ROUTER = "169.254.0.1"
+IGW_LINK_GATEWAY = "169.254.0.2"
+# Internet gateway <-> internet links: one /30 each from TEST-NET-1.
+IGW_TRANSIT = IPv4Network("192.0.2.0/24")
+
+# The VPC router is the hypervisor, not a hop: TTL leaves it as it came (traceroute's first hop
+# is the destination). Forwarding decrements it, so add one before; a packet that came with 255
+# (no room) is marked and gets its one back after. nft's own `ip ttl set` is refused in a user
+# namespace; the xt TTL target is not. Bit 31 of the mark: the router's fwmark rules never set it.
+KEEP_TTL_MARK = 0x80000000
+KEEP_TTL = f"""*raw
+:PREROUTING ACCEPT [0:0]
+-A PREROUTING -m ttl --ttl-eq 255 -j MARK --or-mark {KEEP_TTL_MARK:#x}
+COMMIT
+*mangle
+:PREROUTING ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+-A PREROUTING -m ttl --ttl-lt 255 -j TTL --ttl-inc 1
+-A FORWARD -m mark --mark {KEEP_TTL_MARK:#x}/{KEEP_TTL_MARK:#x} -j TTL --ttl-inc 1
+COMMIT
+"""
+NLB_REPLY_MARK = 0x100  # + node index: replies to preserved-client connections go back to their node
+NLB_REPLY_TABLE = 400  # + node index
+
+
+def nat_gateway_enis(lab: Lab, vpc: Vpc, taken: set[str]) -> list[Eni]:
+    """The ENIs of the VPC's NAT gateways, as its router sees them."""
+    enis: list[Eni] = []
+    for nat in lab.nat_gateways.values():
+        subnet = lab.subnets[nat.subnet]
+        if subnet.vpc == vpc.name:
+            enis.append(
+                Eni(nat.eni_id, nat.name, nat_ns(nat.name), ifname_for("n-", nat.name, taken),
+                    nat.private_ip, subnet, (), False)
+            )
+    return enis
+
+
+def instance_enis(lab: Lab, vpc: Vpc, taken: set[str]) -> list[Eni]:
+    """The ENIs of the VPC's instances, as its router sees them."""
+    enis: list[Eni] = []
+    for inst in lab.instances.values():
+        subnet = lab.subnets[inst.subnet]
+        if subnet.vpc == vpc.name:
+            enis.append(
+                Eni(inst.eni_id, inst.name, inst.name, ifname_for("e-", inst.name, taken),
+                    inst.private_ip, subnet, inst.security_groups, inst.source_dest_check)
+            )
+    return enis
+
+
+def _internet_gateway_of(lab: Lab, vpc: Vpc):
+    return next((g for g in lab.internet_gateways.values() if g.vpc == vpc.name), None)
+
+
+def vpc_router(lab: Lab, vpc: Vpc, enis: list[Eni], own_endpoints: list[EndpointLink]) -> Wiring:
+    """The VPC's router and a veth from each of its ENIs (`enis`: every service's) to it."""
+    igw = _internet_gateway_of(lab, vpc)
+    links: list[Link] = []
+    for eni in enis:
+        links.append(Link(eni.owner_ns, eni.owner_ifname, router_ns(vpc.name), eni.ifname, VPC_MTU))
+    return Wiring((_router(lab, vpc, enis, igw, own_endpoints),), tuple(links))
+
+
+def nat_gateways_and_instances(lab: Lab, vpc: Vpc) -> Wiring:
+    namespaces: list[Namespace] = []
+    services: list[Service] = []
+    for nat in (n for n in lab.nat_gateways.values() if lab.subnets[n.subnet].vpc == vpc.name):
+        namespaces.append(_nat_gateway(nat.name, lab.subnets[nat.subnet], nat.private_ip))
+    for inst in (i for i in lab.instances.values() if lab.subnets[i.subnet].vpc == vpc.name):
+        namespaces.append(_instance(lab, vpc, inst))
+        services.extend(_instance_services(lab, inst))
+    return Wiring(tuple(namespaces), (), tuple(services))
+
+
+class Internet:
+    """The internet, and the internet gateway of each VPC into it, attached VPC after VPC."""
+
+    def __init__(self) -> None:
+        self.transits = iter(IGW_TRANSIT.subnets(new_prefix=30))
+        self.internet_links: list[str] = []
+        self.internet_routes: list[str] = []
+        self.internet_taken: set[str] = set()
+
+    def gateway(self, lab: Lab, vpc: Vpc) -> Wiring:
+        """The VPC's internet gateway, if it has one, and its links to the router and the internet."""
+        igw = _internet_gateway_of(lab, vpc)
+        namespaces: list[Namespace] = []
+        links: list[Link] = []
+        if igw is not None:
+            transit = next(self.transits)
+            inet_side, gw_side = transit.network_address + 1, transit.network_address + 2
+            public = _public_map(lab, vpc)
+            namespaces.append(_internet_gateway(igw.name, vpc, public, gw_side, inet_side))
+            links.append(Link(router_ns(vpc.name), "igw", igw_ns(igw.name), "vpc", VPC_MTU))
+            inet_if = ifname_for("igw-", igw.name, self.internet_taken)
+            links.append(Link(igw_ns(igw.name), "inet", INTERNET_NS, inet_if, VPC_MTU))
+            self.internet_links += [f"link set {inet_if} up", f"addr add {inet_side}/30 dev {inet_if}"]
+            self.internet_routes += [f"route add {pub}/32 via {gw_side} dev {inet_if}" for pub in public]
+        return Wiring(tuple(namespaces), tuple(links))
+
+    def internet(self, lab: Lab, aws_names: tuple) -> Wiring:
+        """The internet's router, resolver and hosts; `aws_names` are what its resolver answers
+        for AWS (route53.aws_dns_names)."""
+        if not (lab.internet_hosts or self.internet_links):
+            return Wiring((), ())
+        inet_ns, host_namespaces, host_links, host_services = _internet(
+            lab, self.internet_links + self.internet_routes, self.internet_taken, aws_names
+        )
+        return Wiring((inet_ns, *host_namespaces), tuple(host_links), tuple(host_services))
+
+
+# --- the VPC router -------------------------------------------------------
+
+
+def _router(lab: Lab, vpc: Vpc, enis: list[Eni], igw, endpoints: list[EndpointLink]) -> Namespace:
+    tables = {rt.name: FIRST_AWS_TABLE + i for i, rt in enumerate(
+        rt for rt in lab.route_tables.values() if rt.vpc == vpc.name)}
+    by_owner = {e.owner: e for e in enis}
+    by_eni_id = {e.id: e for e in enis}
+    batch = ["link set lo up"]
+    if vpc.enable_dns_support:
+        batch += [f"addr add {vpc.resolver_ip}/32 dev lo", f"addr add {ALT_DNS_IP}/32 dev lo"]
+    pref = 1000
+    for eni in enis:
+        table = tables[lab.route_table_of_subnet(eni.subnet.name).name]
+        batch += [
+            f"link set {eni.ifname} up",
+            f"addr add {eni.subnet.router_ip}/32 dev {eni.ifname}",
+            f"ntable change name arp_cache dev {eni.ifname} proxy_delay 0",
+            f"route add {eni.ip}/32 dev {eni.ifname} table {ENI_TABLE}",
+            # within a subnet traffic is layer 2 at AWS: no route table applies to it
+            f"rule add pref {pref} iif {eni.ifname} to {eni.subnet.cidr} lookup {ENI_TABLE}",
+            f"rule add pref {pref + 1} iif {eni.ifname} lookup {table}",
+        ]
+        pref += 2
+    for ep in endpoints:
+        # What the GWLB hands back is routed by the endpoint subnet's route table.
+        table = tables[lab.route_table_of_subnet(ep.subnet.name).name]
+        batch += [
+            f"link set {ep.ifname} up",
+            f"addr add {ep.router_ip}/30 dev {ep.ifname}",
+            f"rule add pref {pref} iif {ep.ifname} lookup {table}",
+        ]
+        pref += 1
+    if igw is not None:
+        edge = next((rt for rt in lab.route_tables.values() if igw.name in rt.edge_associations), None)
+        batch += [
+            "link set igw up",
+            f"addr add {IGW_LINK_ROUTER}/30 dev igw",
+            f"rule add pref {pref} iif igw lookup {tables[edge.name] if edge else ENI_TABLE}",
+        ]
+    for rt in lab.route_tables.values():
+        if rt.vpc == vpc.name:
+            batch += _route_table(rt, tables[rt.name], by_owner, by_eni_id,
+                                  {e.endpoint.name: e for e in endpoints})
+    for i, eni in enumerate(_nlb_node_enis(enis)):
+        # replies to connections an NLB node forwarded with the client's address go back through it
+        batch += [f"route add default via {eni.ip} dev {eni.ifname} onlink table {NLB_REPLY_TABLE + i}",
+                  f"rule add pref {100 + i} fwmark {NLB_REPLY_MARK + i:#x} lookup {NLB_REPLY_TABLE + i}"]
+    batch += [
+        f"rule add pref 2000 lookup {ENI_TABLE}",
+        "rule add pref 2001 blackhole",  # no route: dropped silently, as at AWS
+    ]
+    own = dict.fromkeys(line.split()[2].split("/")[0] for line in batch if line.startswith("addr add"))
+    return Namespace(
+        name=router_ns(vpc.name),
+        kind="router",
+        sysctls=BASE_SYSCTLS + FORWARDING + PROXY_ARP + ACCEPT_LOCAL,
+        ip_batch=tuple(batch),
+        nft=router_ruleset(lab, vpc, enis, tuple(own)),
+        iptables=KEEP_TTL,
+        # the GWLB node relays these packets raw: no partial checksums, no GSO super-packets
+        tx_offload_off=tuple(e.ifname for e in endpoints),
+    )
+
+
+def _route_table(rt: RouteTable, table: int, by_owner: dict[str, Eni], by_eni_id: dict[str, Eni],
+                 endpoints: dict[str, EndpointLink]) -> list[str]:
+    lines = []
+    for route in rt.routes:
+        dest = route.destination
+        if route.target_kind == "local":
+            lines.append(f"route add throw {dest} table {table}")
+        elif route.target_kind == "igw":
+            lines.append(f"route add {dest} via {IGW_LINK_GATEWAY} dev igw onlink table {table}")
+        elif route.target_kind in ("nat", "instance", "eni"):
+            eni = by_eni_id.get(route.target) or by_owner[route.target]
+            lines.append(f"route add {dest} via {eni.ip} dev {eni.ifname} onlink table {table}")
+        elif route.target_kind == "vpce":
+            ep = endpoints[route.target]
+            if ep.available:
+                lines.append(f"route add {dest} via {ep.node_ip} dev {ep.ifname} onlink table {table}")
+            else:  # pending or rejected: dropped, never sent around the endpoint
+                lines.append(f"route add blackhole {dest} table {table}")
+        else:  # targets of later capabilities are refused by the loader
+            raise ValueError(f"route target {route.target_kind} is not supported")
+    return lines
+
+
+def _match_protocol(protocol: str, ports: tuple[int | None, int | None], icmp: tuple[int | None, int | None]) -> str:
+    """nft match for a protocol and its destination ports or ICMP type/code."""
+    if protocol == "-1":
+        return ""
+    if protocol in ("tcp", "udp"):
+        lo, hi = ports
+        if lo is None or (lo == 0 and hi == 65535):
+            return f"meta l4proto {protocol}"
+        return f"{protocol} dport {lo}" if lo == hi else f"{protocol} dport {lo}-{hi}"
+    if protocol == "icmp":
+        icmp_type, code = icmp
+        if icmp_type is None or icmp_type == -1:
+            return "meta l4proto icmp"
+        if code is None or code == -1:
+            return f"icmp type {icmp_type}"
+        return f"icmp type {icmp_type} icmp code {code}"
+    return f"meta l4proto {protocol}"
+
+
+def sg_rule_match(rule: SgRule, direction: str, group_ids: dict[str, str]) -> str:
+    """The nft match of one security group permission (direction: ingress or egress)."""
+    field = "saddr" if direction == "ingress" else "daddr"
+    if rule.group is not None:
+        peer = f"ip {field} @{_set_name(group_ids[rule.group])}"
+    else:
+        peer = f"ip {field} {rule.cidr}"
+    proto = _match_protocol(rule.protocol, (rule.from_port, rule.to_port), (rule.from_port, rule.to_port))
+    return " ".join(p for p in (peer, proto) if p)
+
+
+def nacl_entry_match(entry: NaclEntry) -> str:
+    field = "daddr" if entry.egress else "saddr"
+    proto = _match_protocol(entry.protocol, (entry.port_from, entry.port_to), (entry.icmp_type, entry.icmp_code))
+    return " ".join(p for p in (f"ip {field} {entry.cidr}", proto) if p)
+
+
+def _set_name(sg_id: str) -> str:
+    return sg_id.replace("-", "_")
+
+
+def _nacl_chain(acl: NetworkAcl, egress: bool) -> list[str]:
+    """Stateless: numbered rules, lowest first, first match wins, then deny."""
+    name = f"{_set_name(acl.id)}_{'egress' if egress else 'ingress'}"
+    lines = [f"\tchain {name} {{"]
+    for entry in sorted((e for e in acl.entries if e.egress == egress), key=lambda e: e.rule_number):
+        verdict = "return" if entry.action == "allow" else "drop"
+        lines.append(f"\t\t{nacl_entry_match(entry)} {verdict} comment \"rule {entry.rule_number}\"")
+    lines += ["\t\tdrop", "\t}"]
+    return lines
+
+
+def router_ruleset(lab: Lab, vpc: Vpc, enis: list[Eni], own: tuple[str, ...] = ()) -> str:
+    """The router's table; `own` are its addresses, which no packet may come from (ACCEPT_LOCAL)."""
+    groups = {n: sg for n, sg in lab.security_groups.items() if sg.vpc == vpc.name}
+    group_ids = {n: sg.id for n, sg in groups.items()}
+    members: dict[str, list[IPv4Address]] = {n: [] for n in groups}
+    for eni in enis:
+        for g in eni.security_groups:
+            members[g].append(eni.ip)
+    acls = [a for a in lab.network_acls.values() if a.vpc == vpc.name]
+
+    out = ["table inet vpc {"]
+    for name, sg in groups.items():
+        elements = ", ".join(str(ip) for ip in members[name])
+        body = f"type ipv4_addr; elements = {{ {elements} }}" if elements else "type ipv4_addr;"
+        out.append(f"\tset {_set_name(sg.id)} {{ {body} }}")
+    out += [
+        "\tchain prerouting {",
+        "\t\ttype filter hook prerouting priority raw; policy accept;",
+        "\t\tmeta nfproto ipv6 drop",
+    ]
+    checked = [e for e in enis if e.source_dest_check]
+    if checked:  # one lookup, however many ENIs the VPC has: its own address from a checked ENI passes
+        pairs = ", ".join(f"\"{e.ifname}\" . {e.ip} : return" for e in checked)
+        names = ", ".join(f"\"{e.ifname}\"" for e in checked)
+        out += [f"\t\tiifname . ip saddr vmap {{ {pairs} }}",
+                f"\t\tiifname {{ {names} }} drop comment \"source check\""]
+    if own:  # only what a checked ENI did not send gets here
+        out.append(f"\t\tip saddr {{ {', '.join(own)} }} drop comment \"martian: the router's own address\"")
+    out.append("\t}")
+    nlb_nodes = _nlb_node_enis(enis)
+    if nlb_nodes:
+        marks = ", ".join(f"\"{eni.ifname}\" : {NLB_REPLY_MARK + i:#x}" for i, eni in enumerate(nlb_nodes))
+        out += ["\tchain nlb_replies {", "\t\ttype filter hook prerouting priority mangle; policy accept;",
+                f"\t\tct state new ct mark set iifname map {{ {marks} }}",
+                "\t\tct direction reply ct mark != 0 meta mark set ct mark", "\t}"]
+    eni_chains = []
+    for eni in enis:
+        acl = lab.network_acl_of_subnet(eni.subnet.name)
+        cidr = eni.subnet.cidr
+        sgs = [groups[g] for g in eni.security_groups]
+        # Leaving the ENI: subnet ACL egress at the boundary, then the groups' egress.
+        leaving = [] if _allows_all(acl, egress=True) else [
+            f"\t\tip daddr != {cidr} jump {_set_name(acl.id)}_egress"]
+        leaving += _sg_checks(sgs, "egress", group_ids, eni)
+        entering = [f"\t\tip daddr != {eni.ip} drop comment \"destination check\""] if eni.source_dest_check else []
+        if not _allows_all(acl, egress=False):
+            entering.append(f"\t\tip saddr != {cidr} jump {_set_name(acl.id)}_ingress")
+        entering += _sg_checks(sgs, "ingress", group_ids, eni)
+        eni_chains.append((eni, leaving, entering))
+    out += ["\tchain forward {", "\t\ttype filter hook forward priority filter; policy accept;"]
+    # one lookup each way, however many ENIs the VPC has; none for an ENI with nothing to check
+    jumps_from = [f"\"{e.ifname}\" : jump from_{e.chain}" for e, leaving, _ in eni_chains if leaving]
+    jumps_to = [f"\"{e.ifname}\" : jump to_{e.chain}" for e, _, entering in eni_chains if entering]
+    if jumps_from:
+        out.append("\t\tiifname vmap { " + ", ".join(jumps_from) + " }")
+    if jumps_to:
+        out.append("\t\toifname vmap { " + ", ".join(jumps_to) + " }")
+    out.append("\t}")
+    for acl in acls:
+        out += _nacl_chain(acl, egress=False) + _nacl_chain(acl, egress=True)
+    for eni, leaving, entering in eni_chains:
+        out += [f"\tchain from_{eni.chain} {{", *leaving, "\t}", f"\tchain to_{eni.chain} {{", *entering, "\t}"]
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def _allows_all(acl: NetworkAcl, egress: bool) -> bool:
+    """Whether an ACL's first rule that way allows every packet (the default ACL): jumping to it
+    would only cost every packet a lookup."""
+    entries = sorted((e for e in acl.entries if e.egress == egress), key=lambda e: e.rule_number)
+    return bool(entries) and entries[0].action == "allow" and entries[0].protocol == "-1" and \
+        entries[0].cidr.prefixlen == 0
+
+
+def _nlb_node_enis(enis: list[Eni]) -> list[Eni]:
+    """NLB nodes' own ENIs (not the interface endpoint ENIs that also end in a node)."""
+    return [e for e in enis if e.owner_ns.startswith("nlb:") and e.owner_ifname == "eth0"]
+
+
+def _sg_checks(sgs, direction: str, group_ids: dict[str, str], eni: Eni) -> list[str]:
+    """Stateful, allow-only, merged across the ENI's groups."""
+    if not sgs:  # an ENI AWS manages (NAT gateway): no security groups
+        return []
+    lines = ["\t\tct state established,related return"]
+    for sg in sgs:
+        for rule in sg.ingress if direction == "ingress" else sg.egress:
+            lines.append(f"\t\t{sg_rule_match(rule, direction, group_ids)} return")
+    lines.append(f"\t\tdrop comment \"{direction} not allowed for {eni.id}\"")
+    return lines
+
+
+# --- instances, gateways, the internet -------------------------------------
+
+
+def _resolv_conf(nameserver: str, search: str | None) -> str:
+    lines = [f"nameserver {nameserver}"]
+    if search:
+        lines.append(f"search {search}")
+    return "\n".join(lines) + "\n"
+
+
+def dns_search_domain(region: str) -> str:
+    return "ec2.internal" if region == "us-east-1" else f"{region}.compute.internal"
+
+
+def _instance(lab: Lab, vpc: Vpc, inst: Instance) -> Namespace:
+    subnet = lab.subnets[inst.subnet]
+    sysctls = BASE_SYSCTLS
+    if not inst.source_dest_check:
+        # A middlebox: its OS forwards (the check off alone does not do that at AWS either,
+        # but every lab that turns it off wants a forwarding instance).
+        sysctls = sysctls + FORWARDING
+    short = inst.hostname.split(".")[0]
+    return Namespace(
+        name=inst.name,
+        kind="instance",
+        hostname=short,
+        resolv_conf=_resolv_conf(str(vpc.resolver_ip), dns_search_domain(lab.region)),
+        etc_hosts=f"127.0.0.1 localhost\n{inst.private_ip} {inst.hostname} {short}\n",
+        sysctls=sysctls,
+        ip_batch=single_eni(inst.private_ip, subnet.cidr.prefixlen, subnet.router_ip),
+    )
+
+
+def _identity(**fields) -> tuple[tuple[str, object], ...]:
+    return (("identity", tuple((k, str(v)) for k, v in fields.items() if v is not None)),)
+
+
+def _instance_services(lab: Lab, inst: Instance) -> list[Service]:
+    services: list[Service] = []
+    if inst.default_services:
+        identity = _identity(
+            name=inst.name, instance_id=inst.id, az=lab.subnets[inst.subnet].az,
+            private_ip=inst.private_ip, hostname=inst.hostname, public_ip=inst.public_ip,
+        )
+        if inst.test_page_message:
+            identity += (("message", inst.test_page_message),)
+        services.append(Service(inst.name, "test_page", ("0.0.0.0:80",), identity))
+        services.append(Service(inst.name, "banner", ("0.0.0.0:22",)))
+    services += [Service(inst.name, "command", params=(("command", c),)) for c in inst.run]
+    if inst.role == "appliance" and not inst.run:  # else it runs a third-party appliance
+        ports = [int(g.health_check.get("HealthCheckPort", 80)) for g in lab.target_groups.values()
+                 if any(t.instance == inst.name for t in g.targets)]
+        services.append(Service(inst.name, "appliance", params=(
+            ("config", dict(inst.appliance or {})), ("health_port", ports[0] if ports else 80))))
+    return services
+
+
+
+
+def _nat_gateway(name: str, subnet: Subnet, ip: IPv4Address) -> Namespace:
+    nft = f"""table ip natgw {{
+\tct timeout tcp_idle {{
+\t\tprotocol tcp;
+\t\tl3proto ip;
+\t\tpolicy = {{ established: 350 }}
+\t}}
+\tchain forward {{
+\t\ttype filter hook forward priority filter; policy drop;
+\t\tmeta l4proto {{ tcp, udp, icmp }} accept comment "a NAT gateway carries TCP, UDP and ICMP only"
+\t}}
+\tchain postrouting {{
+\t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\tmeta l4proto tcp ct timeout set "tcp_idle" comment "a new connection's (none before conntrack)"
+\t\toifname "eth0" ip saddr != {ip} meta l4proto {{ tcp, udp }} snat to {ip}:1024-65535
+\t\toifname "eth0" ip saddr != {ip} snat to {ip}
+\t}}
+}}
+"""
+    return Namespace(
+        name=nat_ns(name),
+        kind="nat",
+        sysctls=BASE_SYSCTLS + FORWARDING,
+        ip_batch=single_eni(ip, subnet.cidr.prefixlen, subnet.router_ip),
+        nft=nft,
+    )
+
+
+def _public_map(lab: Lab, vpc: Vpc) -> dict[IPv4Address, IPv4Address]:
+    """Public (Elastic) IP -> private IP for every address the IGW translates."""
+    public: dict[IPv4Address, IPv4Address] = {}
+    for nat in lab.nat_gateways.values():
+        if lab.subnets[nat.subnet].vpc == vpc.name:
+            public[nat.public_ip] = nat.private_ip
+    for inst in lab.instances.values():
+        if inst.public_ip is not None and lab.subnets[inst.subnet].vpc == vpc.name:
+            public[inst.public_ip] = inst.private_ip
+    for lb in lab.load_balancers.values():  # an internet-facing NLB's Elastic IPs
+        for node in lb.nodes:
+            if node.public_ip is not None and lb.vpc == vpc.name:
+                public[node.public_ip] = node.private_ip
+    return public
+
+
+def _internet_gateway(name: str, vpc: Vpc, public: dict, gw_side, inet_side) -> Namespace:
+    pairs = ", ".join(f"{pub} : {priv}" for pub, priv in public.items())
+    back = ", ".join(f"{priv} : {pub}" for pub, priv in public.items())
+    privs = ", ".join(str(priv) for priv in public.values())
+    elements = lambda e: f" elements = {{ {e} }};" if e else ""  # noqa: E731
+    nft = f"""table ip igw {{
+\tmap public_to_private {{ type ipv4_addr : ipv4_addr;{elements(pairs)} }}
+\tmap private_to_public {{ type ipv4_addr : ipv4_addr;{elements(back)} }}
+\tset translated {{ type ipv4_addr;{elements(privs)} }}
+\tchain prerouting {{
+\t\ttype nat hook prerouting priority dstnat; policy accept;
+\t\tiifname "inet" dnat to ip daddr map @public_to_private
+\t}}
+\tchain postrouting {{
+\t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\toifname "inet" snat to ip saddr map @private_to_public
+\t}}
+\tchain forward {{
+\t\ttype filter hook forward priority filter; policy drop;
+\t\tct state established,related accept
+\t\tiifname "vpc" oifname "inet" ip saddr @translated accept
+\t\tiifname "inet" oifname "vpc" ct status dnat accept
+\t}}
+}}
+"""
+    return Namespace(
+        name=igw_ns(name),
+        kind="igw",
+        sysctls=BASE_SYSCTLS + FORWARDING,
+        ip_batch=(
+            "link set lo up",
+            "link set vpc up",
+            f"addr add {IGW_LINK_GATEWAY}/30 dev vpc",
+            f"route add {vpc.cidr} via {IGW_LINK_ROUTER} dev vpc",
+            "link set inet up",
+            f"addr add {gw_side}/30 dev inet",
+            f"route add default via {inet_side} dev inet",
+        ),
+        nft=nft,
+    )
+
+
+def _internet(lab: Lab, gateway_lines: list[str], taken: set[str], aws_names: tuple):
+    cidr = lab.internet_cidr
+    gateway, resolver = cidr.network_address + 1, cidr.network_address + 2
+    batch = ["link set lo up", f"addr add {resolver}/32 dev lo"]
+    namespaces, links, services = [], [], []
+    for host in lab.internet_hosts.values():
+        ifname = ifname_for("h-", host.name, taken)
+        links.append(Link(host.name, "eth0", INTERNET_NS, ifname, 1500))
+        batch += [
+            f"link set {ifname} up",
+            f"addr add {gateway}/32 dev {ifname}",
+            f"ntable change name arp_cache dev {ifname} proxy_delay 0",
+            f"route add {host.ip}/32 dev {ifname}",
+        ]
+        namespaces.append(Namespace(
+            name=host.name,
+            kind="host",
+            hostname=host.name,
+            resolv_conf=_resolv_conf(str(resolver), None),
+            etc_hosts=f"127.0.0.1 localhost\n{host.ip} {host.dns_name} {host.name}\n",
+            sysctls=BASE_SYSCTLS,
+            ip_batch=single_eni(host.ip, cidr.prefixlen, gateway),
+        ))
+        if host.default_services:
+            identity = _identity(name=host.name, public_ip=host.ip, hostname=host.dns_name)
+            services.append(Service(host.name, "test_page", ("0.0.0.0:80",), identity))
+            services.append(Service(host.name, "banner", ("0.0.0.0:22",)))
+        services += [Service(host.name, "command", params=(("command", c),)) for c in host.run]
+    public_names = tuple((h.dns_name, str(h.ip)) for h in lab.internet_hosts.values())
+    services.append(Service(
+        INTERNET_NS, "dns", (f"{resolver}:53",),
+        (("region", lab.region), ("instances", ()), ("public_names", public_names),
+         ("enable_dns_hostnames", False), ("aws_names", aws_names)),
+    ))
+    inet = Namespace(
+        name=INTERNET_NS,
+        kind="internet",
+        sysctls=BASE_SYSCTLS + FORWARDING + PROXY_ARP,
+        ip_batch=tuple(batch + gateway_lines),
+    )
+    return inet, namespaces, links, services
