@@ -15,6 +15,7 @@ import importlib
 import re
 import tomllib
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -218,11 +219,13 @@ def test_the_list_of_files_still_being_split_only_shrinks():
 
 
 def _listed(layer: str) -> list[str] | None:
-    """A layer's list of services as names (entries may be names or the modules themselves)."""
+    """A layer's list of services as names: entries may be names, the modules themselves, or
+    objects with a `name`."""
     entries = getattr(importlib.import_module(f"vpclab.{layer}"), LISTS[layer], None)
     if entries is None:
         return None
-    return [e if isinstance(e, str) else e.__name__.rpartition(".")[2] for e in entries]
+    return [e if isinstance(e, str) else e.__name__.rpartition(".")[2] if isinstance(e, ModuleType) else e.name
+            for e in entries]
 
 
 def _needs_list(*layers: str):
