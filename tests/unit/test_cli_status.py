@@ -1,7 +1,7 @@
 """`vpclab status` as a table: what a person reads first."""
 from __future__ import annotations
 
-from vpclab.cli.main import render_status
+from vpclab.cli.render import render_status
 
 
 def status(nodes: list[dict]) -> dict:

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from vpclab.cli.main import render_status
+from vpclab.cli.render import render_status
 from vpclab.daemon.supervisor import Backoff, Supervisor, describe_exit
 
 KILLED = signal.SIGKILL  # a wait status of "killed by SIGKILL" is the signal number itself

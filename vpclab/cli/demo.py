@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from vpclab.cli.main import render_status
+from vpclab.cli.render import render_status
 from vpclab.daemon.client import Lab, LabError
 from vpclab.doctor.probes import refuse_if_lacking
 from vpclab.daemon.store import Store
