@@ -11,9 +11,9 @@ from dataclasses import replace
 from ipaddress import IPv4Network
 from typing import Any, Callable, Iterable, Literal, Mapping
 
-from .ec2.rules import port_range, same_permission
-from .elbv2 import GENEVE_PORT
-from .elbv2.attributes import (
+from .ec2 import port_range, same_permission
+from .elbv2 import (
+    GENEVE_PORT,
     LOAD_BALANCER_ATTRIBUTES,
     AttributeProblem,
     resolve_attributes,

@@ -36,6 +36,7 @@ from ..reader import (
 from ..resources import Instance, InternetGateway, InternetHost, NatGateway, SecurityGroup, SgRule, Subnet, Vpc
 from .routing import Ec2RoutingBuilder, _route
 from .rules import ALL_TRAFFIC_OUT, _nacl_entry, _sg_rule, permission_key
+from .rules import port_range, same_permission  # the live changes' (model.changes) use of EC2
 
 
 def _appliance(value: Any, path: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ..alloc import ELASTIC_IP_POOL
-from ..common import _AddressClaim, _BuilderBase, _one_subnet_per_az
+from ..common import _AddressClaim, _one_subnet_per_az
 from ..health_check import HealthCheckConfig
 from ..ids import aws_hex, elb_arn
 from ..reader import (
@@ -22,7 +22,6 @@ from ..reader import (
     _between,
     _choice,
     _describe,
-    _did_you_mean,
     _fields,
     _Invalid,
     _join,
@@ -34,7 +33,9 @@ from ..reader import (
     _text,
     _unsupported,
 )
-from ..resources import Listener, LoadBalancer, LoadBalancerNode, Target, TargetGroup, Vpc
+from ..resources import LoadBalancer, LoadBalancerNode, Target, TargetGroup, Vpc
+from .listeners import Elbv2ListenerBuilder
+from .protocols import _ARN_TYPES, TARGET_GROUP_PROTOCOLS, _protocol_problem
 from .attributes import (
     LOAD_BALANCER_ATTRIBUTES,
     AttributeProblem,
@@ -147,31 +148,6 @@ KIND_LABELS = {
 }
 
 GENEVE_PORT = 6081
-_ARN_TYPES = {"gateway": "gwy", "network": "net", "application": "app"}
-
-
-TARGET_GROUP_PROTOCOLS = ("GENEVE", "TCP", "UDP", "TCP_UDP")
-LISTENER_PROTOCOLS = ("TCP", "UDP", "TCP_UDP")
-# A Network Load Balancer listener's protocol -> the target group protocols it may forward to
-# (AWS's create-target-group guide: TCP -> TCP or TCP_UDP, UDP -> UDP or TCP_UDP, TCP_UDP -> TCP_UDP).
-LISTENER_GROUP_PROTOCOLS = {"TCP": ("TCP", "TCP_UDP"), "UDP": ("UDP", "TCP_UDP"), "TCP_UDP": ("TCP_UDP",)}
-NOT_YET_PROTOCOLS = {
-    "TLS": "TLS {what} (Network Load Balancers with certificates) are not supported yet",
-    "HTTP": "HTTP {what} (for Application Load Balancers) are not supported yet",
-    "HTTPS": "HTTPS {what} (for Application Load Balancers) are not supported yet",
-    "QUIC": "QUIC {what} are not supported yet",
-    "TCP_QUIC": "TCP_QUIC {what} are not supported yet",
-}
-
-
-def _protocol_problem(protocol: str, supported: tuple[str, ...], what: str) -> str:
-    """Why a target group or listener protocol outside `supported` is refused."""
-    if protocol in NOT_YET_PROTOCOLS:
-        return NOT_YET_PROTOCOLS[protocol].format(what=what)
-    choices = supported + tuple(NOT_YET_PROTOCOLS)
-    return f"unknown protocol '{protocol}'{_did_you_mean(protocol, choices)}; expected {', '.join(supported)}"
-
-
 def _target_group_type(protocol: str, path: str) -> str:
     """The load balancer type a target group protocol serves: GENEVE gateway, TCP/UDP/TCP_UDP network."""
     if protocol not in TARGET_GROUP_PROTOCOLS:
@@ -179,7 +155,7 @@ def _target_group_type(protocol: str, path: str) -> str:
     return "gateway" if protocol == "GENEVE" else "network"
 
 
-class Elbv2Builder(_BuilderBase):
+class Elbv2Builder(Elbv2ListenerBuilder):
     """Load balancers, target groups and listeners."""
 
     def __init__(self, *args: Any):
@@ -375,112 +351,6 @@ class Elbv2Builder(_BuilderBase):
                     targets=tuple(targets),
                 ),
             )
-
-    def _listeners(self) -> None:
-        taken: dict[str, dict[int, list[tuple[str, str]]]] = {}  # load balancer -> port -> (protocol, listener)
-        for spec in self.doc.specs["listeners"]:
-            lb: LoadBalancer = self._ref("load_balancers", spec.props["LoadBalancerArn"], spec.at("LoadBalancerArn"))
-            if lb.type == "gateway":
-                self._gateway_listener(spec, lb)
-                protocol, port = None, None
-            else:
-                protocol, port = self._network_listener(spec, lb, taken.setdefault(lb.name, {}))
-            group = self._forward_target(spec, lb, protocol)
-            attributes = self._attributes(
-                spec, "ListenerAttributes",
-                lambda changes: resolve_listener_attributes(lb.type, protocol, None, changes),
-            )  # fmt: skip
-            self.listener_of.setdefault(lb.name, spec.name)
-            self.listener_of_group.setdefault(group.name, spec.name)
-            account = lb.arn.split(":")[4]
-            lb_hex = lb.arn.rsplit("/", 1)[1]
-            hex_id = aws_hex("listener", account, self.region, lb.name, spec.name)
-            arn = elb_arn(self.region, account, f"listener/{_ARN_TYPES[lb.type]}/{lb.name}/{lb_hex}/{hex_id}")
-            self._add("listeners", Listener(spec.name, arn, lb.name, group.name, protocol, port, attributes))
-        for spec in self.doc.specs["load_balancers"]:
-            if spec.props["Type"] == "gateway" and spec.name not in self.listener_of:
-                raise _Invalid(
-                    spec.path,
-                    f"a Gateway Load Balancer needs exactly one listener, and {spec.name} has none: "
-                    f"add one under listeners with LoadBalancerArn: {spec.name}",
-                )
-
-    def _gateway_listener(self, spec: _Spec, lb: LoadBalancer) -> None:
-        """A GWLB has exactly one listener, which takes every IP packet."""
-        if lb.name in self.listener_of:
-            raise _Invalid(
-                spec.at("LoadBalancerArn"),
-                f"load balancer {lb.name} already has listener {self.listener_of[lb.name]}; "
-                "a Gateway Load Balancer has exactly one",
-            )
-        for key in ("Protocol", "Port"):
-            if key in spec.props:
-                raise _Invalid(
-                    spec.at(key), "a Gateway Load Balancer listener takes every IP packet: no Protocol or Port"
-                )
-
-    def _network_listener(
-        self, spec: _Spec, lb: LoadBalancer, taken: dict[int, list[tuple[str, str]]]
-    ) -> tuple[str, int]:
-        """An NLB listener's protocol and port, not colliding with its other listeners':
-        TCP and UDP may share a port, TCP_UDP takes it for both."""
-        for key in ("Protocol", "Port"):
-            if key not in spec.props:
-                raise _Invalid(spec.at(key), f"required key is missing: a Network Load Balancer listener has a {key}")
-        protocol, port = spec.props["Protocol"], spec.props["Port"]
-        if protocol not in LISTENER_PROTOCOLS:
-            raise _Invalid(spec.at("Protocol"), _protocol_problem(protocol, LISTENER_PROTOCOLS, "listeners"))
-        for other_protocol, other in taken.get(port, ()):
-            if other_protocol == protocol or "TCP_UDP" in (protocol, other_protocol):
-                raise _Invalid(
-                    spec.at("Port"),
-                    f"load balancer {lb.name} already has listener {other} on {other_protocol} port {port}; "
-                    "two listeners can share a port only as TCP and UDP (TCP_UDP takes both)",
-                )
-        taken.setdefault(port, []).append((protocol, spec.name))
-        return protocol, port
-
-    def _forward_target(self, spec: _Spec, lb: LoadBalancer, protocol: str | None) -> TargetGroup:
-        """The target group of a listener's one default action, a forward, in the load balancer's VPC."""
-        kind = "a Gateway Load Balancer listener" if lb.type == "gateway" else "a Network Load Balancer listener"
-        actions = spec.props["DefaultActions"]
-        if len(actions) != 1:
-            raise _Invalid(
-                spec.at("DefaultActions"),
-                f"{kind} has exactly one default action, "
-                f"{{Type: forward, TargetGroupArn: <target group>}}; got {len(actions)}",
-            )
-        action, action_path = actions[0], f"{spec.at('DefaultActions')}[0]"
-        if action["Type"].lower() != "forward":
-            raise _Invalid(f"{action_path}.Type", f"{kind} can only forward, got '{action['Type']}'")
-        if "TargetGroupArn" not in action:
-            raise _Invalid(f"{action_path}.TargetGroupArn", "required key is missing")
-        group_path = f"{action_path}.TargetGroupArn"
-        group: TargetGroup = self._ref("target_groups", action["TargetGroupArn"], group_path)
-        if lb.type == "gateway" and group.protocol != "GENEVE":
-            raise _Invalid(
-                group_path, f"target group {group.name} is {group.protocol}; a Gateway Load Balancer forwards to GENEVE"
-            )
-        if protocol is not None and group.protocol not in LISTENER_GROUP_PROTOCOLS[protocol]:
-            allowed = " or ".join(LISTENER_GROUP_PROTOCOLS[protocol])
-            raise _Invalid(
-                group_path,
-                f"target group {group.name} is {group.protocol}, and a {protocol} listener forwards to a {allowed} "
-                "target group",
-            )
-        first = self.listener_of_group.get(group.name)
-        if first is not None and self.built["listeners"][first].load_balancer != lb.name:
-            raise _Invalid(
-                group_path,
-                f"target group {group.name} is already used by listener {first}; "
-                "vpclab lets a target group serve one load balancer",
-            )
-        if group.vpc != lb.vpc:
-            raise _Invalid(
-                group_path,
-                f"target group {group.name} is in VPC {group.vpc}, but load balancer {lb.name} is in VPC {lb.vpc}",
-            )
-        return group
 
 
 BUILDER = Elbv2Builder
