@@ -193,3 +193,9 @@ def test_haproxy_version_is_read_from_its_banner():
     assert F.haproxy_version("HAProxy version 2.6.12-1+deb12u4 2026/10/17 - https://haproxy.org/") == (2, 6, 12)
     assert F.haproxy_version("HA-Proxy version 1.8.19 2019/02/11") == (1, 8, 19)
     assert F.haproxy_version("nonsense") is None
+
+
+def test_xt_ttl_is_optional_and_never_a_reason_to_refuse_a_lab():
+    """A router without it still forwards (TTL decremented, a documented deviation)."""
+    assert F.BY_NAME["xt:ttl"].level == F.OPTIONAL
+    assert "xt:ttl" not in lab_needs(load_lab(REPO / "examples" / "basic-vpc.yaml"))

@@ -74,6 +74,9 @@ FEATURES: tuple[Feature, ...] = (
     Feature("dumpcap", OPTIONAL, "vpclab capture", "apt-get install tshark (or wireshark-common)"),
     Feature("tcpdump", OPTIONAL, "vpclab capture printing to the terminal", "apt-get install tcpdump"),
     Feature("tshark", OPTIONAL, "decoding captures (tests read pcaps with it)", "apt-get install tshark"),
+    Feature("xt:ttl", OPTIONAL, "TTL kept inside a VPC (routers decrement it, as docs/deviations.md says)",
+            "apt-get install iptables; " + _KERNEL + "CONFIG_NFT_COMPAT, CONFIG_NETFILTER_XT_TARGET_TTL, "
+            "CONFIG_NETFILTER_XT_MATCH_HL"),
     Feature("haproxy", OPTIONAL, "Application Load Balancers (HAProxy 2.6+)", "apt-get install haproxy"),
     Feature("nft:payload-set", INFO, "nothing should: header rewrites in nftables (`ip daddr set`); no lab may use them",
             "refused in user namespaces by some kernels: use conntrack NAT instead"),

@@ -77,7 +77,7 @@ NFT_PROBES = {
     "nft:ttl-set": _table("ip", ("filter", "forward priority 0", "ip ttl set 64")),
 }
 # Probes inside the sandbox's network namespace, after the namespaces themselves.
-_IN_NETNS = ("veth", *NFT_PROBES, "conntrack", "ethtool", "af-packet", "ip-transparent", "tc:matchall",
+_IN_NETNS = ("veth", *NFT_PROBES, "xt:ttl", "conntrack", "ethtool", "af-packet", "ip-transparent", "tc:matchall",
              "tc:pedit", "ebpf-fast-path")
 _NEEDS_VETH = {"ethtool", "tc:matchall", "tc:pedit", "ebpf-fast-path", "nft:netdev-ingress",
                "nft:netdev-egress", "nft:payload-set"}
@@ -181,6 +181,10 @@ def _in_netns(names: set[str], fds: dict | None, fast_reason: str | None) -> lis
             out.append(F.not_tried(name, "veth"))
         elif name in NFT_PROBES:
             out.append(_nft(name))
+        elif name == "xt:ttl":  # what every VPC router loads (plan.ec2.KEEP_TTL), through nft_compat
+            from vpclab.plan.ec2 import KEEP_TTL
+            ok, line = _run(["iptables-nft-restore"], KEEP_TTL)
+            out.append(Result(name, ok, "" if ok else line))
         elif name == "conntrack":
             ok, line = _run(["conntrack", "-L"])
             out.append(Result(name, ok, _run(["conntrack", "--version"])[1] if ok else line))
