@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from vpclab.engines.health import (
+from vpclab.engines.health.checker import (
     HealthChecker,
     HealthCheckConfig,
     ProbeResult,
@@ -26,7 +26,7 @@ from vpclab.engines.health import (
     match_http_code,
     probe,
 )
-from vpclab.engines.proxy_protocol import local_header
+from vpclab.engines.io.proxy_protocol import local_header
 
 State = TargetHealthState
 

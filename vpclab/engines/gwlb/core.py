@@ -46,7 +46,7 @@ from ipaddress import ip_address
 from typing import Iterable, Mapping, NamedTuple
 
 from vpclab.engines.gwlb import rendezvous
-from vpclab.engines.geneve import (
+from vpclab.engines.io.geneve import (
     ETH_P_IP, ETH_P_IPV6, HEADER_LEN, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN,
     GeneveError, GwlbHeader, decode, int_to_vpce_id, parse_inner, tcp_reset, tcp_sequence, vpce_id_to_int,
 )

@@ -105,9 +105,9 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, ip_address
 from typing import Any, Callable, Mapping
 
-from vpclab.engines.control import ControlServer
-from vpclab.engines.epoll_loop import EpollLoop
-from vpclab.engines.geneve import GENEVE_PORT, internet_checksum, vpce_id_to_int
+from vpclab.engines.io.control import ControlServer
+from vpclab.engines.io.epoll_loop import EpollLoop
+from vpclab.engines.io.geneve import GENEVE_PORT, internet_checksum, vpce_id_to_int
 from vpclab.engines.gwlb.core import SRC_PORT_BITS, Decap, Encap, GwlbConfig, GwlbNode, Reset
 from vpclab.engines.gwlb import fastpath, outer
 from vpclab.engines.gwlb.ring import TP_STATUS_KERNEL, TP_STATUS_USER, TPACKET2_HDR, RxRing

@@ -33,10 +33,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Awaitable, Callable, Hashable, Mapping
 
-from vpclab.engines.proxy_protocol import local_header
+from vpclab.engines.io.proxy_protocol import local_header
 
 # The configuration is pure and lives in the model (the lab loader validates it);
-# re-exported here so `vpclab.engines.health.HealthCheckConfig` keeps working.
+# re-exported here so `vpclab.engines.health.checker.HealthCheckConfig` keeps working.
 from vpclab.model.health_check import (  # noqa: F401
     TRAFFIC_PORT,
     HealthCheckConfig,

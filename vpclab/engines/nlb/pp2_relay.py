@@ -1,6 +1,6 @@
 """A TCP relay that puts a PROXY protocol v2 header in front of each connection.
 
-    python -m vpclab.engines.pp2_relay --listen IP:PORT --upstream IP:PORT
+    python -m vpclab.engines.nlb.pp2_relay --listen IP:PORT --upstream IP:PORT
         [--listen IP:PORT --upstream IP:PORT ...] [--vpc-endpoint-id vpce-...]
         [--dst-ip IP] [--transparent] [--stats FILE]
         [--connect-timeout SECONDS] [--idle-timeout SECONDS]
@@ -59,8 +59,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from vpclab.engines.appliance import write_atomically
-from vpclab.engines.proxy_protocol import proxy_header
+from vpclab.engines.io.files import write_atomically
+from vpclab.engines.io.proxy_protocol import proxy_header
 
 log = logging.getLogger(__name__)
 
@@ -557,7 +557,7 @@ def _raise_fd_limit() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m vpclab.engines.pp2_relay",
+        prog="python -m vpclab.engines.nlb.pp2_relay",
         description="Relay TCP connections, putting a PROXY protocol v2 header (as an NLB sends it) first.",
     )
     parser.add_argument("--listen", action="append", required=True, metavar="IP:PORT",

@@ -1,0 +1,1 @@
+"""Target health checks, as Elastic Load Balancing runs them (`checker`)."""
