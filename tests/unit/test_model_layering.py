@@ -9,7 +9,7 @@ import ast
 from pathlib import Path
 
 import vpclab.engines.appliance.core as appliance_core
-import vpclab.engines.health.checker as health
+import vpclab.engines.health.state as health
 import vpclab.model.appliance as model_appliance
 import vpclab.model.health_check as model_health_check
 
