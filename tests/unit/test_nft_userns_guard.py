@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from vpclab.engines.nlb import ruleset as nlb
-from vpclab.engines.gwlb.node import kernel_ip_drop
+from vpclab.engines.gwlb.sockets import kernel_ip_drop
 from vpclab.model import load_lab_text
 from vpclab.plan.compile import compile_lab, endpoint_links, nlb_node_config
 
