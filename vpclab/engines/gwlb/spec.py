@@ -6,7 +6,7 @@ from ipaddress import IPv4Address, ip_address
 from typing import Any, Mapping
 
 from vpclab.engines.gwlb import fastpath
-from vpclab.engines.gwlb.core import GwlbConfig
+from vpclab.engines.gwlb.config import GwlbConfig
 from vpclab.engines.io.geneve import vpce_id_to_int
 
 
