@@ -18,8 +18,8 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vpclab.engines.appliance_core import Appliance  # noqa: E402
-from vpclab.engines.geneve import GwlbHeader, decode, encode  # noqa: E402
+from vpclab.engines.appliance.core import Appliance  # noqa: E402
+from vpclab.engines.io.geneve import GwlbHeader, decode, encode  # noqa: E402
 from vpclab.engines.gwlb import GwlbConfig, GwlbNode  # noqa: E402
 
 

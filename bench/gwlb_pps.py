@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "lab"))
 
-from vpclab.engines.mmsg import MSG_WAITFORONE, MessageBatch  # noqa: E402
+from vpclab.engines.io.mmsg import MSG_WAITFORONE, MessageBatch  # noqa: E402
 
 WINDOW = 32
 ECHO_PORT = 7007
@@ -171,7 +171,7 @@ def udp_payload(ip_size: int) -> bytes:
 
 
 def geneve_datagram(inner_size: int) -> bytes:
-    from vpclab.engines.geneve import GwlbHeader, vpce_id_to_int
+    from vpclab.engines.io.geneve import GwlbHeader, vpce_id_to_int
     from gwlb_harness import CLIENT_IP, ENDPOINT_ID, SERVER_IP
     payload = udp_payload(inner_size)
     src, dst = socket.inet_aton(CLIENT_IP), socket.inet_aton(SERVER_IP)

@@ -212,7 +212,7 @@ class Topology:
         name = f"appl-{index}"
         stats = self.workdir / f"{name}.stats.json"
         stats.unlink(missing_ok=True)
-        argv = [sys.executable, "-m", "vpclab.engines.appliance", "--stats", str(stats), *extra]
+        argv = [sys.executable, "-m", "vpclab.engines.appliance.process", "--stats", str(stats), *extra]
         if rules is not None:
             rules_path = self.workdir / f"{name}.rules.json"
             rules_path.write_text(json.dumps(rules))

@@ -28,7 +28,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from vpclab.engines.geneve import GwlbHeader, internet_checksum  # noqa: E402
+from vpclab.engines.io.geneve import GwlbHeader, internet_checksum  # noqa: E402
 from vpclab.engines.gwlb import fastpath  # noqa: E402
 
 pytestmark = [pytest.mark.lab, pytest.mark.requires("ebpf-fast-path")]

@@ -217,7 +217,7 @@ BURST = textwrap.dedent("""
 
 
 def test_a_burst_is_answered_by_the_batch_byte_for_byte_from_the_gwlbs_port(sandbox):
-    from vpclab.engines.geneve import GwlbHeader, encode, vpce_id_to_int
+    from vpclab.engines.io.geneve import GwlbHeader, encode, vpce_id_to_int
     sandbox.call("build")
     sandbox.call("start_appliance", rules={"rules": [{"action": "deny", "protocol": "udp", "port": 22}]})
     datagrams = []

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import (LABS, RunningLab, lab_environment, lab_file_needs, skip_unless_doctor_finds, target_states,
                       wait_for)
-from vpclab.engines.proxy_protocol import parse_header, proxy_header
+from vpclab.engines.io.proxy_protocol import parse_header, proxy_header
 
 pytestmark = pytest.mark.lab
 LAB = LABS / "nlb.yaml"

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from conftest import ROOT, wait_for
-from vpclab.engines.proxy_protocol import parse_header, proxy_header
+from vpclab.engines.io.proxy_protocol import parse_header, proxy_header
 
 pytestmark = pytest.mark.lab
 LAB = ROOT / "examples" / "privatelink-cross-zone.yaml"

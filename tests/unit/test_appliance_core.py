@@ -7,8 +7,8 @@ from ipaddress import ip_address
 import pytest
 from hypothesis import given, strategies as st
 
-from vpclab.engines.appliance_core import Appliance, ApplianceConfig, Drop, Reply, parse_rules
-from vpclab.engines.geneve import GwlbHeader, encode
+from vpclab.engines.appliance.core import Appliance, ApplianceConfig, Drop, Reply, parse_rules
+from vpclab.engines.io.geneve import GwlbHeader, encode
 
 EP = 0x0123456789ABCDEF
 INSIDE_HOST, OUTSIDE_HOST = "10.0.2.20", "203.0.113.9"

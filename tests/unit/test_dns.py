@@ -9,7 +9,7 @@ import struct
 import pytest
 from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
 
-from vpclab.engines.dns import (
+from vpclab.engines.dns.resolver import (
     MAX_CNAME_HOPS,
     Record,
     Resolver,

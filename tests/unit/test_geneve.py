@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from hypothesis import given, strategies as st
 
-from vpclab.engines.geneve import (
+from vpclab.engines.io.geneve import (
     ETH_P_IP, ETH_P_IPV6, GENEVE_PORT, HEADER_LEN, OVERHEAD, GeneveError, GwlbHeader, decode, encode,
     int_to_vpce_id, parse_inner, vpce_id_to_int,
 )

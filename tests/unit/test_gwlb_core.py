@@ -7,7 +7,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 import pytest
 from hypothesis import given, strategies as st
 
-from vpclab.engines.geneve import ETH_P_IPV6, GwlbHeader, decode, encode, vpce_id_to_int
+from vpclab.engines.io.geneve import ETH_P_IPV6, GwlbHeader, decode, encode, vpce_id_to_int
 from vpclab.engines.gwlb import Decap, Drop, Encap, GwlbConfig, GwlbNode, Reset, flow_key
 from vpclab.engines.gwlb.core import RESET_LINGER, PeakRate
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vpclab.engines.geneve import GwlbHeader
+from vpclab.engines.io.geneve import GwlbHeader
 from vpclab.engines.gwlb.fastpath import (
     COUNTER_SLOTS, COUNTERS, FLOW_KEY, FLOW_VALUE, GENEVE_LEN, MAX_INNER, RETURN_VALUE, Counters, FastPathFds,
     FlowAction, FlowKey, ReturnAction, fast_path_eligible, flow_key, possible_cpus, sum_counters, unavailable_reason,

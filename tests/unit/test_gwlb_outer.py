@@ -7,7 +7,7 @@ from hypothesis import given, strategies as st
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import ARP, Ether
 
-from vpclab.engines.geneve import internet_checksum
+from vpclab.engines.io.geneve import internet_checksum
 from vpclab.engines.gwlb.outer import OuterHeader, arp_reply_mac, arp_request, next_hop
 
 OWN, ROUTER = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")

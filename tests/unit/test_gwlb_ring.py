@@ -5,7 +5,10 @@ import struct
 
 import pytest
 
-from vpclab.engines.gwlb.node import VNET_HDR_LEN, NodeProcess, NodeSpec, _Endpoint, EndpointSpec
+from vpclab.engines.gwlb.frames import VNET_HDR_LEN
+from vpclab.engines.gwlb.node import NodeProcess
+from vpclab.engines.gwlb.sockets import _Endpoint
+from vpclab.engines.gwlb.spec import EndpointSpec, NodeSpec
 from vpclab.engines.gwlb.ring import (
     TP_STATUS_KERNEL, TP_STATUS_USER, TPACKET2_HDR, TPACKET2_HDRLEN, RxRing, ring_request,
 )

@@ -7,11 +7,13 @@ import struct
 import pytest
 from hypothesis import given, strategies as st
 
-from vpclab.engines.appliance import ApplianceProcess, load_rules, write_atomically
-from vpclab.engines.gwlb.node import (
-    IP_OFFSET, VNET_HDR_LEN, NodeProcess, NodeSpec, ethernet_prefixes, finish_partial_checksum,
-    finish_vnet_frame, format_mac, ip_packet_end, parse_mac,
+from vpclab.engines.appliance.process import ApplianceProcess, load_rules
+from vpclab.engines.io.files import write_atomically
+from vpclab.engines.gwlb.frames import (
+    IP_OFFSET, VNET_HDR_LEN, ethernet_prefixes, finish_partial_checksum, finish_vnet_frame, ip_packet_end,
 )
+from vpclab.engines.gwlb.node import NodeProcess
+from vpclab.engines.gwlb.spec import NodeSpec, format_mac, parse_mac
 
 ENDPOINT = "vpce-0123456789abcdef0"
 

@@ -15,18 +15,18 @@ from pathlib import Path
 
 import pytest
 
-from vpclab.engines.health import (
-    HealthChecker,
+from vpclab.engines.health.checker import HealthChecker
+from vpclab.engines.health.probe import probe
+from vpclab.engines.health.scheduler import Scheduler
+from vpclab.engines.health.state import (
     HealthCheckConfig,
     ProbeResult,
     Reason,
-    Scheduler,
     TargetHealth,
     TargetHealthState,
     match_http_code,
-    probe,
 )
-from vpclab.engines.proxy_protocol import local_header
+from vpclab.engines.io.proxy_protocol import local_header
 
 State = TargetHealthState
 

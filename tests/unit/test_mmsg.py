@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import socket
 
-from vpclab.engines.mmsg import MessageBatch, sockaddr_in
+from vpclab.engines.io.mmsg import MessageBatch, sockaddr_in
 
 
 def udp(bind: tuple[str, int] = ("127.0.0.1", 0)) -> socket.socket:

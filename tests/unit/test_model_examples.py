@@ -57,7 +57,7 @@ def test_privatelink_example_when_present():
 def test_every_default_gwlb_attribute_is_accepted_by_the_gwlb_engine():
     """The plan merges load balancer, target group and listener attributes for the node; the
     engine refuses keys it does not know, so the model must not invent any."""
-    from vpclab.engines.gwlb.core import GwlbConfig
+    from vpclab.engines.gwlb.config import GwlbConfig
     from vpclab.model.elbv2.attributes import LISTENER_ATTRIBUTES, LOAD_BALANCER_ATTRIBUTES, TARGET_GROUP_ATTRIBUTES, default_attributes
 
     merged = {

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from vpclab.engines import nlb
-from vpclab.engines.gwlb.node import kernel_ip_drop
+from vpclab.engines.nlb import ruleset as nlb
+from vpclab.engines.gwlb.sockets import kernel_ip_drop
 from vpclab.model import load_lab_text
 from vpclab.plan.common import endpoint_links
 from vpclab.plan.compile import compile_lab

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from vpclab.engines.nlb import (
+from vpclab.engines.nlb.ruleset import (
     DRAINING, HEALTHY, INITIAL, UNHEALTHY, UNUSED, ListenerConfig, NodeConfig, TargetView,
     listener_routes, node_ruleset, routable_targets, zone_in_dns, zone_in_service,
 )

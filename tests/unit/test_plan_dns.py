@@ -3,7 +3,7 @@ and the daemon turns them into zones the resolver serves."""
 from __future__ import annotations
 
 from vpclab.daemon.main import dns_zones
-from vpclab.engines import dns as dns_engine
+from vpclab.engines.dns import resolver as dns_engine
 from vpclab.model import load_lab_text
 from vpclab.plan.compile import compile_lab
 

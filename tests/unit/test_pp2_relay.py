@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from vpclab.engines.pp2_relay import IP_TRANSPARENT, Relay, Route, main, parse_address
-from vpclab.engines.proxy_protocol import parse_header, proxy_header
+from vpclab.engines.nlb.pp2_relay import IP_TRANSPARENT, Relay, Route, main, parse_address
+from vpclab.engines.io.proxy_protocol import parse_header, proxy_header
 from vpclab.engines.services import serve_test_page
 
 VPCE = "vpce-08d2bf15fac5001c9"
@@ -423,7 +423,7 @@ def test_cli_relays_until_sigterm(tmp_path):
     port = closed_port()
     stats = tmp_path / "stats.json"
     process = subprocess.Popen(
-        [sys.executable, "-m", "vpclab.engines.pp2_relay", "--listen", f"127.0.0.1:{port}",
+        [sys.executable, "-m", "vpclab.engines.nlb.pp2_relay", "--listen", f"127.0.0.1:{port}",
          "--upstream", f"127.0.0.1:{upstream.address[1]}", "--vpc-endpoint-id", VPCE, "--stats", str(stats)],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE,
     )

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vpclab.engines.proxy_protocol import (
+from vpclab.engines.io.proxy_protocol import (
     AWS_HEADER_LENGTH,
     SIGNATURE,
     ProxyProtocolError,

@@ -20,7 +20,7 @@ from vpclab.engines.services import (
     serve_test_page,
     serve_udp_echo,
 )
-from vpclab.engines.proxy_protocol import local_header, proxy_header
+from vpclab.engines.io.proxy_protocol import local_header, proxy_header
 
 INSTANCE = {
     "name": "web-1",

@@ -221,7 +221,7 @@ def cmd_modify(args) -> int:
 
 
 def cmd_appliance(args) -> int:
-    from vpclab.engines.appliance import main as appliance_main
+    from vpclab.engines.appliance.process import main as appliance_main
     return appliance_main(args.appliance_args)
 
 

@@ -3,7 +3,7 @@ rulesets, the shared health checker, and live target and attribute changes.
 
 Health checks run from inside a node's namespace (AWS probes from the load
 balancer's nodes) and feed every node of the load balancer: GWLB nodes over
-their control sockets, NLB nodes as a new nftables ruleset (engines.nlb) applied
+their control sockets, NLB nodes as a new nftables ruleset (engines.nlb.ruleset) applied
 in their namespace. Conntrack keeps every open connection where it is.
 """
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Callable
 
 from vpclab import unixpath
 from vpclab.daemon.changes import Draining, deregistration_delay
-from vpclab.engines import nlb as nlb_engine
+from vpclab.engines.nlb import ruleset as nlb_engine
 from vpclab.engines.gwlb.fastpath import FastPathFds
-from vpclab.engines.health import HealthChecker
+from vpclab.engines.health.checker import HealthChecker
 from vpclab.model.resources import Lab
 from vpclab.plan.elbv2 import gwlb_node_attributes, nlb_node_config
 from vpclab.plan.wiring import Service
@@ -271,7 +271,7 @@ class Balancers:
                 self._delete_connections(node, *address)
 
     def _delete_connections(self, node: NlbNode, ip: str, port: int) -> None:
-        """Forget a target's connections on a node: their next segment gets a RST (engines.nlb)."""
+        """Forget a target's connections on a node: their next segment gets a RST (engines.nlb.ruleset)."""
         for proto in ("tcp", "udp"):
             try:
                 self.run_in(node.ns, ["conntrack", "-D", "-p", proto, "--reply-src", ip,
@@ -347,7 +347,7 @@ class Balancers:
 
 
 async def ask_engine(control: Path, message: dict, timeout: float = 5) -> dict:
-    """One request to an engine's control socket (engines.control) and its answer."""
+    """One request to an engine's control socket (engines.io.control) and its answer."""
     with unixpath.usable(control) as path:
         reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), timeout)
     try:

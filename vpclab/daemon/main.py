@@ -30,7 +30,7 @@ from vpclab.daemon.paths import API_SOCKET, NAMESPACES_FILE
 from vpclab.daemon.status import lab_status
 from vpclab.daemon.store import Store
 from vpclab.daemon.supervisor import Supervisor
-from vpclab.engines import dns as dns_engine
+from vpclab.engines.dns import resolver as dns_engine
 from vpclab.engines import services as services_engine
 from vpclab.engines.gwlb.fastpath import FastPathFds
 from vpclab.fabric.apply import Fabric
@@ -211,7 +211,7 @@ class Daemon:
         return proc.pid
 
     def _start_relay(self, svc: Service) -> None:
-        argv = [sys.executable, "-m", "vpclab.engines.pp2_relay", "--listen", svc.addresses[0],
+        argv = [sys.executable, "-m", "vpclab.engines.nlb.pp2_relay", "--listen", svc.addresses[0],
                 "--upstream", svc.param("upstream")]
         if svc.param("vpc_endpoint_id"):
             argv += ["--vpc-endpoint-id", svc.param("vpc_endpoint_id"), "--dst-ip", svc.param("dst_ip")]
@@ -238,7 +238,7 @@ class Daemon:
     def _start_appliance(self, svc: Service) -> None:
         directory = self.statedir / "appliances"
         directory.mkdir(exist_ok=True)
-        argv = [sys.executable, "-m", "vpclab.engines.appliance", "--control", str(self._appliance_control(svc.ns)),
+        argv = [sys.executable, "-m", "vpclab.engines.appliance.process", "--control", str(self._appliance_control(svc.ns)),
                 "--health-port", str(svc.param("health_port", 80))]
         if svc.param("config"):
             rules = directory / f"{svc.ns}-rules.json"

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from vpclab.doctor.features import EVERY_LAB, nft_uses
-from vpclab.engines import nlb as nlb_engine
+from vpclab.engines.nlb import ruleset as nlb_engine
 from vpclab.model.resources import Lab
 from vpclab.plan.compile import compile_lab
 from vpclab.plan.elbv2 import nlb_node_config

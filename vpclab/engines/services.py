@@ -20,7 +20,7 @@ import socket
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Mapping
 
-from vpclab.engines.proxy_protocol import ProxyHeader, ProxyProtocolError, bytes_needed, parse_header
+from vpclab.engines.io.proxy_protocol import ProxyHeader, ProxyProtocolError, bytes_needed, parse_header
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The reference GWLB appliance's configuration: rules, validated.
 
 Pure and shared: the lab loader validates an instance's `Appliance` mapping with
-`ApplianceConfig.from_dict`, and the appliance (`vpclab.engines.appliance_core`)
+`ApplianceConfig.from_dict`, and the appliance (`vpclab.engines.appliance.core`)
 runs it. The format:
 
     inside: [10.0.0.0/16]          # who is "inside" for `direction`

@@ -41,25 +41,16 @@ from __future__ import annotations
 
 import zlib
 from collections import deque
-from dataclasses import dataclass
-from ipaddress import ip_address
-from typing import Iterable, Mapping, NamedTuple
+from typing import Iterable, NamedTuple
 
-from vpclab.engines.gwlb import rendezvous
-from vpclab.engines.geneve import (
-    ETH_P_IP, ETH_P_IPV6, HEADER_LEN, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN,
-    GeneveError, GwlbHeader, decode, int_to_vpce_id, parse_inner, tcp_reset, tcp_sequence, vpce_id_to_int,
+from vpclab.engines.gwlb.config import (
+    FIVE_TUPLE, NO_REBALANCE, REBALANCE, THREE_TUPLE, TWO_TUPLE, GwlbConfig,
 )
-
-FIVE_TUPLE = "5-tuple"
-THREE_TUPLE = "source_ip_dest_ip_proto"
-TWO_TUPLE = "source_ip_dest_ip"
-STICKINESS_TYPES = (FIVE_TUPLE, THREE_TUPLE, TWO_TUPLE)
-NO_REBALANCE = "no_rebalance"
-REBALANCE = "rebalance"
-
-HEALTHY, UNHEALTHY, INITIAL, DRAINING, UNUSED = "healthy", "unhealthy", "initial", "draining", "unused"
-TARGET_STATES = (HEALTHY, UNHEALTHY, INITIAL, DRAINING, UNUSED)
+from vpclab.engines.gwlb.targets import HEALTHY, UNHEALTHY, UNUSED, GwlbTargets, Target, _endpoint_int
+from vpclab.engines.io.geneve import (
+    ETH_P_IP, ETH_P_IPV6, HEADER_LEN, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN,
+    GeneveError, GwlbHeader, decode, int_to_vpce_id, parse_inner, tcp_reset, tcp_sequence,
+)
 
 RESET_LINGER = 10.0
 MAX_RESET_CONNECTIONS = 64  # per flow, when RSTs are on and several connections share a flow
@@ -71,107 +62,6 @@ SRC_PORT_BASE = 49152
 SRC_PORT_BITS = 14
 
 _NO_PROTO = 256  # 2-tuple keys: never a real IP protocol number
-
-
-@dataclass(frozen=True)
-class GwlbConfig:
-    """A node's settings. `from_attributes` reads them from AWS attribute keys."""
-
-    availability_zone: str = ""
-    tcp_idle_timeout: float = 350.0
-    non_tcp_idle_timeout: float = 120.0  # fixed at AWS
-    stickiness: str = FIVE_TUPLE
-    on_deregistration: str = NO_REBALANCE
-    on_unhealthy: str = NO_REBALANCE
-    deregistration_delay: float = 300.0
-    cross_zone: bool = False
-    drop_stale_cookie: bool = True
-    new_flow_on_non_syn: bool = True
-    send_tcp_reset: bool = False
-    max_packet: int = 8500
-    hash_seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not 60 <= self.tcp_idle_timeout <= 6000:
-            raise ValueError(f"tcp.idle_timeout.seconds must be 60-6000, got {self.tcp_idle_timeout}")
-        if self.non_tcp_idle_timeout <= 0:
-            raise ValueError("non-TCP idle timeout must be positive")
-        if self.stickiness not in STICKINESS_TYPES:
-            raise ValueError(f"stickiness must be one of {STICKINESS_TYPES}, got {self.stickiness!r}")
-        for name in ("on_deregistration", "on_unhealthy"):
-            if getattr(self, name) not in (NO_REBALANCE, REBALANCE):
-                raise ValueError(f"target_failover.{name} must be no_rebalance or rebalance, "
-                                 f"got {getattr(self, name)!r}")
-        if self.on_deregistration != self.on_unhealthy:
-            raise ValueError("target_failover.on_deregistration and target_failover.on_unhealthy "
-                             "must be equal (AWS rejects a mix)")
-        if not 0 <= self.deregistration_delay <= 3600:
-            raise ValueError(f"deregistration_delay.timeout_seconds must be 0-3600, "
-                             f"got {self.deregistration_delay}")
-        if not 68 <= self.max_packet <= 65535:
-            raise ValueError(f"max_packet out of range: {self.max_packet}")
-
-    @classmethod
-    def from_attributes(cls, attributes: Mapping[str, object], **fields: object) -> GwlbConfig:
-        """Build from AWS attributes (values as the API gives them: strings or natives).
-
-        Listener `tcp.idle_timeout.seconds` and
-        `send_tcp_reset.on_idle_timeout.enabled`; target group `stickiness.enabled`,
-        `stickiness.type`, `target_failover.on_deregistration`,
-        `target_failover.on_unhealthy`, `deregistration_delay.timeout_seconds`;
-        load balancer `load_balancing.cross_zone.enabled`. `fields` sets the rest.
-        """
-        attrs = dict(attributes)
-        known = {"tcp.idle_timeout.seconds", "send_tcp_reset.on_idle_timeout.enabled",
-                 "stickiness.enabled", "stickiness.type",
-                 "target_failover.on_deregistration", "target_failover.on_unhealthy",
-                 "deregistration_delay.timeout_seconds", "load_balancing.cross_zone.enabled",
-                 "deletion_protection.enabled", "vpclab.drop_stale_cookie.enabled"}
-        unknown = sorted(set(attrs) - known)
-        if unknown:
-            raise ValueError(f"unknown or unsupported GWLB attribute(s): {', '.join(unknown)}")
-        out: dict[str, object] = {}
-        if "tcp.idle_timeout.seconds" in attrs:
-            out["tcp_idle_timeout"] = _as_int("tcp.idle_timeout.seconds", attrs["tcp.idle_timeout.seconds"])
-        if "send_tcp_reset.on_idle_timeout.enabled" in attrs:
-            out["send_tcp_reset"] = _as_bool("send_tcp_reset.on_idle_timeout.enabled",
-                                             attrs["send_tcp_reset.on_idle_timeout.enabled"])
-        if _as_bool("stickiness.enabled", attrs.get("stickiness.enabled", False)):
-            kind = attrs.get("stickiness.type", THREE_TUPLE)
-            if kind not in (THREE_TUPLE, TWO_TUPLE):
-                raise ValueError(f"stickiness.type must be {THREE_TUPLE} or {TWO_TUPLE}, got {kind!r}")
-            out["stickiness"] = kind
-        if "target_failover.on_deregistration" in attrs:
-            out["on_deregistration"] = attrs["target_failover.on_deregistration"]
-        if "target_failover.on_unhealthy" in attrs:
-            out["on_unhealthy"] = attrs["target_failover.on_unhealthy"]
-        if "deregistration_delay.timeout_seconds" in attrs:
-            out["deregistration_delay"] = _as_int("deregistration_delay.timeout_seconds",
-                                                  attrs["deregistration_delay.timeout_seconds"])
-        if "load_balancing.cross_zone.enabled" in attrs:
-            out["cross_zone"] = _as_bool("load_balancing.cross_zone.enabled",
-                                         attrs["load_balancing.cross_zone.enabled"])
-        if "vpclab.drop_stale_cookie.enabled" in attrs:  # undocumented at AWS: ours to choose
-            out["drop_stale_cookie"] = _as_bool("vpclab.drop_stale_cookie.enabled",
-                                                attrs["vpclab.drop_stale_cookie.enabled"])
-        out.update(fields)
-        return cls(**out)  # type: ignore[arg-type]
-
-
-def _as_bool(key: str, value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    raise ValueError(f"{key} must be true or false, got {value!r}")
-
-
-def _as_int(key: str, value: object) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    raise ValueError(f"{key} must be an integer, got {value!r}")
 
 
 class Encap(NamedTuple):
@@ -229,25 +119,6 @@ _drops: dict[str, Drop] = {}
 _tuple_new = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (hot path)
 
 
-class Target:
-    """A registered target as this node sees it. `removed` once deregistration ends
-    (its `no_rebalance` flows may still use it: see `GwlbNode._retired`)."""
-
-    __slots__ = ("id", "ip", "az", "state", "since", "drain_end", "removed")
-
-    def __init__(self, target_id: str, ip: str, az: str, now: float) -> None:
-        self.id = target_id
-        self.ip = ip
-        self.az = az
-        self.state = INITIAL
-        self.since = now
-        self.drain_end = 0.0
-        self.removed = False
-
-    def __repr__(self) -> str:
-        return f"Target({self.id!r}, {self.ip!r}, {self.az!r}, {self.state!r})"
-
-
 class _Flow:
     __slots__ = ("key", "endpoint_id", "cookie", "header", "hash", "src_port", "target",
                  "last_seen", "timeout", "gen", "reset", "acks")
@@ -286,11 +157,47 @@ def flow_key(packet: bytes | memoryview, stickiness: str = FIVE_TUPLE) -> tuple 
     return _key(0, _KEY_PARTS[stickiness], proto, src, dst, sport, dport)[1:]
 
 
-def _endpoint_int(endpoint: int | str) -> int:
-    return vpce_id_to_int(endpoint) if isinstance(endpoint, str) else endpoint
+class FastPathHooks:
+    """What GwlbNode offers a fast path, an in-kernel data path for established flows
+    (its state is GwlbNode's)."""
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever targets change (health, registration, draining, settings):
+        a fast path must then drop what it carries, so that each flow's next packet
+        comes here and is revalidated."""
+        return self._gen
+
+    def may_offload(self, proto: int) -> bool:
+        """Whether a flow of this inner protocol may ride a fast path once it is
+        established. Not TCP while RSTs are on: they need each ACK (`_note_ack`)."""
+        return not (proto == IPPROTO_TCP and self._send_tcp_reset)
+
+    def flow_seen(self, header: bytes, last_seen: float, packets: int, size: int) -> bool:
+        """Fold in what a fast path carried from an endpoint for the flow whose GENEVE
+        header is `header`: `packets` inner packets of `size` bytes in all since the
+        last call, the latest at `last_seen`. False if that flow is gone: the fast
+        path must forget it."""
+        flow = self._by_header.get(header)
+        if flow is None:
+            return False
+        if last_seen > flow.last_seen:
+            flow.last_seen = last_seen
+        self.processed_packets += packets
+        self.processed_bytes += size
+        return True
+
+    def has_flow(self, header: bytes) -> bool:
+        """Whether the flow whose GENEVE header is `header` is still in the table."""
+        return header in self._by_header
+
+    def take_resets(self) -> list[Reset]:
+        """The RSTs made since the last call, to send out of their endpoints."""
+        resets, self._resets = self._resets, []
+        return resets
 
 
-class GwlbNode:
+class GwlbNode(GwlbTargets, FastPathHooks):
     """The flow table, target choice and GENEVE encap/decap of one GWLB node."""
 
     def __init__(self, config: GwlbConfig | None = None, endpoints: Iterable[int | str] = (),
@@ -335,87 +242,6 @@ class GwlbNode:
         self._key_parts = _KEY_PARTS[config.stickiness]
         self._max_packet = config.max_packet
         self._send_tcp_reset = config.send_tcp_reset
-
-    # --- endpoints and targets ---------------------------------------------
-
-    def attach_endpoint(self, endpoint: int | str) -> None:
-        self._endpoints.add(_endpoint_int(endpoint))
-
-    def detach_endpoint(self, endpoint: int | str) -> None:
-        """Stop carrying an endpoint's traffic (rejected or deleted); its flows end."""
-        endpoint_id = _endpoint_int(endpoint)
-        self._endpoints.discard(endpoint_id)
-        for flow in [f for f in self._flows.values() if f.endpoint_id == endpoint_id]:
-            self._forget(flow)
-
-    def register(self, target_id: str, ip: str, az: str | None = None, now: float = 0.0) -> None:
-        """Add a target in state `initial`. Registering a draining target cancels its draining."""
-        ip = str(ip_address(ip))
-        target = self._targets.get(target_id)
-        if target is not None:
-            if target.ip != ip:
-                raise ValueError(f"target {target_id} is registered with IP {target.ip}, not {ip}")
-            if target.state == DRAINING:
-                target.state, target.since = INITIAL, now
-                self._targets_changed()
-            return
-        self._targets[target_id] = Target(target_id, ip, self.config.availability_zone if az is None else az, now)
-        self._targets_changed()
-
-    def deregister(self, target_id: str, now: float) -> None:
-        """Start draining: no new flows at once, existing ones until the delay ends."""
-        target = self._targets[target_id]
-        if target.state == DRAINING:
-            return
-        target.state, target.since = DRAINING, now
-        target.drain_end = now + self.config.deregistration_delay
-        if self.config.deregistration_delay <= 0:
-            self._remove_target(target)
-        self._targets_changed()
-
-    def set_target_health(self, target_id: str, healthy: bool, now: float) -> bool:
-        """Apply a health checker verdict (already past its thresholds)."""
-        return self.set_target_state(target_id, HEALTHY if healthy else UNHEALTHY, now)
-
-    def set_target_state(self, target_id: str, state: str, now: float) -> bool:
-        """Set `healthy`, `unhealthy`, `initial` or `unused`. False if the target is
-        unknown or draining (a late health result after deregistration)."""
-        if state not in (HEALTHY, UNHEALTHY, INITIAL, UNUSED):
-            raise ValueError(f"cannot set target state {state!r}")
-        target = self._targets.get(target_id)
-        if target is None or target.state == DRAINING:
-            return False
-        if target.state != state:
-            target.state, target.since = state, now
-            self._targets_changed()
-        return True
-
-    def targets(self) -> list[Target]:
-        return sorted(self._targets.values(), key=lambda t: t.id)
-
-    def _remove_target(self, target: Target) -> None:
-        target.removed = True
-        del self._targets[target.id]
-        if self.config.on_deregistration == NO_REBALANCE:
-            self._retired.add(target)
-
-    def _targets_changed(self) -> None:
-        cfg = self.config
-        scope = sorted((t for t in self._targets.values()
-                        if cfg.cross_zone or t.az == cfg.availability_zone), key=lambda t: t.id)
-        self._healthy = [t for t in scope if t.state == HEALTHY]
-        self._fallback = [t for t in scope if t.state in (HEALTHY, UNHEALTHY, INITIAL)]
-        self._healthy_keys = [rendezvous.target_key(t.id, self._cookie_salt) for t in self._healthy]
-        self._fallback_keys = [rendezvous.target_key(t.id, self._cookie_salt) for t in self._fallback]
-        self._note_target_ips()
-        self._next_deadline = min((t.drain_end for t in self._targets.values() if t.state == DRAINING),
-                                  default=float("inf"))
-        self._gen += 1
-
-    def _end_draining(self, now: float) -> None:
-        for target in [t for t in self._targets.values() if t.state == DRAINING and t.drain_end <= now]:
-            self._remove_target(target)
-        self._targets_changed()
 
     # --- packets --------------------------------------------------------------
 
@@ -513,55 +339,6 @@ class GwlbNode:
             self._drop_unused_retired()
         return len(idle)
 
-    def _drop_unused_retired(self) -> None:
-        """Forget deregistered targets whose last flow has idled out (or moved)."""
-        in_use = {f.target for f in self._flows.values()}
-        unused = self._retired - in_use
-        if unused:
-            self._retired -= unused
-            self._note_target_ips()
-
-    def _note_target_ips(self) -> None:
-        """The addresses whose GENEVE replies are taken: registered and retired targets."""
-        self._target_ips = frozenset([t.ip for t in self._targets.values()] + [t.ip for t in self._retired])
-
-    # --- a fast path (an in-kernel data path for established flows) -----------------
-
-    @property
-    def generation(self) -> int:
-        """Changes whenever targets change (health, registration, draining, settings):
-        a fast path must then drop what it carries, so that each flow's next packet
-        comes here and is revalidated."""
-        return self._gen
-
-    def may_offload(self, proto: int) -> bool:
-        """Whether a flow of this inner protocol may ride a fast path once it is
-        established. Not TCP while RSTs are on: they need each ACK (`_note_ack`)."""
-        return not (proto == IPPROTO_TCP and self._send_tcp_reset)
-
-    def flow_seen(self, header: bytes, last_seen: float, packets: int, size: int) -> bool:
-        """Fold in what a fast path carried from an endpoint for the flow whose GENEVE
-        header is `header`: `packets` inner packets of `size` bytes in all since the
-        last call, the latest at `last_seen`. False if that flow is gone: the fast
-        path must forget it."""
-        flow = self._by_header.get(header)
-        if flow is None:
-            return False
-        if last_seen > flow.last_seen:
-            flow.last_seen = last_seen
-        self.processed_packets += packets
-        self.processed_bytes += size
-        return True
-
-    def has_flow(self, header: bytes) -> bool:
-        """Whether the flow whose GENEVE header is `header` is still in the table."""
-        return header in self._by_header
-
-    def take_resets(self) -> list[Reset]:
-        """The RSTs made since the last call, to send out of their endpoints."""
-        resets, self._resets = self._resets, []
-        return resets
-
     # --- TCP resets (send_tcp_reset.on_idle_timeout.enabled) -------------------------
 
     def _note_ack(self, flow: _Flow, inner: bytes | memoryview, src: bytes, dst: bytes,
@@ -616,15 +393,6 @@ class GwlbNode:
         if drop is None:
             drop = _drops[reason] = Drop(reason)
         return drop
-
-    def _pick(self, flow_hash: int, healthy_only: bool = False) -> Target | None:
-        """Rendezvous hashing over the flow and the candidates' ids: the same flow finds the
-        same target after a node restart, and a target's leaving moves only its own flows."""
-        if self._healthy:
-            return rendezvous.pick(flow_hash, self._healthy, self._healthy_keys)
-        if healthy_only or not self._fallback:
-            return None
-        return rendezvous.pick(flow_hash, self._fallback, self._fallback_keys)
 
     def _new_flow(self, key: tuple, endpoint_id: int, proto: int, src: bytes, dst: bytes,
                   now: float) -> _Flow | None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import struct
 from ipaddress import IPv4Address
 
-from vpclab.engines.geneve import GENEVE_PORT
+from vpclab.engines.io.geneve import GENEVE_PORT
 
 TTL = 255
 ETH_P_ARP = 0x0806

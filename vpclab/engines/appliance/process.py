@@ -1,6 +1,6 @@
 """The reference GENEVE appliance: a process around `appliance_core.Appliance`.
 
-    python -m vpclab.engines.appliance [--listen-ip 0.0.0.0] [--port 6081]
+    python -m vpclab.engines.appliance.process [--listen-ip 0.0.0.0] [--port 6081]
         [--health-port 80] [--rules FILE] [--stats FILE] [--control SOCKET]
 
 - GENEVE on UDP `--port`: each datagram goes through the core (rules, per-flow
@@ -14,7 +14,7 @@
   If no socket can be had (fd limit, port taken), the reply leaves from
   `--port` instead, which GWLB accepts too (§1.2) and `reply_from_listen_port`
   counts. Under load (more than two datagrams waiting), datagrams come in by
-  the batch (recvmmsg, engines.mmsg) and replies leave from the slots they
+  the batch (recvmmsg, engines.io.mmsg) and replies leave from the slots they
   arrived in (sendmmsg per run of replies on one socket): one system call per
   batch each way. A lone datagram takes recvfrom and send, which cost less
   than a ctypes call.
@@ -27,7 +27,7 @@
 - `--stats FILE`: every second the core's `snapshot()` plus I/O counters (`io`),
   written atomically (write, then rename).
 - `--control SOCKET`: a Unix socket answering `{"op": "snapshot"}` with the same
-  counters as of that moment (engines.control): the daemon's `status` asks it,
+  counters as of that moment (engines.io.control): the daemon's `status` asks it,
   so the appliance's counters never lag behind the GWLB node's.
 
 SIGTERM or SIGINT stops it. Bad datagrams are counted, never fatal.
@@ -48,11 +48,12 @@ from typing import Callable
 
 import yaml
 
-from vpclab.engines.control import ControlServer
-from vpclab.engines.epoll_loop import EpollLoop
-from vpclab.engines.appliance_core import Appliance, ApplianceConfig, Reply
-from vpclab.engines.geneve import GENEVE_PORT
-from vpclab.engines.mmsg import MessageBatch, sockaddr_in
+from vpclab.engines.appliance.core import Appliance, ApplianceConfig, Reply
+from vpclab.engines.io.control import ControlServer
+from vpclab.engines.io.epoll_loop import EpollLoop
+from vpclab.engines.io.files import write_atomically
+from vpclab.engines.io.geneve import GENEVE_PORT
+from vpclab.engines.io.mmsg import MessageBatch, sockaddr_in
 
 BATCH = 64
 RX_BUFFER = 65536
@@ -83,15 +84,6 @@ def load_rules(path: str | os.PathLike) -> ApplianceConfig:
         return ApplianceConfig.from_dict(data)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
-
-
-def write_atomically(path: str | os.PathLike, text: str) -> None:
-    """Replace `path` with `text` so that a reader sees the old file or the new one, never half."""
-    path = os.fspath(path)
-    temporary = f"{path}.{os.getpid()}.tmp"
-    with open(temporary, "w") as f:
-        f.write(text)
-    os.replace(temporary, path)
 
 
 class ApplianceProcess:
@@ -366,7 +358,7 @@ def _tune_udp(sock: socket.socket, receive: bool = True) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vpclab.engines.appliance",
+    parser = argparse.ArgumentParser(prog="python -m vpclab.engines.appliance.process",
                                      description="The reference GWLB (GENEVE) appliance.")
     parser.add_argument("--listen-ip", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=GENEVE_PORT, help="GENEVE UDP port (default 6081)")

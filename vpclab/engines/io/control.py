@@ -13,7 +13,7 @@ import socket
 from typing import Any, Callable
 
 from vpclab import unixpath
-from vpclab.engines.epoll_loop import EpollLoop
+from vpclab.engines.io.epoll_loop import EpollLoop
 
 LINE_MAX = 1 << 20
 

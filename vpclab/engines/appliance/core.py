@@ -26,7 +26,7 @@ from __future__ import annotations
 from ipaddress import ip_address
 from typing import NamedTuple
 
-from vpclab.engines.geneve import HEADER_LEN, GeneveError, decode, parse_inner
+from vpclab.engines.io.geneve import HEADER_LEN, GeneveError, decode, parse_inner
 
 # The configuration is pure and lives in the model (the lab loader validates an
 # instance's `Appliance` with it); re-exported here so existing imports keep working.

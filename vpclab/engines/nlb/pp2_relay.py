@@ -1,6 +1,6 @@
 """A TCP relay that puts a PROXY protocol v2 header in front of each connection.
 
-    python -m vpclab.engines.pp2_relay --listen IP:PORT --upstream IP:PORT
+    python -m vpclab.engines.nlb.pp2_relay --listen IP:PORT --upstream IP:PORT
         [--listen IP:PORT --upstream IP:PORT ...] [--vpc-endpoint-id vpce-...]
         [--dst-ip IP] [--transparent] [--stats FILE]
         [--connect-timeout SECONDS] [--idle-timeout SECONDS]
@@ -53,18 +53,24 @@ import resource
 import select
 import signal
 import socket
-import struct
 import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from vpclab.engines.appliance import write_atomically
-from vpclab.engines.proxy_protocol import proxy_header
+from vpclab.engines.io.files import write_atomically
+from vpclab.engines.io.proxy_protocol import proxy_header
+from vpclab.engines.nlb.addresses import (
+    Address,
+    _family,
+    _reset,
+    _show,
+    _unmapped,
+    original_destination,
+    parse_address,
+)
 
 log = logging.getLogger(__name__)
-
-Address = tuple[str, int]
 
 TICK = 1.0
 CONNECT_TIMEOUT = 10.0
@@ -77,11 +83,9 @@ SPLICE_CHUNK = 1 << 20  # ask for much; the pipe's room limits what one splice m
 IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
 IPV6_TRANSPARENT = 75
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
-SO_ORIGINAL_DST = 80
 
 _IN, _OUT = select.EPOLLIN, select.EPOLLOUT
 _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
-_SOCKADDR_IN = struct.Struct("!2xH4s8x")
 
 COUNTERS = (
     "connections_accepted",  # clients accepted
@@ -103,49 +107,6 @@ COUNTERS = (
 class Route:
     listen: Address
     upstream: Address
-
-
-def parse_address(text: str) -> Address:
-    """`IP:PORT` or `[IPv6]:PORT` as (ip, port); ValueError if it is neither."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"expected IP:PORT, got {text!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return str(ipaddress.ip_address(host)), int(port)
-
-
-def _family(ip: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ipaddress.ip_address(ip).version == 6 else socket.AF_INET
-
-
-def _unmapped(address: tuple) -> Address:
-    """(ip, port) of a socket address, with IPv4-mapped IPv6 shown as IPv4."""
-    ip = ipaddress.ip_address(address[0])
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return str(ip), address[1]
-
-
-def original_destination(sock: socket.socket) -> Address | None:
-    """Where the client sent its SYN before conntrack NAT redirected it; None if unknown."""
-    if sock.family != socket.AF_INET:
-        return None
-    try:
-        raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, _SOCKADDR_IN.size)
-    except OSError:
-        return None  # no conntrack entry, or conntrack not loaded
-    port, packed = _SOCKADDR_IN.unpack(raw)
-    return socket.inet_ntoa(packed), port
-
-
-def _reset(sock: socket.socket) -> None:
-    """Close with RST instead of FIN."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
-    sock.close()
 
 
 class _Flow:
@@ -540,11 +501,6 @@ class Relay:
         self.write_stats()
 
 
-def _show(address: tuple) -> str:
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _raise_fd_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
@@ -557,7 +513,7 @@ def _raise_fd_limit() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m vpclab.engines.pp2_relay",
+        prog="python -m vpclab.engines.nlb.pp2_relay",
         description="Relay TCP connections, putting a PROXY protocol v2 header (as an NLB sends it) first.",
     )
     parser.add_argument("--listen", action="append", required=True, metavar="IP:PORT",
