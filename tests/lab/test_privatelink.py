@@ -135,25 +135,32 @@ CLIENT = ("import socket, sys\n"
           "print(body.decode(errors='replace'))\n")
 
 
+def held_connection(lab, node: str, script: str, meanwhile) -> tuple[str, str]:
+    """Run `script` in `node` until it prints `connected`, call `meanwhile()`, then let the
+    script go on (a line on its stdin); its stdout and stderr."""
+    client = subprocess.Popen([sys.executable, "-m", "vpclab", "exec", "--lab", lab.name, node, "--",
+                               "python3", "-c", script], env=lab.env, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert client.stdout.readline().strip() == "connected"
+        meanwhile()
+        return client.communicate("\n", timeout=30)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+
+
 def test_consumers_with_identical_addresses_and_ports_behind_two_endpoints_stay_apart(up):
     lab = up(TWINS, "pltwin")
     wait_for(lambda: "Hello" in lab.curl("left", "http://10.20.0.50/"), 30, "the service through an endpoint")
-    # the left consumer's connection is open when the right one opens the very same tuple
-    left = subprocess.Popen([sys.executable, "-m", "vpclab", "exec", "--lab", lab.name, "left", "--",
-                             "python3", "-c", CLIENT], env=lab.env, text=True,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        assert left.stdout.readline().strip() == "connected"
-        right = lab.vpclab("exec", "--lab", lab.name, "right", "--", "python3", "-c", CLIENT, input="\n")
-        assert "Hello from the provider" in right.stdout
-        out, err = left.communicate("\n", timeout=30)
-    finally:
-        if left.poll() is None:
-            left.kill()
-            left.wait()
+    right = []  # the left consumer's connection is open when the right one opens the very same tuple
+    out, err = held_connection(lab, "left", CLIENT, lambda: right.append(
+        lab.vpclab("exec", "--lab", lab.name, "right", "--", "python3", "-c", CLIENT, input="\n")))
+    assert "Hello from the provider" in right[0].stdout
     assert "Hello from the provider" in out, err
     # each connection reached the target as its own, from its own port of the node's IP
-    clients = {line for line in (out + right.stdout).splitlines() if line.startswith("client: ")}
+    clients = {line for line in (out + right[0].stdout).splitlines() if line.startswith("client: ")}
     assert len(clients) == 2
 
 
@@ -170,15 +177,5 @@ def test_a_segment_of_a_connection_the_node_no_longer_knows_is_reset_through_the
     # as after an idle timeout: the ENI's IP is not the node's, so the node resets what it forwards
     lab = up(TWINS, "plrst")
     wait_for(lambda: "Hello" in lab.curl("left", "http://10.20.0.50/"), 30, "the service through an endpoint")
-    client = subprocess.Popen([sys.executable, "-m", "vpclab", "exec", "--lab", lab.name, "left", "--",
-                               "python3", "-c", FORGOTTEN], env=lab.env, text=True,
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        assert client.stdout.readline().strip() == "connected"
-        lab.sh("nlb:provider-nlb:us-east-1a", "conntrack -F")
-        out, err = client.communicate("\n", timeout=30)
-    finally:
-        if client.poll() is None:
-            client.kill()
-            client.wait()
+    out, err = held_connection(lab, "left", FORGOTTEN, lambda: lab.sh("nlb:provider-nlb:us-east-1a", "conntrack -F"))
     assert out.split()[-1:] == ["reset"], out + err
