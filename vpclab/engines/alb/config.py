@@ -124,6 +124,8 @@ def frontend_section(node: dict, listener: dict, groups: dict, certificate: str 
     lines += R.selection_lines(rules)  # on the request as the client sent it
     if request_lines is not None:
         lines += request_lines(listener, node.get("attributes", {}))
+    else:  # AWS's default, append: the client's address on X-Forwarded-For
+        lines.append("option forwardfor")
     lines += requests
     if any(r["action"]["type"] == "forward" and (r["action"].get("stickiness") or {}).get("enabled")
            for r in rules):
