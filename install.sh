@@ -10,6 +10,7 @@ SUDO=""
 PACKAGES=(iproute2 nftables conntrack util-linux procps tcpdump tshark ethtool haproxy
           curl netcat-openbsd iputils-ping socat iptables  # iptables: xt TTL, see plan KEEP_TTL
           python3 python3-pip python3-yaml python3-dnslib  # Debian's python3 runs the rootless lab test
+          python3-cryptography                               # the ALB's lab CA (engines/alb/certs.py)
           clang libbpf-dev libbpf1 linux-libc-dev)          # the GWLB node's eBPF fast path
 missing=()
 for p in "${PACKAGES[@]}"; do

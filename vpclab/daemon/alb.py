@@ -17,10 +17,12 @@ import logging
 import os
 import shutil
 import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from vpclab.engines.alb import access_log, certs, errors, headers, metrics
 from vpclab.engines.alb import config as alb_config
 from vpclab.engines.alb import runtime as alb_runtime
 from vpclab.engines.alb.runtime import Runtime, RuntimeApiError, Slots
@@ -53,6 +55,10 @@ class AlbNode:
         return self.directory / f"{self.name}.sock"
 
     @property
+    def log_socket(self) -> Path:
+        return self.directory / f"{self.name}-log.sock"
+
+    @property
     def pid_file(self) -> Path:
         return self.directory / f"{self.name}.pid"
 
@@ -77,6 +83,7 @@ class AlbNodes:
     health: Callable[[str], dict[str, dict]] | None = None
     node_config: Callable[[object, str, str], dict] | None = None
     nodes: list[AlbNode] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)  # ends the access-log threads
 
     # --- bring-up ----------------------------------------------------------------
 
@@ -96,9 +103,27 @@ class AlbNodes:
         """Start and supervise every node's HAProxy; return once each answers."""
         self.statedir, self.node_config, self.health = statedir, node_config, health
         for node in self.prepare(lab, services):
+            self._receive_access_log(node)
             supervisor.add(node.ns, "alb_node", node.ns,
                            functools.partial(self._spawn, node, supervisor, start_process))
         await self.wait_ready()
+
+    def access_log_path(self, load_balancer: str) -> Path:
+        """Where an ALB's access log lands (the lab has no S3)."""
+        return self.statedir / "alb" / "access-logs" / f"{load_balancer}.log"
+
+    def _receive_access_log(self, node: AlbNode) -> None:
+        """With access_logs.s3.enabled, a thread turns the node's log datagrams into ALB entries."""
+        if node.config["attributes"].get("access_logs.s3.enabled", "false") != "true":
+            return
+        config = node.config
+        context = {"elb": config["arn"].split(":loadbalancer/", 1)[-1],
+                   "target_group_arns": {f"tg_{g}": tg["arn"] for g, tg in config["target_groups"].items()},
+                   "certificate_arns": {f"fe_{li['name']}": li["certificate"]["arn"]
+                                        for li in config["listeners"] if li.get("certificate")}}
+        receiver = access_log.Receiver(node.log_socket, self.access_log_path(node.load_balancer), context)
+        threading.Thread(target=receiver.serve, args=(self._stop,), daemon=True,
+                         name=f"access-log {node.ns}").start()
 
     def _spawn(self, node: AlbNode, supervisor, start_process) -> int:
         engine = supervisor.engines.get(node.ns)
@@ -107,9 +132,8 @@ class AlbNodes:
         return start_process(node.ns, self.argv(node), f"{node.ns}.log")
 
     def listener_pem(self, certificate: dict) -> str:
-        """An HTTPS listener's certificate and key (engines.alb.certs, helper X's: the lab's CA
-        issues DomainName and SANs, or the lab file names the files)."""
-        from vpclab.engines.alb import certs
+        """An HTTPS listener's certificate and key: the lab's CA issues DomainName and SANs,
+        or the lab file names the files."""
         return str(certs.listener_pem(self.statedir, certificate))
 
     def argv(self, node: AlbNode) -> list[str]:
@@ -123,8 +147,14 @@ class AlbNodes:
         for listener in node.config["listeners"]:
             if listener["protocol"] == "HTTPS":
                 certificates[listener["name"]] = self.listener_pem(listener["certificate"])
+        error_dir = node.directory / "errors"
+        logging_lines = access_log.log_lines(node.log_socket.name)
+        if node.config["attributes"].get("access_logs.s3.enabled", "false") != "true":
+            logging_lines = logging_lines[-2:]  # no log, but requests counted as ALB counts them
         text = alb_config.render(node.config, runtime_socket=f"unix@{node.socket.name}", slots=slots,
-                                 certificates=certificates)
+                                 certificates=certificates, request_lines=headers.frontend_request_lines,
+                                 defaults_lines=errors.errorfile_lines(error_dir), frontend_lines=logging_lines,
+                                 backend_lines=errors.backend_lines(error_dir))
         tmp = node.cfg.with_suffix(".tmp")
         tmp.write_text(text)
         tmp.replace(node.cfg)
@@ -232,6 +262,19 @@ class AlbNodes:
             except (OSError, RuntimeApiError):
                 return False
         return True
+
+    # --- what status shows ---------------------------------------------------------
+
+    def counters(self) -> dict[str, dict]:
+        """Each node's CloudWatch metrics (engines.alb.metrics, from `show stat` and `show info`)."""
+        out = {}
+        for node in self.nodes:
+            try:
+                runtime = node.runtime()
+                out[node.ns] = metrics.cloudwatch_metrics(runtime.command("show stat"), runtime.command("show info"))
+            except (OSError, RuntimeApiError) as exc:
+                out[node.ns] = {"error": str(exc)}
+        return out
 
     # --- live changes ---------------------------------------------------------------
 

@@ -43,14 +43,15 @@ def slot_count(targets: int) -> int:
 
 def render(node: dict, *, runtime_socket: str, slots: Mapping[str, Sequence[dict | None]] | None = None,
            certificates: Mapping[str, str] | None = None, request_lines: RequestLines | None = None,
-           global_lines: Sequence[str] = (), defaults_lines: Sequence[str] = ()) -> str:
+           global_lines: Sequence[str] = (), defaults_lines: Sequence[str] = (),
+           frontend_lines: Sequence[str] = (), backend_lines: Sequence[str] = ()) -> str:
     """The whole haproxy.cfg.
 
     `slots[group]`: what each slot s1..sN holds, as {"ip", "port", "state"} (ready, drain,
     maint) or None; by default the group's targets fill the first slots, ready.
     `certificates[listener name]`: the PEM (cert + key) path for an HTTPS listener.
-    `request_lines`, `global_lines`, `defaults_lines`: the header, logging and error-page
-    lines of engines.alb.headers, access_log and errors."""
+    `request_lines`, `global_lines`, `defaults_lines`, `frontend_lines`, `backend_lines`: the
+    header, logging and error-page lines of engines.alb.headers, access_log and errors."""
     certificates = certificates or {}
     groups = node["target_groups"]
     slots = dict(slots or {})
@@ -61,9 +62,10 @@ def render(node: dict, *, runtime_socket: str, slots: Mapping[str, Sequence[dict
     out = global_section(runtime_socket, global_lines)
     out += defaults_section(attributes, defaults_lines)
     for listener in node["listeners"]:
-        out += frontend_section(node, listener, groups, certificates.get(listener["name"]), request_lines)
+        out += frontend_section(node, listener, groups, certificates.get(listener["name"]), request_lines,
+                                frontend_lines)
     for name, group in groups.items():
-        out += backend_section(name, group, slots[name])
+        out += backend_section(name, group, slots[name], backend_lines)
     return "\n".join(out) + "\n"
 
 
@@ -117,10 +119,10 @@ def bind_line(node: dict, listener: dict, certificate: str | None) -> str:
 
 
 def frontend_section(node: dict, listener: dict, groups: dict, certificate: str | None,
-                     request_lines: RequestLines | None) -> list[str]:
+                     request_lines: RequestLines | None, extra: Sequence[str] = ()) -> list[str]:
     rules = listener["rules"]
     requests, uses = R.action_lines(listener, groups)
-    lines = [bind_line(node, listener, certificate)]
+    lines = [bind_line(node, listener, certificate), *extra]
     lines += R.selection_lines(rules)  # on the request as the client sent it
     if request_lines is not None:
         lines += request_lines(listener, node.get("attributes", {}))
@@ -142,14 +144,15 @@ def _sticky(group: dict) -> str | None:
     return attributes.get("stickiness.type", "lb_cookie")
 
 
-def backend_section(name: str, group: dict, slots: Sequence[dict | None]) -> list[str]:
+def backend_section(name: str, group: dict, slots: Sequence[dict | None], extra: Sequence[str] = ()) -> list[str]:
     attributes = group.get("attributes", {})
     algorithm = attributes.get("load_balancing.algorithm.type", "round_robin")
     if algorithm not in ("round_robin", "least_outstanding_requests"):
         raise ValueError(f"target group {name}: load_balancing.algorithm.type {algorithm!r} is not supported")
     lines = [f"backend {R.backend_name(name)}",
              f"    balance {'roundrobin' if algorithm == 'round_robin' else 'leastconn'}",
-             f"    http-request set-var({R.GROUP_TOKEN_VAR}) str({R.group_token(group['arn'])})"]
+             f"    http-request set-var({R.GROUP_TOKEN_VAR}) str({R.group_token(group['arn'])})",
+             *(f"    {line}" for line in extra)]
     sticky = _sticky(group)
     server_options = ""
     if sticky == "lb_cookie":

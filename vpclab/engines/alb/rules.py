@@ -27,6 +27,7 @@ import ipaddress
 
 RULE_VAR = "txn.rule"
 PRIORITY_VAR = "txn.rule_priority"
+ACTIONS_VAR = "txn.actions_executed"  # for the access log (engines.alb.access_log)
 PICK_VAR = "txn.pick"  # the weighted forward's random draw
 GROUP_STICKY_VAR = "txn.tg_duration"  # set when the matched rule has group stickiness
 GROUP_TOKEN_VAR = "txn.tg_token"  # the chosen group's AWSALBTG value, set by its backend
@@ -130,6 +131,7 @@ def selection_lines(rules: list[dict]) -> list[str]:
         cond = " ".join([unset, *names])
         priority = 0 if rule["priority"] == "default" else int(rule["priority"])
         picks.append(f"http-request set-var({PRIORITY_VAR}) int({priority}) if {cond}")
+        picks.append(f"http-request set-var({ACTIONS_VAR}) str({rule['action']['type']}) if {cond}")
         picks.append(f"http-request set-var({RULE_VAR}) str({rule_id}) if {cond}")
     return acls + picks
 
