@@ -79,9 +79,11 @@ def test_host_rule_matches_any_case_and_its_wildcard_needs_a_subdomain(alb):
 
 
 def test_redirect_keeps_host_path_and_query(alb):
-    status, headers, _ = get(alb, "/old/a/b?x=1", headers={"Host": "www.example.com"})
+    status, headers, _ = get(alb, "/old/a/b?x=1")
     assert status == 301
-    assert headers["location"] == ["https://www.example.com/new/old/a/b?x=1"]
+    assert headers["location"] == [f"https://{_node_ip(alb)}/new/old/a/b?x=1"]
+    # a host the priority-15 host rule matches is forwarded before the redirect's rule 20 is tried
+    assert get(alb, "/old/a", headers={"Host": "www.example.com"})[0] == 404
 
 
 def test_fixed_response_answers_from_the_load_balancer(alb):
