@@ -2,6 +2,8 @@
 through HAProxy on the ALB's nodes, to the test pages of two web instances (examples/alb.yaml)."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -133,3 +135,43 @@ def test_targets_show_aws_health_states_and_status_shows_the_alb(alb):
     assert all(n["public_ip"] for n in lb["nodes"])
     engines = [e for e in alb.status()["engines"] if e["kind"] == "alb_node"]
     assert len(engines) == 2 and all(e["state"] == "running" for e in engines)
+
+
+def test_https_listener_answers_with_the_lab_cas_certificate_over_http2(alb):
+    lb = next(b for b in alb.status()["load_balancers"] if b["name"] == "web-alb")
+    ca, ip = lb["ca_certificate"], _node_ip(alb)
+    r = alb.sh("outside", f"curl -s --max-time 5 --cacert {ca} --resolve www.example.com:443:{ip} "
+                          f"-w 'http=%{{http_version}}' https://www.example.com/", check=False)
+    assert r.returncode == 0, r.stderr
+    assert served_by(r.stdout) in WEB and "x-forwarded-proto: https" in r.stdout
+    assert r.stdout.endswith("http=2")  # routing.http2.enabled: h2 by ALPN
+    untrusted = alb.sh("outside", f"curl -s --max-time 5 --resolve www.example.com:443:{ip} https://www.example.com/",
+                       check=False)
+    assert untrusted.returncode != 0  # the lab CA, not a public one, signs it
+
+
+def test_status_counts_requests_and_elb_errors_with_cloudwatch_names(alb):
+    def metrics():
+        return next(b for b in alb.status()["load_balancers"] if b["name"] == "web-alb")["metrics"]
+    before = metrics()
+    assert get(alb)[0] == 200 and get(alb, "/nobody/x")[0] == 503
+    after = metrics()
+    assert after["RequestCount"] >= before["RequestCount"] + 2
+    assert after["HTTPCode_ELB_5XX_Count"] >= before["HTTPCode_ELB_5XX_Count"] + 1
+    assert after["HTTPCode_Target_2XX_Count"] >= before["HTTPCode_Target_2XX_Count"] + 1
+
+
+def test_a_live_attribute_change_reloads_haproxy_without_failing_a_request(alb):
+    ip = _node_ip(alb)
+    loop = ("for i in $(seq 60); do curl -s -o /dev/null --max-time 5 -w '%{http_code} ' "
+            f"http://{ip}/; sleep 0.05; done")
+    traffic = subprocess.Popen([sys.executable, "-m", "vpclab", "exec", "--lab", alb.name, "outside", "--",
+                                "sh", "-c", loop], env=alb.env, stdout=subprocess.PIPE, text=True)
+    try:
+        alb.vpclab("modify", "--lab", alb.name, "web-alb", "routing.http.xff_header_processing.mode=remove")
+        codes = traffic.communicate(timeout=120)[0].split()
+        assert codes and set(codes) == {"200"}, codes  # no request failed across the reload
+        assert "x-forwarded-for:" not in get(alb)[2]  # the new mode, through the reloaded HAProxy
+    finally:
+        traffic.kill()
+        alb.vpclab("modify", "--lab", alb.name, "web-alb", "routing.http.xff_header_processing.mode=append")

@@ -265,6 +265,25 @@ class AlbNodes:
 
     # --- what status shows ---------------------------------------------------------
 
+    def add_to_status(self, status: dict, counters: bool = True) -> None:
+        """What `vpclab status` shows of each ALB beyond the model: the lab CA that signs its
+        HTTPS listeners (for `curl --cacert`), its access-log file, each node's metrics."""
+        measured = self.counters() if counters else {}
+        for lb in status["load_balancers"]:
+            nodes = [n for n in self.nodes if n.load_balancer == lb["name"]]
+            if not nodes:
+                continue
+            if any(li["protocol"] == "HTTPS" for li in nodes[0].config["listeners"]):
+                lb["ca_certificate"] = str(certs.lab_ca(self.statedir))
+            if nodes[0].config["attributes"].get("access_logs.s3.enabled", "false") == "true":
+                lb["access_log"] = str(self.access_log_path(lb["name"]))
+            for entry in lb["nodes"]:
+                node = next((n for n in nodes if n.az == entry["az"]), None)
+                if node is not None and node.ns in measured:
+                    entry["counters"] = measured[node.ns]
+            if measured:
+                lb["metrics"] = metrics.merge([measured[n.ns] for n in nodes if "error" not in measured[n.ns]])
+
     def counters(self) -> dict[str, dict]:
         """Each node's CloudWatch metrics (engines.alb.metrics, from `show stat` and `show info`)."""
         out = {}
