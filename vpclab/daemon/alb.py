@@ -265,7 +265,7 @@ class AlbNodes:
 
     # --- what status shows ---------------------------------------------------------
 
-    def add_to_status(self, status: dict, counters: bool = True) -> None:
+    def add_to_status(self, status: dict, counters: bool = True) -> dict:
         """What `vpclab status` shows of each ALB beyond the model: the lab CA that signs its
         HTTPS listeners (for `curl --cacert`), its access-log file, each node's metrics."""
         measured = self.counters() if counters else {}
@@ -283,6 +283,7 @@ class AlbNodes:
                     entry["counters"] = measured[node.ns]
             if measured:
                 lb["metrics"] = metrics.merge([measured[n.ns] for n in nodes if "error" not in measured[n.ns]])
+        return status
 
     def counters(self) -> dict[str, dict]:
         """Each node's CloudWatch metrics (engines.alb.metrics, from `show stat` and `show info`)."""

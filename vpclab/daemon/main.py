@@ -288,9 +288,8 @@ class Daemon:
         path.unlink(missing_ok=True)
         with unixpath.usable(path) as reachable:
             server = await asyncio.start_unix_server(self._client, path=reachable)
-        ready = lab_status(self.lab, self.balancers.target_health)  # as `targets` says
-        self.balancers.alb.add_to_status(ready, counters=False)
-        self.progress.send("ready", status=ready)
+        ready = self.balancers.alb.add_to_status(lab_status(self.lab, self.balancers.target_health), counters=False)
+        self.progress.send("ready", status=ready)  # health as `targets` says
         self.progress.close()
         await self.stopping.wait()
         self.supervisor.closing = True
