@@ -175,3 +175,44 @@ def test_a_live_attribute_change_reloads_haproxy_without_failing_a_request(alb):
     finally:
         traffic.kill()
         alb.vpclab("modify", "--lab", alb.name, "web-alb", "routing.http.xff_header_processing.mode=append")
+
+
+def test_all_targets_unhealthy_fail_open_with_the_reason_code(alb):
+    wait_for(lambda: target_states(alb, "failing") == {"web-1": "unhealthy"}, 60, "web-1 unhealthy in failing")
+    out = alb.vpclab("targets", "--lab", alb.name, "failing").stdout
+    assert "Target.ResponseCodeMismatch" in out and "[404]" in out
+    status, _, body = get(alb, "/fail-open/x")
+    assert status == 404 and served_by(body) == "web-1"  # the target's own answer: routed to anyway
+
+
+def test_rules_change_live_create_modify_delete(alb):
+    conditions = '[{"Field": "path-pattern", "PathPatternConfig": {"Values": ["/live/*"]}}]'
+    fixed = ('[{"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "418", '
+             '"ContentType": "text/plain", "MessageBody": "teapot"}}]')
+    alb.vpclab("create-rule", "--lab", alb.name, "http", "--priority", "5", "--name", "live",
+               "--conditions", conditions, "--actions", fixed)
+    try:
+        wait_for(lambda: get(alb, "/live/x")[::2] == (418, "teapot"), 20, "the new rule answers")
+        alb.vpclab("modify-rule", "--lab", alb.name, "live",
+                   "--actions", '[{"Type": "forward", "TargetGroupArn": "api"}]')
+        wait_for(lambda: served_by(get(alb, "/live/x")[2]) == "web-2" and get(alb, "/live/x")[0] == 404, 20,
+                 "the modified rule forwards to api (web-2)")
+    finally:
+        alb.vpclab("delete-rule", "--lab", alb.name, "live", check=False)
+    wait_for(lambda: {served_by(get(alb, "/live/x")[2]) for _ in range(4)} == WEB, 20,
+             "the default rule again, over both web servers")
+
+
+def test_access_logs_enabled_live_land_in_the_lab_state_directory(alb):
+    alb.vpclab("modify", "--lab", alb.name, "web-alb", "access_logs.s3.enabled=true")
+    try:
+        lb = next(b for b in alb.status()["load_balancers"] if b["name"] == "web-alb")
+        path = Path(lb["access_log"])
+
+        def logged():
+            get(alb, "/ping")
+            return path.exists() and any('"GET http' in line and "/ping" in line
+                                         for line in path.read_text().splitlines())
+        wait_for(logged, 30, f"an entry for /ping in {path}")
+    finally:
+        alb.vpclab("modify", "--lab", alb.name, "web-alb", "access_logs.s3.enabled=false")
