@@ -216,3 +216,23 @@ def test_access_logs_enabled_live_land_in_the_lab_state_directory(alb):
         wait_for(logged, 30, f"an entry for /ping in {path}")
     finally:
         alb.vpclab("modify", "--lab", alb.name, "web-alb", "access_logs.s3.enabled=false")
+
+
+def test_deregistration_ends_early_when_nothing_is_in_flight(alb):
+    alb.vpclab("modify", "--lab", alb.name, "web", "deregistration_delay.timeout_seconds=300")
+    alb.vpclab("deregister", "--lab", alb.name, "web", "web-2")
+    try:
+        assert target_states(alb, "web").get("web-2") in ("draining", None)
+        # 300 s of delay, but an idle target leaves as soon as the ALB sees nothing in flight
+        wait_for(lambda: "web-2" not in target_states(alb, "web"), 20, "web-2 gone before its delay")
+        assert {served_by(get(alb)[2]) for _ in range(4)} == {"web-1"}
+    finally:
+        alb.vpclab("register", "--lab", alb.name, "web", "web-2")
+        alb.vpclab("modify", "--lab", alb.name, "web", "deregistration_delay.timeout_seconds=5")
+        wait_for(lambda: target_states(alb, "web").get("web-2") == "healthy", 60, "web-2 healthy again")
+
+
+def test_the_alb_dns_name_resolves_to_its_nodes_from_the_internet(alb):
+    lb = next(b for b in alb.status()["load_balancers"] if b["name"] == "web-alb")
+    assert lb["dns_name"].startswith("web-alb-") and lb["dns_name"].endswith(".us-east-1.elb.amazonaws.com")
+    assert served_by(alb.curl("outside", f"http://{lb['dns_name']}/")) in WEB
