@@ -542,3 +542,31 @@ def test_listener_certificate_must_be_a_certificate():
 def test_listener_certificate_by_arn():
     arn = load().certificates["site"].arn
     assert load(edit("CertificateArn: site", f"CertificateArn: '{arn}'")).listeners["https"].certificate == "site"
+
+
+def test_alb_takes_at_most_five_security_groups_as_an_eni_does():
+    groups = "".join(f"  sg{i}: {{VpcId: main, GroupDescription: g}}\n" for i in range(6))
+    text = edit("security_groups:\n", "security_groups:\n" + groups)
+    text = edit("SecurityGroups: [alb-sg]", "SecurityGroups: [sg0, sg1, sg2, sg3, sg4, sg5]", text)
+    reason = refused_at(text, "load_balancers.web-alb.SecurityGroups[5]")
+    assert reason.startswith("load balancer web-alb's network interfaces have 6 security groups, over AWS's quota")
+
+
+def test_alias_to_an_alb_answers_its_nodes_and_it_has_no_zonal_names():
+    zone = """hosted_zones:
+  z:
+    Name: example.local
+    VPCs: [main]
+    RecordSets:
+      - {Name: www.example.local, Type: A, AliasTarget: {DNSName: web-alb}}
+"""
+    text = edit("  main: {CidrBlock: 10.0.0.0/16}", "  main: {CidrBlock: 10.0.0.0/16, EnableDnsHostnames: true}") + zone
+    lab = load(text)
+    record = lab.hosted_zones["z"].records[0]
+    lb = lab.load_balancers["web-alb"]
+    assert record.alias_target == lb.dns_name
+    assert record.values == tuple(str(n.public_ip) for n in lb.nodes)
+    zonal = ALB.replace("DNSName: web-alb", "") + zone.replace("DNSName: web-alb", f"DNSName: us-east-1a.{lb.dns_name}")
+    zonal = edit("  main: {CidrBlock: 10.0.0.0/16}", "  main: {CidrBlock: 10.0.0.0/16, EnableDnsHostnames: true}",
+                 zonal)
+    refused(zonal)
