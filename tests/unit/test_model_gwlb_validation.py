@@ -23,14 +23,15 @@ def refused_at(text: str, key_path: str) -> str:
 # -- load balancers
 
 
-def test_application_load_balancers_are_not_supported_yet():
-    reason = refused_at(edit("Type: gateway", "Type: application"), "load_balancers.gwlb.Type")
-    assert "not supported yet" in reason
+def test_missing_type_is_cloudformations_application_internet_facing_by_default():
+    reason = refused_at(edit("    Type: gateway\n", ""), "load_balancers.gwlb.Scheme")
+    assert "an internet-facing load balancer (the default Scheme" in reason
 
 
-def test_missing_type_is_cloudformations_application_and_not_supported_yet():
-    reason = refused_at(edit("    Type: gateway\n", ""), "load_balancers.gwlb.Type")
-    assert "defaults to application" in reason and "Type: gateway" in reason
+def test_a_gateway_listener_cannot_serve_an_application_load_balancer():
+    text = edit("    Type: gateway\n", "    Type: application\n    Scheme: internal\n")
+    reason = refused_at(text, "listeners.gwlb-listener.Protocol")
+    assert reason.startswith("required key is missing: an Application Load Balancer listener has a Protocol")
 
 
 def test_internet_facing_gateway_load_balancer_is_refused():

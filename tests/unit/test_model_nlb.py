@@ -215,9 +215,9 @@ def test_network_load_balancer_without_listener_is_allowed():
     assert lab.listeners_of("nlb") == () and lab.listener_of("nlb") is None
 
 
-def test_missing_type_suggests_network_or_gateway():
-    reason = refused_at(edit("    Type: network\n", ""), "load_balancers.nlb.Type")
-    assert "defaults to application" in reason and "Type: network" in reason
+def test_missing_type_is_cloudformations_application_whose_listeners_are_http():
+    reason = refused_at(edit("    Type: network\n", ""), "listeners.http.Protocol")
+    assert reason == "TCP listeners are for Network Load Balancers; expected HTTP, HTTPS"
 
 
 # -- target groups: defaults
@@ -400,7 +400,7 @@ def test_other_target_group_attributes_are_refused(key, fragment):
     ("protocol", "fragment"),
     [
         ("TLS", "TLS target groups (Network Load Balancers with certificates) are not supported yet"),
-        ("HTTP", "HTTP target groups (for Application Load Balancers) are not supported yet"),
+        ("QUIC", "QUIC target groups are not supported yet"),
         ("TPC", "unknown protocol 'TPC'; did you mean 'TCP'?"),
     ],
 )
@@ -511,7 +511,8 @@ def test_network_listener_needs_protocol_and_port():
 @pytest.mark.parametrize(
     ("protocol", "fragment"),
     [("TLS", "TLS listeners (Network Load Balancers with certificates) are not supported yet"),
-     ("udp", None), ("TCPUDP", "did you mean 'TCP_UDP'"), ("HTTPS", "not supported yet")],
+     ("udp", None), ("TCPUDP", "did you mean 'TCP_UDP'"),
+     ("HTTPS", "HTTPS listeners are for Application Load Balancers; expected TCP, UDP, TCP_UDP")],
 )  # fmt: skip
 def test_listener_protocol_is_checked(protocol, fragment):
     text = edit("    Protocol: TCP\n    Port: 80\n    DefaultActions", f"    Protocol: {protocol}\n    Port: 80\n    DefaultActions")

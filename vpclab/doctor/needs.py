@@ -47,6 +47,8 @@ def lab_needs(lab: Lab) -> set[str]:
         needs.add("af-packet")  # the node's ring on its endpoint links
     if "nlb_node" in kinds:
         needs.add("conntrack")  # resets a failed target's connections
+    if "alb_node" in kinds:
+        needs.add("haproxy")  # each ALB node is one HAProxy
     if any(svc.kind == "pp2_relay" and svc.param("transparent") for svc in wiring.services):
         needs.add("ip-transparent")
     if any(ns.tx_offload_off for ns in wiring.namespaces):

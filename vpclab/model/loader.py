@@ -72,7 +72,8 @@ KIND_LABELS = {section: label for service in SERVICES for section, label in serv
 class _Document:
     """Pass 1: the file's sections, read in file order."""
 
-    def __init__(self, doc: Any):
+    def __init__(self, doc: Any, source: str = "."):
+        self.source = source  # the lab file: files it names (certificates) are relative to its directory
         self.lab: dict[str, Any] = {}
         self.internet: dict[str, Any] = {}
         self.specs: dict[str, list[_Spec]] = {section: [] for section in RESOURCE_SECTIONS}
@@ -178,7 +179,7 @@ def load_lab_text(text: str, source: str, name: str | None = None) -> Lab:
     Raises LabFileError for the first problem found.
     """
     try:
-        document = _Document(parse_yaml(text, source))
+        document = _Document(parse_yaml(text, source), source)
         lab_name = _lab_name(name, document.lab, source)
         region = document.lab.get("region", DEFAULT_REGION)
         account = document.lab.get("account", DEFAULT_ACCOUNT)
@@ -204,6 +205,8 @@ def load_lab_text(text: str, source: str, name: str | None = None) -> Lab:
         load_balancers=built["load_balancers"],
         target_groups=built["target_groups"],
         listeners=built["listeners"],
+        listener_rules=built["listener_rules"],
+        certificates=built["certificates"],
         vpc_endpoint_services=built["vpc_endpoint_services"],
         vpc_endpoints=built["vpc_endpoints"],
         hosted_zones=built["hosted_zones"],

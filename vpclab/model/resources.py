@@ -176,6 +176,7 @@ class LoadBalancer:
     nodes: tuple[LoadBalancerNode, ...]
     dns_name: str
     attributes: Mapping[str, str] = field(default_factory=dict)  # AWS keys, all defaults filled in
+    security_groups: tuple[str, ...] = ()  # an Application Load Balancer's nodes' ENIs have them
 
     def node_in(self, az: str) -> LoadBalancerNode | None:
         return next((n for n in self.nodes if n.az == az), None)
@@ -218,10 +219,86 @@ class Listener:
     name: str
     arn: str
     load_balancer: str
-    target_group: str  # the default forward action
+    # The default forward action's target group; an ALB's: its first group, or None when its
+    # default action redirects or answers itself (`default_action` says all).
+    target_group: str | None
     protocol: str | None = None  # none for a GWLB listener
     port: int | None = None
     attributes: Mapping[str, str] = field(default_factory=dict)
+    default_action: RuleAction | None = None  # an Application Load Balancer's listeners only
+    certificate: str | None = None  # an HTTPS listener's default certificate (its name in the lab file)
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """An ACM certificate: issued by the lab's own CA for `domain_name` and its alternative
+    names, or imported from PEM files (absolute paths, checked when the lab was loaded)."""
+
+    name: str
+    arn: str  # arn:aws:acm:<region>:<account>:certificate/<uuid>
+    domain_name: str | None = None
+    subject_alternative_names: tuple[str, ...] = ()
+    certificate_file: str | None = None
+    private_key_file: str | None = None
+
+
+@dataclass(frozen=True)
+class RuleCondition:
+    """One condition of a listener rule (AWS's `Field`); its values are ORed, conditions ANDed.
+    query-string values are (key or None, value) pairs; http-header has `header_name`."""
+
+    field: str  # host-header, path-pattern, http-header, http-request-method, query-string, source-ip
+    values: tuple[str, ...] | tuple[tuple[str | None, str], ...]
+    header_name: str | None = None
+
+
+@dataclass(frozen=True)
+class WeightedTargetGroup:
+    target_group: str  # its name in the lab file
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class ForwardAction:
+    target_groups: tuple[WeightedTargetGroup, ...]
+    stickiness_enabled: bool = False  # target group stickiness (AWSALBTG)
+    stickiness_duration_seconds: int | None = None
+    type: str = "forward"
+
+
+@dataclass(frozen=True)
+class RedirectAction:
+    status_code: int  # 301 or 302
+    protocol: str = "#{protocol}"
+    host: str = "#{host}"
+    port: str = "#{port}"
+    path: str = "/#{path}"
+    query: str = "#{query}"
+    type: str = "redirect"
+
+
+@dataclass(frozen=True)
+class FixedResponseAction:
+    status_code: int
+    content_type: str = "text/plain"
+    message_body: str = ""
+    type: str = "fixed-response"
+
+
+RuleAction = ForwardAction | RedirectAction | FixedResponseAction
+
+
+@dataclass(frozen=True)
+class ListenerRule:
+    """A rule of an Application Load Balancer's listener (AWS::ElasticLoadBalancingV2::ListenerRule);
+    the listener's default action is its default rule, which is no ListenerRule."""
+
+    name: str
+    arn: str
+    listener: str
+    priority: int  # 1-50000, unique per listener; lowest first
+    conditions: tuple[RuleCondition, ...]
+    action: RuleAction
 
 
 @dataclass(frozen=True)
@@ -347,6 +424,8 @@ class Lab:
     load_balancers: Mapping[str, LoadBalancer] = field(default_factory=dict)
     target_groups: Mapping[str, TargetGroup] = field(default_factory=dict)
     listeners: Mapping[str, Listener] = field(default_factory=dict)
+    listener_rules: Mapping[str, ListenerRule] = field(default_factory=dict)
+    certificates: Mapping[str, Certificate] = field(default_factory=dict)
     vpc_endpoint_services: Mapping[str, VpcEndpointService] = field(default_factory=dict)
     vpc_endpoints: Mapping[str, VpcEndpoint] = field(default_factory=dict)
     hosted_zones: Mapping[str, HostedZone] = field(default_factory=dict)
@@ -375,6 +454,11 @@ class Lab:
     def listener_of(self, load_balancer: str) -> Listener | None:
         """The listener of a load balancer (a GWLB has exactly one)."""
         return next((li for li in self.listeners.values() if li.load_balancer == load_balancer), None)
+
+    def rules_of(self, listener: str) -> tuple[ListenerRule, ...]:
+        """An ALB listener's rules, lowest priority first (its default action is evaluated last)."""
+        return tuple(sorted((r for r in self.listener_rules.values() if r.listener == listener),
+                            key=lambda r: r.priority))
 
     def endpoint_service_of(self, load_balancer: str) -> VpcEndpointService | None:
         return next((s for s in self.vpc_endpoint_services.values() if load_balancer in s.load_balancers), None)

@@ -54,6 +54,10 @@ def gwlb_ns(lb: str, az: str) -> str:
     return f"gwlb:{lb}:{az}"
 
 
+def alb_ns(lb: str, az: str) -> str:
+    return f"alb:{lb}:{az}"
+
+
 INTERNET_NS = "internet:router"  # lab names have no colon, so no instance can collide
 
 

@@ -16,16 +16,18 @@ def vpc_resolver(lab: Lab, vpc: Vpc) -> Wiring:
 
 
 def aws_dns_names(lab: Lab) -> tuple[tuple[str, tuple[tuple[str, str, str], ...]], ...]:
-    """The public names of NLBs (regional and zonal, §3.1) and interface endpoints (§6), each with
-    its addresses as (ip, load balancer, az): the resolver drops an NLB's AZs that are out of
-    service (load balancer "" for endpoint names, which never change)."""
+    """The public names of NLBs (regional and zonal, §3.1), ALBs (regional only, `internal-` for an
+    internal one) and interface endpoints (§6), each with its addresses as (ip, load balancer, az):
+    the resolver drops a load balancer's AZs that are out of service (load balancer "" for
+    endpoint names, which never change)."""
     names = []
     for lb in lab.load_balancers.values():
-        if lb.type != "network":
+        if lb.type not in ("network", "application"):
             continue
         entries = tuple((str(n.public_ip or n.private_ip), lb.name, n.az) for n in lb.nodes)
         names.append((lb.dns_name, entries))
-        names += [(lb.zonal_dns_name(entry[2]), (entry,)) for entry in entries]
+        if lb.type == "network":
+            names += [(lb.zonal_dns_name(entry[2]), (entry,)) for entry in entries]
     for ep in lab.vpc_endpoints.values():
         if ep.type != "Interface" or not ep.dns_entries:
             continue

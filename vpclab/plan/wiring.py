@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 class Namespace:
     """One network namespace, held by a process of the lab.
 
-    `kind` is router, instance, igw, nat, internet, host, gwlb or nlb (an NLB
+    `kind` is router, instance, igw, nat, internet, host, gwlb, nlb (an NLB
     node; its ruleset is the daemon's, as it follows target health, and the ENIs
-    of interface endpoints in its AZ end in it). Instances and hosts also get
+    of interface endpoints in its AZ end in it) or alb (an ALB node: HAProxy). Instances and hosts also get
     their own mount and UTS namespaces (hostname, resolv.conf).
     """
 
@@ -54,7 +54,8 @@ class Service:
     kind: `test_page` (TCP 80), `banner` (TCP 22), `dns` (UDP and TCP 53 on
     `addresses`), `command` (a shell command run inside the namespace),
     `appliance` (the reference GENEVE appliance), `gwlb_node` (one GWLB node),
-    `nlb_node` (one NLB node's ruleset, loaded by the daemon) or `pp2_relay`
+    `nlb_node` (one NLB node's ruleset, loaded by the daemon), `alb_node` (one ALB
+    node's HAProxy, from plan.elbv2.alb_node_config) or `pp2_relay`
     (a Proxy Protocol v2 relay listening on `addresses`).
     """
 

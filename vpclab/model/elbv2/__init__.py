@@ -1,5 +1,6 @@
-"""ELBv2 in the lab file: load balancers (gateway, network), target groups and listeners,
-with their health checks and attributes (checked by attributes.py and model/health_check.py).
+"""ELBv2 in the lab file: load balancers (gateway, network, application), target groups,
+listeners, listener rules and certificates, with their health checks and attributes (checked
+by attributes.py and model/health_check.py); what only an ALB has is in application.py.
 
 The sections' field tables (pass 1), and their defaults, validation and references (pass 2).
 """
@@ -34,8 +35,12 @@ from ..reader import (
     _unsupported,
 )
 from ..resources import LoadBalancer, LoadBalancerNode, Target, TargetGroup, Vpc
+from .application import alb_dns_name
+from .certificates import CERTIFICATE_FIELDS
 from .listeners import Elbv2ListenerBuilder
-from .protocols import _ARN_TYPES, TARGET_GROUP_PROTOCOLS, _protocol_problem
+from .protocols import _ARN_TYPES, APPLICATION_PROTOCOLS, TARGET_GROUP_PROTOCOLS, _protocol_problem, rule_arn
+from .rules import _raw
+
 from .attributes import (
     LOAD_BALANCER_ATTRIBUTES,
     AttributeProblem,
@@ -113,6 +118,7 @@ RESOURCE_SECTIONS: dict[str, tuple[dict[str, Field], tuple[str, ...]]] = {
                     ("SubnetId",),
                 )
             ),
+            "SecurityGroups": NAMES,
             "LoadBalancerAttributes": _attributes,
         },
         (),
@@ -132,26 +138,38 @@ RESOURCE_SECTIONS: dict[str, tuple[dict[str, Field], tuple[str, ...]]] = {
     "listeners": (
         {
             "LoadBalancerArn": TEXT,
-            "DefaultActions": _list_of(_mapping({"Type": TEXT, "TargetGroupArn": TEXT}, ("Type",))),
+            "DefaultActions": _raw,  # read in pass 2, where the load balancer's type is known
             "Protocol": _leaf(_upper),
             "Port": _leaf(_between(1, 65535)),
+            "Certificates": _list_of(_mapping({"CertificateArn": TEXT}, ("CertificateArn",))),
+            "SslPolicy": _refused("SslPolicy is not supported yet: HTTPS listeners use HAProxy's TLS defaults"),
             "ListenerAttributes": _attributes,
         },
         ("LoadBalancerArn", "DefaultActions"),
     ),
+    "listener_rules": (  # AWS::ElasticLoadBalancingV2::ListenerRule; rules.py reads its conditions and actions
+        {"ListenerArn": TEXT, "Priority": _raw, "Conditions": _raw, "Actions": _raw},
+        ("ListenerArn", "Priority", "Conditions", "Actions"),
+    ),
+    "certificates": (CERTIFICATE_FIELDS, ()),  # ACM's, for HTTPS listeners
 }
-SECTIONS = ("load_balancers", "target_groups", "listeners")
+SECTIONS = ("load_balancers", "target_groups", "listeners", "listener_rules", "certificates")
 KIND_LABELS = {
     "load_balancers": "load balancer",
     "target_groups": "target group",
     "listeners": "listener",
+    "listener_rules": "listener rule",
+    "certificates": "certificate",
 }
 
 GENEVE_PORT = 6081
 def _target_group_type(protocol: str, path: str) -> str:
-    """The load balancer type a target group protocol serves: GENEVE gateway, TCP/UDP/TCP_UDP network."""
+    """The load balancer type a target group protocol serves: GENEVE gateway, TCP/UDP/TCP_UDP
+    network, HTTP/HTTPS application."""
     if protocol not in TARGET_GROUP_PROTOCOLS:
         raise _Invalid(path, _protocol_problem(protocol, TARGET_GROUP_PROTOCOLS, "target groups"))
+    if protocol in APPLICATION_PROTOCOLS:
+        return "application"
     return "gateway" if protocol == "GENEVE" else "network"
 
 
@@ -170,17 +188,7 @@ class Elbv2Builder(Elbv2ListenerBuilder):
     def _load_balancer_claims(self, spec: _Spec) -> list[_AddressClaim]:
         """One address claim per node: one enabled subnet per AZ, all in one VPC; an
         internet-facing load balancer's nodes each take an Elastic IP too."""
-        lb_type = spec.props.get("Type")
-        if lb_type is None:
-            raise _Invalid(
-                spec.at("Type"),
-                "Type defaults to application, as in CloudFormation, and Application Load Balancers "
-                "are not supported yet: write Type: network or Type: gateway",
-            )
-        if lb_type == "application":
-            raise _Invalid(
-                spec.at("Type"), "application load balancers are not supported yet; only network and gateway are"
-            )
+        lb_type = spec.props.setdefault("Type", "application")  # CloudFormation's default
         problem = elb_name_problem(spec.name, "load balancer")
         if problem:
             raise _Invalid(spec.path, problem)
@@ -203,6 +211,8 @@ class Elbv2Builder(Elbv2ListenerBuilder):
             )
         if not mappings:
             raise _Invalid(spec.at(key), "a load balancer needs at least one subnet")
+        if lb_type == "application":
+            self._application_load_balancer(spec, mappings, key)
         public = scheme == "internet-facing"
         claims: list[_AddressClaim] = []
         vpc: Vpc | None = None
@@ -263,15 +273,21 @@ class Elbv2Builder(Elbv2ListenerBuilder):
             spec, "LoadBalancerAttributes",
             lambda changes: resolve_attributes(schema, default_attributes(schema), changes, "load balancer"),
         )  # fmt: skip
+        scheme = "internet-facing" if claims[0].public else "internal"
+        if lb_type == "application":
+            dns_name = alb_dns_name(spec.name, scheme, hex_id, self.region)
+        else:
+            dns_name = f"{spec.name}-{hex_id}.elb.{self.region}.amazonaws.com".lower()
         return LoadBalancer(
             name=spec.name,
             arn=elb_arn(self.region, vpc.account, f"loadbalancer/{_ARN_TYPES[lb_type]}/{spec.name}/{hex_id}"),
             type=lb_type,
-            scheme="internet-facing" if claims[0].public else "internal",
+            scheme=scheme,
             vpc=vpc.name,
             nodes=nodes,
-            dns_name=f"{spec.name}-{hex_id}.elb.{self.region}.amazonaws.com".lower(),
+            dns_name=dns_name,
             attributes=attributes,
+            security_groups=self._load_balancer_groups(spec, vpc),
         )
 
     def _attributes(self, spec: _Spec, key: str, resolve: Callable[[dict[str, Any]], dict[str, str]]) -> dict[str, str]:
@@ -301,6 +317,8 @@ class Elbv2Builder(Elbv2ListenerBuilder):
                     reason = f"a GENEVE target group takes instance or ip targets, not {target_type}"
                 elif target_type == "alb":
                     reason = "alb target groups (an Application Load Balancer as target) are not supported yet"
+                elif lb_type == "application" and target_type == "lambda":
+                    reason = "lambda targets are not supported yet: the lab has no Lambda"
                 else:
                     reason = f"a {protocol} target group takes instance or ip targets, not {target_type}"
                 raise _Invalid(spec.at("TargetType"), reason)
@@ -355,4 +373,5 @@ class Elbv2Builder(Elbv2ListenerBuilder):
 
 BUILDER = Elbv2Builder
 CLAIMS = "_elbv2_claims"  # the builder's method that lists the addresses its resources take in subnets
-STEPS = {"addresses": ("_load_balancers",), "attachments": ("_target_groups", "_listeners")}  # loader.PHASES
+STEPS = {"addresses": ("_load_balancers",),
+         "attachments": ("_certificates", "_target_groups", "_listeners", "_listener_rules")}  # loader.PHASES

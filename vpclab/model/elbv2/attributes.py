@@ -107,7 +107,36 @@ _DEREGISTRATION_DELAY = AttributeSpec(
 )
 _TCP_IDLE_TIMEOUT = AttributeSpec("350", integer_between(60, 6000), "TCP flow idle timeout")
 
-# Per load balancer type (gateway, network).
+
+
+def app_cookie_name(value: Any) -> str:
+    """An application cookie's name: a token, not one of the ALB's own AWSALB* cookies (§4.2)."""
+    if not isinstance(value, str) or not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{0,128}", value):
+        raise ValueError(f"expected a cookie name (up to 128 letters, digits or !#$%&'*+-.^_`|~), got {_show(value)}")
+    if value.upper().startswith("AWSALB"):
+        raise ValueError(f"the names AWSALB, AWSALBAPP and AWSALBTG are reserved for the load balancer's own "
+                         f"cookies, got '{value}'")
+    return value
+
+
+def slow_start_seconds(value: Any) -> str:
+    """`slow_start.duration_seconds`: 0 (off) or 30-900."""
+    text = integer_between(0, 900)(value)
+    if 0 < int(text) < 30:
+        raise ValueError(f"slow start is 30-900 seconds, or 0 to turn it off; got {text}")
+    return text
+
+
+LOAD_BALANCING_ALGORITHMS = ("round_robin", "least_outstanding_requests")
+
+
+def load_balancing_algorithm(value: Any) -> str:
+    if isinstance(value, str) and value.strip().lower() == "weighted_random":
+        raise ValueError("weighted_random is not supported: vpclab's ALB engine (HAProxy) has no anomaly "
+                         "mitigation to go with it; use round_robin or least_outstanding_requests")
+    return one_of(*LOAD_BALANCING_ALGORITHMS)(value)
+
+# Per load balancer type (gateway, network, application).
 LOAD_BALANCER_ATTRIBUTES: Mapping[str, Mapping[str, AttributeSpec]] = {
     "gateway": {
         "deletion_protection.enabled": _DELETION_PROTECTION,
@@ -116,6 +145,20 @@ LOAD_BALANCER_ATTRIBUTES: Mapping[str, Mapping[str, AttributeSpec]] = {
     "network": {
         "deletion_protection.enabled": _DELETION_PROTECTION,
         "load_balancing.cross_zone.enabled": _CROSS_ZONE,
+    },
+    "application": {  # §4
+        "deletion_protection.enabled": _DELETION_PROTECTION,
+        "idle_timeout.timeout_seconds": AttributeSpec(
+            "60", integer_between(1, 4000), "seconds a connection may idle, on either side"),
+        "routing.http2.enabled": AttributeSpec("true", boolean_value, "HTTP/2 to clients on HTTPS listeners"),
+        "routing.http.xff_header_processing.mode": AttributeSpec(
+            "append", one_of("append", "preserve", "remove"), "what X-Forwarded-For the target gets"),
+        "routing.http.xff_client_port.enabled": AttributeSpec(
+            "false", boolean_value, "append the client's port too (ip:port), in append mode"),
+        "routing.http.preserve_host_header.enabled": AttributeSpec(
+            "false", boolean_value, "send the client's Host header unchanged, port included"),
+        "access_logs.s3.enabled": AttributeSpec(
+            "false", boolean_value, "write access logs (to the lab's state directory: the lab has no S3)"),
     },
 }
 # A network target group's defaults of deregistration_delay.connection_termination.enabled and
@@ -162,6 +205,22 @@ TARGET_GROUP_ATTRIBUTES: Mapping[str, Mapping[str, AttributeSpec]] = {
         "stickiness.enabled": AttributeSpec("false", boolean_value, "send a client's flows to one target"),
         "stickiness.type": AttributeSpec("source_ip", one_of("source_ip"), "the only type a network group has"),
     },
+    "application": {  # §4.2, §4.4
+        "deregistration_delay.timeout_seconds": _DEREGISTRATION_DELAY,
+        "load_balancing.algorithm.type": AttributeSpec(
+            "round_robin", load_balancing_algorithm, "how a target is picked for each request"),
+        "slow_start.duration_seconds": AttributeSpec(
+            "0", slow_start_seconds, "seconds a new healthy target ramps up its share (round robin only)"),
+        "stickiness.enabled": AttributeSpec("false", boolean_value, "send a client's requests to one target"),
+        "stickiness.type": AttributeSpec(
+            "lb_cookie", one_of("lb_cookie", "app_cookie"), "the load balancer's cookie (AWSALB) or the application's"),
+        "stickiness.lb_cookie.duration_seconds": AttributeSpec(
+            "86400", integer_between(1, 604800), "how long an AWSALB cookie pins a client"),
+        "stickiness.app_cookie.cookie_name": AttributeSpec(
+            "", app_cookie_name, "the application's cookie that app_cookie stickiness follows"),
+        "stickiness.app_cookie.duration_seconds": AttributeSpec(
+            "86400", integer_between(1, 604800), "how long an AWSALBAPP cookie pins a client"),
+    },
 }
 LISTENER_ATTRIBUTES: Mapping[str, Mapping[str, AttributeSpec]] = {
     "gateway": {
@@ -171,17 +230,28 @@ LISTENER_ATTRIBUTES: Mapping[str, Mapping[str, AttributeSpec]] = {
             "non-SYN TCP packet without a flow"),
     },
     "network": {"tcp.idle_timeout.seconds": _TCP_IDLE_TIMEOUT},  # TCP and TCP_UDP listeners only
+    "application": {},
 }
 # AWS keys vpclab knows but does not take, per attribute set: refused with this reason, not as unknown.
 _NOT_YET = "is not supported yet"
 UNSUPPORTED_ATTRIBUTES: Mapping[str, Mapping[str, str]] = {
     "load balancer": {
         "dns_record.client_routing_policy": _NOT_YET,
+        "client_keep_alive.seconds": _NOT_YET,
+        "routing.http.drop_invalid_header_fields.enabled": _NOT_YET,
+        "routing.http.desync_mitigation_mode": _NOT_YET,
+        "routing.http.x_amzn_tls_version_and_cipher_suite.enabled": _NOT_YET,
+        "routing.http.xff_header_processing.enabled": "is not an attribute; write routing.http.xff_header_processing.mode",
+        "waf.fail_open.enabled": "is not supported: the lab has no WAF",
+        "access_logs.s3.bucket": "is not needed: the lab has no S3 and writes access logs to its state directory",
+        "access_logs.s3.prefix": "is not needed: the lab has no S3 and writes access logs to its state directory",
         "zonal_shift.config.enabled": _NOT_YET,
         "access_logs.s3.enabled": _NOT_YET,
     },
     "target group": {
         "load_balancing.cross_zone.enabled": "is a load balancer attribute for a Gateway Load Balancer",
+        "load_balancing.algorithm.anomaly_mitigation": "is not supported: it needs weighted_random, which vpclab's "
+        "HAProxy engine does not do",
         **{
             f"target_group_health.{kind}.minimum_healthy_targets.{measure}": _NOT_YET
             for kind in ("dns_failover", "unhealthy_state_routing")
@@ -240,6 +310,10 @@ PROXY_PROTOCOL_V2 = "proxy_protocol_v2.enabled"
 UNHEALTHY_TERMINATION = "target_health_state.unhealthy.connection_termination.enabled"
 UNHEALTHY_DRAINING = "target_health_state.unhealthy.draining_interval_seconds"
 TCP_IDLE_TIMEOUT = "tcp.idle_timeout.seconds"
+CROSS_ZONE = "load_balancing.cross_zone.enabled"
+SLOW_START = "slow_start.duration_seconds"
+ALGORITHM = "load_balancing.algorithm.type"
+APP_COOKIE_NAME = "stickiness.app_cookie.cookie_name"
 
 
 def target_group_defaults(protocol: str, target_type: str) -> dict[str, str]:
@@ -272,7 +346,12 @@ def resolve_target_group_attributes(
     lb_type = lb_type_for_protocol(protocol)
     if current is None:
         current = target_group_defaults(protocol, target_type)
+    if lb_type == "application" and CROSS_ZONE in changes:
+        raise AttributeProblem(CROSS_ZONE, f"target group attribute {CROSS_ZONE} is not supported yet for an "
+                               "Application Load Balancer's groups: the load balancer always balances across zones")
     result = resolve_attributes(TARGET_GROUP_ATTRIBUTES[lb_type], current, changes, "target group")
+    if lb_type == "application":
+        return _application_group_checks(result, changes)
     if lb_type != "network":
         return result
     protocol = protocol.upper()
@@ -296,6 +375,25 @@ def resolve_target_group_attributes(
     return result
 
 
+def _application_group_checks(result: dict[str, str], changes: Mapping[Any, Any]) -> dict[str, str]:
+    """What AWS refuses in an Application Load Balancer's target group as a whole (§4.2)."""
+    if result[SLOW_START] != "0" and result[ALGORITHM] != "round_robin":
+        raise AttributeProblem(
+            _blamed(ALGORITHM, SLOW_START, changes),
+            f"slow start ({SLOW_START} {result[SLOW_START]}) works with round_robin only, and "
+            f"{ALGORITHM} is {result[ALGORITHM]}; set {SLOW_START} to 0 or use round_robin",
+            "InvalidConfigurationRequest",
+        )
+    sticky = result["stickiness.enabled"] == "true" and result["stickiness.type"] == "app_cookie"
+    if sticky and not result[APP_COOKIE_NAME]:
+        raise AttributeProblem(
+            APP_COOKIE_NAME if APP_COOKIE_NAME in changes else "stickiness.type",
+            f"app_cookie stickiness follows the application's cookie: set {APP_COOKIE_NAME}",
+            "InvalidConfigurationRequest",
+        )
+    return result
+
+
 def listener_defaults(lb_type: str, protocol: str | None) -> dict[str, str]:
     """Every attribute of a listener, at AWS's default; a UDP listener has none
     (its flows' idle timeout is 120 s, fixed)."""
@@ -309,7 +407,8 @@ def resolve_listener_attributes(
 ) -> dict[str, str]:
     """A listener's attributes (`current`, or its defaults when None) with `changes` applied.
 
-    `protocol` is None for a Gateway Load Balancer's listener, else TCP, UDP or TCP_UDP.
+    `protocol` is None for a Gateway Load Balancer's listener, else TCP, UDP or TCP_UDP (HTTP or
+    HTTPS for an Application Load Balancer's, which has none yet).
     """
     if current is None:
         current = listener_defaults(lb_type, protocol)

@@ -2,21 +2,32 @@
 the target group each forwards to (pass 2)."""
 from __future__ import annotations
 
-from ..common import _BuilderBase
-from ..ids import aws_hex, elb_arn
-from ..reader import _Invalid, _Spec
+from ..reader import TEXT, _fields, _Invalid, _list_of, _Spec
 from ..resources import Listener, LoadBalancer, TargetGroup
+from .application import ApplicationBuilder
 from .attributes import resolve_listener_attributes
-from .protocols import _ARN_TYPES, LISTENER_GROUP_PROTOCOLS, LISTENER_PROTOCOLS, _protocol_problem
+from .protocols import LISTENER_GROUP_PROTOCOLS, LISTENER_PROTOCOLS, _protocol_problem, listener_arn
+
+_ACTION = {"Type": TEXT, "TargetGroupArn": TEXT}  # a GWLB's or NLB's one default action
 
 
-class Elbv2ListenerBuilder(_BuilderBase):
+class Elbv2ListenerBuilder(ApplicationBuilder):
     """Listeners; the load balancers' and target groups' builder (Elbv2Builder) is the rest."""
 
     def _listeners(self) -> None:
         taken: dict[str, dict[int, list[tuple[str, str]]]] = {}  # load balancer -> port -> (protocol, listener)
         for spec in self.doc.specs["listeners"]:
             lb: LoadBalancer = self._ref("load_balancers", spec.props["LoadBalancerArn"], spec.at("LoadBalancerArn"))
+            if lb.type == "application":
+                ports = taken.setdefault(lb.name, {})
+                listener = self._application_listener(spec, lb, {p: n[0][1] for p, n in ports.items()})
+                ports[listener.port] = [(listener.protocol, listener.name)]
+                self.listener_of.setdefault(lb.name, spec.name)
+                self._add("listeners", listener)
+                continue
+            if "Certificates" in spec.props:
+                raise _Invalid(spec.at("Certificates"), "only an Application Load Balancer's HTTPS listeners take "
+                               "certificates here (TLS listeners are not supported yet)")
             if lb.type == "gateway":
                 self._gateway_listener(spec, lb)
                 protocol, port = None, None
@@ -29,10 +40,7 @@ class Elbv2ListenerBuilder(_BuilderBase):
             )  # fmt: skip
             self.listener_of.setdefault(lb.name, spec.name)
             self.listener_of_group.setdefault(group.name, spec.name)
-            account = lb.arn.split(":")[4]
-            lb_hex = lb.arn.rsplit("/", 1)[1]
-            hex_id = aws_hex("listener", account, self.region, lb.name, spec.name)
-            arn = elb_arn(self.region, account, f"listener/{_ARN_TYPES[lb.type]}/{lb.name}/{lb_hex}/{hex_id}")
+            arn = listener_arn(self.region, lb.arn, lb.type, spec.name)
             self._add("listeners", Listener(spec.name, arn, lb.name, group.name, protocol, port, attributes))
         for spec in self.doc.specs["load_balancers"]:
             if spec.props["Type"] == "gateway" and spec.name not in self.listener_of:
@@ -80,7 +88,8 @@ class Elbv2ListenerBuilder(_BuilderBase):
     def _forward_target(self, spec: _Spec, lb: LoadBalancer, protocol: str | None) -> TargetGroup:
         """The target group of a listener's one default action, a forward, in the load balancer's VPC."""
         kind = "a Gateway Load Balancer listener" if lb.type == "gateway" else "a Network Load Balancer listener"
-        actions = spec.props["DefaultActions"]
+        actions = _list_of(lambda value, path: _fields(value, path, _ACTION, ("Type",)))(
+            spec.props["DefaultActions"], spec.at("DefaultActions"))
         if len(actions) != 1:
             raise _Invalid(
                 spec.at("DefaultActions"),
