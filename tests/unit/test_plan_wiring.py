@@ -18,7 +18,7 @@ from vpclab.plan.ec2 import ENI_TABLE
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
-NAMESPACE_KINDS = {"router", "instance", "igw", "nat", "internet", "host", "gwlb", "nlb"}
+NAMESPACE_KINDS = {"router", "instance", "igw", "nat", "internet", "host", "gwlb", "nlb", "alb"}
 
 # Names that truncate to the same 15 characters, or differ only by '.', '_' and '-'.
 LONG_NAMES = """
@@ -77,7 +77,7 @@ def enis(lab):
         yield f"nat:{nat.name}", "eth0", lab.subnets[nat.subnet], nat.private_ip
     for lb in lab.load_balancers.values():
         for node in lb.nodes:
-            kind = "gwlb" if lb.type == "gateway" else "nlb"
+            kind = {"gateway": "gwlb", "application": "alb"}.get(lb.type, "nlb")
             yield f"{kind}:{lb.name}:{node.az}", "eth0", lab.subnets[node.subnet], node.private_ip
     for link in interface_links(lab):  # an interface endpoint's ENI ends in its AZ's NLB node
         yield link.node_ns, link.ifname, lab.subnets[link.eni.subnet], link.eni.ip

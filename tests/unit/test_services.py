@@ -14,6 +14,7 @@ from vpclab.engines.services import (
     MAX_HEAD_BYTES,
     BadRequest,
     HttpConnection,
+    HttpRequest,
     TestPage as Page,  # aliased so pytest doesn't take it for a test class
     parse_request_head,
     serve_banner,
@@ -402,3 +403,15 @@ def test_udp_echo_returns_each_datagram_to_its_sender():
             assert await loop.sock_recv(client, 100) == b"ping"
 
     run_with_server(serve_udp_echo, udp, scenario)
+
+
+def test_page_shows_the_x_forwarded_headers_a_load_balancer_added():
+    page = Page({"name": "web-1"})
+    text = page.text(("10.0.1.10", 4000), forwarded=(("x-forwarded-for", "100.64.0.9"),))
+    assert "x-forwarded-for: 100.64.0.9" in text.splitlines()
+
+
+def test_not_found_names_the_host_that_answered():
+    page = Page({"name": "web-2", "instance_id": "i-2"})
+    request = HttpRequest("GET", "/api/x", "HTTP/1.1", ())
+    assert page.respond(request, ("10.0.0.1", 1)).body == b"not found on web-2 i-2\n"

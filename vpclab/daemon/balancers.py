@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from vpclab import unixpath
+from vpclab.daemon.alb import AlbNodes
 from vpclab.daemon.changes import Draining, deregistration_delay
 from vpclab.engines.nlb import ruleset as nlb_engine
 from vpclab.engines.gwlb.fastpath import FastPathFds
@@ -57,6 +58,7 @@ class Balancers:
     on_routing_change: Callable[[], None] = lambda: None  # which NLB AZs are in service may have changed
     nlb_nodes: list[NlbNode] = field(default_factory=list)
     lab: Lab | None = None
+    alb: AlbNodes = field(default_factory=AlbNodes)  # HAProxy nodes, fed health through their runtime API
     _address_of: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)  # (group, target id)
 
     def node_configs(self, services: list[Service], fast_paths: list[FastPathFds]) -> list[Node]:
@@ -125,7 +127,7 @@ class Balancers:
 
     def start_health_checks(self, lab: Lab) -> asyncio.Future:
         self.checker = HealthChecker(on_change=self._on_health_change)
-        probes = {group: next(n.ns for n in self.nodes if n.load_balancer == lb)
+        probes = self.alb.probe_namespaces() | {group: next(n.ns for n in self.nodes if n.load_balancer == lb)
                   for lb, group in self.group_of_lb.items()}
         for node in self.nlb_nodes:
             for listener in node.config.listeners:
@@ -173,6 +175,7 @@ class Balancers:
         if state in ("healthy", "unhealthy"):
             self._to_nodes_of(group, {"op": "set_target_health", "target": target_id,
                                       "healthy": state == "healthy"})
+        self.alb.health_changed(group, target_id, health)
         if group in self._nlb_groups():
             self.refresh_nlb_nodes(groups={group})
             self._terminate_if_due(group, target_id, state, health.get("Reason"))
@@ -211,7 +214,7 @@ class Balancers:
 
     def _checked_groups(self) -> set[str]:
         """Every target group a load balancer of the lab uses: the ones the checker probes."""
-        return set(self.group_of_lb.values()) | self._nlb_groups()
+        return set(self.group_of_lb.values()) | self._nlb_groups() | self.alb.groups()
 
     def _target_views(self, group_name: str) -> list[nlb_engine.TargetView]:
         group = self.lab.target_groups[group_name]
@@ -315,14 +318,15 @@ class Balancers:
                 t = now[target_id]
                 self.checker.register(group_name, t.id, str(t.ip), t.port)
                 self._to_nodes_of(group_name, {"op": "register", "target": t.id, "ip": str(t.ip), "az": t.az})
+        self.alb.apply(new)
         if self.nlb_nodes:
             self.refresh_nlb_nodes(lab=new)
-            for group_name in checked & self._nlb_groups():
-                group = new.target_groups[group_name]
-                if group.health_check != old.target_groups[group_name].health_check or \
-                        _proxy_protocol_v2(group) != _proxy_protocol_v2(old.target_groups[group_name]):
-                    self.checker.modify_target_group(group_name, group.health_check_config(),
-                                                     proxy_protocol_v2=_proxy_protocol_v2(group))
+        for group_name in checked & (self._nlb_groups() | self.alb.groups()):
+            group = new.target_groups[group_name]
+            if group.health_check != old.target_groups[group_name].health_check or \
+                    _proxy_protocol_v2(group) != _proxy_protocol_v2(old.target_groups[group_name]):
+                self.checker.modify_target_group(group_name, group.health_check_config(),
+                                                 proxy_protocol_v2=_proxy_protocol_v2(group))
         for node in self.nodes:
             attributes = gwlb_node_attributes(new, node.load_balancer)
             if attributes != gwlb_node_attributes(old, node.load_balancer):

@@ -117,7 +117,7 @@ class Daemon:
                 self._start_process(svc.ns, ["sh", "-c", svc.param("command")], f"{svc.ns}.log", umask=0o022)
             elif svc.kind == "appliance":
                 self._start_appliance(svc)
-            elif svc.kind in ("gwlb_node", "nlb_node"):
+            elif svc.kind in ("gwlb_node", "nlb_node", "alb_node"):
                 pass  # started above and below
             elif svc.kind == "pp2_relay":
                 self._start_relay(svc)
@@ -140,10 +140,21 @@ class Daemon:
         if nodes:
             self.progress.send("progress", message=f"waiting for {len(nodes)} GWLB node(s)")
             await self.balancers.wait_ready()
-        if nodes or nlb_nodes:
+        alb_nodes = [svc for svc in self.wiring.services if svc.kind == "alb_node"]
+        if alb_nodes:
+            self.progress.send("progress", message=f"starting {len(alb_nodes)} ALB node(s) (HAProxy)")
+            await self._start_alb_nodes(alb_nodes)
+        if nodes or nlb_nodes or alb_nodes:
             self.tasks.append(self.balancers.start_health_checks(self.lab))
             self.balancers.resume_draining(self.draining, time.time())
+        if alb_nodes:
+            self.tasks.append(asyncio.ensure_future(self.balancers.alb.watch_draining(self.balancers.checker)))
         self.progress.send("progress", message=f"started {counted(count, 'service')}")
+
+    async def _start_alb_nodes(self, services: list[Service]) -> None:
+        from vpclab.plan import elbv2 as plan_elbv2  # the plan's ALB half (helper M's)
+        await self.balancers.alb.start(self.statedir, plan_elbv2.alb_node_config, self.balancers.target_health,
+                                       self.lab, services, self.supervisor, self._start_process)
 
     def _start_gwlb_node(self, node) -> int:
         engine = self.supervisor.engines.get(node.ns)

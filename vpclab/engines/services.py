@@ -166,17 +166,22 @@ class TestPage:
     identity: Mapping[str, str]
     message: str | None = None
 
-    def text(self, client: Client, proxy: ProxyHeader | None = None) -> str:
+    def headline(self) -> str:
+        return " ".join(str(self.identity[k]) for k in HEADLINE_KEYS if self.identity.get(k))
+
+    def text(self, client: Client, proxy: ProxyHeader | None = None, forwarded: tuple = ()) -> str:
         """`client` is the connection's peer (the IP header's source); `proxy`, the
         PROXY header the connection started with, adds `proxy-protocol:` and
-        `proxy-protocol-hex:` lines."""
+        `proxy-protocol-hex:` lines; `forwarded`, the X-Forwarded-* headers a load
+        balancer added (name, value), one line each."""
         lines = [self.message] if self.message else []
-        headline = " ".join(str(self.identity[k]) for k in HEADLINE_KEYS if self.identity.get(k))
+        headline = self.headline()
         if headline:
             lines.append(headline)
         lines += [f"{k.replace('_', '-')}: {v}" for k, v in self.identity.items()
                   if k not in HEADLINE_KEYS]
         lines.append(f"client: {format_client(client)}")
+        lines += [f"{name}: {value}" for name, value in forwarded]
         if proxy is not None:
             fields = " ".join(f"{k}={v}" for k, v in proxy_protocol_fields(proxy).items())
             lines += [f"proxy-protocol: {fields}", f"proxy-protocol-hex: {proxy.raw.hex()}"]
@@ -197,10 +202,12 @@ class TestPage:
         if request.method not in ("GET", "HEAD"):
             return HttpResponse(405, b"method not allowed\n", extra_headers=(("Allow", "GET, HEAD"),))
         if request.path == "/":
-            return HttpResponse(200, self.text(client, proxy).encode())
+            forwarded = tuple((k, v) for k, v in request.headers if k.startswith("x-forwarded-"))
+            return HttpResponse(200, self.text(client, proxy, forwarded).encode())
         if request.path == "/json":
             return HttpResponse(200, self.json(client, proxy).encode(), "application/json")
-        return HttpResponse(404, b"not found\n")
+        # says who answered, so a load balancer's path rule shows which target it chose
+        return HttpResponse(404, f"not found on {self.headline()}\n".encode())
 
 
 class HttpConnection:

@@ -186,6 +186,10 @@ class HealthChecker:
             self._notify(target)
             self._settle(target)
 
+    def draining(self) -> list[tuple[str, str]]:
+        """(target group, target id) of every target draining now."""
+        return list(self._draining)
+
     def mark_unused(self, target_group: str, target_id: str, reason: Reason) -> None:
         """Stop checking a registered target (Target.NotInUse, InvalidState, IpUnusable);
         `register` again resumes it."""

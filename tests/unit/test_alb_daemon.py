@@ -1,0 +1,89 @@
+"""The daemon's ALB nodes (daemon.alb): what health verdicts, registrations and rule changes
+send to HAProxy, with the runtime socket replaced by a recorder (no HAProxy runs here)."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from test_alb_config import NODE
+from vpclab.daemon import alb as daemon_alb
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def run(self, lines):
+        self.sent += lines
+
+    def command(self, line):
+        self.sent.append(line)
+        return ""
+
+
+class Svc:
+    ns = "alb-web-alb-a"
+
+    def param(self, key):
+        return {"load_balancer": "web-alb", "availability_zone": "us-east-1a"}[key]
+
+
+@pytest.fixture
+def nodes(tmp_path, monkeypatch):
+    health = {"web": {}, "v2": {}}
+    configs = {"now": copy.deepcopy(NODE)}
+    alb = daemon_alb.AlbNodes(tmp_path, lambda g: health[g], lambda lab, lb, az: copy.deepcopy(configs["now"]))
+    alb.prepare(None, [Svc()])
+    recorder = Recorder()
+    monkeypatch.setattr(daemon_alb.AlbNode, "runtime", lambda self: recorder)
+    reloads = []
+    alb.nodes[0].pid_file.write_text("4242\n")
+    monkeypatch.setattr(daemon_alb.os, "kill",
+                        lambda pid, sig: reloads.append((pid, sig, alb.nodes[0].cfg.read_text())))
+    return alb, health, configs, recorder, reloads
+
+
+def test_every_registered_target_serves_before_the_first_verdict(nodes):
+    alb = nodes[0]
+    text = alb.nodes[0].cfg.read_text()
+    assert "server s1 10.0.11.10:80 slowstart 30s" in text and "server s2 10.0.12.10:80 slowstart 30s" in text
+
+
+def test_an_unhealthy_target_leaves_rotation_through_the_runtime_api_without_a_reload(nodes):
+    alb, health, _configs, recorder, reloads = nodes
+    health["web"] = {"i-1": {"State": "healthy"}, "i-2": {"State": "unhealthy", "Reason": "Target.Timeout"}}
+    alb.health_changed("web", "i-2", health["web"]["i-2"])
+    assert recorder.sent == ["set server tg_web/s2 state maint"] and not reloads
+
+
+def test_registration_fills_a_free_slot_live(nodes):
+    alb, health, configs, recorder, reloads = nodes
+    configs["now"]["target_groups"]["web"]["targets"].append({"id": "i-3", "ip": "10.0.11.11", "port": 80, "az": "a"})
+    health["web"] = {"i-1": {"State": "healthy"}, "i-2": {"State": "healthy"}, "i-3": {"State": "initial"}}
+    alb.apply(None)
+    assert recorder.sent == ["set server tg_web/s3 addr 10.0.11.11 port 80", "set server tg_web/s3 state maint"]
+    health["web"]["i-3"] = {"State": "healthy"}
+    alb.health_changed("web", "i-3", health["web"]["i-3"])
+    assert recorder.sent[-1] == "set server tg_web/s3 state ready" and not reloads
+
+
+def test_deregistration_stops_new_requests_then_empties_the_slot(nodes):
+    alb, health, configs, recorder, _reloads = nodes
+    configs["now"]["target_groups"]["web"]["targets"].pop(0)
+    health["web"] = {"i-1": {"State": "draining"}, "i-2": {"State": "healthy"}}
+    alb.apply(None)
+    assert recorder.sent == ["set server tg_web/s1 state maint"]
+    del health["web"]["i-1"]
+    alb.health_changed("web", "i-1", {"State": "unused", "Reason": "Target.NotRegistered"})
+    assert recorder.sent[-2:] == ["set server tg_web/s1 state maint", "shutdown sessions server tg_web/s1"]
+
+
+def test_a_rule_change_is_a_reload_with_the_slots_as_they_are(nodes):
+    alb, health, configs, recorder, reloads = nodes
+    health["web"] = {"i-1": {"State": "healthy"}, "i-2": {"State": "unhealthy"}}
+    configs["now"]["listeners"][0]["rules"][2]["action"]["message_body"] = "pang"
+    alb.apply(None)
+    ((pid, sig, text),) = reloads
+    assert (pid, sig) == (4242, daemon_alb.signal.SIGUSR2)  # the master's seamless reload
+    assert 'string "pang"' in text and "server s2 10.0.12.10:80 disabled" in text  # unhealthy stays out after the reload

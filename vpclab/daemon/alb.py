@@ -1,0 +1,323 @@
+"""Application Load Balancer nodes in the daemon: one HAProxy (master-worker) per node, in the
+node's namespace, supervised like every engine of AWS's side.
+
+The plan gives each node's configuration (`alb_node_config`); engines.alb.config turns it
+into haproxy.cfg. After that nothing reloads HAProxy but a change of listeners, rules or
+attributes: health verdicts, registrations and deregistrations go through the runtime API
+(engines.alb.runtime) into the backend's server slots. A reload is HAProxy's seamless one
+(SIGUSR2 to the master: the new worker takes the listening sockets over the runtime socket,
+`expose-fd listeners`, and the old one finishes its connections), with the slots written
+into the new file as they are, so no open connection drops and no target changes state.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import shutil
+import signal
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from vpclab.engines.alb import access_log, certs, errors, headers, metrics
+from vpclab.engines.alb import config as alb_config
+from vpclab.engines.alb import runtime as alb_runtime
+from vpclab.engines.alb.runtime import Runtime, RuntimeApiError, Slots
+
+log = logging.getLogger("vpclab.alb")
+
+DRAIN_POLL_SECONDS = 1.0
+
+
+@dataclass
+class AlbNode:
+    load_balancer: str
+    az: str
+    ns: str
+    directory: Path
+    config: dict
+    slots: dict[str, Slots] = field(default_factory=dict)
+    applied: dict[tuple[str, int], tuple] = field(default_factory=dict)  # (group, slot) -> (ip, port, state) sent
+
+    @property
+    def name(self) -> str:
+        return f"{self.load_balancer}-{self.az}"
+
+    @property
+    def cfg(self) -> Path:
+        return self.directory / f"{self.name}.cfg"
+
+    @property
+    def socket(self) -> Path:
+        return self.directory / f"{self.name}.sock"
+
+    @property
+    def log_socket(self) -> Path:
+        return self.directory / f"{self.name}-log.sock"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.directory / f"{self.name}.pid"
+
+    def runtime(self) -> Runtime:
+        return Runtime(str(self.socket))
+
+    def groups(self) -> set[str]:
+        return set(self.config["target_groups"])
+
+
+def haproxy_binary() -> str:
+    return shutil.which("haproxy") or "/usr/sbin/haproxy"
+
+
+@dataclass
+class AlbNodes:
+    """`node_config(lab, lb, az)`: the plan's alb_node_config. `health(group)`: target id ->
+    AWS state now (the shared checker's). `certificate(listener config)`: the PEM path of
+        """
+
+    statedir: Path | None = None  # these three set by `start`
+    health: Callable[[str], dict[str, dict]] | None = None
+    node_config: Callable[[object, str, str], dict] | None = None
+    nodes: list[AlbNode] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)  # ends the access-log threads
+
+    # --- bring-up ----------------------------------------------------------------
+
+    def prepare(self, lab, services) -> list[AlbNode]:
+        directory = self.statedir / "alb"
+        directory.mkdir(exist_ok=True, mode=0o700)
+        for svc in services:
+            lb, az = svc.param("load_balancer"), svc.param("availability_zone")
+            config = self.node_config(lab, lb, az)
+            node = AlbNode(lb, az, svc.ns, directory, config,
+                           {g: Slots.for_targets(g, tg["targets"]) for g, tg in config["target_groups"].items()})
+            self.write(node)
+            self.nodes.append(node)
+        return self.nodes
+
+    async def start(self, statedir: Path, node_config, health, lab, services, supervisor, start_process) -> None:
+        """Start and supervise every node's HAProxy; return once each answers."""
+        self.statedir, self.node_config, self.health = statedir, node_config, health
+        for node in self.prepare(lab, services):
+            self._receive_access_log(node)
+            supervisor.add(node.ns, "alb_node", node.ns,
+                           functools.partial(self._spawn, node, supervisor, start_process))
+        await self.wait_ready()
+
+    def access_log_path(self, load_balancer: str) -> Path:
+        """Where an ALB's access log lands (the lab has no S3)."""
+        return self.statedir / "alb" / "access-logs" / f"{load_balancer}.log"
+
+    def _receive_access_log(self, node: AlbNode) -> None:
+        """With access_logs.s3.enabled, a thread turns the node's log datagrams into ALB entries."""
+        if node.config["attributes"].get("access_logs.s3.enabled", "false") != "true":
+            return
+        config = node.config
+        context = {"elb": config["arn"].split(":loadbalancer/", 1)[-1],
+                   "target_group_arns": {f"tg_{g}": tg["arn"] for g, tg in config["target_groups"].items()},
+                   "certificate_arns": {f"fe_{li['name']}": li["certificate"]["arn"]
+                                        for li in config["listeners"] if li.get("certificate")}}
+        receiver = access_log.Receiver(node.log_socket, self.access_log_path(node.load_balancer), context)
+        threading.Thread(target=receiver.serve, args=(self._stop,), daemon=True,
+                         name=f"access-log {node.ns}").start()
+
+    def _spawn(self, node: AlbNode, supervisor, start_process) -> int:
+        engine = supervisor.engines.get(node.ns)
+        if engine is not None and engine.restarts:  # a restart: from a file written as the node is now
+            self.write(node)
+        return start_process(node.ns, self.argv(node), f"{node.ns}.log")
+
+    def listener_pem(self, certificate: dict) -> str:
+        """An HTTPS listener's certificate and key: the lab's CA issues DomainName and SANs,
+        or the lab file names the files."""
+        return str(certs.listener_pem(self.statedir, certificate))
+
+    def argv(self, node: AlbNode) -> list[str]:
+        """The master in the foreground (the supervisor's child); relative paths under its directory."""
+        return [haproxy_binary(), "-W", "-C", str(node.directory), "-f", node.cfg.name, "-p", node.pid_file.name]
+
+    def write(self, node: AlbNode) -> None:
+        """haproxy.cfg as the node should be now: its slots, in the states health gives them."""
+        slots = {g: s.render(self._states(node, g)) for g, s in node.slots.items()}
+        certificates = {}
+        for listener in node.config["listeners"]:
+            if listener["protocol"] == "HTTPS":
+                certificates[listener["name"]] = self.listener_pem(listener["certificate"])
+        error_dir = node.directory / "errors"
+        logging_lines = access_log.log_lines(node.log_socket.name)
+        if node.config["attributes"].get("access_logs.s3.enabled", "false") != "true":
+            logging_lines = logging_lines[-2:]  # no log, but requests counted as ALB counts them
+        text = alb_config.render(node.config, runtime_socket=f"unix@{node.socket.name}", slots=slots,
+                                 certificates=certificates, request_lines=headers.frontend_request_lines,
+                                 defaults_lines=errors.errorfile_lines(error_dir), frontend_lines=logging_lines,
+                                 backend_lines=errors.backend_lines(error_dir))
+        tmp = node.cfg.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(node.cfg)
+        node.applied = {(g, i): (s["ip"], s["port"], s["state"]) if s else None
+                        for g, slot_list in slots.items() for i, s in enumerate(slot_list, start=1)}
+
+    async def wait_ready(self, timeout: float = 20.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        for node in self.nodes:
+            while True:
+                try:
+                    node.runtime().command("show info")
+                    break
+                except OSError:
+                    if loop.time() > deadline:
+                        raise RuntimeError(f"ALB node {node.ns}: HAProxy did not answer on its runtime socket "
+                                           f"(see logs/{node.ns}.log)") from None
+                    await asyncio.sleep(0.05)
+
+    # --- health and registrations ---------------------------------------------------
+
+    def groups(self) -> set[str]:
+        return {g for n in self.nodes for g in n.groups()}
+
+    def probe_namespaces(self) -> dict[str, str]:
+        """Target group -> the namespace its health checks leave from (its first node's)."""
+        out: dict[str, str] = {}
+        for node in self.nodes:
+            for group in node.groups():
+                out.setdefault(group, node.ns)
+        return out
+
+    def _states(self, node: AlbNode, group: str) -> dict[str, str]:
+        health = {t: h.get("State") for t, h in self.health(group).items()}
+        registered = {t["id"] for t in node.config["target_groups"][group]["targets"]}
+        # before the first verdict, a registered target is `initial` (fail open: all serve)
+        views = {t: health.get(t, "initial") for t in registered}
+        views.update({t: s for t, s in health.items() if t not in registered})
+        return alb_runtime.slot_states(views)
+
+    def health_changed(self, group: str, target_id: str, health: dict) -> None:
+        if group not in self.groups():
+            return
+        if health.get("State") == "unused" and health.get("Reason") == "Target.NotRegistered":
+            self.target_gone(group, target_id)
+        else:
+            self.on_health(group)
+
+    def on_health(self, group: str) -> None:
+        """A target's health changed: set the node's slots of `group` to match."""
+        for node in self.nodes:
+            if group in node.slots:
+                self.sync(node, group)
+
+    def sync(self, node: AlbNode, group: str) -> None:
+        states = self._states(node, group)
+        slots = node.slots[group]
+        commands = []
+        for i, slot in enumerate(slots.render(states), start=1):
+            want = (slot["ip"], slot["port"], slot["state"]) if slot else None
+            have = node.applied.get((group, i))
+            if want == have:
+                continue
+            if want is None:
+                commands += alb_runtime.empty_commands(group, i)
+            else:
+                if have is None or have[:2] != want[:2]:
+                    commands += alb_runtime.fill_commands(group, i, want[0], want[1])
+                commands.append(alb_runtime.state_command(group, i, want[2]))
+            node.applied[(group, i)] = want
+        if commands:
+            self._run(node, commands)
+
+    def _run(self, node: AlbNode, commands: list[str]) -> None:
+        try:
+            node.runtime().run(commands)
+            log.info("ALB node %s: %s", node.ns, "; ".join(commands))
+        except (OSError, RuntimeApiError) as exc:  # the next sync or restart puts it right
+            node.applied.clear()
+            log.warning("ALB node %s: runtime API: %s", node.ns, exc)
+
+    def target_gone(self, group: str, target_id: str) -> None:
+        """Deregistration ended (delay over, or nothing in flight): empty its slot."""
+        for node in self.nodes:
+            if group in node.slots and node.slots[group].free(target_id) is not None:
+                self.sync(node, group)
+
+    async def watch_draining(self, checker) -> None:
+        """AWS ends a deregistration early once the target has nothing in flight (§4.4)."""
+        while True:
+            await asyncio.sleep(DRAIN_POLL_SECONDS)
+            for group, target_id in checker.draining():
+                if group in self.groups() and self.idle(group, target_id):
+                    checker.end_draining(group, target_id)
+
+    def idle(self, group: str, target_id: str) -> bool:
+        for node in self.nodes:
+            slot = node.slots[group].slot_of(target_id) if group in node.slots else None
+            if slot is None:
+                continue
+            try:
+                if alb_runtime.in_flight(node.runtime().command("show stat"), group).get(slot, 0):
+                    return False
+            except (OSError, RuntimeApiError):
+                return False
+        return True
+
+    # --- what status shows ---------------------------------------------------------
+
+    def counters(self) -> dict[str, dict]:
+        """Each node's CloudWatch metrics (engines.alb.metrics, from `show stat` and `show info`)."""
+        out = {}
+        for node in self.nodes:
+            try:
+                runtime = node.runtime()
+                out[node.ns] = metrics.cloudwatch_metrics(runtime.command("show stat"), runtime.command("show info"))
+            except (OSError, RuntimeApiError) as exc:
+                out[node.ns] = {"error": str(exc)}
+        return out
+
+    # --- live changes ---------------------------------------------------------------
+
+    def apply(self, lab) -> None:
+        """The lab after a live change: new targets take slots, removed ones stay in theirs
+        (draining) until `target_gone`; anything else (rules, listeners, attributes, more
+        targets than slots) is a seamless reload."""
+        for node in self.nodes:
+            config = self.node_config(lab, node.load_balancer, node.az)
+            reload = _structure(config) != _structure(node.config)
+            node.config = config
+            for group, tg in config["target_groups"].items():
+                slots = node.slots.setdefault(group, Slots.for_targets(group, []))
+                for t in tg["targets"]:
+                    if slots.place(t["id"], t["ip"], int(t["port"])) is None:
+                        node.slots[group] = slots = _grown(slots, tg["targets"])
+                        reload = True
+            if reload:
+                self.reload(node)
+            else:
+                for group in node.slots:
+                    self.sync(node, group)
+
+    def reload(self, node: AlbNode) -> None:
+        self.write(node)
+        try:
+            pid = int(node.pid_file.read_text().split()[0])
+            os.kill(pid, signal.SIGUSR2)
+            log.info("ALB node %s: reloaded (master %d)", node.ns, pid)
+        except (OSError, ValueError, IndexError) as exc:
+            log.warning("ALB node %s: reload failed: %s", node.ns, exc)
+
+
+def _structure(config: dict) -> dict:
+    """A node config without its targets: what only a reload can change."""
+    groups = {g: {k: v for k, v in tg.items() if k != "targets"} for g, tg in config["target_groups"].items()}
+    return {**config, "target_groups": groups}
+
+
+def _grown(slots: Slots, targets: list[dict]) -> Slots:
+    bigger = Slots(slots.group, max(slots.size, alb_config.slot_count(len(targets))), dict(slots.held))
+    for t in targets:
+        if bigger.place(t["id"], t["ip"], int(t["port"])) is None:
+            bigger.size += 1
+            bigger.place(t["id"], t["ip"], int(t["port"]))
+    return bigger

@@ -1,0 +1,198 @@
+"""haproxy.cfg for one ALB node, from the plan's node config (`alb_node_config`), sans-IO.
+
+- Master-worker, with the runtime API on a UNIX socket (`level admin`, `expose-fd
+  listeners`), so a reload hands the listening sockets over and keeps open connections.
+- One frontend `fe_<listener>` per listener, bound on the node's private IP (the
+  internet gateway maps the Elastic IP to it); HTTPS with the listener's certificate and,
+  when routing.http2.enabled, ALPN h2 before http/1.1.
+- Rules as `rules` compiles them (priority order, AWS's matching).
+- One backend `tg_<group>` per target group, with server slots `s1`..`sN` (N = max(16, 2 x
+  targets)): the servers a `server-template s 1-N` declares, written out one per line so
+  that each slot keeps its target and state across a reload (the runtime API fills and
+  empties them between reloads; HAProxy 2.6 refuses `cookie` on `add server`).
+- Algorithms: `round_robin` is `balance roundrobin`; `least_outstanding_requests` is
+  `balance leastconn`, since HAProxy counts a server's active streams (requests in
+  flight), not idle pooled connections, which is AWS's "fewest outstanding requests".
+- lb_cookie stickiness: the `AWSALB` cookie (HAProxy's dynamic cookie, a hash of a
+  per-group key and the target's address, so a slot refilled with another target gets a
+  new cookie and a client pinned to a deregistered target moves), its lifetime the
+  group's duration, refreshed on each response with a 7-day Max-Age as AWS does, plus
+  `AWSALBCORS` (SameSite=None; Secure). app_cookie stickiness: a stick table keyed on
+  the application's own cookie, which passes untouched.
+- slow_start.duration_seconds: `slowstart` on each slot.
+- Timeouts: idle_timeout.timeout_seconds on both sides; 10 s to connect to a target.
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+from vpclab.engines.alb import rules as R
+
+SLOT_MINIMUM = 16
+CONNECT_TIMEOUT_SECONDS = 10
+COOKIE_MAX_AGE_SECONDS = 7 * 86400  # AWS's cookie Expires is always 7 days (§4.2)
+ALPN_H2 = "h2,http/1.1"
+
+# X's modules (engines.alb.headers) add lines through this hook: (listener, attributes) -> lines.
+RequestLines = Callable[[dict, dict], list[str]]
+
+
+def slot_count(targets: int) -> int:
+    return max(SLOT_MINIMUM, 2 * targets)
+
+
+def render(node: dict, *, runtime_socket: str, slots: Mapping[str, Sequence[dict | None]] | None = None,
+           certificates: Mapping[str, str] | None = None, request_lines: RequestLines | None = None,
+           global_lines: Sequence[str] = (), defaults_lines: Sequence[str] = (),
+           frontend_lines: Sequence[str] = (), backend_lines: Sequence[str] = ()) -> str:
+    """The whole haproxy.cfg.
+
+    `slots[group]`: what each slot s1..sN holds, as {"ip", "port", "state"} (ready, drain,
+    maint) or None; by default the group's targets fill the first slots, ready.
+    `certificates[listener name]`: the PEM (cert + key) path for an HTTPS listener.
+    `request_lines`, `global_lines`, `defaults_lines`, `frontend_lines`, `backend_lines`: the
+    header, logging and error-page lines of engines.alb.headers, access_log and errors."""
+    certificates = certificates or {}
+    groups = node["target_groups"]
+    slots = dict(slots or {})
+    for name, group in groups.items():
+        if name not in slots:
+            slots[name] = initial_slots(group)
+    attributes = node.get("attributes", {})
+    out = global_section(runtime_socket, global_lines)
+    out += defaults_section(attributes, defaults_lines)
+    for listener in node["listeners"]:
+        out += frontend_section(node, listener, groups, certificates.get(listener["name"]), request_lines,
+                                frontend_lines)
+    for name, group in groups.items():
+        out += backend_section(name, group, slots[name], backend_lines)
+    return "\n".join(out) + "\n"
+
+
+def initial_slots(group: dict) -> list[dict | None]:
+    targets = group.get("targets", [])
+    filled: list[dict | None] = [{"ip": t["ip"], "port": int(t["port"]), "state": "ready"} for t in targets]
+    return filled + [None] * (slot_count(len(targets)) - len(filled))
+
+
+def global_section(runtime_socket: str, extra: Sequence[str] = ()) -> list[str]:
+    return ["global",
+            "    master-worker",
+            f"    stats socket {runtime_socket} mode 600 level admin expose-fd listeners",
+            "    stats timeout 30s",
+            # the old worker of a reload serves its open connections; AWS lets them run
+            # out their idle timeout, the bound keeps a stuck one from living forever
+            "    hard-stop-after 1h",
+            *(f"    {line}" for line in extra),
+            ""]
+
+
+def idle_timeout(attributes: dict) -> int:
+    return int(attributes.get("idle_timeout.timeout_seconds", 60))
+
+
+def defaults_section(attributes: dict, extra: Sequence[str] = ()) -> list[str]:
+    idle = idle_timeout(attributes)
+    keep_alive = int(attributes.get("client_keep_alive.seconds", 3600))
+    return ["defaults",
+            "    mode http",
+            f"    timeout connect {CONNECT_TIMEOUT_SECONDS}s",
+            f"    timeout client {idle}s",
+            f"    timeout server {idle}s",
+            f"    timeout http-request {idle}s",
+            f"    timeout http-keep-alive {min(idle, keep_alive)}s",
+            "    retries 0",  # an ALB answers 502/504 rather than trying the connection again
+            "    option http-keep-alive",
+            *(f"    {line}" for line in extra),
+            ""]
+
+
+def bind_line(node: dict, listener: dict, certificate: str | None) -> str:
+    line = f"    bind {node['node_ip']}:{int(listener['port'])}"
+    if listener["protocol"] == "HTTPS":
+        if not certificate:
+            raise ValueError(f"listener {listener['name']}: HTTPS needs a certificate")
+        line += f" ssl crt {certificate}"
+        if node.get("attributes", {}).get("routing.http2.enabled", "true") == "true":
+            line += f" alpn {ALPN_H2}"
+    return line
+
+
+def frontend_section(node: dict, listener: dict, groups: dict, certificate: str | None,
+                     request_lines: RequestLines | None, extra: Sequence[str] = ()) -> list[str]:
+    rules = listener["rules"]
+    requests, uses = R.action_lines(listener, groups)
+    lines = [bind_line(node, listener, certificate), *extra]
+    lines += R.selection_lines(rules)  # on the request as the client sent it
+    if request_lines is not None:
+        lines += request_lines(listener, node.get("attributes", {}))
+    else:  # AWS's default, append: the client's address on X-Forwarded-For
+        lines.append("option forwardfor")
+    lines += requests
+    if any(r["action"]["type"] == "forward" and (r["action"].get("stickiness") or {}).get("enabled")
+           for r in rules):
+        lines += R.group_stickiness_response_lines()
+    lines += uses
+    return [f"frontend fe_{listener['name']}"] + [line if line.startswith("    ") else f"    {line}"
+                                                   for line in lines] + [""]
+
+
+def _sticky(group: dict) -> str | None:
+    attributes = group.get("attributes", {})
+    if attributes.get("stickiness.enabled", "false") != "true":
+        return None
+    return attributes.get("stickiness.type", "lb_cookie")
+
+
+def backend_section(name: str, group: dict, slots: Sequence[dict | None], extra: Sequence[str] = ()) -> list[str]:
+    attributes = group.get("attributes", {})
+    algorithm = attributes.get("load_balancing.algorithm.type", "round_robin")
+    if algorithm not in ("round_robin", "least_outstanding_requests"):
+        raise ValueError(f"target group {name}: load_balancing.algorithm.type {algorithm!r} is not supported")
+    lines = [f"backend {R.backend_name(name)}",
+             f"    balance {'roundrobin' if algorithm == 'round_robin' else 'leastconn'}",
+             f"    http-request set-var({R.GROUP_TOKEN_VAR}) str({R.group_token(group['arn'])})",
+             *(f"    {line}" for line in extra)]
+    sticky = _sticky(group)
+    server_options = ""
+    if sticky == "lb_cookie":
+        duration = int(attributes.get("stickiness.lb_cookie.duration_seconds", 86400))
+        lines += [f"    cookie AWSALB insert nocache dynamic maxlife {duration}s "
+                  f"attr Max-Age={COOKIE_MAX_AGE_SECONDS}",
+                  f"    dynamic-cookie-key {R.group_token(group['arn'] + '/AWSALB')}",
+                  # a cross-site request carries only AWSALBCORS: it pins as AWSALB would
+                  '    http-request set-header Cookie "%[req.fhdr(cookie)]; AWSALB=%[req.cook(AWSALBCORS)]" '
+                  "if !{ req.cook(AWSALB) -m found } { req.cook(AWSALBCORS) -m found }",
+                  '    http-after-response add-header Set-Cookie "AWSALBCORS=%[res.cook(AWSALB)]; '
+                  f'Max-Age={COOKIE_MAX_AGE_SECONDS}; Path=/; SameSite=None; Secure" '
+                  "if { res.cook(AWSALB) -m found }"]
+    elif sticky == "app_cookie":
+        cookie = attributes.get("stickiness.app_cookie.cookie_name", "")
+        if not cookie or any(not (c.isascii() and (c.isalnum() or c in "-_.")) for c in cookie):
+            raise ValueError(f"target group {name}: app cookie name {cookie!r} is not a plain cookie name")
+        duration = int(attributes.get("stickiness.app_cookie.duration_seconds", 86400))
+        lines += [f"    stick-table type string len 128 size 100k expire {duration}s",
+                  f"    stick on req.cook({cookie})",
+                  f"    stick store-response res.cook({cookie})"]
+    elif sticky is not None:
+        raise ValueError(f"target group {name}: stickiness.type {sticky!r} is not supported by an ALB")
+    slow_start = int(attributes.get("slow_start.duration_seconds", 0))
+    if slow_start:
+        server_options += f" slowstart {slow_start}s"
+    if group.get("protocol") == "HTTPS":  # AWS does not verify target certificates
+        server_options += " ssl verify none"
+    for i, slot in enumerate(slots, start=1):
+        lines.append(server_line(i, slot, server_options, group))
+    return lines + [""]
+
+
+def server_line(index: int, slot: dict | None, options: str, group: dict) -> str:
+    """Slot s<index>: a target's address, `disabled` (maint) unless it takes traffic now.
+    An empty slot holds the group's port on 0.0.0.0, in maintenance, until the runtime API fills it."""
+    if slot is None:
+        return f"    server s{index} 0.0.0.0:{int(group['port'])} disabled{options}"
+    state = slot.get("state", "ready")
+    if state not in ("ready", "drain", "maint"):
+        raise ValueError(f"slot state {state!r}")
+    disabled = " disabled" if state != "ready" else ""
+    return f"    server s{index} {slot['ip']}:{int(slot['port'])}{disabled}{options}"
