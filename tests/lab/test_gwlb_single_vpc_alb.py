@@ -135,7 +135,8 @@ def set_drop_all(lab, drop: bool) -> None:
         rules = _appliance_rules(lab, name)
         rules.write_text(json.dumps({**json.loads(rules.read_text()), "drop_all": drop}))
         control = lab.home / "labs" / NAME / "appliances" / f"{name}.sock"
-        pids = lab.sh(name, f"pgrep -f -- '--control {control}'").stdout.split()
+        # `[-]` keeps the pattern from matching the shell that runs pgrep
+        pids = lab.sh(name, f"pgrep -f -- '[-]-control {control}'").stdout.split()
         assert len(pids) == 1, pids
         lab.sh(name, f"kill -HUP {pids[0]}")
     wait_for(lambda: all(i.get("appliance", {}).get("drop_all") is drop for i in lab.status()["instances"]
