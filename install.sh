@@ -11,15 +11,32 @@ PACKAGES=(iproute2 nftables conntrack util-linux procps tcpdump tshark ethtool h
           curl netcat-openbsd iputils-ping socat iptables  # iptables: xt TTL, see plan KEEP_TTL
           python3 python3-pip python3-yaml python3-dnslib  # Debian's python3 runs the rootless lab test
           python3-cryptography                               # the ALB's lab CA (engines/alb/certs.py)
-          clang libbpf-dev libbpf1 linux-libc-dev)          # the GWLB node's eBPF fast path
+          clang libbpf-dev libbpf1 linux-libc-dev           # the GWLB node's eBPF fast path
+          nginx wrk)  # bench/alb.py: the backend it starts inside a lab, and the load generator
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install.sh: installing ${missing[*]}"
+  # nginx (and haproxy) are engines vpclab starts inside labs on configs of its own, never host
+  # services: a policy-rc.d that refuses every start keeps their packages from starting one, for
+  # the length of this install only, unless the machine already has a policy of its own.
+  policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    policy=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\n# vpclab install.sh: no service starts while it installs\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+    $SUDO chmod 755 "$policy"
+  fi
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  status=0
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || status=$?
+  [ -z "$policy" ] || $SUDO rm -f "$policy"
+  [ "$status" -eq 0 ] || exit "$status"
+  # Nor at boot: a freshly installed nginx is left disabled where systemd runs.
+  if printf '%s\n' "${missing[@]}" | grep -qx nginx && [ -d /run/systemd/system ]; then
+    $SUDO systemctl disable --now nginx.service >/dev/null 2>&1 || true
+  fi
 fi
 
 PY=${PYTHON:-python3}

@@ -91,9 +91,9 @@ def test_https_over_http2_is_h2_with_the_cipher_sni_and_certificate():
     context = {**CONTEXT, "certificate_arns": {"fe_https": "arn:aws:acm:us-east-1:123456789012:certificate/abc"}}
     line = access_log.alb_entry(raw(ssl="1", version="HTTP/2.0", frontend="fe_https", frontend_port="443",
                                     ssl_cipher="ECDHE-RSA-AES128-GCM-SHA256", ssl_protocol="TLSv1.2",
-                                    sni="www.example.com"), context)
+                                    sni="www.example.com", uri="https://www.example.com/index.html?x=1"), context)
     e = dict(zip(FIELDS, shlex.split(line)))
-    assert e["type"] == "h2" and e["request"].startswith("GET https://www.example.com:443/")
+    assert e["type"] == "h2" and e["request"] == "GET https://www.example.com:443/index.html?x=1 HTTP/2.0"
     assert (e["ssl_cipher"], e["ssl_protocol"], e["domain_name"]) == ("ECDHE-RSA-AES128-GCM-SHA256", "TLSv1.2",
                                                                       "www.example.com")
     assert e["chosen_cert_arn"].endswith("certificate/abc")

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 from cryptography import x509
 
-from alb_haproxy import HAPROXY, needs_haproxy, running, _free_port
+from alb_haproxy import _free_port, needs_haproxy, running
 from vpclab.engines.alb import certs
 
 SITE = {"name": "site", "domain_name": "www.example.com", "subject_alternative_names": ["*.example.com"],

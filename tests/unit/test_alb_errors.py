@@ -49,6 +49,8 @@ CASES = [
     ("the client sent nothing within the idle timeout", 408, "cR--", None, (408, None)),
     ("a malformed request", 400, "PR--", None, (400, None)),
     ("a request cut short by the client", 400, "CR--", None, (400, None)),
+    ("a request body cut short by the client", -1, "CD--", "s1", (400, None)),
+    ("an HTTP/2 client that reset its stream while the target worked", 400, "CH--", "s1", (460, None)),
     ("the target reset the connection", 503, "SC--", "s1", (502, None)),
     ("the target closed before its headers", 502, "SH--", "s1", (502, None)),
     ("the target's response was malformed", 502, "PH--", "s1", (502, None)),

@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
 import socket
 import stat
 import threading
@@ -50,7 +51,8 @@ FIELDS = (
     ("tg_arn", "%[var(txn.tg_arn),hex]"),
 )
 LOG_FORMAT = " ".join([MARKER] + [item for _, item in FIELDS])
-MAX_DATAGRAM = 65535  # HAProxy's `len` limit for one log line
+MAX_DATAGRAM = 65535
+_ABSOLUTE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")  # HAProxy's `len` limit for one log line
 
 
 class MalformedLogLine(ValueError):
@@ -110,7 +112,11 @@ def _request(fields: dict) -> str:
     scheme = "https" if fields["ssl"] == "1" else "http"
     host = fields["host"] if fields["host"] != "-" else fields["frontend_ip"]
     name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    return _quoted(f"{fields['method']} {scheme}://{name}:{fields['frontend_port']}{fields['uri']} {fields['version']}")
+    uri = fields["uri"]
+    if _ABSOLUTE.match(uri):  # an absolute URI (always, over HTTP/2): its path
+        after = uri.split("://", 1)[1]
+        uri = "/" + after.split("/", 1)[1] if "/" in after else "/"
+    return _quoted(f"{fields['method']} {scheme}://{name}:{fields['frontend_port']}{uri} {fields['version']}")
 
 
 def _type(fields: dict, status: int) -> str:

@@ -109,9 +109,11 @@ def elb_status_code(status: int, termination_state: str, server: str | None) -> 
     cause, phase = (termination_state + "--")[:2]
     if server is not None and phase in "DL-" and status > 0:
         return status, status  # the target's response headers reached the client, unchanged
-    if cause == "C" and phase in "RQCH":
-        # The client left before any answer: 460, unless HAProxy had already refused it.
-        return (status, None) if 400 <= status < 500 else (460, None)
+    if cause == "C" and phase in "QCH":
+        # The client left with its request complete, before any answer (HAProxy logs 400 or -1).
+        return 460, None
+    if cause == "C" and phase in "RD":
+        return 400, None  # it closed before sending its whole request (headers or body)
     if cause == "c" and phase == "R":
         return 408, None  # the client sent nothing (or not all) within the idle timeout
     if cause == "s" and phase in "CH":
@@ -125,7 +127,7 @@ def elb_status_code(status: int, termination_state: str, server: str | None) -> 
         return 502, None  # the target's response was invalid
     if status > 0:
         return status, None  # ALB's own answer: a redirect, a fixed response, a 405, a 463...
-    return (460, None) if cause == "C" else (502, None)
+    return 502, None
 
 
 # --- a target group's backend ----------------------------------------------------------------
@@ -143,6 +145,9 @@ def backend_lines(error_dir: str | os.PathLike, connect_timeout_ms: int = 10_000
     """
     marked = _marked_502(error_dir)
     return [
+        # A client that leaves while its request waits is dropped (HAProxy 2.6 sees it leave only
+        # on HTTP/2, whose connection it keeps reading; an HTTP/1.1 client's close goes unseen).
+        "option abortonclose",
         "http-request set-var(txn.alb_t0) date(0,ms)",
         f"http-request return {return_args(503)} if !{{ nbsrv gt 0 }}",
         f"errorfile 503 {marked}",
