@@ -236,3 +236,22 @@ def test_the_alb_dns_name_resolves_to_its_nodes_from_the_internet(alb):
     lb = next(b for b in alb.status()["load_balancers"] if b["name"] == "web-alb")
     assert lb["dns_name"].startswith("web-alb-") and lb["dns_name"].endswith(".us-east-1.elb.amazonaws.com")
     assert served_by(alb.curl("outside", f"http://{lb['dns_name']}/")) in WEB
+
+
+def test_weighted_forward_spreads_over_groups_and_awsalbtg_keeps_a_client_on_one(alb):
+    forward = ('[{"Type": "forward", "ForwardConfig": {"TargetGroups": [{"TargetGroupArn": "api", "Weight": 1}, '
+               '{"TargetGroupArn": "admin", "Weight": 1}], '
+               '"TargetGroupStickinessConfig": {"Enabled": true, "DurationSeconds": 3600}}}]')
+    alb.vpclab("create-rule", "--lab", alb.name, "http", "--priority", "6", "--name", "weighted",
+               "--conditions", '[{"Field": "path-pattern", "PathPatternConfig": {"Values": ["/tg/*"]}}]',
+               "--actions", forward)
+    try:
+        # api holds web-2 alone, admin web-1 alone: the page says which group a request went to
+        wait_for(lambda: {served_by(get(alb, "/tg/x")[2]) for _ in range(12)} == WEB, 30, "both groups drawn")
+        jar = "/tmp/alb-test-tg-cookies"
+        alb.sh("outside", f"rm -f {jar}")
+        status, headers, body = get(alb, "/tg/x", cookies=jar)
+        assert any(c.startswith("AWSALBTG=") for c in headers["set-cookie"])
+        assert {served_by(get(alb, "/tg/x", cookies=jar)[2]) for _ in range(6)} == {served_by(body)}
+    finally:
+        alb.vpclab("delete-rule", "--lab", alb.name, "weighted", check=False)
