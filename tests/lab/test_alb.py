@@ -171,7 +171,8 @@ def test_a_live_attribute_change_reloads_haproxy_without_failing_a_request(alb):
         alb.vpclab("modify", "--lab", alb.name, "web-alb", "routing.http.xff_header_processing.mode=remove")
         codes = traffic.communicate(timeout=120)[0].split()
         assert codes and set(codes) == {"200"}, codes  # no request failed across the reload
-        assert "x-forwarded-for:" not in get(alb)[2]  # the new mode, through the reloaded HAProxy
+        # the new mode, once the reloaded HAProxy's new worker has taken the listeners over
+        wait_for(lambda: "x-forwarded-for:" not in get(alb)[2], 20, "X-Forwarded-For removed")
     finally:
         traffic.kill()
         alb.vpclab("modify", "--lab", alb.name, "web-alb", "routing.http.xff_header_processing.mode=append")
@@ -181,6 +182,8 @@ def test_all_targets_unhealthy_fail_open_with_the_reason_code(alb):
     wait_for(lambda: target_states(alb, "failing") == {"web-1": "unhealthy"}, 60, "web-1 unhealthy in failing")
     out = alb.vpclab("targets", "--lab", alb.name, "failing").stdout
     assert "Target.ResponseCodeMismatch" in out and "[404]" in out
+    lb = next(b for b in alb.status()["load_balancers"] if b["name"] == "web-alb")
+    assert lb["metrics"]["TargetGroups"]["failing"] == {"HealthyHostCount": 0, "UnHealthyHostCount": 1}
     status, _, body = get(alb, "/fail-open/x")
     assert status == 404 and served_by(body) == "web-1"  # the target's own answer: routed to anyway
 
@@ -255,3 +258,15 @@ def test_weighted_forward_spreads_over_groups_and_awsalbtg_keeps_a_client_on_one
         assert {served_by(get(alb, "/tg/x", cookies=jar)[2]) for _ in range(6)} == {served_by(body)}
     finally:
         alb.vpclab("delete-rule", "--lab", alb.name, "weighted", check=False)
+
+
+def test_a_node_whose_haproxy_dies_is_started_again_and_serves(alb):
+    def engine():
+        node = next(b for b in alb.status()["load_balancers"] if b["name"] == "web-alb")["nodes"][0]
+        return next(e for e in alb.status()["engines"]
+                    if e["kind"] == "alb_node" and e["namespace"].endswith(node["az"]))
+    before = engine()
+    alb.sh(before["namespace"], f"kill {before['pid']}")  # the master: AWS's node never just stops
+    wait_for(lambda: engine()["restarts"] == before["restarts"] + 1 and engine()["state"] == "running", 30,
+             "the ALB node started again")
+    wait_for(lambda: {served_by(get(alb)[2]) for _ in range(4)} == WEB, 30, "the node serves both targets again")

@@ -285,6 +285,9 @@ class AlbNodes:
                     entry["counters"] = measured[node.ns]
             if measured:
                 lb["metrics"] = metrics.merge([measured[n.ns] for n in nodes if "error" not in measured[n.ns]])
+                # host counts as AWS states them (the checker's), not HAProxy's: failing open
+                # sends requests to unhealthy targets, which stay unhealthy
+                lb["metrics"]["TargetGroups"] = {g: _host_counts(self.health(g)) for g in nodes[0].groups()}
         return status
 
     def counters(self) -> dict[str, dict]:
@@ -336,6 +339,11 @@ class AlbNodes:
             log.info("ALB node %s: reloaded (master %d)", node.ns, pid)
         except (OSError, ValueError, IndexError) as exc:
             log.warning("ALB node %s: reload failed: %s", node.ns, exc)
+
+
+def _host_counts(health: dict[str, dict]) -> dict[str, int]:
+    states = [h.get("State") for h in health.values()]
+    return {"HealthyHostCount": states.count("healthy"), "UnHealthyHostCount": states.count("unhealthy")}
 
 
 def _structure(config: dict) -> dict:
