@@ -87,3 +87,15 @@ def test_a_rule_change_is_a_reload_with_the_slots_as_they_are(nodes):
     ((pid, sig, text),) = reloads
     assert (pid, sig) == (4242, daemon_alb.signal.SIGUSR2)  # the master's seamless reload
     assert 'string "pang"' in text and "server s2 10.0.12.10:80 disabled" in text  # unhealthy stays out after the reload
+
+
+def test_more_targets_than_slots_grow_the_backend_with_a_reload(nodes):
+    alb, health, configs, _recorder, reloads = nodes
+    targets = [{"id": f"i-{n}", "ip": f"10.0.11.{n}", "port": 80, "az": "a"} for n in range(20, 37)]
+    configs["now"]["target_groups"]["web"]["targets"] = targets  # 17 targets: 16 slots are not enough
+    health["web"] = {t["id"]: {"State": "healthy"} for t in targets}
+    alb.apply(None)
+    ((_pid, _sig, text),) = reloads
+    assert "server s34 0.0.0.0:80 disabled" in text and "server s35 " not in text  # 2 x 17
+    assert "server s1 10.0.11.10:80 disabled" in text  # i-1 drains in its slot, out of rotation
+    assert "server s3 10.0.11.20:80 " in text and "server s19 10.0.11.36:80 " in text

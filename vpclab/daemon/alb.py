@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -332,7 +333,15 @@ class AlbNodes:
                     self.sync(node, group)
 
     def reload(self, node: AlbNode) -> None:
+        """HAProxy's seamless reload, once the new file passes `haproxy -c` (a refused file
+        would leave the old worker serving and the change unseen: say so in the log)."""
         self.write(node)
+        check = subprocess.run([haproxy_binary(), "-c", "-q", "-C", str(node.directory), "-f", node.cfg.name],
+                               capture_output=True, text=True, timeout=30)
+        if check.returncode != 0:
+            log.error("ALB node %s: new configuration refused, still serving the previous one: %s",
+                      node.ns, (check.stdout + check.stderr).strip()[-2000:])
+            return
         try:
             pid = int(node.pid_file.read_text().split()[0])
             os.kill(pid, signal.SIGUSR2)
