@@ -2,6 +2,7 @@
 through HAProxy on the ALB's nodes, to the test pages of two web instances (examples/alb.yaml)."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -270,3 +271,29 @@ def test_a_node_whose_haproxy_dies_is_started_again_and_serves(alb):
     wait_for(lambda: engine()["restarts"] == before["restarts"] + 1 and engine()["state"] == "running", 30,
              "the ALB node started again")
     wait_for(lambda: {served_by(get(alb)[2]) for _ in range(4)} == WEB, 30, "the node serves both targets again")
+
+
+def test_header_method_query_and_source_ip_conditions_are_anded_as_aws_matches_them(alb):
+    outside = next(h for h in alb.status()["internet_hosts"] if h["name"] == "outside")["ip"]
+    conditions = json.dumps([
+        {"Field": "http-header", "HttpHeaderConfig": {"HttpHeaderName": "X-Env", "Values": ["be*a"]}},
+        {"Field": "http-request-method", "HttpRequestMethodConfig": {"Values": ["GET"]}},
+        {"Field": "query-string", "QueryStringConfig": {"Values": [{"Key": "v", "Value": "1"}]}},
+        {"Field": "source-ip", "SourceIpConfig": {"Values": [f"{outside}/32"]}}])
+    fixed = json.dumps([{"Type": "fixed-response", "FixedResponseConfig": {
+        "StatusCode": "200", "ContentType": "text/plain", "MessageBody": "all four matched"}}])
+    alb.vpclab("create-rule", "--lab", alb.name, "http", "--priority", "7", "--name", "four",
+               "--conditions", conditions, "--actions", fixed)
+    try:
+        wait_for(lambda: get(alb, "/c?V=1", headers={"x-env": "BETA"})[2] == "all four matched", 20,
+                 "the rule matches (header name and value, query key and value: any case)")
+        assert get(alb, "/c?v=2", headers={"X-Env": "beta"})[2] != "all four matched"  # query value differs
+        assert get(alb, "/c?v=1", headers={"X-Env": "alpha"})[2] != "all four matched"  # header value differs
+        assert get(alb, "/c?v=1")[2] != "all four matched"  # no header
+        alb.vpclab("modify-rule", "--lab", alb.name, "four", "--conditions", conditions.replace(
+            f"{outside}/32", "10.99.0.0/16"))
+        wait_for(lambda: get(alb, "/c?v=1", headers={"X-Env": "beta"})[2] != "all four matched", 20,
+                 "another source range no longer matches the internet host (the TCP peer, not X-Forwarded-For)")
+        assert get(alb, "/c?v=1", headers={"X-Env": "beta", "X-Forwarded-For": "10.99.0.1"})[2] != "all four matched"
+    finally:
+        alb.vpclab("delete-rule", "--lab", alb.name, "four", check=False)
