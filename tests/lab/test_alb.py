@@ -2,6 +2,8 @@
 through HAProxy on the ALB's nodes, to the test pages of two web instances (examples/alb.yaml)."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,9 +81,11 @@ def test_host_rule_matches_any_case_and_its_wildcard_needs_a_subdomain(alb):
 
 
 def test_redirect_keeps_host_path_and_query(alb):
-    status, headers, _ = get(alb, "/old/a/b?x=1", headers={"Host": "www.example.com"})
+    status, headers, _ = get(alb, "/old/a/b?x=1")
     assert status == 301
-    assert headers["location"] == ["https://www.example.com/new/old/a/b?x=1"]
+    assert headers["location"] == [f"https://{_node_ip(alb)}/new/old/a/b?x=1"]
+    # a host the priority-15 host rule matches is forwarded before the redirect's rule 20 is tried
+    assert get(alb, "/old/a", headers={"Host": "www.example.com"})[0] == 404
 
 
 def test_fixed_response_answers_from_the_load_balancer(alb):
@@ -131,3 +135,123 @@ def test_targets_show_aws_health_states_and_status_shows_the_alb(alb):
     assert all(n["public_ip"] for n in lb["nodes"])
     engines = [e for e in alb.status()["engines"] if e["kind"] == "alb_node"]
     assert len(engines) == 2 and all(e["state"] == "running" for e in engines)
+
+
+def test_https_listener_answers_with_the_lab_cas_certificate_over_http2(alb):
+    lb = next(b for b in alb.status()["load_balancers"] if b["name"] == "web-alb")
+    ca, ip = lb["ca_certificate"], _node_ip(alb)
+    r = alb.sh("outside", f"curl -s --max-time 5 --cacert {ca} --resolve www.example.com:443:{ip} "
+                          f"-w 'http=%{{http_version}}' https://www.example.com/", check=False)
+    assert r.returncode == 0, r.stderr
+    assert served_by(r.stdout) in WEB and "x-forwarded-proto: https" in r.stdout
+    assert r.stdout.endswith("http=2")  # routing.http2.enabled: h2 by ALPN
+    untrusted = alb.sh("outside", f"curl -s --max-time 5 --resolve www.example.com:443:{ip} https://www.example.com/",
+                       check=False)
+    assert untrusted.returncode != 0  # the lab CA, not a public one, signs it
+
+
+def test_status_counts_requests_and_elb_errors_with_cloudwatch_names(alb):
+    def metrics():
+        return next(b for b in alb.status()["load_balancers"] if b["name"] == "web-alb")["metrics"]
+    before = metrics()
+    assert get(alb)[0] == 200 and get(alb, "/nobody/x")[0] == 503
+    after = metrics()
+    assert after["RequestCount"] >= before["RequestCount"] + 2
+    assert after["HTTPCode_ELB_5XX_Count"] >= before["HTTPCode_ELB_5XX_Count"] + 1
+    assert after["HTTPCode_Target_2XX_Count"] >= before["HTTPCode_Target_2XX_Count"] + 1
+
+
+def test_a_live_attribute_change_reloads_haproxy_without_failing_a_request(alb):
+    ip = _node_ip(alb)
+    loop = ("for i in $(seq 60); do curl -s -o /dev/null --max-time 5 -w '%{http_code} ' "
+            f"http://{ip}/; sleep 0.05; done")
+    traffic = subprocess.Popen([sys.executable, "-m", "vpclab", "exec", "--lab", alb.name, "outside", "--",
+                                "sh", "-c", loop], env=alb.env, stdout=subprocess.PIPE, text=True)
+    try:
+        alb.vpclab("modify", "--lab", alb.name, "web-alb", "routing.http.xff_header_processing.mode=remove")
+        codes = traffic.communicate(timeout=120)[0].split()
+        assert codes and set(codes) == {"200"}, codes  # no request failed across the reload
+        assert "x-forwarded-for:" not in get(alb)[2]  # the new mode, through the reloaded HAProxy
+    finally:
+        traffic.kill()
+        alb.vpclab("modify", "--lab", alb.name, "web-alb", "routing.http.xff_header_processing.mode=append")
+
+
+def test_all_targets_unhealthy_fail_open_with_the_reason_code(alb):
+    wait_for(lambda: target_states(alb, "failing") == {"web-1": "unhealthy"}, 60, "web-1 unhealthy in failing")
+    out = alb.vpclab("targets", "--lab", alb.name, "failing").stdout
+    assert "Target.ResponseCodeMismatch" in out and "[404]" in out
+    status, _, body = get(alb, "/fail-open/x")
+    assert status == 404 and served_by(body) == "web-1"  # the target's own answer: routed to anyway
+
+
+def test_rules_change_live_create_modify_delete(alb):
+    conditions = '[{"Field": "path-pattern", "PathPatternConfig": {"Values": ["/live/*"]}}]'
+    fixed = ('[{"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "418", '
+             '"ContentType": "text/plain", "MessageBody": "teapot"}}]')
+    alb.vpclab("create-rule", "--lab", alb.name, "http", "--priority", "5", "--name", "live",
+               "--conditions", conditions, "--actions", fixed)
+    try:
+        wait_for(lambda: get(alb, "/live/x")[::2] == (418, "teapot"), 20, "the new rule answers")
+        alb.vpclab("modify-rule", "--lab", alb.name, "live",
+                   "--actions", '[{"Type": "forward", "TargetGroupArn": "api"}]')
+        wait_for(lambda: served_by(get(alb, "/live/x")[2]) == "web-2" and get(alb, "/live/x")[0] == 404, 20,
+                 "the modified rule forwards to api (web-2)")
+    finally:
+        alb.vpclab("delete-rule", "--lab", alb.name, "live", check=False)
+    wait_for(lambda: {served_by(get(alb, "/live/x")[2]) for _ in range(4)} == WEB, 20,
+             "the default rule again, over both web servers")
+
+
+def test_access_logs_enabled_live_land_in_the_lab_state_directory(alb):
+    alb.vpclab("modify", "--lab", alb.name, "web-alb", "access_logs.s3.enabled=true")
+    try:
+        lb = next(b for b in alb.status()["load_balancers"] if b["name"] == "web-alb")
+        path = Path(lb["access_log"])
+
+        def logged():
+            get(alb, "/ping")
+            return path.exists() and any('"GET http' in line and "/ping" in line
+                                         for line in path.read_text().splitlines())
+        wait_for(logged, 30, f"an entry for /ping in {path}")
+    finally:
+        alb.vpclab("modify", "--lab", alb.name, "web-alb", "access_logs.s3.enabled=false")
+
+
+def test_deregistration_ends_early_when_nothing_is_in_flight(alb):
+    alb.vpclab("modify", "--lab", alb.name, "web", "deregistration_delay.timeout_seconds=300")
+    alb.vpclab("deregister", "--lab", alb.name, "web", "web-2")
+    try:
+        assert target_states(alb, "web").get("web-2") in ("draining", None)
+        # 300 s of delay, but an idle target leaves as soon as the ALB sees nothing in flight
+        wait_for(lambda: "web-2" not in target_states(alb, "web"), 20, "web-2 gone before its delay")
+        assert {served_by(get(alb)[2]) for _ in range(4)} == {"web-1"}
+    finally:
+        alb.vpclab("register", "--lab", alb.name, "web", "web-2")
+        alb.vpclab("modify", "--lab", alb.name, "web", "deregistration_delay.timeout_seconds=5")
+        wait_for(lambda: target_states(alb, "web").get("web-2") == "healthy", 60, "web-2 healthy again")
+
+
+def test_the_alb_dns_name_resolves_to_its_nodes_from_the_internet(alb):
+    lb = next(b for b in alb.status()["load_balancers"] if b["name"] == "web-alb")
+    assert lb["dns_name"].startswith("web-alb-") and lb["dns_name"].endswith(".us-east-1.elb.amazonaws.com")
+    assert served_by(alb.curl("outside", f"http://{lb['dns_name']}/")) in WEB
+
+
+def test_weighted_forward_spreads_over_groups_and_awsalbtg_keeps_a_client_on_one(alb):
+    forward = ('[{"Type": "forward", "ForwardConfig": {"TargetGroups": [{"TargetGroupArn": "api", "Weight": 1}, '
+               '{"TargetGroupArn": "admin", "Weight": 1}], '
+               '"TargetGroupStickinessConfig": {"Enabled": true, "DurationSeconds": 3600}}}]')
+    alb.vpclab("create-rule", "--lab", alb.name, "http", "--priority", "6", "--name", "weighted",
+               "--conditions", '[{"Field": "path-pattern", "PathPatternConfig": {"Values": ["/tg/*"]}}]',
+               "--actions", forward)
+    try:
+        # api holds web-2 alone, admin web-1 alone: the page says which group a request went to
+        wait_for(lambda: {served_by(get(alb, "/tg/x")[2]) for _ in range(12)} == WEB, 30, "both groups drawn")
+        jar = "/tmp/alb-test-tg-cookies"
+        alb.sh("outside", f"rm -f {jar}")
+        status, headers, body = get(alb, "/tg/x", cookies=jar)
+        assert any(c.startswith("AWSALBTG=") for c in headers["set-cookie"])
+        assert {served_by(get(alb, "/tg/x", cookies=jar)[2]) for _ in range(6)} == {served_by(body)}
+    finally:
+        alb.vpclab("delete-rule", "--lab", alb.name, "weighted", check=False)

@@ -337,3 +337,11 @@ def test_in_flight_reads_current_sessions_per_slot():
     stat = ("# pxname,svname,qcur,qmax,scur,smax\nfe_http,FRONTEND,,,3,4\n"
             "tg_web,s1,0,0,2,5\ntg_web,s2,0,0,0,1\ntg_web,BACKEND,0,0,2,5\ntg_v2,s1,0,0,9,9\n")
     assert runtime.in_flight(stat, "web") == {1: 2, 2: 0}
+
+
+def test_a_refusal_is_told_from_a_data_reply():
+    assert runtime.refused("No such server.\n")
+    assert runtime.refused("'set server <srv> state' expects 'ready', 'drain' and 'maint'.\n")
+    assert not runtime.refused("IP changed from '0.0.0.0' to '10.0.11.10', port changed from '80' to '80'\n")
+    assert not runtime.refused("# pxname,svname,h2_detected_conn_protocol_errors\nfe_http,FRONTEND,0\n")
+    assert not runtime.refused("")

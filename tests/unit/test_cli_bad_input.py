@@ -68,3 +68,9 @@ def test_a_lab_error_keeps_its_lines_and_escapes_control_characters(capsys, monk
     monkeypatch.setattr(cli, "_pick_lab", failing)
     assert cli.main(["status", "--lab", "x"]) == 1
     assert capsys.readouterr().err == "error: lab a\\x1bb: the daemon exited\nlast log line: \\x1b[31mboom\\x07\ttab\n"
+
+
+def test_a_rule_change_with_actions_that_are_not_json_says_so(capsys):
+    assert cli.main(["create-rule", "http", "--priority", "5", "--conditions", "[]", "--actions", "forward web"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --actions must be JSON (the lab file's shape)") and err.count("\n") == 1

@@ -334,3 +334,239 @@ def test_network_listener_has_no_rules():
     reason = refused_at(text, "listener_rules.nlb-rule.ListenerArn")
     assert reason == ("listener tcp belongs to a Network Load Balancer; only an Application Load Balancer's "
                       "listeners have rules")
+
+
+# -- target groups
+
+
+def with_web_group(extra: str, text: str = ALB) -> str:
+    return edit("    Targets: [web-1, web-2]\n", f"    Targets: [web-1, web-2]\n{extra}", text)
+
+
+def test_alb_target_group_attribute_defaults_are_awss():
+    assert dict(load().target_groups["web"].attributes) == {
+        "deregistration_delay.timeout_seconds": "300",
+        "load_balancing.algorithm.type": "round_robin",
+        "slow_start.duration_seconds": "0",
+        "stickiness.enabled": "false",
+        "stickiness.type": "lb_cookie",
+        "stickiness.lb_cookie.duration_seconds": "86400",
+        "stickiness.app_cookie.cookie_name": "",
+        "stickiness.app_cookie.duration_seconds": "86400",
+    }
+
+
+def test_alb_health_check_defaults_are_awss():
+    check = load().target_groups["web"].health_check_config()
+    assert (check.protocol, check.port, check.path, check.interval_seconds, check.timeout_seconds,
+            check.healthy_threshold, check.unhealthy_threshold, check.matcher) == \
+        ("HTTP", "traffic-port", "/", 30, 5, 5, 2, "200")
+
+
+@pytest.mark.parametrize(("key", "value", "fragment"), [
+    ("HealthCheckIntervalSeconds", 4, "5-300"),
+    ("HealthCheckTimeoutSeconds", 121, "2-120"),
+    ("HealthyThresholdCount", 11, "2-10"),
+    ("UnhealthyThresholdCount", 1, "2-10"),
+    ("Matcher", "{HttpCode: '500'}", "within 200-499"),
+    ("HealthCheckProtocol", "TCP", "HTTP, HTTPS"),
+])
+def test_alb_health_check_ranges(key, value, fragment):
+    reason = refused_at(with_web_group(f"    {key}: {value}\n"), f"target_groups.web.{key}")
+    assert fragment in reason
+
+
+@pytest.mark.parametrize(("key", "value", "reason"), [
+    ("slow_start.duration_seconds", 29, "slow start is 30-900 seconds, or 0 to turn it off; got 29"),
+    ("slow_start.duration_seconds", 901, "901 is outside 0-900"),
+    ("stickiness.lb_cookie.duration_seconds", 0, "0 is outside 1-604800"),
+    ("stickiness.lb_cookie.duration_seconds", 604801, "604801 is outside 1-604800"),
+    ("stickiness.app_cookie.duration_seconds", 604801, "604801 is outside 1-604800"),
+    ("deregistration_delay.timeout_seconds", 3601, "3601 is outside 0-3600"),
+    ("stickiness.type", "source_ip", "expected one of lb_cookie, app_cookie, got 'source_ip'"),
+    ("load_balancing.algorithm.type", "random", "expected one of round_robin, least_outstanding_requests, "
+     "got 'random'"),
+    ("stickiness.app_cookie.cookie_name", "AWSALBAPP-0", "the names AWSALB, AWSALBAPP and AWSALBTG are reserved "
+     "for the load balancer's own cookies, got 'AWSALBAPP-0'"),
+    ("load_balancing.cross_zone.enabled", "false", "target group attribute load_balancing.cross_zone.enabled is "
+     "not supported yet for an Application Load Balancer's groups: the load balancer always balances across zones"),
+    ("proxy_protocol_v2.enabled", "true", "unknown target group attribute 'proxy_protocol_v2.enabled'"),
+])  # fmt: skip
+def test_alb_target_group_attributes_are_checked(key, value, reason):
+    text = with_web_group(f"    TargetGroupAttributes:\n      {key}: {value}\n")
+    assert refused_at(text, f"target_groups.web.TargetGroupAttributes.{key}").startswith(reason)
+
+
+def test_weighted_random_is_refused_with_the_reason():
+    text = with_web_group("    TargetGroupAttributes:\n      load_balancing.algorithm.type: weighted_random\n")
+    reason = refused_at(text, "target_groups.web.TargetGroupAttributes.load_balancing.algorithm.type")
+    assert reason.startswith("weighted_random is not supported")
+
+
+def test_slow_start_works_with_round_robin_only():
+    text = with_web_group("    TargetGroupAttributes:\n      slow_start.duration_seconds: 30\n"
+                          "      load_balancing.algorithm.type: least_outstanding_requests\n")
+    reason = refused_at(text, "target_groups.web.TargetGroupAttributes.slow_start.duration_seconds")
+    assert reason.startswith("slow start (slow_start.duration_seconds 30) works with round_robin only")
+
+
+def test_app_cookie_stickiness_needs_the_cookie_name():
+    text = with_web_group("    TargetGroupAttributes:\n      stickiness.enabled: true\n      stickiness.type: app_cookie\n")
+    reason = refused_at(text, "target_groups.web.TargetGroupAttributes.stickiness.type")
+    assert reason == "app_cookie stickiness follows the application's cookie: set stickiness.app_cookie.cookie_name"
+    text = text.replace("stickiness.type: app_cookie\n", "stickiness.type: app_cookie\n"
+                        "      stickiness.app_cookie.cookie_name: SESSION\n")
+    assert load(text).target_groups["web"].attributes["stickiness.app_cookie.cookie_name"] == "SESSION"
+
+
+def test_alb_target_group_attributes_in_range_load():
+    text = with_web_group("    TargetGroupAttributes:\n      slow_start.duration_seconds: 900\n"
+                          "      deregistration_delay.timeout_seconds: 0\n"
+                          "      stickiness.lb_cookie.duration_seconds: 604800\n")
+    attributes = load(text).target_groups["web"].attributes
+    assert (attributes["slow_start.duration_seconds"], attributes["deregistration_delay.timeout_seconds"]) == \
+        ("900", "0")
+
+
+def test_https_target_groups_and_ip_targets_are_allowed_lambda_is_not():
+    group = load(edit("  web-v2:\n    Protocol: HTTP", "  web-v2:\n    Protocol: HTTPS")).target_groups["web-v2"]
+    assert group.protocol == "HTTPS"
+    reason = refused_at(with_web_group("    TargetType: lambda\n"), "target_groups.web.TargetType")
+    assert reason == "lambda targets are not supported yet: the lab has no Lambda"
+
+
+# -- certificates
+
+
+PEM_CERT = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+PEM_KEY = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"
+
+
+def with_files(cert: str, key: str = "certs/own.key") -> str:
+    return edit("  site: {DomainName", f"  own: {{CertificateFile: '{cert}', PrivateKeyFile: '{key}'}}\n  site: {{DomainName")
+
+
+def lab_dir(tmp_path):
+    (tmp_path / "certs").mkdir(parents=True)
+    (tmp_path / "certs" / "own.pem").write_text(PEM_CERT)
+    (tmp_path / "certs" / "own.key").write_text(PEM_KEY)
+    return tmp_path
+
+
+def load_in(directory, text: str) -> Lab:
+    return load_lab_text(text, str(directory / "lab.yaml"), name="t")
+
+
+def refused_in(directory, text: str, key_path: str) -> str:
+    with pytest.raises(LabFileError) as info:
+        load_in(directory, text)
+    assert info.value.key_path == key_path, (info.value.key_path, info.value.reason)
+    return info.value.reason
+
+
+def test_certificate_files_are_relative_to_the_lab_file(tmp_path):
+    directory = lab_dir(tmp_path)
+    cert = load_in(directory, with_files("certs/own.pem")).certificates["own"]
+    assert cert.certificate_file == str((directory / "certs" / "own.pem").resolve())
+    assert cert.private_key_file == str((directory / "certs" / "own.key").resolve())
+    assert cert.domain_name is None
+
+
+def test_certificate_file_outside_the_lab_directory_is_refused_unless_absolute(tmp_path):
+    directory = lab_dir(tmp_path / "lab")
+    outside = tmp_path / "outside.pem"
+    outside.write_text(PEM_CERT)
+    reason = refused_in(directory, with_files("../outside.pem"), "certificates.own.CertificateFile")
+    assert reason.startswith("'../outside.pem' leads outside the lab file's directory")
+    assert load_in(directory, with_files(str(outside))).certificates["own"].certificate_file == str(outside)
+
+
+def test_certificate_symlink_out_of_the_lab_directory_is_refused(tmp_path):
+    directory = lab_dir(tmp_path / "lab")
+    (tmp_path / "outside.pem").write_text(PEM_CERT)
+    (directory / "certs" / "link.pem").symlink_to(tmp_path / "outside.pem")
+    reason = refused_in(directory, with_files("certs/link.pem"), "certificates.own.CertificateFile")
+    assert "leads outside the lab file's directory" in reason
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "/dev/null"])
+def test_certificate_from_a_special_file_is_refused(tmp_path, special):
+    reason = refused_in(lab_dir(tmp_path), with_files(special), "certificates.own.CertificateFile")
+    assert reason == f"certificate file {special} is not a regular file"
+
+
+def test_certificate_from_a_fifo_is_refused_without_blocking(tmp_path):
+    import os
+    directory = lab_dir(tmp_path)
+    os.mkfifo(directory / "certs" / "fifo.pem")
+    reason = refused_in(directory, with_files("certs/fifo.pem"), "certificates.own.CertificateFile")
+    assert reason.endswith("is not a regular file")
+
+
+def test_certificate_files_must_hold_pem_and_be_small(tmp_path):
+    directory = lab_dir(tmp_path)
+    (directory / "certs" / "big.pem").write_text(PEM_CERT + "x" * 70000)
+    reason = refused_in(directory, with_files("certs/big.pem"), "certificates.own.CertificateFile")
+    assert reason.endswith("is larger than 64 KiB")
+    reason = refused_in(directory, with_files("certs/own.key", "certs/own.pem"), "certificates.own.CertificateFile")
+    assert reason.endswith("does not hold a PEM certificate (-----BEGIN CERTIFICATE-----)")
+    reason = refused_in(directory, with_files("certs/own.pem", "certs/own.pem"), "certificates.own.PrivateKeyFile")
+    assert "does not hold a PEM private key" in reason and "MIIB" not in reason
+
+
+def test_missing_certificate_file_is_refused(tmp_path):
+    reason = refused_in(lab_dir(tmp_path), with_files("certs/none.pem"), "certificates.own.CertificateFile")
+    assert reason.startswith("cannot read certificate file") and "No such file" in reason
+
+
+def test_certificate_needs_a_domain_name_or_both_files():
+    reason = refused_at(edit("  site: {DomainName: www.example.com, ", "  site: {"), "certificates.site.DomainName")
+    assert reason.startswith("required key is missing")
+    reason = refused_at(edit("  site: {DomainName", "  own: {CertificateFile: a.pem}\n  site: {DomainName"),
+                        "certificates.own.PrivateKeyFile")
+    assert reason.startswith("required key is missing: an imported certificate needs")
+
+
+def test_certificate_domain_names_are_checked():
+    reason = refused_at(edit("DomainName: www.example.com", "DomainName: 'www example'"), "certificates.site.DomainName")
+    assert reason == "'www example' is not a domain name like www.example.com or *.example.com"
+    reason = refused_at(edit('["*.example.com"]', '["a.*.example.com"]'), "certificates.site.SubjectAlternativeNames[0]")
+    assert "is not a domain name" in reason
+
+
+def test_listener_certificate_must_be_a_certificate():
+    reason = refused_at(edit("CertificateArn: site", "CertificateArn: web"), "listeners.https.Certificates[0].CertificateArn")
+    assert reason == "'web' is a target group, not a certificate"
+
+
+def test_listener_certificate_by_arn():
+    arn = load().certificates["site"].arn
+    assert load(edit("CertificateArn: site", f"CertificateArn: '{arn}'")).listeners["https"].certificate == "site"
+
+
+def test_alb_takes_at_most_five_security_groups_as_an_eni_does():
+    groups = "".join(f"  sg{i}: {{VpcId: main, GroupDescription: g}}\n" for i in range(6))
+    text = edit("security_groups:\n", "security_groups:\n" + groups)
+    text = edit("SecurityGroups: [alb-sg]", "SecurityGroups: [sg0, sg1, sg2, sg3, sg4, sg5]", text)
+    reason = refused_at(text, "load_balancers.web-alb.SecurityGroups[5]")
+    assert reason.startswith("load balancer web-alb's network interfaces have 6 security groups, over AWS's quota")
+
+
+def test_alias_to_an_alb_answers_its_nodes_and_it_has_no_zonal_names():
+    zone = """hosted_zones:
+  z:
+    Name: example.local
+    VPCs: [main]
+    RecordSets:
+      - {Name: www.example.local, Type: A, AliasTarget: {DNSName: web-alb}}
+"""
+    text = edit("  main: {CidrBlock: 10.0.0.0/16}", "  main: {CidrBlock: 10.0.0.0/16, EnableDnsHostnames: true}") + zone
+    lab = load(text)
+    record = lab.hosted_zones["z"].records[0]
+    lb = lab.load_balancers["web-alb"]
+    assert record.alias_target == lb.dns_name
+    assert record.values == tuple(str(n.public_ip) for n in lb.nodes)
+    zonal = ALB.replace("DNSName: web-alb", "") + zone.replace("DNSName: web-alb", f"DNSName: us-east-1a.{lb.dns_name}")
+    zonal = edit("  main: {CidrBlock: 10.0.0.0/16}", "  main: {CidrBlock: 10.0.0.0/16, EnableDnsHostnames: true}",
+                 zonal)
+    refused(zonal)

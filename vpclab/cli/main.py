@@ -204,6 +204,40 @@ def cmd_register(args) -> int:
     return 0
 
 
+def _json_arg(text: str | None, option: str):
+    """A --conditions/--actions value: JSON, in the lab file's (CloudFormation's) shape."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise LabError(f"{option} must be JSON (the lab file's shape), e.g. "
+                       "'[{\"Type\": \"forward\", \"TargetGroupArn\": \"web\"}]': " + str(exc)) from None
+
+
+def cmd_rule(args) -> int:
+    """CreateRule, ModifyRule, DeleteRule, SetRulePriorities, ModifyListener (an ALB's, live)."""
+    name = args.command_name
+    if name == "create-rule":
+        params = {"listener": args.listener, "priority": args.priority, "name": args.name,
+                  "conditions": _json_arg(args.conditions, "--conditions"),
+                  "actions": _json_arg(args.actions, "--actions")}
+    elif name == "modify-rule":
+        params = {"rule": args.rule, "conditions": _json_arg(args.conditions, "--conditions"),
+                  "actions": _json_arg(args.actions, "--actions")}
+    elif name == "delete-rule":
+        params = {"rule": args.rule}
+    elif name == "set-rule-priorities":
+        pairs = [p.partition("=") for p in args.priorities]
+        if any(not sep for _, sep, _ in pairs):
+            raise LabError("priorities are RULE=PRIORITY")
+        params = {"priorities": {rule: priority for rule, _, priority in pairs}}
+    else:
+        params = {"listener": args.listener, "default_actions": _json_arg(args.default_actions, "--default-actions")}
+    _change(args, name, params)
+    return 0
+
+
 def cmd_endpoint(args) -> int:
     _change(args, f"{args.action}-vpc-endpoint-connections", {"endpoint": args.endpoint})
     return 0
@@ -290,6 +324,24 @@ def build_parser() -> argparse.ArgumentParser:
         p = command(name, cmd_register, f"{verb} a target group (live)")
         p.add_argument("target_group")
         p.add_argument("targets", nargs="+", help="instance names or ids, or IPs for ip target groups")
+    p = command("create-rule", cmd_rule, "add a rule to an ALB listener (live, CreateRule)")
+    p.add_argument("listener")
+    p.add_argument("--priority", required=True)
+    p.add_argument("--conditions", required=True, help="JSON, e.g. '[{\"Field\": \"path-pattern\", "
+                   "\"PathPatternConfig\": {\"Values\": [\"/api/*\"]}}]'")
+    p.add_argument("--actions", required=True, help="JSON, e.g. '[{\"Type\": \"forward\", \"TargetGroupArn\": \"web\"}]'")
+    p.add_argument("--name", help="the rule's name in the lab (default: LISTENER-PRIORITY)")
+    p = command("modify-rule", cmd_rule, "change a rule's conditions or actions (live, ModifyRule)")
+    p.add_argument("rule", help="the rule's name or ARN (a default rule: its ARN)")
+    p.add_argument("--conditions")
+    p.add_argument("--actions")
+    p = command("delete-rule", cmd_rule, "delete an ALB listener rule (live, DeleteRule)")
+    p.add_argument("rule")
+    p = command("set-rule-priorities", cmd_rule, "move rules to new priorities at once (live, SetRulePriorities)")
+    p.add_argument("priorities", nargs="+", metavar="RULE=PRIORITY")
+    p = command("modify-listener", cmd_rule, "change an ALB listener's default actions (live, ModifyListener)")
+    p.add_argument("listener")
+    p.add_argument("--default-actions", required=True, help="JSON, the lab file's DefaultActions shape")
     p = command("endpoint", cmd_endpoint, "accept or reject a VPC endpoint connection (as the service provider)")
     p.add_argument("action", choices=["accept", "reject"])
     p.add_argument("endpoint", help="the endpoint's name or vpce- id")

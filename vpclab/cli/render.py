@@ -15,6 +15,27 @@ def _fast_path(counters: dict) -> str:
     return "off" if "off" in fast else f"on ({fast.get('flows', 0)} flows)"
 
 
+def _alb_lines(load_balancers: list[dict]) -> str:
+    """Each ALB's name, listeners and metrics, and where its CA and access log are."""
+    out = ""
+    for lb in load_balancers:
+        if lb["type"] != "application":
+            continue
+        listeners = ", ".join(f"{li['protocol']}:{li['port']}" for li in lb["listeners"])
+        out += f"\n{lb['name']}: {lb['dns_name']} ({lb['scheme']}; {listeners})"
+        m = lb.get("metrics")
+        if m:
+            out += (f"\n  RequestCount {m.get('RequestCount', 0)}  HTTPCode_Target_2XX_Count "
+                    f"{m.get('HTTPCode_Target_2XX_Count', 0)}  HTTPCode_ELB_5XX_Count {m.get('HTTPCode_ELB_5XX_Count', 0)}"
+                    f"  TargetResponseTime {m.get('TargetResponseTime', '-')}  ActiveConnectionCount "
+                    f"{m.get('ActiveConnectionCount', 0)}")
+        if lb.get("ca_certificate"):
+            out += f"\n  HTTPS certificates from the lab CA: curl --cacert {lb['ca_certificate']}"
+        if lb.get("access_log"):
+            out += f"\n  access log: {lb['access_log']}"
+    return "\n" + out if out else ""
+
+
 def render_status(status: dict) -> str:
     lab = status["lab"]
     rows = [["NAME", "KIND", "ID", "SUBNET", "AZ", "PRIVATE IP", "PUBLIC IP"]]
@@ -30,10 +51,14 @@ def render_status(status: dict) -> str:
         for lb in status["load_balancers"]:
             for n in lb["nodes"]:
                 c = n.get("counters", {})
+                if lb["type"] == "application":  # no flows: its request metrics follow the table
+                    rows.append([lb["name"], lb["type"], n["az"], n["private_ip"], "-", "-", "-", "-"])
+                    continue
                 rows.append([lb["name"], lb["type"], n["az"], n["private_ip"], str(c.get("ActiveFlowCount", "-")),
                              str(c.get("NewFlowCount", "-")), str(sum(c.get("drops", {}).values())),
                              _fast_path(c)])
         out += "\n\n" + table(rows)
+        out += _alb_lines(status["load_balancers"])
     targets = [(g, t) for g in status["target_groups"] for t in g["targets"]]
     if targets:
         rows = [["TARGET GROUP", "TARGET", "NAME", "IP", "AZ", "STATE", "REASON"]]

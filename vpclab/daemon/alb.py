@@ -84,6 +84,7 @@ class AlbNodes:
     node_config: Callable[[object, str, str], dict] | None = None
     nodes: list[AlbNode] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)  # ends the access-log threads
+    _receiving: set = field(default_factory=set)  # nodes whose access log has a receiver
 
     # --- bring-up ----------------------------------------------------------------
 
@@ -114,8 +115,9 @@ class AlbNodes:
 
     def _receive_access_log(self, node: AlbNode) -> None:
         """With access_logs.s3.enabled, a thread turns the node's log datagrams into ALB entries."""
-        if node.config["attributes"].get("access_logs.s3.enabled", "false") != "true":
+        if node.config["attributes"].get("access_logs.s3.enabled", "false") != "true" or node.ns in self._receiving:
             return
+        self._receiving.add(node.ns)  # kept once started: HAProxy logs only while its config says so
         config = node.config
         context = {"elb": config["arn"].split(":loadbalancer/", 1)[-1],
                    "target_group_arns": {f"tg_{g}": tg["arn"] for g, tg in config["target_groups"].items()},
@@ -265,6 +267,26 @@ class AlbNodes:
 
     # --- what status shows ---------------------------------------------------------
 
+    def add_to_status(self, status: dict, counters: bool = True) -> dict:
+        """What `vpclab status` shows of each ALB beyond the model: the lab CA that signs its
+        HTTPS listeners (for `curl --cacert`), its access-log file, each node's metrics."""
+        measured = self.counters() if counters else {}
+        for lb in status["load_balancers"]:
+            nodes = [n for n in self.nodes if n.load_balancer == lb["name"]]
+            if not nodes:
+                continue
+            if any(li["protocol"] == "HTTPS" for li in nodes[0].config["listeners"]):
+                lb["ca_certificate"] = str(certs.lab_ca(self.statedir))
+            if nodes[0].config["attributes"].get("access_logs.s3.enabled", "false") == "true":
+                lb["access_log"] = str(self.access_log_path(lb["name"]))
+            for entry in lb["nodes"]:
+                node = next((n for n in nodes if n.az == entry["az"]), None)
+                if node is not None and node.ns in measured:
+                    entry["counters"] = measured[node.ns]
+            if measured:
+                lb["metrics"] = metrics.merge([measured[n.ns] for n in nodes if "error" not in measured[n.ns]])
+        return status
+
     def counters(self) -> dict[str, dict]:
         """Each node's CloudWatch metrics (engines.alb.metrics, from `show stat` and `show info`)."""
         out = {}
@@ -278,12 +300,19 @@ class AlbNodes:
 
     # --- live changes ---------------------------------------------------------------
 
-    def apply(self, lab) -> None:
+    def apply(self, lab, checker=None, connector=None) -> None:
         """The lab after a live change: new targets take slots, removed ones stay in theirs
         (draining) until `target_gone`; anything else (rules, listeners, attributes, more
-        targets than slots) is a seamless reload."""
+        targets than slots) is a seamless reload. A group a changed rule now forwards to gets
+        its health checks (`checker`, probing through `connector(namespace)`)."""
         for node in self.nodes:
             config = self.node_config(lab, node.load_balancer, node.az)
+            for group in config["target_groups"].keys() - node.groups():
+                if checker is not None and not checker.has_target_group(group):
+                    tg = lab.target_groups[group]
+                    checker.add_target_group(group, tg.health_check_config(), connect=connector(node.ns))
+                    for t in tg.targets:
+                        checker.register(group, t.id, str(t.ip), t.port)
             reload = _structure(config) != _structure(node.config)
             node.config = config
             for group, tg in config["target_groups"].items():
@@ -293,6 +322,7 @@ class AlbNodes:
                         node.slots[group] = slots = _grown(slots, tg["targets"])
                         reload = True
             if reload:
+                self._receive_access_log(node)  # access_logs.s3.enabled may have just turned on
                 self.reload(node)
             else:
                 for group in node.slots:

@@ -318,7 +318,7 @@ class Balancers:
                 t = now[target_id]
                 self.checker.register(group_name, t.id, str(t.ip), t.port)
                 self._to_nodes_of(group_name, {"op": "register", "target": t.id, "ip": str(t.ip), "az": t.az})
-        self.alb.apply(new)
+        self.alb.apply(new, self.checker, self._connector)
         if self.nlb_nodes:
             self.refresh_nlb_nodes(lab=new)
         for group_name in checked & (self._nlb_groups() | self.alb.groups()):

@@ -34,6 +34,13 @@ CHANGES: dict[str, Callable[[Lab, dict], Lab]] = {
     "reject-vpc-endpoint-connections":
         lambda lab, p: model_changes.reject_vpc_endpoint_connections(lab, p["endpoint"]),
     "modify-attributes": lambda lab, p: model_changes.modify_attributes(lab, p["resource"], p["attributes"]),
+    # an Application Load Balancer's rules (CreateRule ... ModifyListener), CloudFormation shapes
+    "create-rule": lambda lab, p: model_changes.create_rule(lab, p["listener"], p["priority"], p["conditions"],
+                                                            p["actions"], p.get("name")),
+    "modify-rule": lambda lab, p: model_changes.modify_rule(lab, p["rule"], p.get("conditions"), p.get("actions")),
+    "delete-rule": lambda lab, p: model_changes.delete_rule(lab, p["rule"]),
+    "set-rule-priorities": lambda lab, p: model_changes.set_rule_priorities(lab, p["priorities"]),
+    "modify-listener": lambda lab, p: model_changes.modify_listener(lab, p["listener"], p["default_actions"]),
 }
 
 

@@ -288,7 +288,8 @@ class Daemon:
         path.unlink(missing_ok=True)
         with unixpath.usable(path) as reachable:
             server = await asyncio.start_unix_server(self._client, path=reachable)
-        self.progress.send("ready", status=lab_status(self.lab, self.balancers.target_health))  # as `targets` says
+        ready = self.balancers.alb.add_to_status(lab_status(self.lab, self.balancers.target_health), counters=False)
+        self.progress.send("ready", status=ready)  # health as `targets` says
         self.progress.close()
         await self.stopping.wait()
         self.supervisor.closing = True
@@ -340,6 +341,7 @@ class Daemon:
         status["dns"] = {ns: r.counters.snapshot() for ns, r in self.resolvers.items()}
         status["daemon"] = {"fabric_seconds": round(self.bring_up_seconds, 4)}
         status["engines"] = self.supervisor.snapshot()
+        self.balancers.alb.add_to_status(status)
         return status
 
     async def _appliance_snapshot(self, name: str) -> dict | None:

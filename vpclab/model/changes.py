@@ -1,7 +1,9 @@
 """Live changes: pure functions from a Lab to a new Lab, refused as AWS refuses them.
 
 Security groups (EC2): authorize/revoke ingress and egress.
-Elastic Load Balancing: register/deregister targets, modify attributes.
+Elastic Load Balancing: register/deregister targets, modify attributes; an Application Load
+Balancer's rules (create, modify, delete, set priorities) and listener default actions, which
+elbv2.rule_changes holds and this module re-exports.
 PrivateLink: accept/reject endpoint connections.
 """
 from __future__ import annotations
@@ -16,10 +18,15 @@ from .elbv2 import (
     GENEVE_PORT,
     LOAD_BALANCER_ATTRIBUTES,
     AttributeProblem,
+    create_rule,  # the rule changes are re-exported: vpclab.model's names come from here
+    delete_rule,
+    modify_listener,
+    modify_rule,
     resolve_attributes,
     resolve_listener_attributes,
     resolve_target,
     resolve_target_group_attributes,
+    set_rule_priorities,
 )
 from .errors import ChangeError
 from .quotas import RULES_PER_SG, quota_value

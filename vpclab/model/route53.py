@@ -335,7 +335,8 @@ class Route53Builder(_BuilderBase):
             public = lb.scheme == "internet-facing"
             addresses = {n.az: str(n.public_ip if public else n.private_ip) for n in lb.nodes}
             self.alias_names[lb.dns_name] = tuple(addresses.values())
-            self.alias_names.update({lb.zonal_dns_name(az): (ip,) for az, ip in addresses.items()})
+            if lb.type == "network":  # an ALB has no zonal names
+                self.alias_names.update({lb.zonal_dns_name(az): (ip,) for az, ip in addresses.items()})
         for endpoint in self.built["vpc_endpoints"].values():
             if endpoint.type != "Interface":
                 self.lab_alias_names[endpoint.name.lower()] = None

@@ -149,7 +149,7 @@ class Runtime:
                     break
                 chunks.append(data)
         reply = b"".join(chunks).decode(errors="replace")
-        if _refused(reply):
+        if refused(reply):
             raise RuntimeApiError(f"{line}: {reply.strip()}")
         return reply
 
@@ -158,7 +158,12 @@ class Runtime:
             self.command(line)
 
 
-def _refused(reply: str) -> bool:
+def refused(reply: str) -> bool:
+    """Whether a runtime API reply is HAProxy's refusal (a data reply, such as `show stat`'s
+    CSV with its "# " header line, never is)."""
     first = reply.strip().splitlines()[0] if reply.strip() else ""
+    if first.startswith("#"):
+        return False
+    lower = first.lower()
     return first.startswith(("Unknown command", "No such", "Require", "Permission denied")) or \
-        "invalid" in first.lower() or "error" in first.lower()
+        any(word in lower for word in ("invalid", "expects", "can't", "cannot", "error"))

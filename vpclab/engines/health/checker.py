@@ -186,6 +186,9 @@ class HealthChecker:
             self._notify(target)
             self._settle(target)
 
+    def has_target_group(self, name: str) -> bool:
+        return name in self._groups
+
     def draining(self) -> list[tuple[str, str]]:
         """(target group, target id) of every target draining now."""
         return list(self._draining)

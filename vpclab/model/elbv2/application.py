@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..common import _BuilderBase
+from ..quotas import SGS_PER_ENI
 from ..reader import _Invalid, _Spec
 from ..resources import Certificate, Listener, ListenerRule, LoadBalancer, TargetGroup, Vpc
 from .certificates import certificate_props
@@ -83,6 +84,8 @@ class ApplicationBuilder(_BuilderBase):
             return ()
         groups: list[str] = []
         for i, value in enumerate(spec.props.get("SecurityGroups", [f"{vpc.name}-default"])):
+            self._within(SGS_PER_ENI, i + 1, f"{spec.at('SecurityGroups')}[{i}]",
+                         lambda n: f"load balancer {spec.name}'s network interfaces have {n} security groups")
             group = self._ref("security_groups", value, f"{spec.at('SecurityGroups')}[{i}]", vpc)
             if group.name in groups:
                 raise _Invalid(f"{spec.at('SecurityGroups')}[{i}]", f"security group {group.name} is listed twice")

@@ -50,7 +50,7 @@ NOT_YET_ACTIONS = ("authenticate-oidc", "authenticate-cognito", "jwt-validation"
 _HOST = re.compile(r"[A-Za-z0-9.*?-]+")
 _PATH = re.compile(r"""[A-Za-z0-9_\-.$/~"'@:+&*?]+""")
 _METHOD = re.compile(r"[A-Z_-]+")
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_NAME = re.compile(r"[!#$%&'+\-.^_`|~0-9A-Za-z]+")  # an HTTP token, without the wildcards
 _WILDCARD = re.compile(r"(?<!\\)[*?]")
 
 
@@ -139,7 +139,7 @@ def _condition(item: Any, at: str) -> RuleCondition:
         name = config["HttpHeaderName"]
         if len(name) > 40 or not _HEADER_NAME.fullmatch(name):
             raise _Invalid(f"{config_at}.HttpHeaderName", f"'{name[:40]}' is not a header name (up to 40 letters, "
-                           "digits or !#$%&'*+-.^_`|~; no wildcards)")
+                           "digits or !#$%&'+-.^_`|~; no wildcards)")
         values = _values(config["Values"], f"{config_at}.Values", None, "")
         return RuleCondition(field, values, name)
     config = _fields(props[config_key], config_at, {"Values": _raw}, ("Values",))
