@@ -77,6 +77,7 @@ listeners:
 # nginx in the foreground on the bench's own files only (no host config, no host service).
 NGINX = """
 daemon off;
+user root root;  # the lab's root: nginx chowns its temporary directories to this user, and nobody is unmapped
 master_process off;
 worker_processes 1;
 pid @DIR@/nginx.pid;
