@@ -133,6 +133,8 @@ def test_every_eni_is_a_veth_into_its_vpc_router_with_mtu_9001(make_lab):
             assert ("ipv4/ip_forward", "1") in ns.sysctls
         if ns.kind in ("router", "nlb"):  # policy rules: no second route lookup per forwarded packet
             assert ("ipv4/conf/all/accept_local", "1") in ns.sysctls
+        if ("ipv4/ip_forward", "1") in ns.sysctls:  # no socket lookup per forwarded packet either
+            assert ("ipv4/ip_early_demux", "0") in ns.sysctls, ns.name
     # Everything that touches a VPC router (ENIs, endpoints, the IGW) runs at the VPC MTU.
     for link in wiring.links:
         if link.a_ns.startswith("router:") or link.b_ns.startswith("router:"):

@@ -25,7 +25,9 @@ BASE_SYSCTLS: tuple[tuple[str, str], ...] = (
     ("ipv4/conf/all/accept_redirects", "0"),
     ("ipv4/conf/default/accept_redirects", "0"),
 )
-FORWARDING = (("ipv4/ip_forward", "1"),)
+# A namespace that forwards: no early demux, which would look every forwarded TCP and UDP
+# packet up in the socket table before routing it (only the packets it delivers locally gain).
+FORWARDING = (("ipv4/ip_forward", "1"), ("ipv4/ip_early_demux", "0"))
 PROXY_ARP = (("ipv4/conf/default/proxy_arp", "1"),)
 # A router's (or NLB node's) policy rules make the kernel check each forwarded packet's source
 # with a second full route lookup, which only drops sources that are its own addresses; a

@@ -56,14 +56,12 @@ IGW_TRANSIT = IPv4Network("192.0.2.0/24")
 # is the destination). Forwarding decrements it, so add one before; a packet that came with 255
 # (no room) is marked and gets its one back after. nft's own `ip ttl set` is refused in a user
 # namespace; the xt TTL target is not. Bit 31 of the mark: the router's fwmark rules never set it.
+# One table, two base chains: each base chain costs every packet of every pass a hook call.
 KEEP_TTL_MARK = 0x80000000
-KEEP_TTL = f"""*raw
-:PREROUTING ACCEPT [0:0]
--A PREROUTING -m ttl --ttl-eq 255 -j MARK --or-mark {KEEP_TTL_MARK:#x}
-COMMIT
-*mangle
+KEEP_TTL = f"""*mangle
 :PREROUTING ACCEPT [0:0]
 :FORWARD ACCEPT [0:0]
+-A PREROUTING -m ttl --ttl-eq 255 -j MARK --or-mark {KEEP_TTL_MARK:#x}
 -A PREROUTING -m ttl --ttl-lt 255 -j TTL --ttl-inc 1
 -A FORWARD -m mark --mark {KEEP_TTL_MARK:#x}/{KEEP_TTL_MARK:#x} -j TTL --ttl-inc 1
 COMMIT
