@@ -170,6 +170,21 @@ def test_rules_evaluate_lowest_priority_first_and_default_last():
     assert "int(0)" in [line for line in lines if "rule_priority" in line][-1]  # the default rule logs 0
 
 
+def test_refusals_come_before_the_rules_so_the_log_shows_no_matched_rule():
+    text = config.render(NODE, runtime_socket="rt.sock", refusal_lines=["http-request deny status 405 if { method TRACE }"])
+    frontend = text.split("frontend fe_")[1]
+    assert frontend.index("deny status 405") < frontend.index("set-var(txn.rule)")
+
+
+def test_log_only_rule_variables_are_set_only_with_access_logs_on():
+    def text(enabled):
+        node = copy.deepcopy(NODE)
+        node["attributes"] = {**node.get("attributes", {}), "access_logs.s3.enabled": enabled}
+        return config.render(node, runtime_socket="rt.sock")
+    assert "txn.rule_priority" not in text("false") and "txn.actions_executed" not in text("false")
+    assert "txn.rule_priority" in text("true") and "txn.actions_executed" in text("true")
+
+
 def test_redirect_keeps_host_path_and_query_and_drops_the_default_port():
     lines = rules.redirect_lines("r1", NODE["listeners"][0]["rules"][1]["action"], NODE["listeners"][0])
     assert lines[0] == ('http-request redirect location "https://%[req.hdr(host),field(1,:)]/new/'

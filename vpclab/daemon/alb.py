@@ -156,6 +156,7 @@ class AlbNodes:
             logging_lines = logging_lines[-2:]  # no log, but requests counted as ALB counts them
         text = alb_config.render(node.config, runtime_socket=f"unix@{node.socket.name}", slots=slots,
                                  certificates=certificates, request_lines=headers.frontend_request_lines,
+                                 refusal_lines=headers.refusal_lines(),
                                  defaults_lines=errors.errorfile_lines(error_dir), frontend_lines=logging_lines,
                                  backend_lines=errors.backend_lines(error_dir))
         tmp = node.cfg.with_suffix(".tmp")

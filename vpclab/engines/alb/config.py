@@ -43,15 +43,16 @@ def slot_count(targets: int) -> int:
 
 def render(node: dict, *, runtime_socket: str, slots: Mapping[str, Sequence[dict | None]] | None = None,
            certificates: Mapping[str, str] | None = None, request_lines: RequestLines | None = None,
-           global_lines: Sequence[str] = (), defaults_lines: Sequence[str] = (),
+           refusal_lines: Sequence[str] = (), global_lines: Sequence[str] = (), defaults_lines: Sequence[str] = (),
            frontend_lines: Sequence[str] = (), backend_lines: Sequence[str] = ()) -> str:
     """The whole haproxy.cfg.
 
     `slots[group]`: what each slot s1..sN holds, as {"ip", "port", "state"} (ready, drain,
     maint) or None; by default the group's targets fill the first slots, ready.
     `certificates[listener name]`: the PEM (cert + key) path for an HTTPS listener.
-    `request_lines`, `global_lines`, `defaults_lines`, `frontend_lines`, `backend_lines`: the
-    header, logging and error-page lines of engines.alb.headers, access_log and errors."""
+    `request_lines`, `refusal_lines` (before any rule), `global_lines`, `defaults_lines`,
+    `frontend_lines`, `backend_lines`: the header, logging and error-page lines of
+    engines.alb.headers, access_log and errors."""
     certificates = certificates or {}
     groups = node["target_groups"]
     slots = dict(slots or {})
@@ -63,7 +64,7 @@ def render(node: dict, *, runtime_socket: str, slots: Mapping[str, Sequence[dict
     out += defaults_section(attributes, defaults_lines)
     for listener in node["listeners"]:
         out += frontend_section(node, listener, groups, certificates.get(listener["name"]), request_lines,
-                                frontend_lines)
+                                [*frontend_lines, *refusal_lines])
     for name, group in groups.items():
         out += backend_section(name, group, slots[name], backend_lines)
     return "\n".join(out) + "\n"
@@ -123,7 +124,8 @@ def frontend_section(node: dict, listener: dict, groups: dict, certificate: str 
     rules = listener["rules"]
     requests, uses = R.action_lines(listener, groups)
     lines = [bind_line(node, listener, certificate), *extra]
-    lines += R.selection_lines(rules)  # on the request as the client sent it
+    logged = node.get("attributes", {}).get("access_logs.s3.enabled", "false") == "true"
+    lines += R.selection_lines(rules, logged)  # on the request as the client sent it
     if request_lines is not None:
         lines += request_lines(listener, node.get("attributes", {}))
     else:  # AWS's default, append: the client's address on X-Forwarded-For
@@ -151,7 +153,9 @@ def backend_section(name: str, group: dict, slots: Sequence[dict | None], extra:
         raise ValueError(f"target group {name}: load_balancing.algorithm.type {algorithm!r} is not supported")
     lines = [f"backend {R.backend_name(name)}",
              f"    balance {'roundrobin' if algorithm == 'round_robin' else 'leastconn'}",
-             f"    http-request set-var({R.GROUP_TOKEN_VAR}) str({R.group_token(group['arn'])})",
+             # for the AWSALBTG cookie of a rule with group stickiness only (every line costs)
+             f"    http-request set-var({R.GROUP_TOKEN_VAR}) str({R.group_token(group['arn'])}) "
+             f"if {{ var({R.GROUP_STICKY_VAR}) -m found }}",
              *(f"    {line}" for line in extra)]
     sticky = _sticky(group)
     server_options = ""
