@@ -270,13 +270,18 @@ def test_timeouts_follow_idle_timeout_and_connect_waits_10s():
 
 def test_lb_cookie_stickiness_is_awsalb_with_awsalbcors():
     text = config.render(NODE, runtime_socket="s")
-    assert "    cookie AWSALB insert nocache dynamic maxlife 86400s attr Max-Age=604800\n" in text
+    assert "    cookie AWSALB insert nocache dynamic maxlife 86400s attr Path=/\n" in text  # the duration
     assert "AWSALBCORS=%[res.cook(AWSALB)]" in text and "SameSite=None; Secure" in text
+    # Expires 7 days ahead on every response, as AWS sets it whatever the duration
+    awsalb = [line for line in text.splitlines() if "AWSALB=" in line or "AWSALBCORS=" in line]
+    assert sum("Expires=%[date(604800),http_date]" in line for line in awsalb) == 3
 
 
-def test_app_cookie_stickiness_follows_the_application_cookie():
+def test_app_cookie_stickiness_issues_awsalbapp_and_routes_on_it():
     text = config.render(NODE, runtime_socket="s")
-    assert "    stick on req.cook(SESSION)\n    stick store-response res.cook(SESSION)\n" in text
+    assert "    stick match req.cook(AWSALBAPP-0)\n" in text  # routed on ALB's cookie, not the app's
+    assert "    stick store-response var(txn.albapp) if { res.cook(SESSION) -m found }\n" in text
+    assert 'add-header Set-Cookie "AWSALBAPP-0=%[var(txn.albapp)]; Expires=' in text
 
 
 def test_least_outstanding_requests_is_leastconn_and_round_robin_roundrobin():

@@ -16,9 +16,11 @@
 - lb_cookie stickiness: the `AWSALB` cookie (HAProxy's dynamic cookie, a hash of a
   per-group key and the target's address, so a slot refilled with another target gets a
   new cookie and a client pinned to a deregistered target moves), its lifetime the
-  group's duration, refreshed on each response with a 7-day Max-Age as AWS does, plus
-  `AWSALBCORS` (SameSite=None; Secure). app_cookie stickiness: a stick table keyed on
-  the application's own cookie, which passes untouched.
+  group's duration (maxlife), sent on each response with Expires 7 days ahead as AWS does, plus
+  `AWSALBCORS` (SameSite=None; Secure). app_cookie stickiness: when the application
+  sets its cookie (which passes untouched), an opaque `AWSALBAPP-0` is issued, and a stick
+  table maps it to the target's slot for the group's duration; requests route on it, not on
+  the application's cookie. A token whose entry expired or whose target left gets a new target.
 - slow_start.duration_seconds: `slowstart` on each slot.
 - Timeouts: idle_timeout.timeout_seconds on both sides; 10 s to connect to a target.
 """
@@ -30,7 +32,8 @@ from vpclab.engines.alb import rules as R
 
 SLOT_MINIMUM = 16
 CONNECT_TIMEOUT_SECONDS = 10
-COOKIE_MAX_AGE_SECONDS = 7 * 86400  # AWS's cookie Expires is always 7 days (§4.2)
+APP_COOKIE = "AWSALBAPP-0"  # one shard: the lab's value is far below AWS's 4 KB
+COOKIE_EXPIRES_SECONDS = 7 * 86400  # AWS's cookie Expires is always 7 days ahead (§4.2)
 ALPN_H2 = "h2,http/1.1"
 
 # X's modules (engines.alb.headers) add lines through this hook: (listener, attributes) -> lines.
@@ -161,23 +164,35 @@ def backend_section(name: str, group: dict, slots: Sequence[dict | None], extra:
     server_options = ""
     if sticky == "lb_cookie":
         duration = int(attributes.get("stickiness.lb_cookie.duration_seconds", 86400))
-        lines += [f"    cookie AWSALB insert nocache dynamic maxlife {duration}s "
-                  f"attr Max-Age={COOKIE_MAX_AGE_SECONDS}",
+        expires = f"Expires=%[date({COOKIE_EXPIRES_SECONDS}),http_date]"
+        lines += [f"    cookie AWSALB insert nocache dynamic maxlife {duration}s attr Path=/",
                   f"    dynamic-cookie-key {R.group_token(group['arn'] + '/AWSALB')}",
                   # a cross-site request carries only AWSALBCORS: it pins as AWSALB would
                   '    http-request set-header Cookie "%[req.fhdr(cookie)]; AWSALB=%[req.cook(AWSALBCORS)]" '
                   "if !{ req.cook(AWSALB) -m found } { req.cook(AWSALBCORS) -m found }",
-                  '    http-after-response add-header Set-Cookie "AWSALBCORS=%[res.cook(AWSALB)]; '
-                  f'Max-Age={COOKIE_MAX_AGE_SECONDS}; Path=/; SameSite=None; Secure" '
-                  "if { res.cook(AWSALB) -m found }"]
+                  "    http-request set-var(txn.awsalb) req.cook(AWSALB) if { req.cook(AWSALB) -m found }",
+                  # AWS's Expires: 7 days from each response, whatever the duration (which maxlife keeps)
+                  f'    http-after-response replace-header Set-Cookie "^(AWSALB=[^;]*)(.*)" "\\1; {expires}\\2"',
+                  # the cookie the client kept, refreshed on each response HAProxy did not issue one on
+                  f'    http-after-response add-header Set-Cookie "AWSALB=%[var(txn.awsalb)]; {expires}; Path=/" '
+                  "if { var(txn.awsalb) -m found } !{ res.cook(AWSALB) -m found }",
+                  f'    http-after-response add-header Set-Cookie "AWSALBCORS=%[res.cook(AWSALB)]; {expires}; '
+                  'Path=/; SameSite=None; Secure" if { res.cook(AWSALB) -m found }']
     elif sticky == "app_cookie":
         cookie = attributes.get("stickiness.app_cookie.cookie_name", "")
         if not cookie or any(not (c.isascii() and (c.isalnum() or c in "-_.")) for c in cookie):
             raise ValueError(f"target group {name}: app cookie name {cookie!r} is not a plain cookie name")
         duration = int(attributes.get("stickiness.app_cookie.duration_seconds", 86400))
-        lines += [f"    stick-table type string len 128 size 100k expire {duration}s",
-                  f"    stick on req.cook({cookie})",
-                  f"    stick store-response res.cook({cookie})"]
+        app_set = f"{{ res.cook({cookie}) -m found }}"
+        lines += [f"    stick-table type string len 64 size 100k expire {duration}s",
+                  # the token the client sent back, or a new one for this response to issue
+                  f"    http-request set-var(txn.albapp) req.cook({APP_COOKIE}) if {{ req.cook({APP_COOKIE}) -m found }}",
+                  f"    http-request set-var(txn.albapp) uuid if !{{ req.cook({APP_COOKIE}) -m found }}",
+                  f"    stick match req.cook({APP_COOKIE})",
+                  f"    stick store-response var(txn.albapp) if {app_set}",
+                  # issued (or refreshed) when the application sets its cookie, which passes untouched
+                  f'    http-response add-header Set-Cookie "{APP_COOKIE}=%[var(txn.albapp)]; '
+                  f'Expires=%[date({COOKIE_EXPIRES_SECONDS}),http_date]; Path=/" if {app_set}']
     elif sticky is not None:
         raise ValueError(f"target group {name}: stickiness.type {sticky!r} is not supported by an ALB")
     slow_start = int(attributes.get("slow_start.duration_seconds", 0))
