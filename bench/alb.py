@@ -223,7 +223,7 @@ def main() -> int:
     for path in paths:
         m = best[path]
         failed = f", {m['errors']} non-2xx" if m["errors"] else ""
-        print(f"{path:6s} {m['rps']:10.0f} requests/s  p50 {m['p50_ms']:.2f} ms  p99 {m['p99_ms']:.2f} ms{failed}")
+        print(f"{path:7s} {m['rps']:10.0f} requests/s  p50 {m['p50_ms']:.2f} ms  p99 {m['p99_ms']:.2f} ms{failed}")
     ratio = best["alb"]["rps"] / best["direct"]["rps"]
     reference = best["haproxy"]["rps"] / best["direct"]["rps"]
     print(f"haproxy/direct requests/s {reference:.2f}x (HAProxy alone, same path: the reference point), "
