@@ -7,12 +7,15 @@ nodes, one per AZ) over one backend instance, and a client instance in the same 
 backend runs nginx from the distribution on a configuration of the bench's own, serving a
 fixed page from memory, so the backend is never the bottleneck. From the client, wrk (from the
 distribution; HTTP/1.1 keep-alive, `--connections` connections, one thread) sends the same GET
-requests to two paths:
+requests to three paths:
 
 - direct: client -> VPC router -> backend:80;
-- alb:    client -> VPC router -> ALB node (HAProxy) -> VPC router -> backend:80.
+- alb:    client -> VPC router -> ALB node (HAProxy) -> VPC router -> backend:80;
+- haproxy: the reference point, HAProxy alone (no rules, headers or logs) on an instance in a
+  subnet of its own: client -> VPC router -> HAProxy -> VPC router -> backend:80, the same
+  crossings as the ALB's path.
 
-Rounds alternate direct and ALB; each path's figure is its best round (requests/s, and the p50
+Rounds alternate the paths; each path's figure is its best round (requests/s, and the p50
 and p99 latency of that round). Printed: the kernel release, both absolute figures and the
 ratio ALB/direct for requests/s. Target: at least 0.6x direct (HAProxy alone in front of nginx
 reaches about 0.66x on these machines: both run on the same 2 CPUs as wrk).
@@ -43,6 +46,7 @@ subnets:
   nodes-b: {VpcId: main, AvailabilityZone: b, CidrBlock: 10.0.2.0/24}
   backends: {VpcId: main, AvailabilityZone: a, CidrBlock: 10.0.11.0/24}
   clients: {VpcId: main, AvailabilityZone: a, CidrBlock: 10.0.21.0/24}
+  proxies: {VpcId: main, AvailabilityZone: a, CidrBlock: 10.0.3.0/24}
 security_groups:
   open:
     VpcId: main
@@ -55,6 +59,12 @@ instances:
     DefaultServices: false
     Run: ["nginx -p @DIR@ -c @DIR@/nginx.conf"]
   client: {SubnetId: clients, PrivateIpAddress: 10.0.21.10, DefaultServices: false}
+  proxy:  # the reference point: HAProxy alone, on the same path as an ALB node
+    SubnetId: proxies
+    PrivateIpAddress: 10.0.3.10
+    SecurityGroupIds: [open]
+    DefaultServices: false
+    Run: ["haproxy -db -f @DIR@/haproxy.cfg"]
 load_balancers:
   bench-alb:
     Type: application
@@ -96,6 +106,25 @@ http {
         location / { default_type text/plain; return 200 "hello from nginx, a fixed page of a few bytes\\n"; }
     }
 }
+"""
+
+
+# HAProxy alone in front of the same nginx: no rules, no headers, no logging, the ALB's
+# timeouts and keep-alive; HAProxy's defaults otherwise (threads included), as the ALB's.
+HAPROXY = """
+global
+    pidfile @DIR@/haproxy.pid
+defaults
+    mode http
+    timeout connect 10s
+    timeout client 60s
+    timeout server 60s
+    option http-keep-alive
+frontend plain
+    bind 10.0.3.10:80
+    default_backend nginx
+backend nginx
+    server backend 10.0.11.10:80
 """
 
 
@@ -170,6 +199,7 @@ def main() -> int:
         for sub in ("", "tmp"):
             (directory / sub).mkdir(exist_ok=True)
         (directory / "nginx.conf").write_text(NGINX.replace("@DIR@", str(directory)))
+        (directory / "haproxy.cfg").write_text(HAPROXY.replace("@DIR@", str(directory)))
         lab_file = Path(home) / f"{NAME}.yaml"
         lab_file.write_text(LAB.replace("@DIR@", str(directory)))
         env = dict(os.environ, VPCLAB_HOME=str(Path(home) / "vpclab"), PYTHONPATH=str(ROOT))
@@ -177,23 +207,27 @@ def main() -> int:
         try:
             lb = next(b for b in status(env)["load_balancers"] if b["name"] == "bench-alb")
             node = next(n["private_ip"] for n in lb["nodes"] if n["subnet"] == "nodes-a")
-            paths = {"direct": "10.0.11.10", "alb": node}
+            paths = {"direct": "10.0.11.10", "haproxy": "10.0.3.10", "alb": node}
             wait_for("nginx on the backend", lambda: answers(env, paths["direct"]), 60)
             wait_for("the ALB's target healthy", lambda: healthy(env), 90)
             wait_for("the ALB to answer", lambda: answers(env, paths["alb"]), 60)
+            wait_for("HAProxy alone to answer", lambda: answers(env, paths["haproxy"]), 60)
             rounds = [{path: measure(env, ip, args.seconds, args.connections) for path, ip in paths.items()}
                       for _ in range(args.rounds)]
         finally:
             vpclab(env, "down", "--lab", NAME, check=False, timeout=120)
-    best = {path: max((r[path] for r in rounds), key=lambda m: m["rps"]) for path in ("direct", "alb")}
+    best = {path: max((r[path] for r in rounds), key=lambda m: m["rps"]) for path in paths}
     ratios = sorted(r["alb"]["rps"] / r["direct"]["rps"] for r in rounds)
     print(f"kernel {platform.release()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     print(f"wrk, 1 thread, {args.connections} keep-alive connections, best of {args.rounds} x {args.seconds:g} s")
-    for path in ("direct", "alb"):
+    for path in paths:
         m = best[path]
         failed = f", {m['errors']} non-2xx" if m["errors"] else ""
-        print(f"{path:6s} {m['rps']:10.0f} requests/s  p50 {m['p50_ms']:.2f} ms  p99 {m['p99_ms']:.2f} ms{failed}")
+        print(f"{path:7s} {m['rps']:10.0f} requests/s  p50 {m['p50_ms']:.2f} ms  p99 {m['p99_ms']:.2f} ms{failed}")
     ratio = best["alb"]["rps"] / best["direct"]["rps"]
+    reference = best["haproxy"]["rps"] / best["direct"]["rps"]
+    print(f"haproxy/direct requests/s {reference:.2f}x (HAProxy alone, same path: the reference point), "
+          f"alb/haproxy {best['alb']['rps'] / best['haproxy']['rps']:.2f}x")
     print(f"alb/direct requests/s {ratio:.2f}x (rounds {ratios[0]:.2f}-{ratios[-1]:.2f}; target >= {TARGET_RATIO}x), "
           f"p50 latency {best['alb']['p50_ms'] / best['direct']['p50_ms']:.2f}x, "
           f"p99 latency {best['alb']['p99_ms'] / best['direct']['p99_ms']:.2f}x")

@@ -2,9 +2,11 @@
 through HAProxy on the ALB's nodes, to the test pages of two web instances (examples/alb.yaml)."""
 from __future__ import annotations
 
+import email.utils
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -109,12 +111,25 @@ def test_the_target_sees_x_forwarded_for_with_the_clients_address(alb):
     assert f"x-forwarded-for: {outside}" in body.splitlines()
 
 
+def _awsalb(headers: dict) -> tuple[str, float]:
+    """The AWSALB cookie a response sets: its value and its Expires (epoch seconds)."""
+    cookie = next(c for c in headers["set-cookie"] if c.startswith("AWSALB="))
+    fields = dict(f.strip().partition("=")[::2] for f in cookie.split(";"))
+    return fields["AWSALB"], email.utils.parsedate_to_datetime(fields["Expires"]).timestamp()
+
+
 def test_awsalb_pins_a_client_and_moves_it_when_its_target_is_deregistered(alb):
     jar = "/tmp/alb-test-cookies"
     alb.sh("outside", f"rm -f {jar}")
     status, headers, body = get(alb, cookies=jar)
     assert status == 200 and any(c.startswith("AWSALB=") for c in headers["set-cookie"])
     assert any(c.startswith("AWSALBCORS=") and "SameSite=None; Secure" in c for c in headers["set-cookie"])
+    issued = _awsalb(headers)
+    # AWS's Expires: 7 days ahead, whatever the group's duration (1 day here), and sent again
+    # on each response naming the same target (HAProxy's value: target|last seen|first seen)
+    assert abs(issued[1] - (time.time() + 7 * 86400)) < 3600, issued
+    again = _awsalb(get(alb, cookies=jar)[1])
+    assert again[0].split("|")[0] == issued[0].split("|")[0] and again[1] >= issued[1]
     pinned = served_by(body)
     assert {served_by(get(alb, cookies=jar)[2]) for _ in range(5)} == {pinned}
     other = (WEB - {pinned}).pop()
@@ -220,6 +235,13 @@ def test_access_logs_enabled_live_land_in_the_lab_state_directory(alb):
         wait_for(logged, 30, f"an entry for /ping in {path}")
     finally:
         alb.vpclab("modify", "--lab", alb.name, "web-alb", "access_logs.s3.enabled=false")
+    # turned off live: the receiver stops (its socket goes) and requests add no entry
+    sockets = path.parent.parent  # <state>/alb: each node's log socket sits there while it receives
+    wait_for(lambda: not list(sockets.glob("*-log.sock")), 30, "the access-log receivers stopped")
+    entries = len(path.read_text().splitlines())
+    for _ in range(3):
+        assert get(alb, "/ping")[0] == 200
+    assert len(path.read_text().splitlines()) == entries
 
 
 def test_deregistration_ends_early_when_nothing_is_in_flight(alb):

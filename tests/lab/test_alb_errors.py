@@ -190,8 +190,12 @@ def test_a_malformed_request_is_400_from_the_load_balancer(lab):
     assert got["status"] == 400 and got["server"] != "vpclab"  # not the target's test page
 
 
-def test_trace_is_405(lab):
-    assert curl(lab, "/", "-X", "TRACE") == (405, "awselb/2.0")
+def test_trace_is_405_refused_before_any_rule(lab):
+    mark = marker()
+    assert curl(lab, f"/?q={mark}", "-X", "TRACE") == (405, "awselb/2.0")
+    (e,) = entries_for(lab, mark)
+    # refused before the rules: no matched rule, as AWS logs it ("-" for an error outside them)
+    assert (e["elb_status_code"], e["target_status_code"], e["matched_rule_priority"]) == ("405", "-", "-")
 
 
 def test_a_client_silent_past_the_idle_timeout_gets_408(lab):

@@ -133,8 +133,10 @@ def test_haproxy_logs_each_request_to_the_receiver_as_one_alb_entry(tmp_path):
     listener = {"name": "http", "protocol": "HTTP", "port": port}
     try:
         with echo_server() as backend:
-            frontend = (headers.frontend_request_lines(listener, {}) + access_log.log_lines(str(sock)) +
-                        ["http-request set-var(txn.rule_priority) int(0)"])
+            # as the daemon orders them: refusals, the rule chosen, then the headers
+            frontend = (access_log.log_lines(str(sock)) + headers.refusal_lines() +
+                        ["http-request set-var(txn.rule_priority) int(0)"] +
+                        headers.frontend_request_lines(listener, {"access_logs.s3.enabled": "true"}))
             config = ("defaults\n  mode http\n  timeout connect 2s\n  timeout client 5s\n  timeout server 5s\n"
                       f"frontend fe_http\n  bind 127.0.0.1:{port}\n" + "".join(f"  {x}\n" for x in frontend) +
                       f"  default_backend tg_web\nbackend tg_web\n  server s1 127.0.0.1:{backend}\n")

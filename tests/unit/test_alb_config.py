@@ -170,6 +170,21 @@ def test_rules_evaluate_lowest_priority_first_and_default_last():
     assert "int(0)" in [line for line in lines if "rule_priority" in line][-1]  # the default rule logs 0
 
 
+def test_refusals_come_before_the_rules_so_the_log_shows_no_matched_rule():
+    text = config.render(NODE, runtime_socket="rt.sock", refusal_lines=["http-request deny status 405 if { method TRACE }"])
+    frontend = text.split("frontend fe_")[1]
+    assert frontend.index("deny status 405") < frontend.index("set-var(txn.rule)")
+
+
+def test_log_only_rule_variables_are_set_only_with_access_logs_on():
+    def text(enabled):
+        node = copy.deepcopy(NODE)
+        node["attributes"] = {**node.get("attributes", {}), "access_logs.s3.enabled": enabled}
+        return config.render(node, runtime_socket="rt.sock")
+    assert "txn.rule_priority" not in text("false") and "txn.actions_executed" not in text("false")
+    assert "txn.rule_priority" in text("true") and "txn.actions_executed" in text("true")
+
+
 def test_redirect_keeps_host_path_and_query_and_drops_the_default_port():
     lines = rules.redirect_lines("r1", NODE["listeners"][0]["rules"][1]["action"], NODE["listeners"][0])
     assert lines[0] == ('http-request redirect location "https://%[req.hdr(host),field(1,:)]/new/'
@@ -255,13 +270,18 @@ def test_timeouts_follow_idle_timeout_and_connect_waits_10s():
 
 def test_lb_cookie_stickiness_is_awsalb_with_awsalbcors():
     text = config.render(NODE, runtime_socket="s")
-    assert "    cookie AWSALB insert nocache dynamic maxlife 86400s attr Max-Age=604800\n" in text
+    assert "    cookie AWSALB insert nocache dynamic maxlife 86400s attr Path=/\n" in text  # the duration
     assert "AWSALBCORS=%[res.cook(AWSALB)]" in text and "SameSite=None; Secure" in text
+    # Expires 7 days ahead on every response, as AWS sets it whatever the duration
+    awsalb = [line for line in text.splitlines() if "AWSALB=" in line or "AWSALBCORS=" in line]
+    assert sum("Expires=%[date(604800),http_date]" in line for line in awsalb) == 3
 
 
-def test_app_cookie_stickiness_follows_the_application_cookie():
+def test_app_cookie_stickiness_issues_awsalbapp_and_routes_on_it():
     text = config.render(NODE, runtime_socket="s")
-    assert "    stick on req.cook(SESSION)\n    stick store-response res.cook(SESSION)\n" in text
+    assert "    stick match req.cook(AWSALBAPP-0)\n" in text  # routed on ALB's cookie, not the app's
+    assert "    stick store-response var(txn.albapp) if { res.cook(SESSION) -m found }\n" in text
+    assert 'add-header Set-Cookie "AWSALBAPP-0=%[var(txn.albapp)]; Expires=' in text
 
 
 def test_least_outstanding_requests_is_leastconn_and_round_robin_roundrobin():

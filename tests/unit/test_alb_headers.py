@@ -18,11 +18,19 @@ CLIENT_ROOT = "Root=1-67891233-abcdef012345678912345678"
 
 
 def lines(listener=HTTP, **attributes):
-    return headers.frontend_request_lines(listener, attributes)
+    """A frontend's lines as the daemon orders them (the rules would sit between the two)."""
+    return headers.refusal_lines() + headers.frontend_request_lines(listener, attributes)
+
+
+def test_what_only_the_access_log_reads_is_set_only_with_access_logs_on():
+    log_vars = ("txn.alb_host", "txn.alb_ua", "txn.trace_id")
+    off = "\n".join(headers.frontend_request_lines(HTTP, {}))
+    on = "\n".join(headers.frontend_request_lines(HTTP, {"access_logs.s3.enabled": "true"}))
+    assert not any(v in off for v in log_vars) and all(v in on for v in log_vars)
 
 
 def test_trace_and_too_many_forwarded_for_are_refused_before_anything_else():
-    first, second = lines()[:2]
+    first, second = headers.refusal_lines()
     assert "deny status 405" in first and "method TRACE" in first
     assert "deny status 463" in second and "req.hdr_cnt(X-Forwarded-For) gt 30" in second
 

@@ -84,8 +84,7 @@ class AlbNodes:
     health: Callable[[str], dict[str, dict]] | None = None
     node_config: Callable[[object, str, str], dict] | None = None
     nodes: list[AlbNode] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)  # ends the access-log threads
-    _receiving: set = field(default_factory=set)  # nodes whose access log has a receiver
+    _receiving: dict = field(default_factory=dict)  # node namespace -> the Event ending its access-log receiver
 
     # --- bring-up ----------------------------------------------------------------
 
@@ -116,17 +115,24 @@ class AlbNodes:
 
     def _receive_access_log(self, node: AlbNode) -> None:
         """With access_logs.s3.enabled, a thread turns the node's log datagrams into ALB entries."""
-        if node.config["attributes"].get("access_logs.s3.enabled", "false") != "true" or node.ns in self._receiving:
+        if not _access_logs_on(node.config) or node.ns in self._receiving:
             return
-        self._receiving.add(node.ns)  # kept once started: HAProxy logs only while its config says so
         config = node.config
         context = {"elb": config["arn"].split(":loadbalancer/", 1)[-1],
                    "target_group_arns": {f"tg_{g}": tg["arn"] for g, tg in config["target_groups"].items()},
                    "certificate_arns": {f"fe_{li['name']}": li["certificate"]["arn"]
                                         for li in config["listeners"] if li.get("certificate")}}
         receiver = access_log.Receiver(node.log_socket, self.access_log_path(node.load_balancer), context)
-        threading.Thread(target=receiver.serve, args=(self._stop,), daemon=True,
+        stop = self._receiving[node.ns] = threading.Event()
+        threading.Thread(target=_serve_until_stopped, args=(receiver, stop), daemon=True,
                          name=f"access-log {node.ns}").start()
+
+    def _stop_access_log(self, node: AlbNode) -> None:
+        stop = self._receiving.pop(node.ns, None)
+        if stop is not None:
+            stop.set()
+            # gone now, not when the thread next wakes: a receiver started again binds it anew
+            node.log_socket.unlink(missing_ok=True)
 
     def _spawn(self, node: AlbNode, supervisor, start_process) -> int:
         engine = supervisor.engines.get(node.ns)
@@ -152,10 +158,11 @@ class AlbNodes:
                 certificates[listener["name"]] = self.listener_pem(listener["certificate"])
         error_dir = node.directory / "errors"
         logging_lines = access_log.log_lines(node.log_socket.name)
-        if node.config["attributes"].get("access_logs.s3.enabled", "false") != "true":
+        if not _access_logs_on(node.config):
             logging_lines = logging_lines[-2:]  # no log, but requests counted as ALB counts them
         text = alb_config.render(node.config, runtime_socket=f"unix@{node.socket.name}", slots=slots,
                                  certificates=certificates, request_lines=headers.frontend_request_lines,
+                                 refusal_lines=headers.refusal_lines(),
                                  defaults_lines=errors.errorfile_lines(error_dir), frontend_lines=logging_lines,
                                  backend_lines=errors.backend_lines(error_dir))
         tmp = node.cfg.with_suffix(".tmp")
@@ -278,7 +285,7 @@ class AlbNodes:
                 continue
             if any(li["protocol"] == "HTTPS" for li in nodes[0].config["listeners"]):
                 lb["ca_certificate"] = str(certs.lab_ca(self.statedir))
-            if nodes[0].config["attributes"].get("access_logs.s3.enabled", "false") == "true":
+            if _access_logs_on(nodes[0].config):
                 lb["access_log"] = str(self.access_log_path(lb["name"]))
             for entry in lb["nodes"]:
                 node = next((n for n in nodes if n.az == entry["az"]), None)
@@ -328,6 +335,8 @@ class AlbNodes:
             if reload:
                 self._receive_access_log(node)  # access_logs.s3.enabled may have just turned on
                 self.reload(node)
+                if not _access_logs_on(config):  # or off: the new worker no longer logs
+                    self._stop_access_log(node)
             else:
                 for group in node.slots:
                     self.sync(node, group)
@@ -348,6 +357,17 @@ class AlbNodes:
             log.info("ALB node %s: reloaded (master %d)", node.ns, pid)
         except (OSError, ValueError, IndexError) as exc:
             log.warning("ALB node %s: reload failed: %s", node.ns, exc)
+
+
+def _access_logs_on(config: dict) -> bool:
+    return config["attributes"].get("access_logs.s3.enabled", "false") == "true"
+
+
+def _serve_until_stopped(receiver: access_log.Receiver, stop: threading.Event) -> None:
+    try:
+        receiver.serve(stop)
+    finally:
+        receiver.close()
 
 
 def _host_counts(health: dict[str, dict]) -> dict[str, int]:

@@ -16,9 +16,11 @@
 - lb_cookie stickiness: the `AWSALB` cookie (HAProxy's dynamic cookie, a hash of a
   per-group key and the target's address, so a slot refilled with another target gets a
   new cookie and a client pinned to a deregistered target moves), its lifetime the
-  group's duration, refreshed on each response with a 7-day Max-Age as AWS does, plus
-  `AWSALBCORS` (SameSite=None; Secure). app_cookie stickiness: a stick table keyed on
-  the application's own cookie, which passes untouched.
+  group's duration (maxlife), sent on each response with Expires 7 days ahead as AWS does, plus
+  `AWSALBCORS` (SameSite=None; Secure). app_cookie stickiness: when the application
+  sets its cookie (which passes untouched), an opaque `AWSALBAPP-0` is issued, and a stick
+  table maps it to the target's slot for the group's duration; requests route on it, not on
+  the application's cookie. A token whose entry expired or whose target left gets a new target.
 - slow_start.duration_seconds: `slowstart` on each slot.
 - Timeouts: idle_timeout.timeout_seconds on both sides; 10 s to connect to a target.
 """
@@ -30,7 +32,8 @@ from vpclab.engines.alb import rules as R
 
 SLOT_MINIMUM = 16
 CONNECT_TIMEOUT_SECONDS = 10
-COOKIE_MAX_AGE_SECONDS = 7 * 86400  # AWS's cookie Expires is always 7 days (§4.2)
+APP_COOKIE = "AWSALBAPP-0"  # one shard: the lab's value is far below AWS's 4 KB
+COOKIE_EXPIRES_SECONDS = 7 * 86400  # AWS's cookie Expires is always 7 days ahead (§4.2)
 ALPN_H2 = "h2,http/1.1"
 
 # X's modules (engines.alb.headers) add lines through this hook: (listener, attributes) -> lines.
@@ -43,15 +46,16 @@ def slot_count(targets: int) -> int:
 
 def render(node: dict, *, runtime_socket: str, slots: Mapping[str, Sequence[dict | None]] | None = None,
            certificates: Mapping[str, str] | None = None, request_lines: RequestLines | None = None,
-           global_lines: Sequence[str] = (), defaults_lines: Sequence[str] = (),
+           refusal_lines: Sequence[str] = (), global_lines: Sequence[str] = (), defaults_lines: Sequence[str] = (),
            frontend_lines: Sequence[str] = (), backend_lines: Sequence[str] = ()) -> str:
     """The whole haproxy.cfg.
 
     `slots[group]`: what each slot s1..sN holds, as {"ip", "port", "state"} (ready, drain,
     maint) or None; by default the group's targets fill the first slots, ready.
     `certificates[listener name]`: the PEM (cert + key) path for an HTTPS listener.
-    `request_lines`, `global_lines`, `defaults_lines`, `frontend_lines`, `backend_lines`: the
-    header, logging and error-page lines of engines.alb.headers, access_log and errors."""
+    `request_lines`, `refusal_lines` (before any rule), `global_lines`, `defaults_lines`,
+    `frontend_lines`, `backend_lines`: the header, logging and error-page lines of
+    engines.alb.headers, access_log and errors."""
     certificates = certificates or {}
     groups = node["target_groups"]
     slots = dict(slots or {})
@@ -63,7 +67,7 @@ def render(node: dict, *, runtime_socket: str, slots: Mapping[str, Sequence[dict
     out += defaults_section(attributes, defaults_lines)
     for listener in node["listeners"]:
         out += frontend_section(node, listener, groups, certificates.get(listener["name"]), request_lines,
-                                frontend_lines)
+                                [*frontend_lines, *refusal_lines])
     for name, group in groups.items():
         out += backend_section(name, group, slots[name], backend_lines)
     return "\n".join(out) + "\n"
@@ -123,7 +127,8 @@ def frontend_section(node: dict, listener: dict, groups: dict, certificate: str 
     rules = listener["rules"]
     requests, uses = R.action_lines(listener, groups)
     lines = [bind_line(node, listener, certificate), *extra]
-    lines += R.selection_lines(rules)  # on the request as the client sent it
+    logged = node.get("attributes", {}).get("access_logs.s3.enabled", "false") == "true"
+    lines += R.selection_lines(rules, logged)  # on the request as the client sent it
     if request_lines is not None:
         lines += request_lines(listener, node.get("attributes", {}))
     else:  # AWS's default, append: the client's address on X-Forwarded-For
@@ -151,29 +156,43 @@ def backend_section(name: str, group: dict, slots: Sequence[dict | None], extra:
         raise ValueError(f"target group {name}: load_balancing.algorithm.type {algorithm!r} is not supported")
     lines = [f"backend {R.backend_name(name)}",
              f"    balance {'roundrobin' if algorithm == 'round_robin' else 'leastconn'}",
-             f"    http-request set-var({R.GROUP_TOKEN_VAR}) str({R.group_token(group['arn'])})",
+             # for the AWSALBTG cookie of a rule with group stickiness only (every line costs)
+             f"    http-request set-var({R.GROUP_TOKEN_VAR}) str({R.group_token(group['arn'])}) "
+             f"if {{ var({R.GROUP_STICKY_VAR}) -m found }}",
              *(f"    {line}" for line in extra)]
     sticky = _sticky(group)
     server_options = ""
     if sticky == "lb_cookie":
         duration = int(attributes.get("stickiness.lb_cookie.duration_seconds", 86400))
-        lines += [f"    cookie AWSALB insert nocache dynamic maxlife {duration}s "
-                  f"attr Max-Age={COOKIE_MAX_AGE_SECONDS}",
+        expires = f"Expires=%[date({COOKIE_EXPIRES_SECONDS}),http_date]"
+        lines += [f"    cookie AWSALB insert nocache dynamic maxlife {duration}s attr Path=/",
                   f"    dynamic-cookie-key {R.group_token(group['arn'] + '/AWSALB')}",
                   # a cross-site request carries only AWSALBCORS: it pins as AWSALB would
                   '    http-request set-header Cookie "%[req.fhdr(cookie)]; AWSALB=%[req.cook(AWSALBCORS)]" '
                   "if !{ req.cook(AWSALB) -m found } { req.cook(AWSALBCORS) -m found }",
-                  '    http-after-response add-header Set-Cookie "AWSALBCORS=%[res.cook(AWSALB)]; '
-                  f'Max-Age={COOKIE_MAX_AGE_SECONDS}; Path=/; SameSite=None; Secure" '
-                  "if { res.cook(AWSALB) -m found }"]
+                  "    http-request set-var(txn.awsalb) req.cook(AWSALB) if { req.cook(AWSALB) -m found }",
+                  # AWS's Expires: 7 days from each response, whatever the duration (which maxlife keeps)
+                  f'    http-after-response replace-header Set-Cookie "^(AWSALB=[^;]*)(.*)" "\\1; {expires}\\2"',
+                  # the cookie the client kept, refreshed on each response HAProxy did not issue one on
+                  f'    http-after-response add-header Set-Cookie "AWSALB=%[var(txn.awsalb)]; {expires}; Path=/" '
+                  "if { var(txn.awsalb) -m found } !{ res.cook(AWSALB) -m found }",
+                  f'    http-after-response add-header Set-Cookie "AWSALBCORS=%[res.cook(AWSALB)]; {expires}; '
+                  'Path=/; SameSite=None; Secure" if { res.cook(AWSALB) -m found }']
     elif sticky == "app_cookie":
         cookie = attributes.get("stickiness.app_cookie.cookie_name", "")
         if not cookie or any(not (c.isascii() and (c.isalnum() or c in "-_.")) for c in cookie):
             raise ValueError(f"target group {name}: app cookie name {cookie!r} is not a plain cookie name")
         duration = int(attributes.get("stickiness.app_cookie.duration_seconds", 86400))
-        lines += [f"    stick-table type string len 128 size 100k expire {duration}s",
-                  f"    stick on req.cook({cookie})",
-                  f"    stick store-response res.cook({cookie})"]
+        app_set = f"{{ res.cook({cookie}) -m found }}"
+        lines += [f"    stick-table type string len 64 size 100k expire {duration}s",
+                  # the token the client sent back, or a new one for this response to issue
+                  f"    http-request set-var(txn.albapp) req.cook({APP_COOKIE}) if {{ req.cook({APP_COOKIE}) -m found }}",
+                  f"    http-request set-var(txn.albapp) uuid if !{{ req.cook({APP_COOKIE}) -m found }}",
+                  f"    stick match req.cook({APP_COOKIE})",
+                  f"    stick store-response var(txn.albapp) if {app_set}",
+                  # issued (or refreshed) when the application sets its cookie, which passes untouched
+                  f'    http-response add-header Set-Cookie "{APP_COOKIE}=%[var(txn.albapp)]; '
+                  f'Expires=%[date({COOKIE_EXPIRES_SECONDS}),http_date]; Path=/" if {app_set}']
     elif sticky is not None:
         raise ValueError(f"target group {name}: stickiness.type {sticky!r} is not supported by an ALB")
     slow_start = int(attributes.get("slow_start.duration_seconds", 0))

@@ -1,7 +1,7 @@
 """Listener rules as HAProxy ACLs and actions, with AWS's matching semantics (reference §4.1), sans-IO.
 
-A frontend first decides which rule matched, in priority order, into `txn.rule` (and the
-rule's priority into `txn.rule_priority`, 0 for the default rule as in access logs); the
+A frontend first decides which rule matched, in priority order, into `txn.rule` (and, with
+access logs on, the rule's priority into `txn.rule_priority`, 0 for the default rule); the
 actions then key on that variable. So a redirect at priority 20 never jumps ahead of a
 forward at priority 10, though HAProxy runs `http-request` lines before `use_backend`.
 
@@ -121,8 +121,9 @@ def rule_ids(rules: list[dict]) -> list[str]:
     return [f"r{i}" for i in range(len(rules))]
 
 
-def selection_lines(rules: list[dict]) -> list[str]:
-    """ACLs, then one set-var per rule in priority order: the first match wins."""
+def selection_lines(rules: list[dict], logged: bool = True) -> list[str]:
+    """ACLs, then one set-var per rule in priority order: the first match wins. With `logged`
+    (access logs on), the rule's priority and action type too, for the log only."""
     acls, picks = [], []
     unset = f"!{{ var({RULE_VAR}) -m found }}"
     for rule_id, rule in zip(rule_ids(rules), rules):
@@ -130,8 +131,9 @@ def selection_lines(rules: list[dict]) -> list[str]:
         acls += lines
         cond = " ".join([unset, *names])
         priority = 0 if rule["priority"] == "default" else int(rule["priority"])
-        picks.append(f"http-request set-var({PRIORITY_VAR}) int({priority}) if {cond}")
-        picks.append(f"http-request set-var({ACTIONS_VAR}) str({rule['action']['type']}) if {cond}")
+        if logged:
+            picks.append(f"http-request set-var({PRIORITY_VAR}) int({priority}) if {cond}")
+            picks.append(f"http-request set-var({ACTIONS_VAR}) str({rule['action']['type']}) if {cond}")
         picks.append(f"http-request set-var({RULE_VAR}) str({rule_id}) if {cond}")
     return acls + picks
 
