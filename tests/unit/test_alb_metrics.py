@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 
@@ -52,7 +53,12 @@ def test_requests_target_codes_elb_codes_and_hosts_from_a_running_node(tmp_path)
         with running(config, tmp_path, port):
             runtime(admin, "set server tg_web/s4 state maint")
             codes = [request(port, path=p)[0] for p in ("/", "/", "/", "/empty", "/fixed")]
-            stat, info = runtime(admin, "show stat"), runtime(admin, "show info")
+            # The last client's close reaches HAProxy a moment after its answer: wait (bounded) for it.
+            for _ in range(50):
+                stat, info = runtime(admin, "show stat"), runtime(admin, "show info")
+                if metrics.cloudwatch_metrics(stat, info)["ActiveConnectionCount"] == 0:
+                    break
+                time.sleep(0.05)
     assert codes == [200, 200, 200, 503, 404]
     found = metrics.cloudwatch_metrics(stat, info)
     assert found["RequestCount"] == 5
