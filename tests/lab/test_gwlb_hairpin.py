@@ -159,6 +159,16 @@ def gwlb_nodes(lab) -> list[dict]:
     return lab.status()["load_balancers"][0]["nodes"]
 
 
+def geneve_back_at_gwlb(lab) -> int:
+    """GENEVE datagrams the GWLB nodes took back from appliances: the Python path's and,
+    when it runs, the eBPF fast path's."""
+    total = 0
+    for node in gwlb_nodes(lab):
+        io = node["counters"]["io"]
+        total += io["geneve_received"] + io["fast_path"].get("decap_hit", 0)
+    return total
+
+
 def nat_counters(lab, appliance: str) -> dict[str, int]:
     """Packets through each hairpin rule: {'DNAT': n, 'MASQUERADE': m}, summed over the GWLB nodes."""
     out = lab.sh(appliance, "iptables -t nat -L -v -n -x").stdout
@@ -185,6 +195,7 @@ def test_hairpin_appliances_return_geneve_to_the_gwlb(hairpin, tmp_path):
     # no reference appliance runs: the kernel alone hairpins
     assert not any("appliance" in i for i in lab.status()["instances"] if i["role"] == "appliance")
     before = {name: nat_counters(lab, name) for name in appliances}
+    gwlb_before = geneve_back_at_gwlb(lab)
     pcaps = {name: tmp_path / f"{name}.pcap" for name in appliances}
     captures = [start_capture(lab, name, "udp port 6081", "-w", str(pcap)) for name, pcap in pcaps.items()]
     pages = [lab.curl("client", f"http://{lab.instance('web-1')['public_ip']}/") for _ in range(4)]
@@ -200,6 +211,7 @@ def test_hairpin_appliances_return_geneve_to_the_gwlb(hairpin, tmp_path):
     flows = {name: after[name]["DNAT"] - before[name]["DNAT"] for name in appliances}
     assert sum(flows.values()) >= 5, (before, after)  # 4 ingress connections, 1 egress
     assert all(after[n]["MASQUERADE"] - before[n]["MASQUERADE"] == flows[n] for n in appliances), (before, after)
+    returned = 0
     for name, pcap in pcaps.items():
         # GENEVE in from a node, and out from this appliance to that node's 6081: the node's source
         # port kept, the datagram byte for byte (its GENEVE options too)
@@ -213,7 +225,10 @@ def test_hairpin_appliances_return_geneve_to_the_gwlb(hairpin, tmp_path):
         assert all(b[3] == "6081" for b in back)
         assert sorted((i[0], i[2], i[4]) for i in ins) == sorted((b[1], b[2], b[4]) for b in back), name
         assert all(r[4] for r in ins)  # the whole GENEVE datagram compared
-    # and the GWLB took them back: nothing dropped as from an unknown target or malformed
+        returned += len(back)
+    # and the GWLB took them back (decapsulated, or the pages would not have come), and
+    # dropped none as from an unknown target or malformed
+    assert geneve_back_at_gwlb(lab) - gwlb_before >= returned > 0
     for node in gwlb_nodes(lab):
         drops = node["counters"]["drops"]
         assert not drops.get("unknown_target") and not drops.get("malformed_inner"), drops
