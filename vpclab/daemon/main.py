@@ -83,6 +83,7 @@ class Daemon:
         self.tasks: list[asyncio.Task] = []
         self.stopping: asyncio.Event | None = None
         self.bring_up_seconds = 0.0
+        self.services_seconds = 0.0  # engines started and answering (GWLB nodes, ALB nodes...)
         self.draining: list[Draining] = []  # restored: targets still draining at the crash
 
     # --- bring-up -----------------------------------------------------------
@@ -283,7 +284,9 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         self._reap()
+        started = time.monotonic()
         await self.start_services()
+        self.services_seconds = time.monotonic() - started
         path = self.statedir / API_SOCKET
         path.unlink(missing_ok=True)
         with unixpath.usable(path) as reachable:
@@ -339,7 +342,8 @@ class Daemon:
         appliances = {n: a for n, a in zip(names, answers[1:]) if a is not None}
         status = lab_status(self.lab, self.balancers.target_health, answers[0], appliances)
         status["dns"] = {ns: r.counters.snapshot() for ns, r in self.resolvers.items()}
-        status["daemon"] = {"fabric_seconds": round(self.bring_up_seconds, 4)}
+        status["daemon"] = {"fabric_seconds": round(self.bring_up_seconds, 4),
+                            "services_seconds": round(self.services_seconds, 4)}
         status["engines"] = self.supervisor.snapshot()
         self.balancers.alb.add_to_status(status)
         return status
