@@ -26,6 +26,7 @@ from vpclab.wording import counted
 from vpclab.daemon import sandbox
 from vpclab.daemon.balancers import Balancers, ask_engine
 from vpclab.daemon.changes import Draining, apply_change, replay
+from vpclab.daemon.early_nodes import EarlyNodes
 from vpclab.daemon.paths import API_SOCKET, NAMESPACES_FILE
 from vpclab.daemon.status import lab_status
 from vpclab.daemon.store import Store
@@ -85,6 +86,8 @@ class Daemon:
         self.bring_up_seconds = 0.0
         self.services_seconds = 0.0  # engines started and answering (GWLB nodes, ALB nodes...)
         self.draining: list[Draining] = []  # restored: targets still draining at the crash
+        self.early_nodes = EarlyNodes()  # GWLB nodes started during the fabric, held until it is done
+        self.gwlb_nodes: list | None = None  # balancers.Node of each gwlb_node service, once configured
 
     # --- bring-up -----------------------------------------------------------
 
@@ -100,19 +103,45 @@ class Daemon:
         started = time.monotonic()
         self.lab = self.load()
         self.wiring = compile_lab(self.lab)
-        self.fabric.up(self.wiring, lambda m: self.progress.send("progress", message=m), sandbox.unpin)
+        self.fabric.up(self.wiring, lambda m: self.progress.send("progress", message=m), self._namespaces_made)
         self.bring_up_seconds = time.monotonic() - started
         (self.statedir / NAMESPACES_FILE).write_text(json.dumps({
             ns.name: {"nsenter": self.fabric.nsenter_args(ns.name), "kind": ns.kind}
             for ns in self.wiring.namespaces
         }, indent=1))
 
+    def _namespaces_made(self) -> None:
+        sandbox.unpin()
+        assert self.wiring is not None
+        if not all(ns.name in self.fabric.files for ns in self.wiring.namespaces):
+            return  # the fabric failed: the lab goes
+        # The nodes' Python starts and imports overlap the rest of the fabric (early_nodes.py).
+        nodes = [svc for svc in self.wiring.services if svc.kind == "gwlb_node"]
+        self.gwlb_nodes = self.balancers.node_configs(nodes, self.fast_paths)
+        for node in self.gwlb_nodes:
+            go_r, go_w = os.pipe()
+            try:
+                pid = self._start_process(node.ns, self._gwlb_node_argv(node, after_go=True), f"{node.ns}.log",
+                                          pass_fds=node.fast_path.all() if node.fast_path else (), stdin=go_r)
+            except OSError as error:  # started normally, later
+                log.warning("GWLB node %s not started early: %s", node.ns, error)
+                os.close(go_w)
+                continue
+            finally:
+                os.close(go_r)
+            self.early_nodes.hold(node.ns, pid, go_w)
+
     async def start_services(self) -> None:
         assert self.wiring is not None
         count = 0
         nodes = [svc for svc in self.wiring.services if svc.kind == "gwlb_node"]
-        for node in self.balancers.node_configs(nodes, self.fast_paths):
-            self.supervisor.add(node.ns, "gwlb_node", node.ns, functools.partial(self._start_gwlb_node, node))
+        if self.gwlb_nodes is None:
+            self.gwlb_nodes = self.balancers.node_configs(nodes, self.fast_paths)
+        for node in self.gwlb_nodes:
+            start = self.early_nodes.spawner(node.ns, functools.partial(self._start_gwlb_node, node),
+                                             alive=lambda pid: pid in self.processes)  # not reaped yet
+            self.supervisor.add(node.ns, "gwlb_node", node.ns, start)
+        self.early_nodes.close()
         for svc in self.wiring.services:
             if svc.kind == "command":  # the user's own: EC2's umask, not the daemon's
                 self._start_process(svc.ns, ["sh", "-c", svc.param("command")], f"{svc.ns}.log", umask=0o022)
@@ -163,9 +192,13 @@ class Daemon:
             svc = next(s for s in self.wiring.services if s.kind == "gwlb_node" and s.ns == node.ns)
             self.balancers.write_node_config(node, svc)
             self.tasks.append(asyncio.ensure_future(self.balancers.resync(node)))
-        return self._start_process(node.ns, [sys.executable, "-m", "vpclab.engines.gwlb.node",
-                                             str(node.control.with_suffix(".json"))], f"{node.ns}.log",
+        return self._start_process(node.ns, self._gwlb_node_argv(node), f"{node.ns}.log",
                                    pass_fds=node.fast_path.all() if node.fast_path else ())
+
+    @staticmethod
+    def _gwlb_node_argv(node, after_go: bool = False) -> list[str]:
+        return [sys.executable, "-m", "vpclab.engines.gwlb.node", *(["--after-go"] if after_go else []),
+                str(node.control.with_suffix(".json"))]
 
     def _listen(self, ns: str, address: str, kind: int) -> socket.socket:
         host, port = address.rsplit(":", 1)
@@ -207,13 +240,13 @@ class Daemon:
         self.tasks.append(self.supervisor.run_task(f"{svc.ns}/resolver", "dns", svc.ns, serve))
 
     def _start_process(self, ns_name: str, command: list[str], log_name: str,
-                       pass_fds: Sequence[int] = (), umask: int = -1) -> int:
+                       pass_fds: Sequence[int] = (), umask: int = -1, stdin: int = subprocess.DEVNULL) -> int:
         """Run a command inside a namespace (and its mounts and hostname), logging to logs/."""
         logdir = self.statedir / "logs"
         logdir.mkdir(exist_ok=True)
         argv = ["nsenter", *self.fabric.nsenter_args(ns_name), "--", *command]
         with open(logdir / log_name, "ab") as out:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd="/",
+            proc = subprocess.Popen(argv, stdin=stdin, stdout=out, stderr=out, cwd="/",
                                     pass_fds=pass_fds, umask=umask)
         self.commands[proc.pid] = (ns_name, " ".join(command))
         # Held until reaped: a Popen dropped while running joins subprocess's list of
