@@ -26,7 +26,7 @@ from vpclab.wording import counted
 from vpclab.daemon import sandbox
 from vpclab.daemon.balancers import Balancers, ask_engine
 from vpclab.daemon.changes import Draining, apply_change, replay
-from vpclab.daemon.early_nodes import EarlyNodes
+from vpclab.daemon.early_nodes import EarlyNodes, node_argv
 from vpclab.daemon.paths import API_SOCKET, NAMESPACES_FILE
 from vpclab.daemon.status import lab_status
 from vpclab.daemon.store import Store
@@ -112,24 +112,12 @@ class Daemon:
 
     def _namespaces_made(self) -> None:
         sandbox.unpin()
-        assert self.wiring is not None
-        if not all(ns.name in self.fabric.files for ns in self.wiring.namespaces):
+        if self.wiring is None or not all(ns.name in self.fabric.files for ns in self.wiring.namespaces):
             return  # the fabric failed: the lab goes
         # The nodes' Python starts and imports overlap the rest of the fabric (early_nodes.py).
         nodes = [svc for svc in self.wiring.services if svc.kind == "gwlb_node"]
         self.gwlb_nodes = self.balancers.node_configs(nodes, self.fast_paths)
-        for node in self.gwlb_nodes:
-            go_r, go_w = os.pipe()
-            try:
-                pid = self._start_process(node.ns, self._gwlb_node_argv(node, after_go=True), f"{node.ns}.log",
-                                          pass_fds=node.fast_path.all() if node.fast_path else (), stdin=go_r)
-            except OSError as error:  # started normally, later
-                log.warning("GWLB node %s not started early: %s", node.ns, error)
-                os.close(go_w)
-                continue
-            finally:
-                os.close(go_r)
-            self.early_nodes.hold(node.ns, pid, go_w)
+        self.early_nodes.start(self.gwlb_nodes, self._start_process)
 
     async def start_services(self) -> None:
         assert self.wiring is not None
@@ -155,7 +143,7 @@ class Daemon:
                 self._start_dns(svc)
             else:
                 for address in svc.addresses:
-                    sock = self._listen(svc.ns, address, socket.SOCK_STREAM)
+                    sock = _listen(self.fabric.inside(svc.ns), address, socket.SOCK_STREAM)
                     if svc.kind == "test_page":
                         identity = dict(svc.param("identity", ()))
                         coro = services_engine.serve_test_page(sock, identity, message=svc.param("message"))
@@ -192,24 +180,8 @@ class Daemon:
             svc = next(s for s in self.wiring.services if s.kind == "gwlb_node" and s.ns == node.ns)
             self.balancers.write_node_config(node, svc)
             self.tasks.append(asyncio.ensure_future(self.balancers.resync(node)))
-        return self._start_process(node.ns, self._gwlb_node_argv(node), f"{node.ns}.log",
+        return self._start_process(node.ns, node_argv(node), f"{node.ns}.log",
                                    pass_fds=node.fast_path.all() if node.fast_path else ())
-
-    @staticmethod
-    def _gwlb_node_argv(node, after_go: bool = False) -> list[str]:
-        return [sys.executable, "-m", "vpclab.engines.gwlb.node", *(["--after-go"] if after_go else []),
-                str(node.control.with_suffix(".json"))]
-
-    def _listen(self, ns: str, address: str, kind: int) -> socket.socket:
-        host, port = address.rsplit(":", 1)
-        with self.fabric.inside(ns):
-            sock = socket.socket(socket.AF_INET, kind)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, int(port)))
-        if kind == socket.SOCK_STREAM:
-            sock.listen(128)
-        sock.setblocking(False)
-        return sock
 
     def _aws_names(self, svc: Service) -> dict[str, list[str]]:
         """NLB and endpoint names; an NLB's AZs where a target group has no healthy target
@@ -234,8 +206,8 @@ class Daemon:
         self.resolvers[svc.ns] = resolver
 
         def serve():
-            udp = [self._listen(svc.ns, a, socket.SOCK_DGRAM) for a in svc.addresses]
-            tcp = [self._listen(svc.ns, a, socket.SOCK_STREAM) for a in svc.addresses]
+            udp = [_listen(self.fabric.inside(svc.ns), a, socket.SOCK_DGRAM) for a in svc.addresses]
+            tcp = [_listen(self.fabric.inside(svc.ns), a, socket.SOCK_STREAM) for a in svc.addresses]
             return dns_engine.serve_dns(resolver, udp, tcp)
         self.tasks.append(self.supervisor.run_task(f"{svc.ns}/resolver", "dns", svc.ns, serve))
 
@@ -371,7 +343,7 @@ class Daemon:
         names = [svc.ns for svc in self.wiring.services if svc.kind == "appliance"]
         # Asked now, alongside the GWLB nodes, so both count the same packets.
         answers = await asyncio.gather(self.balancers.snapshots(),
-                                       *(self._appliance_snapshot(n) for n in names))
+                                       *(_appliance_snapshot(self._appliance_control(n)) for n in names))
         appliances = {n: a for n, a in zip(names, answers[1:]) if a is not None}
         status = lab_status(self.lab, self.balancers.target_health, answers[0], appliances)
         status["dns"] = {ns: r.counters.snapshot() for ns, r in self.resolvers.items()}
@@ -380,14 +352,6 @@ class Daemon:
         status["engines"] = self.supervisor.snapshot()
         self.balancers.alb.add_to_status(status)
         return status
-
-    async def _appliance_snapshot(self, name: str) -> dict | None:
-        """The appliance's counters now; None while it is not answering (not started, or stopped)."""
-        try:
-            reply = await ask_engine(self._appliance_control(name), {"op": "snapshot"})
-        except (OSError, ValueError, asyncio.TimeoutError):
-            return None
-        return reply.get("snapshot")
 
     def change(self, kind: str, params: dict) -> dict:
         new_lab = apply_change(self.lab, kind, params)  # validates before anything is touched
@@ -402,6 +366,28 @@ class Daemon:
         self.lab, self.wiring = new_lab, new_wiring
         log.info("change %d %s %s: reapplied %s", seq, kind, params, changed)
         return {"seq": seq, "reapplied": changed}
+
+
+async def _appliance_snapshot(control: Path) -> dict | None:
+    """The appliance's counters now; None while it is not answering (not started, or stopped)."""
+    try:
+        reply = await ask_engine(control, {"op": "snapshot"})
+    except (OSError, ValueError, asyncio.TimeoutError):
+        return None
+    return reply.get("snapshot")
+
+
+def _listen(inside, address: str, kind: int) -> socket.socket:
+    """A socket bound in a namespace (`inside`: the fabric's context that enters it)."""
+    host, port = address.rsplit(":", 1)
+    with inside:
+        sock = socket.socket(socket.AF_INET, kind)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, int(port)))
+    if kind == socket.SOCK_STREAM:
+        sock.listen(128)
+    sock.setblocking(False)
+    return sock
 
 
 def dns_zones(svc: Service, aws_names: dict[str, list[str]] | None = None):
