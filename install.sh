@@ -51,6 +51,10 @@ if ! $PY -m pip install -q -e '.[test]' 2>"$PIP_ERR"; then
     exit 1
   fi
 fi
+# Bytecode for every module, now: where PYTHONDONTWRITEBYTECODE is set, each `vpclab` process
+# (CLI, daemon, every GWLB node) would otherwise compile all it imports at each start. Python
+# checks each .pyc against its source, so an edited module is only compiled in memory again.
+$PY -m compileall -q vpclab || echo "install.sh: warning: some modules did not compile (above)" >&2
 # The GWLB eBPF fast path (vpclab/engines/gwlb/fastpath.bpf.o). Optional: without it the
 # node keeps its Python data path, so a failed build only warns.
 if ! $PY -m vpclab.engines.gwlb.fastpath build; then

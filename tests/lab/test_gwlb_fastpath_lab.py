@@ -78,6 +78,9 @@ def geneve_datagram(header: bytes, inner: bytes, sport: int, dport: int, src: st
 INNER = {
     "udp": udp(40000, 7, b"u" * 103),  # odd sizes: 131 B (the checksum's tail: 3 bytes), ack 70 B (2)
     "udp_max": udp(40000, 7, bytes(fastpath.MAX_INNER - 28)),
+    # the checksum's 512-byte chunks: two and no tail, three and a 1-byte tail
+    "udp_1024": udp(40000, 7, bytes(range(251)) * 3 + bytes(range(243))),
+    "udp_1537": udp(40000, 7, bytes(range(253)) * 5 + bytes(range(1, 245))),
     "routed": udp(40002, 7, b"r" * 61),  # 89 B (1)
     "miss": udp(45000, 7, b"m" * 10),
     "syn": tcp(40001, 80, 0x02),
@@ -208,6 +211,8 @@ def child(fds: fastpath.FastPathFds) -> dict:
 
     encap_step("udp", INNER["udp"])
     encap_step("udp_max", INNER["udp_max"])
+    encap_step("udp_1024", INNER["udp_1024"])
+    encap_step("udp_1537", INNER["udp_1537"])
     encap_step("routed", INNER["routed"])
     encap_step("miss", INNER["miss"], expect=0)
     encap_step("syn", INNER["syn"], expect=0)
@@ -298,6 +303,8 @@ def test_gso_goes_to_the_slow_path(seen):
 def test_encap_of_a_flow_in_the_map(seen):
     _check_encapsulated(_one(seen["udp"]["appliance"]), INNER["udp"], 1, APPL_IP)
     _check_encapsulated(_one(seen["udp_max"]["appliance"]), INNER["udp_max"], 1, APPL_IP)  # 8,500 B inner
+    _check_encapsulated(_one(seen["udp_1024"]["appliance"]), INNER["udp_1024"], 1, APPL_IP)
+    _check_encapsulated(_one(seen["udp_1537"]["appliance"]), INNER["udp_1537"], 1, APPL_IP)
     _check_encapsulated(_one(seen["ack"]["appliance"]), INNER["ack"], 2, APPL_IP)
 
 
@@ -312,7 +319,7 @@ def test_slow_path_packets_are_left_alone(seen):
 
 
 def test_ring_filter_hides_exactly_the_fast_path(seen):
-    for step in ("udp", "udp_max", "routed", "ack"):
+    for step in ("udp", "udp_max", "udp_1024", "udp_1537", "routed", "ack"):
         assert seen[step]["ring"] == [], step
     assert [bytes.fromhex(f) for f in seen["miss"]["ring"]] == [eth(EP_MAC, RTR_MAC, INNER["miss"])]
     assert [bytes.fromhex(f) for f in seen["syn"]["ring"]] == [eth(EP_MAC, RTR_MAC, INNER["syn"])]
@@ -338,11 +345,11 @@ def test_decap_leaves_the_rest_to_the_slow_path(seen):
 
 def test_counters(seen):
     c = seen["counters"]
-    assert (c["encap_hit"], c["encap_miss"], c["encap_slow"], c["encap_gso"], c["encap_error"]) == (4, 2, 1, 1, 0)
+    assert (c["encap_hit"], c["encap_miss"], c["encap_slow"], c["encap_gso"], c["encap_error"]) == (6, 2, 1, 1, 0)
     assert (c["decap_hit"], c["decap_miss"], c["decap_mismatch"], c["decap_oversize"], c["decap_error"]) == \
         (2, 1, 2, 1, 0)
     packets, nbytes, last_seen = seen["flow_counters"]["1"]
-    assert (packets, nbytes) == (2, len(INNER["udp"]) + len(INNER["udp_max"]))
+    assert (packets, nbytes) == (4, sum(len(INNER[n]) for n in ("udp", "udp_max", "udp_1024", "udp_1537")))
     assert 0 < last_seen <= seen["now_ns"]
     assert seen["flow_counters"]["2"][:2] == [1, len(INNER["ack"])]  # the SYN went to the slow path
     assert seen["flow_counters"]["reverse"] == [0, 0, 0]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from vpclab.engines.alb import access_log, certs, errors, headers, metrics
+from vpclab.engines.alb import access_log, errors, headers, metrics
 from vpclab.engines.alb import config as alb_config
 from vpclab.engines.alb import runtime as alb_runtime
 from vpclab.engines.alb.runtime import Runtime, RuntimeApiError, Slots
@@ -143,6 +143,7 @@ class AlbNodes:
     def listener_pem(self, certificate: dict) -> str:
         """An HTTPS listener's certificate and key: the lab's CA issues DomainName and SANs,
         or the lab file names the files."""
+        from vpclab.engines.alb import certs  # cryptography: ~0.08 s, paid only by labs with HTTPS
         return str(certs.listener_pem(self.statedir, certificate))
 
     def argv(self, node: AlbNode) -> list[str]:
@@ -284,6 +285,7 @@ class AlbNodes:
             if not nodes:
                 continue
             if any(li["protocol"] == "HTTPS" for li in nodes[0].config["listeners"]):
+                from vpclab.engines.alb import certs  # (listener_pem imported it already)
                 lb["ca_certificate"] = str(certs.lab_ca(self.statedir))
             if _access_logs_on(nodes[0].config):
                 lb["access_log"] = str(self.access_log_path(lb["name"]))

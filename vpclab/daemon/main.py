@@ -26,6 +26,7 @@ from vpclab.wording import counted
 from vpclab.daemon import sandbox
 from vpclab.daemon.balancers import Balancers, ask_engine
 from vpclab.daemon.changes import Draining, apply_change, replay
+from vpclab.daemon.early_nodes import EarlyNodes, node_argv
 from vpclab.daemon.paths import API_SOCKET, NAMESPACES_FILE
 from vpclab.daemon.status import lab_status
 from vpclab.daemon.store import Store
@@ -83,7 +84,10 @@ class Daemon:
         self.tasks: list[asyncio.Task] = []
         self.stopping: asyncio.Event | None = None
         self.bring_up_seconds = 0.0
+        self.services_seconds = 0.0  # engines started and answering (GWLB nodes, ALB nodes...)
         self.draining: list[Draining] = []  # restored: targets still draining at the crash
+        self.early_nodes = EarlyNodes()  # GWLB nodes started during the fabric, held until it is done
+        self.gwlb_nodes: list | None = None  # balancers.Node of each gwlb_node service, once configured
 
     # --- bring-up -----------------------------------------------------------
 
@@ -99,19 +103,33 @@ class Daemon:
         started = time.monotonic()
         self.lab = self.load()
         self.wiring = compile_lab(self.lab)
-        self.fabric.up(self.wiring, lambda m: self.progress.send("progress", message=m), sandbox.unpin)
+        self.fabric.up(self.wiring, lambda m: self.progress.send("progress", message=m), self._namespaces_made)
         self.bring_up_seconds = time.monotonic() - started
         (self.statedir / NAMESPACES_FILE).write_text(json.dumps({
             ns.name: {"nsenter": self.fabric.nsenter_args(ns.name), "kind": ns.kind}
             for ns in self.wiring.namespaces
         }, indent=1))
 
+    def _namespaces_made(self) -> None:
+        sandbox.unpin()
+        if self.wiring is None or not all(ns.name in self.fabric.files for ns in self.wiring.namespaces):
+            return  # the fabric failed: the lab goes
+        # The nodes' Python starts and imports overlap the rest of the fabric (early_nodes.py).
+        nodes = [svc for svc in self.wiring.services if svc.kind == "gwlb_node"]
+        self.gwlb_nodes = self.balancers.node_configs(nodes, self.fast_paths)
+        self.early_nodes.start(self.gwlb_nodes, self._start_process)
+
     async def start_services(self) -> None:
         assert self.wiring is not None
         count = 0
         nodes = [svc for svc in self.wiring.services if svc.kind == "gwlb_node"]
-        for node in self.balancers.node_configs(nodes, self.fast_paths):
-            self.supervisor.add(node.ns, "gwlb_node", node.ns, functools.partial(self._start_gwlb_node, node))
+        if self.gwlb_nodes is None:
+            self.gwlb_nodes = self.balancers.node_configs(nodes, self.fast_paths)
+        for node in self.gwlb_nodes:
+            start = self.early_nodes.spawner(node.ns, functools.partial(self._start_gwlb_node, node),
+                                             alive=lambda pid: pid in self.processes)  # not reaped yet
+            self.supervisor.add(node.ns, "gwlb_node", node.ns, start)
+        self.early_nodes.close()
         for svc in self.wiring.services:
             if svc.kind == "command":  # the user's own: EC2's umask, not the daemon's
                 self._start_process(svc.ns, ["sh", "-c", svc.param("command")], f"{svc.ns}.log", umask=0o022)
@@ -125,7 +143,7 @@ class Daemon:
                 self._start_dns(svc)
             else:
                 for address in svc.addresses:
-                    sock = self._listen(svc.ns, address, socket.SOCK_STREAM)
+                    sock = _listen(self.fabric.inside(svc.ns), address, socket.SOCK_STREAM)
                     if svc.kind == "test_page":
                         identity = dict(svc.param("identity", ()))
                         coro = services_engine.serve_test_page(sock, identity, message=svc.param("message"))
@@ -162,20 +180,8 @@ class Daemon:
             svc = next(s for s in self.wiring.services if s.kind == "gwlb_node" and s.ns == node.ns)
             self.balancers.write_node_config(node, svc)
             self.tasks.append(asyncio.ensure_future(self.balancers.resync(node)))
-        return self._start_process(node.ns, [sys.executable, "-m", "vpclab.engines.gwlb.node",
-                                             str(node.control.with_suffix(".json"))], f"{node.ns}.log",
+        return self._start_process(node.ns, node_argv(node), f"{node.ns}.log",
                                    pass_fds=node.fast_path.all() if node.fast_path else ())
-
-    def _listen(self, ns: str, address: str, kind: int) -> socket.socket:
-        host, port = address.rsplit(":", 1)
-        with self.fabric.inside(ns):
-            sock = socket.socket(socket.AF_INET, kind)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, int(port)))
-        if kind == socket.SOCK_STREAM:
-            sock.listen(128)
-        sock.setblocking(False)
-        return sock
 
     def _aws_names(self, svc: Service) -> dict[str, list[str]]:
         """NLB and endpoint names; an NLB's AZs where a target group has no healthy target
@@ -200,19 +206,19 @@ class Daemon:
         self.resolvers[svc.ns] = resolver
 
         def serve():
-            udp = [self._listen(svc.ns, a, socket.SOCK_DGRAM) for a in svc.addresses]
-            tcp = [self._listen(svc.ns, a, socket.SOCK_STREAM) for a in svc.addresses]
+            udp = [_listen(self.fabric.inside(svc.ns), a, socket.SOCK_DGRAM) for a in svc.addresses]
+            tcp = [_listen(self.fabric.inside(svc.ns), a, socket.SOCK_STREAM) for a in svc.addresses]
             return dns_engine.serve_dns(resolver, udp, tcp)
         self.tasks.append(self.supervisor.run_task(f"{svc.ns}/resolver", "dns", svc.ns, serve))
 
     def _start_process(self, ns_name: str, command: list[str], log_name: str,
-                       pass_fds: Sequence[int] = (), umask: int = -1) -> int:
+                       pass_fds: Sequence[int] = (), umask: int = -1, stdin: int = subprocess.DEVNULL) -> int:
         """Run a command inside a namespace (and its mounts and hostname), logging to logs/."""
         logdir = self.statedir / "logs"
         logdir.mkdir(exist_ok=True)
         argv = ["nsenter", *self.fabric.nsenter_args(ns_name), "--", *command]
         with open(logdir / log_name, "ab") as out:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd="/",
+            proc = subprocess.Popen(argv, stdin=stdin, stdout=out, stderr=out, cwd="/",
                                     pass_fds=pass_fds, umask=umask)
         self.commands[proc.pid] = (ns_name, " ".join(command))
         # Held until reaped: a Popen dropped while running joins subprocess's list of
@@ -283,7 +289,9 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         self._reap()
+        started = time.monotonic()
         await self.start_services()
+        self.services_seconds = time.monotonic() - started
         path = self.statedir / API_SOCKET
         path.unlink(missing_ok=True)
         with unixpath.usable(path) as reachable:
@@ -335,22 +343,15 @@ class Daemon:
         names = [svc.ns for svc in self.wiring.services if svc.kind == "appliance"]
         # Asked now, alongside the GWLB nodes, so both count the same packets.
         answers = await asyncio.gather(self.balancers.snapshots(),
-                                       *(self._appliance_snapshot(n) for n in names))
+                                       *(_appliance_snapshot(self._appliance_control(n)) for n in names))
         appliances = {n: a for n, a in zip(names, answers[1:]) if a is not None}
         status = lab_status(self.lab, self.balancers.target_health, answers[0], appliances)
         status["dns"] = {ns: r.counters.snapshot() for ns, r in self.resolvers.items()}
-        status["daemon"] = {"fabric_seconds": round(self.bring_up_seconds, 4)}
+        status["daemon"] = {"fabric_seconds": round(self.bring_up_seconds, 4),
+                            "services_seconds": round(self.services_seconds, 4)}
         status["engines"] = self.supervisor.snapshot()
         self.balancers.alb.add_to_status(status)
         return status
-
-    async def _appliance_snapshot(self, name: str) -> dict | None:
-        """The appliance's counters now; None while it is not answering (not started, or stopped)."""
-        try:
-            reply = await ask_engine(self._appliance_control(name), {"op": "snapshot"})
-        except (OSError, ValueError, asyncio.TimeoutError):
-            return None
-        return reply.get("snapshot")
 
     def change(self, kind: str, params: dict) -> dict:
         new_lab = apply_change(self.lab, kind, params)  # validates before anything is touched
@@ -365,6 +366,28 @@ class Daemon:
         self.lab, self.wiring = new_lab, new_wiring
         log.info("change %d %s %s: reapplied %s", seq, kind, params, changed)
         return {"seq": seq, "reapplied": changed}
+
+
+async def _appliance_snapshot(control: Path) -> dict | None:
+    """The appliance's counters now; None while it is not answering (not started, or stopped)."""
+    try:
+        reply = await ask_engine(control, {"op": "snapshot"})
+    except (OSError, ValueError, asyncio.TimeoutError):
+        return None
+    return reply.get("snapshot")
+
+
+def _listen(inside, address: str, kind: int) -> socket.socket:
+    """A socket bound in a namespace (`inside`: the fabric's context that enters it)."""
+    host, port = address.rsplit(":", 1)
+    with inside:
+        sock = socket.socket(socket.AF_INET, kind)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, int(port)))
+    if kind == socket.SOCK_STREAM:
+        sock.listen(128)
+    sock.setblocking(False)
+    return sock
 
 
 def dns_zones(svc: Service, aws_names: dict[str, list[str]] | None = None):

@@ -172,17 +172,30 @@ static __always_inline int classify_inner(struct __sk_buff *skb, struct flow_key
     return skb->gso_size ? INNER_GSO : INNER_FAST;
 }
 
+/* A per-CPU scratch buffer for the inner packet's last (< 512) bytes: tc programs do not
+   migrate, and only gwlb_encap uses it. */
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, __u8[516]);  /* 512 + 4: the verifier's bound of the rounded-up size */
+} scratch SEC(".maps");
+
 /* The ones' complement sum of the inner packet (data + ETH_HLEN, `len` bytes), as
    bpf_csum_diff's 32-bit partial sum, for the outer UDP checksum AWS sends. The packet
-   must be linear, so it is pulled first; a chunk has a size the verifier can see (512
-   down to 4 bytes), and the last 1-3 bytes are summed zero-padded, as RFC 1071 pads an
-   odd tail. Returns a negative error when the packet cannot be summed. */
+   must be linear, so it is pulled first; 512-byte chunks are summed in place, then the
+   tail (< 512 bytes) is copied into `scratch`, zero-padded to 4 bytes (RFC 1071 pads an
+   odd tail) and summed in one call. One variable-length step, not a cascade of fixed
+   sizes: each branch of a cascade doubled the paths the verifier walks (~259,000
+   instructions and ~0.4 s per load). Returns a negative error when the packet cannot
+   be summed. */
 static __always_inline __s64 inner_sum(struct __sk_buff *skb, __u32 len)
 {
     if (bpf_skb_pull_data(skb, ETH_HLEN + len))
         return -1;
     void *p = (void *)(long)skb->data + ETH_HLEN;
     void *end = (void *)(long)skb->data_end;
+    __u32 off = ETH_HLEN;
     __s64 sum = 0;
     for (int i = 0; i < MAX_INNER / 512; i++) {  /* a bounded loop: the verifier walks it */
         if (len < 512)
@@ -191,31 +204,25 @@ static __always_inline __s64 inner_sum(struct __sk_buff *skb, __u32 len)
             return -1;
         sum = bpf_csum_diff(NULL, 0, p, 512, sum);
         p += 512;
+        off += 512;
         len -= 512;
     }
-#define SUM_CHUNK(n)                                            \
-    if (len >= n) {                                             \
-        if (p + n > end)                                        \
-            return -1;                                          \
-        sum = bpf_csum_diff(NULL, 0, p, n, sum);                \
-        p += n;                                                 \
-        len -= n;                                               \
-    }
-    SUM_CHUNK(256) SUM_CHUNK(128) SUM_CHUNK(64) SUM_CHUNK(32) SUM_CHUNK(16) SUM_CHUNK(8) SUM_CHUNK(4)
-#undef SUM_CHUNK
-    if (len) {
-        __u8 tail[4] = {};
-        if (p + 3 > end && p + len > end)
-            return -1;
-        if (p + 1 <= end)
-            tail[0] = *(__u8 *)p;
-        if (len > 1 && p + 2 <= end)
-            tail[1] = *(__u8 *)(p + 1);
-        if (len > 2 && p + 3 <= end)
-            tail[2] = *(__u8 *)(p + 2);
-        sum = bpf_csum_diff(NULL, 0, (__be32 *)tail, 4, sum);
-    }
-    return sum;
+    if (len >= 512)  /* cannot happen (len <= MAX_INNER) */
+        return -1;
+    /* clang tests zero-extended copies of a __u32 and hands the helpers an unbounded
+       register: a 64-bit tail, bounded by an AND it cannot drop (a no-op by now). */
+    __u64 tail = len;
+    asm volatile("%0 &= 0x1ff" : "+r"(tail));
+    if (!tail)
+        return sum;
+    __u32 zero = 0;
+    __u8 *buf = bpf_map_lookup_elem(&scratch, &zero);
+    if (!buf)
+        return -1;
+    *(__u32 *)(buf + (tail & 0x1fc)) = 0;  /* the padding, before the bytes land */
+    if (bpf_skb_load_bytes(skb, off, buf, tail))
+        return -1;
+    return bpf_csum_diff(NULL, 0, (__be32 *)buf, ((tail + 3) >> 2) << 2, sum);
 }
 
 static __always_inline __u16 fold(__u64 sum)

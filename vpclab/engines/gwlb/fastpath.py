@@ -381,6 +381,19 @@ def attach_tc(prog_fd: int, ifindex: int, ingress: bool = True) -> int:
                 f"BPF_LINK_CREATE(tcx, ifindex {ifindex})")
 
 
+BPF_OBJ_GET_INFO_BY_FD = 15
+PROG_INFO_SIZE, PROG_INFO_VERIFIED_INSNS = 232, 216  # struct bpf_prog_info (uapi, 5.16+)
+
+
+def verified_insns(prog_fd: int) -> int:
+    """How many instructions the verifier walked to load a program: what a load costs
+    (a path explosion shows here first)."""
+    info = ctypes.create_string_buffer(PROG_INFO_SIZE)
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, struct.pack("=IIQ", prog_fd, PROG_INFO_SIZE, ctypes.addressof(info)),
+         f"BPF_OBJ_GET_INFO_BY_FD(prog fd {prog_fd})")
+    return struct.unpack_from("=I", info.raw, PROG_INFO_VERIFIED_INSNS)[0]
+
+
 def attach_socket_filter(sock: socket.socket, prog_fd: int) -> None:
     """Attach the ring filter to a socket (SO_ATTACH_BPF); the socket holds the program."""
     try:

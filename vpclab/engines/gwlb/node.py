@@ -1,6 +1,9 @@
 """One Gateway Load Balancer node (one per AZ): the I/O shell around `GwlbNode`.
 
-    python -m vpclab.engines.gwlb.node CONFIG.json
+    python -m vpclab.engines.gwlb.node [--after-go] CONFIG.json
+
+`--after-go`: wait for a line on stdin before reading CONFIG.json (EOF: exit 0), so
+that the daemon can start the interpreter before the lab's fabric is complete.
 
 CONFIG.json:
 
@@ -284,8 +287,12 @@ def _target_id(request: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--after-go"]:  # started early (daemon/early_nodes.py): imports done, wait
+        args = args[1:]
+        if not sys.stdin.buffer.readline():
+            return 0  # never released: not needed after all
     if len(args) != 1 or args[0] in ("-h", "--help"):
-        print("usage: python -m vpclab.engines.gwlb.node CONFIG.json", file=sys.stderr)
+        print("usage: python -m vpclab.engines.gwlb.node [--after-go] CONFIG.json", file=sys.stderr)
         return 2
     try:
         with open(args[0]) as f:
