@@ -26,6 +26,7 @@ from vpclab.wording import counted
 from vpclab.daemon import sandbox
 from vpclab.daemon.balancers import Balancers, ask_engine
 from vpclab.daemon.changes import Draining, apply_change, replay
+from vpclab.daemon.ipsync import IpSyncFunction
 from vpclab.daemon.paths import API_SOCKET, NAMESPACES_FILE
 from vpclab.daemon.status import lab_status
 from vpclab.daemon.store import Store
@@ -84,6 +85,7 @@ class Daemon:
         self.stopping: asyncio.Event | None = None
         self.bring_up_seconds = 0.0
         self.draining: list[Draining] = []  # restored: targets still draining at the crash
+        self.functions: dict[str, IpSyncFunction] = {}  # lambda_functions, by name
 
     # --- bring-up -----------------------------------------------------------
 
@@ -123,6 +125,8 @@ class Daemon:
                 self._start_relay(svc)
             elif svc.kind == "dns":
                 self._start_dns(svc)
+            elif svc.kind == "lambda_function":
+                self._start_function(svc)
             else:
                 for address in svc.addresses:
                     sock = self._listen(svc.ns, address, socket.SOCK_STREAM)
@@ -204,6 +208,12 @@ class Daemon:
             tcp = [self._listen(svc.ns, a, socket.SOCK_STREAM) for a in svc.addresses]
             return dns_engine.serve_dns(resolver, udp, tcp)
         self.tasks.append(self.supervisor.run_task(f"{svc.ns}/resolver", "dns", svc.ns, serve))
+
+    def _start_function(self, svc: Service) -> None:
+        fn = IpSyncFunction(svc, self.fabric.inside, lambda g: {t.id for t in self.lab.target_groups[g].targets},
+                            self.change, self.store.mark, self.store.set_mark)
+        self.functions[fn.name] = fn
+        self.tasks.append(asyncio.ensure_future(fn.run_schedule()))
 
     def _start_process(self, ns_name: str, command: list[str], log_name: str,
                        pass_fds: Sequence[int] = (), umask: int = -1) -> int:
@@ -326,6 +336,11 @@ class Daemon:
             return self.balancers.checker.describe_target_health(group.name) if self.balancers.checker else []
         if op == "change":
             return self.change(request["kind"], request.get("params", {}))
+        if op == "invoke":
+            fn = self.functions.get(request["function"])
+            if fn is None:
+                raise ValueError(f"ResourceNotFoundException: no function {request['function']!r}")
+            return await fn.invoke()
         if op == "shutdown":
             asyncio.get_running_loop().call_soon(self.stopping.set)
             return "stopping"
@@ -342,6 +357,7 @@ class Daemon:
         status["daemon"] = {"fabric_seconds": round(self.bring_up_seconds, 4)}
         status["engines"] = self.supervisor.snapshot()
         self.balancers.alb.add_to_status(status)
+        status["lambda_functions"] = [fn.status() for fn in self.functions.values()]
         return status
 
     async def _appliance_snapshot(self, name: str) -> dict | None:
@@ -363,6 +379,7 @@ class Daemon:
         self.balancers.apply(self.lab, new_lab)
         self._restart_relays(new_wiring)
         self.lab, self.wiring = new_lab, new_wiring
+        self.refresh_dns()  # load balancer nodes may have new addresses
         log.info("change %d %s %s: reapplied %s", seq, kind, params, changed)
         return {"seq": seq, "reapplied": changed}
 

@@ -323,7 +323,8 @@ def router_ruleset(lab: Lab, vpc: Vpc, enis: list[Eni], own: tuple[str, ...] = (
         out += [f"\t\tiifname . ip saddr vmap {{ {pairs} }}",
                 f"\t\tiifname {{ {names} }} drop comment \"source check\""]
     if own:  # only what a checked ENI did not send gets here
-        out.append(f"\t\tip saddr {{ {', '.join(own)} }} drop comment \"martian: the router's own address\"")
+        # (from lo it is the router's own traffic: the VPC resolver asked from the router, daemon/ipsync.py)
+        out.append(f"\t\tiifname != \"lo\" ip saddr {{ {', '.join(own)} }} drop comment \"martian: the router's own address\"")
     out.append("\t}")
     nlb_nodes = _nlb_node_enis(enis)
     if nlb_nodes:
