@@ -152,3 +152,29 @@ class IpSyncFunction:
                 await self.invoke()
             except Exception as exc:  # a run that fails is logged; the schedule goes on
                 log.warning("%s: run failed: %s", self.name, exc)
+
+
+class Functions:
+    """The lab's functions, as the daemon runs them: their schedules, `invoke` requests, status."""
+
+    def __init__(self, services, enter, lab: Callable[[], object], change, store) -> None:
+        self.by_name: dict[str, IpSyncFunction] = {}
+        self.schedules: list[asyncio.Future] = []  # ended with the daemon's loop
+        for svc in (s for s in services if s.kind == "lambda_function"):
+            fn = IpSyncFunction(svc, enter, lambda g: {t.id for t in lab().target_groups[g].targets},
+                                change, store.mark, store.set_mark)
+            self.by_name[fn.name] = fn
+            self.schedules.append(asyncio.ensure_future(fn.run_schedule()))
+
+    async def handle(self, request: dict) -> dict:
+        """The daemon's requests that are the functions': `invoke` (Lambda's Invoke)."""
+        if request.get("op") != "invoke":
+            raise ValueError(f"unknown request {request.get('op')!r}")
+        fn = self.by_name.get(request["function"])
+        if fn is None:
+            raise ValueError(f"ResourceNotFoundException: Function not found: {request['function']} "
+                             f"(the lab has {', '.join(self.by_name) or 'none'})")
+        return await fn.invoke()
+
+    def status(self) -> list[dict]:
+        return [fn.status() for fn in self.by_name.values()]

@@ -26,7 +26,7 @@ from vpclab.wording import counted
 from vpclab.daemon import sandbox
 from vpclab.daemon.balancers import Balancers, ask_engine
 from vpclab.daemon.changes import Draining, apply_change, replay
-from vpclab.daemon.ipsync import IpSyncFunction
+from vpclab.daemon.ipsync import Functions
 from vpclab.daemon.paths import API_SOCKET, NAMESPACES_FILE
 from vpclab.daemon.status import lab_status
 from vpclab.daemon.store import Store
@@ -85,7 +85,6 @@ class Daemon:
         self.stopping: asyncio.Event | None = None
         self.bring_up_seconds = 0.0
         self.draining: list[Draining] = []  # restored: targets still draining at the crash
-        self.functions: dict[str, IpSyncFunction] = {}  # lambda_functions, by name
 
     # --- bring-up -----------------------------------------------------------
 
@@ -125,8 +124,6 @@ class Daemon:
                 self._start_relay(svc)
             elif svc.kind == "dns":
                 self._start_dns(svc)
-            elif svc.kind == "lambda_function":
-                self._start_function(svc)
             else:
                 for address in svc.addresses:
                     sock = self._listen(svc.ns, address, socket.SOCK_STREAM)
@@ -137,6 +134,7 @@ class Daemon:
                         coro = services_engine.serve_banner(sock)
                     self.tasks.append(asyncio.ensure_future(coro))
             count += 1
+        self.functions = Functions(self.wiring.services, self.fabric.inside, lambda: self.lab, self.change, self.store)
         nlb_nodes = [svc for svc in self.wiring.services if svc.kind == "nlb_node"]
         if nlb_nodes:
             self.progress.send("progress", message=f"loading {len(nlb_nodes)} NLB node ruleset(s)")
@@ -190,17 +188,14 @@ class Daemon:
             out[name] = kept or [ip for ip, _lb, _az in entries]
         return out
 
-    def _zones(self, svc: Service):
-        return dns_zones(svc, self._aws_names(svc))
-
     def refresh_dns(self) -> None:
         """Health changed: answer NLB names with the AZs now in service."""
         for svc in self.wiring.services:
             if svc.kind == "dns" and svc.ns in self.resolvers and svc.param("aws_names"):
-                self.resolvers[svc.ns].replace_zones(self._zones(svc))
+                self.resolvers[svc.ns].replace_zones(dns_zones(svc, self._aws_names(svc)))
 
     def _start_dns(self, svc: Service) -> None:
-        resolver = dns_engine.Resolver(self._zones(svc))
+        resolver = dns_engine.Resolver(dns_zones(svc, self._aws_names(svc)))
         self.resolvers[svc.ns] = resolver
 
         def serve():
@@ -208,12 +203,6 @@ class Daemon:
             tcp = [self._listen(svc.ns, a, socket.SOCK_STREAM) for a in svc.addresses]
             return dns_engine.serve_dns(resolver, udp, tcp)
         self.tasks.append(self.supervisor.run_task(f"{svc.ns}/resolver", "dns", svc.ns, serve))
-
-    def _start_function(self, svc: Service) -> None:
-        fn = IpSyncFunction(svc, self.fabric.inside, lambda g: {t.id for t in self.lab.target_groups[g].targets},
-                            self.change, self.store.mark, self.store.set_mark)
-        self.functions[fn.name] = fn
-        self.tasks.append(asyncio.ensure_future(fn.run_schedule()))
 
     def _start_process(self, ns_name: str, command: list[str], log_name: str,
                        pass_fds: Sequence[int] = (), umask: int = -1) -> int:
@@ -336,15 +325,10 @@ class Daemon:
             return self.balancers.checker.describe_target_health(group.name) if self.balancers.checker else []
         if op == "change":
             return self.change(request["kind"], request.get("params", {}))
-        if op == "invoke":
-            fn = self.functions.get(request["function"])
-            if fn is None:
-                raise ValueError(f"ResourceNotFoundException: no function {request['function']!r}")
-            return await fn.invoke()
         if op == "shutdown":
             asyncio.get_running_loop().call_soon(self.stopping.set)
             return "stopping"
-        raise ValueError(f"unknown request {op!r}")
+        return await self.functions.handle(request)  # `invoke`, or an unknown request
 
     async def status(self) -> dict:
         names = [svc.ns for svc in self.wiring.services if svc.kind == "appliance"]
@@ -355,9 +339,8 @@ class Daemon:
         status = lab_status(self.lab, self.balancers.target_health, answers[0], appliances)
         status["dns"] = {ns: r.counters.snapshot() for ns, r in self.resolvers.items()}
         status["daemon"] = {"fabric_seconds": round(self.bring_up_seconds, 4)}
-        status["engines"] = self.supervisor.snapshot()
+        status.update(engines=self.supervisor.snapshot(), lambda_functions=self.functions.status())
         self.balancers.alb.add_to_status(status)
-        status["lambda_functions"] = [fn.status() for fn in self.functions.values()]
         return status
 
     async def _appliance_snapshot(self, name: str) -> dict | None:
@@ -379,7 +362,7 @@ class Daemon:
         self.balancers.apply(self.lab, new_lab)
         self._restart_relays(new_wiring)
         self.lab, self.wiring = new_lab, new_wiring
-        self.refresh_dns()  # load balancer nodes may have new addresses
+        self.refresh_dns()  # an ALB's nodes may have moved (replace-nodes)
         log.info("change %d %s %s: reapplied %s", seq, kind, params, changed)
         return {"seq": seq, "reapplied": changed}
 

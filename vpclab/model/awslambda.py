@@ -85,7 +85,8 @@ class LambdaBuilder(_BuilderBase):
             if not env[key].isdigit() or int(env[key]) < 1:
                 raise _Invalid(path(key), f"expected a whole number of at least 1, got '{env[key]}'")
         if env["CW_METRIC_FLAG_IP_COUNT"].lower() not in ("true", "false"):
-            raise _Invalid(path("CW_METRIC_FLAG_IP_COUNT"), f"expected True or False, got '{env['CW_METRIC_FLAG_IP_COUNT']}'")
+            raise _Invalid(path("CW_METRIC_FLAG_IP_COUNT"),
+                           f"expected True or False, got '{env['CW_METRIC_FLAG_IP_COUNT']}'")
         alb = next((lb for lb in self.built["load_balancers"].values()
                     if env["ALB_DNS_NAME"] in (lb.dns_name, lb.name)), None)
         if alb is None or alb.type != "application":
@@ -97,8 +98,9 @@ class LambdaBuilder(_BuilderBase):
                                                  f"{alb.name} (it listens on {', '.join(map(str, ports)) or 'none'})")
         group = self._ref("target_groups", env["NLB_TG_ARN"], path("NLB_TG_ARN"))
         if group.target_type != "ip" or group.protocol != "TCP":
-            raise _Invalid(path("NLB_TG_ARN"), f"target group {group.name} is {group.protocol} with {group.target_type} "
-                                               "targets; the function registers IPs in a TCP group of type ip")
+            raise _Invalid(path("NLB_TG_ARN"), f"target group {group.name} is {group.protocol} with "
+                                               f"{group.target_type} targets; the function registers IPs in a "
+                                               "TCP group of type ip")
         if group.vpc != alb.vpc:
             raise _Invalid(path("NLB_TG_ARN"), f"target group {group.name} is in VPC {group.vpc}, "
                                                f"the ALB in {alb.vpc}")

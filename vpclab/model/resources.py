@@ -164,6 +164,8 @@ class LoadBalancerNode:
     eni_id: str
     private_ip: IPv4Address
     public_ip: IPv4Address | None = None
+    # addresses of the nodes it replaced (`vpclab replace-nodes`): they still serve, out of DNS
+    retired_ips: tuple[IPv4Address, ...] = ()
 
 
 @dataclass(frozen=True)
