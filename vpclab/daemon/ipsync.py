@@ -14,6 +14,7 @@ import logging
 import random
 import socket
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -24,9 +25,10 @@ from vpclab.plan.wiring import Service
 
 log = logging.getLogger("vpclab.lambda")
 DNS_TIMEOUT = 2.0  # seconds per query; a run that times out changes nothing
+HISTORY = 20  # runs `vpclab status --json` shows
 
 
-async def query_a(sock: socket.socket, server: tuple[str, int], name: str, timeout: float = DNS_TIMEOUT) -> list[str]:
+async def query_a(sock: socket.socket, server: tuple[str, int], name: str, timeout: float) -> list[str]:
     """One A query on a non-blocking UDP socket: the addresses answered (TimeoutError, ValueError)."""
     loop = asyncio.get_running_loop()
     query = DNSRecord.question(name, "A")
@@ -61,6 +63,7 @@ class IpSyncFunction:
     save_state: Callable[[str, str], None]
     runs: int = 0
     last: dict = field(default_factory=dict)
+    history: deque = field(default_factory=lambda: deque(maxlen=HISTORY))  # recent runs, oldest first
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
@@ -99,13 +102,16 @@ class IpSyncFunction:
                 outcome = failed(outcome.state, f"{type(exc).__name__}: {exc}")
         return self._record(outcome, started)
 
+    def _server(self) -> tuple[str, int]:
+        return self.svc.param("resolver"), 53
+
     async def _resolve(self, name: str, settings: Settings) -> set[str]:
         with self.enter(self.svc.ns):
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.setblocking(False)
         try:
             lookups = Lookups(settings)
-            while lookups.add(await query_a(sock, (self.svc.param("resolver"), 53), name)):
+            while lookups.add(await query_a(sock, self._server(), name, DNS_TIMEOUT)):
                 pass
             return lookups.found
         finally:
@@ -126,20 +132,21 @@ class IpSyncFunction:
         for line in outcome.log:
             log.info("%s: %s", self.name, line)
         self.last = {
-            "at": started, "ok": outcome.ok, "found": list(outcome.found),
+            "run": self.runs, "at": started, "ok": outcome.ok, "found": list(outcome.found),
             "registered": list(outcome.register), "deregistered": list(outcome.deregister),
             "missed_runs": dict(outcome.state.pending), "active": sorted(outcome.state.active or ()),
             "log": list(outcome.log),
         }
         if outcome.ip_count is not None:
             self.last["LoadBalancerIPCount"] = outcome.ip_count
+        self.history.append({k: v for k, v in self.last.items() if k not in ("found", "active", "log")})
         return self.status()
 
     def status(self) -> dict:
         state = self._state()
         return {"name": self.name, "target_group": self.svc.param("target_group"),
                 "schedule_seconds": self.svc.param("schedule_seconds"), "runs": self.runs,
-                "missed_runs": dict(state.pending), "last_run": self.last or None}
+                "missed_runs": dict(state.pending), "last_run": self.last or None, "history": list(self.history)}
 
     async def run_schedule(self) -> None:
         """EventBridge's rate: the first run one period after the lab is up, then each period."""
