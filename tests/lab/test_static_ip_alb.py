@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RunningLab, lab_environment, lab_file_needs, skip_unless_doctor_finds, target_states, wait_for
+from alb_harness import module_lab
+from conftest import RunningLab, target_states, wait_for
 
 pytestmark = pytest.mark.lab
 LAB = Path(__file__).resolve().parents[2] / "examples" / "static-ip-alb.yaml"
@@ -22,14 +23,9 @@ NLB_NODES = {"10.0.1.4", "10.0.2.4"}
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    skip_unless_doctor_finds(lab_file_needs(LAB, "sip"))
-    running = RunningLab("sip", lab_environment(tmp_path_factory.mktemp("home")))
-    running.vpclab("up", str(LAB), "--name", "sip", timeout=240)
-    try:
+    with module_lab(tmp_path_factory, LAB.read_text(), "sip") as running:
         wait_for(lambda: set(target_states(running, "web").values()) == {"healthy"}, 60, "web targets healthy")
         yield running
-    finally:
-        running.vpclab("down", "--lab", "sip", check=False, timeout=120)
 
 
 def invoke(lab: RunningLab, function: str = "alb-ip-sync") -> dict:
