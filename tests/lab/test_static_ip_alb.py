@@ -132,3 +132,14 @@ def test_replaced_nodes_are_followed_and_no_request_fails(lab):
     codes = out.split()
     assert len(codes) >= 20, out
     assert set(codes) == {"200"}, f"{len(codes) - codes.count('200')} of {len(codes)} requests failed: {out}"
+
+
+def test_an_alb_target_follows_its_alb_through_two_replacements(lab):
+    lab.vpclab("replace-nodes", "--lab", "sip", "web-alb")  # the first one's old addresses are gone now
+    outside = next(h["ip"] for h in lab.status()["internet_hosts"] if h["name"] == "outside")
+    # four health checks (every 5 s, 2 s timeout): checks sent to a gone address would fail two in a row
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        assert target_states(lab, "alb-target") != {} and set(target_states(lab, "alb-target").values()) == {"healthy"}
+        assert page(lab, f"https://{EIPS[1]}:4443/").get("x-forwarded-for") == outside
+        time.sleep(1)

@@ -20,6 +20,7 @@ ALB_GROUP = """  alb-target:
     TargetType: alb
     HealthCheckProtocol: HTTPS
     HealthCheckIntervalSeconds: 5
+    HealthCheckTimeoutSeconds: 2
     HealthyThresholdCount: 2
     Targets: [web-alb]
 """
@@ -56,6 +57,7 @@ def test_the_nlb_follows_the_albs_nodes_when_they_are_replaced():
     lab = replace_nodes(load(), "web-alb")
     group = lab.target_groups["alb-target"]
     assert [ip for ip, _ in node_addresses(group.targets[0], group, lab.load_balancers)] == ["10.0.11.5", "10.0.12.5"]
+    assert str(group.targets[0].ip) == "10.0.11.5"  # where its health checks go
 
 
 @pytest.mark.parametrize("old, new, key, words", [

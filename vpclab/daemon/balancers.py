@@ -388,3 +388,11 @@ def _tail(path: Path, lines: int = 3) -> str:
         return " | ".join(path.read_text().strip().splitlines()[-lines:]) or "(no output)"
     except OSError:
         return "(no log)"
+
+
+def readdress_alb_targets(checker: HealthChecker | None, lab: Lab) -> None:
+    """Health checks of alb targets follow their ALB's first node when its nodes move (`replace-nodes`)."""
+    for group in lab.target_groups.values():
+        if group.target_type == "alb" and checker is not None and checker.has_target_group(group.name):
+            for t in group.targets:
+                checker.readdress(group.name, t.id, str(t.ip))

@@ -24,7 +24,7 @@ from typing import Sequence
 from vpclab import unixpath
 from vpclab.wording import counted
 from vpclab.daemon import sandbox
-from vpclab.daemon.balancers import Balancers, ask_engine
+from vpclab.daemon.balancers import Balancers, ask_engine, readdress_alb_targets
 from vpclab.daemon.changes import Draining, apply_change, replay
 from vpclab.daemon.ipsync import Functions
 from vpclab.daemon.paths import API_SOCKET, NAMESPACES_FILE
@@ -360,6 +360,7 @@ class Daemon:
         changed = self.fabric.reconcile(new_wiring)
         seq = self.store.append_change(kind, params)
         self.balancers.apply(self.lab, new_lab)
+        readdress_alb_targets(self.balancers.checker, new_lab)
         self._restart_relays(new_wiring)
         self.lab, self.wiring = new_lab, new_wiring
         self.refresh_dns()  # an ALB's nodes may have moved (replace-nodes)

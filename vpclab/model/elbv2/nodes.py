@@ -44,4 +44,9 @@ def replace_nodes(lab: Lab, load_balancer: str) -> Lab:
         except ValueError as e:
             raise ChangeError("InsufficientFreeAddressesInSubnet", str(e)) from None
         nodes.append(replace(node, private_ip=new_ip, retired_ips=(node.private_ip,)))
-    return replace(lab, load_balancers={**lab.load_balancers, lb.name: replace(lb, nodes=tuple(nodes))})
+    # an alb target is checked at its ALB's first node (model.elbv2.alb_targets)
+    groups = {g.name: replace(g, targets=tuple(replace(t, ip=nodes[0].private_ip) if t.id == lb.arn else t
+                                               for t in g.targets))
+              for g in lab.target_groups.values() if g.target_type == "alb"}
+    return replace(lab, load_balancers={**lab.load_balancers, lb.name: replace(lb, nodes=tuple(nodes))},
+                   target_groups={**lab.target_groups, **groups})
