@@ -414,9 +414,9 @@ def test_target_group_port_is_1_to_65535():
     assert refused_at(text, "target_groups.web.Port") == "0 is outside 1-65535"
 
 
-def test_alb_and_lambda_target_types_are_refused():
-    reason = refused_at(with_group("    TargetType: alb\n"), "target_groups.web.TargetType")
-    assert "not supported yet" in reason
+def test_lambda_target_type_is_refused_and_alb_takes_an_alb():
+    reason = refused_at(with_group("    TargetType: alb\n"), "target_groups.web.Targets[0]")
+    assert "takes an Application Load Balancer" in reason  # test_model_alb_target.py has the rest
     assert "instance or ip" in refused_at(with_group("    TargetType: lambda\n"), "target_groups.web.TargetType")
 
 

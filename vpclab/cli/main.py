@@ -204,6 +204,22 @@ def cmd_register(args) -> int:
     return 0
 
 
+def cmd_replace_nodes(args) -> int:
+    _change(args, "replace-nodes", {"load_balancer": args.load_balancer})
+    return 0
+
+
+def cmd_invoke(args) -> int:
+    """One run of a lab function now, as `aws lambda invoke` does; its log says what it did."""
+    status = _pick_lab(args.lab).request({"op": "invoke", "function": args.function})
+    last = status["last_run"]
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        print("\n".join(last["log"]))
+    return 0 if last["ok"] else 1
+
+
 def _json_arg(text: str | None, option: str):
     """A --conditions/--actions value: JSON, in the lab file's (CloudFormation's) shape."""
     if text is None:
@@ -324,6 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
         p = command(name, cmd_register, f"{verb} a target group (live)")
         p.add_argument("target_group")
         p.add_argument("targets", nargs="+", help="instance names or ids, or IPs for ip target groups")
+    p = command("replace-nodes", cmd_replace_nodes, "give an internal ALB's nodes new IPs, as AWS does when it "
+                "scales or replaces them (live); DNS follows, the old IPs serve on until the next replacement")
+    p.add_argument("load_balancer")
+    p = command("invoke", cmd_invoke, "run a lab function once now (Lambda Invoke); exits 1 if the run failed")
+    p.add_argument("function")
+    p.add_argument("--json", action="store_true", help="the function's status after the run")
     p = command("create-rule", cmd_rule, "add a rule to an ALB listener (live, CreateRule)")
     p.add_argument("listener")
     p.add_argument("--priority", required=True)

@@ -1,6 +1,8 @@
 """What the CLI prints of a running lab: `vpclab status` and other tables (shared by main and demo)."""
 from __future__ import annotations
 
+import time
+
 
 def table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -70,9 +72,27 @@ def render_status(status: dict) -> str:
         rows += [[e["name"], e["id"], e["type"], e["vpc"], ",".join(n["subnet"] for n in e["enis"]), e["state"],
                   e["service_name"]] for e in status["vpc_endpoints"]]
         out += "\n\n" + table(rows)
+    if status.get("lambda_functions"):
+        out += "\n\n" + _function_lines(status["lambda_functions"])
     if status.get("engines"):
         rows = [["ENGINE", "KIND", "PID", "STATE", "RESTARTS", "LAST EXIT"]]
         rows += [[e["name"], e["kind"], str(e["pid"] or "-"), e["state"], str(e["restarts"]),
                   e["last_exit"] or "-"] for e in status["engines"]]
         out += "\n\n" + table(rows)
     return out
+
+
+def _function_lines(functions: list[dict]) -> str:
+    """The IP-sync functions: each one's last run, what it did, its missed-run counters, its metric."""
+    rows = [["FUNCTION", "TARGET GROUP", "RUNS", "LAST RUN", "REGISTERED", "DEREGISTERED", "MISSED RUNS",
+             "LoadBalancerIPCount"]]
+    for fn in functions:
+        last = fn["last_run"] or {}
+        when = time.strftime("%H:%M:%S", time.localtime(last["at"])) if last else "never"
+        if last and not last["ok"]:
+            when += " (failed)"
+        missed = ",".join(f"{ip}={n}" for ip, n in sorted(fn["missed_runs"].items())) or "-"
+        rows.append([fn["name"], fn["target_group"], str(fn["runs"]), when,
+                     ",".join(last.get("registered", ())) or "-", ",".join(last.get("deregistered", ())) or "-",
+                     missed, str(last.get("LoadBalancerIPCount", "-"))])
+    return table(rows)

@@ -22,6 +22,7 @@ from vpclab.daemon.changes import Draining, deregistration_delay
 from vpclab.engines.nlb import ruleset as nlb_engine
 from vpclab.engines.gwlb.fastpath import FastPathFds
 from vpclab.engines.health.checker import HealthChecker
+from vpclab.model.elbv2 import node_addresses  # an alb target is its ALB's nodes
 from vpclab.model.resources import Lab
 from vpclab.plan.elbv2 import gwlb_node_attributes, nlb_node_config
 from vpclab.plan.wiring import Service
@@ -222,8 +223,8 @@ class Balancers:
         if self.checker is not None:
             states = {d["Target"]["Id"]: d["TargetHealth"]["State"]
                       for d in self.checker.describe_target_health(group_name)}
-        return [nlb_engine.TargetView(t.id, str(t.ip), t.port, t.az, states.get(t.id, nlb_engine.INITIAL))
-                for t in group.targets]
+        return [nlb_engine.TargetView(t.id, ip, t.port, az, states.get(t.id, nlb_engine.INITIAL))
+                for t in group.targets for ip, az in node_addresses(t, group, self.lab.load_balancers)]
 
     def _apply_nlb(self, node: NlbNode, first: bool = False) -> None:
         groups = {li.target_group for li in node.config.listeners}
@@ -387,3 +388,11 @@ def _tail(path: Path, lines: int = 3) -> str:
         return " | ".join(path.read_text().strip().splitlines()[-lines:]) or "(no output)"
     except OSError:
         return "(no log)"
+
+
+def readdress_alb_targets(checker: HealthChecker | None, lab: Lab) -> None:
+    """Health checks of alb targets follow their ALB's first node when its nodes move (`replace-nodes`)."""
+    for group in lab.target_groups.values():
+        if group.target_type == "alb" and checker is not None and checker.has_target_group(group.name):
+            for t in group.targets:
+                checker.readdress(group.name, t.id, str(t.ip))

@@ -24,9 +24,10 @@ from typing import Sequence
 from vpclab import unixpath
 from vpclab.wording import counted
 from vpclab.daemon import sandbox
-from vpclab.daemon.balancers import Balancers, ask_engine
+from vpclab.daemon.balancers import Balancers, ask_engine, readdress_alb_targets
 from vpclab.daemon.changes import Draining, apply_change, replay
 from vpclab.daemon.early_nodes import EarlyNodes, node_argv
+from vpclab.daemon.ipsync import Functions
 from vpclab.daemon.paths import API_SOCKET, NAMESPACES_FILE
 from vpclab.daemon.status import lab_status
 from vpclab.daemon.store import Store
@@ -151,6 +152,7 @@ class Daemon:
                         coro = services_engine.serve_banner(sock)
                     self.tasks.append(asyncio.ensure_future(coro))
             count += 1
+        self.functions = Functions(self.wiring.services, self.fabric.inside, lambda: self.lab, self.change, self.store)
         nlb_nodes = [svc for svc in self.wiring.services if svc.kind == "nlb_node"]
         if nlb_nodes:
             self.progress.send("progress", message=f"loading {len(nlb_nodes)} NLB node ruleset(s)")
@@ -192,17 +194,14 @@ class Daemon:
             out[name] = kept or [ip for ip, _lb, _az in entries]
         return out
 
-    def _zones(self, svc: Service):
-        return dns_zones(svc, self._aws_names(svc))
-
     def refresh_dns(self) -> None:
         """Health changed: answer NLB names with the AZs now in service."""
         for svc in self.wiring.services:
             if svc.kind == "dns" and svc.ns in self.resolvers and svc.param("aws_names"):
-                self.resolvers[svc.ns].replace_zones(self._zones(svc))
+                self.resolvers[svc.ns].replace_zones(dns_zones(svc, self._aws_names(svc)))
 
     def _start_dns(self, svc: Service) -> None:
-        resolver = dns_engine.Resolver(self._zones(svc))
+        resolver = dns_engine.Resolver(dns_zones(svc, self._aws_names(svc)))
         self.resolvers[svc.ns] = resolver
 
         def serve():
@@ -337,7 +336,7 @@ class Daemon:
         if op == "shutdown":
             asyncio.get_running_loop().call_soon(self.stopping.set)
             return "stopping"
-        raise ValueError(f"unknown request {op!r}")
+        return await self.functions.handle(request)  # `invoke`, or an unknown request
 
     async def status(self) -> dict:
         names = [svc.ns for svc in self.wiring.services if svc.kind == "appliance"]
@@ -349,7 +348,7 @@ class Daemon:
         status["dns"] = {ns: r.counters.snapshot() for ns, r in self.resolvers.items()}
         status["daemon"] = {"fabric_seconds": round(self.bring_up_seconds, 4),
                             "services_seconds": round(self.services_seconds, 4)}
-        status["engines"] = self.supervisor.snapshot()
+        status.update(engines=self.supervisor.snapshot(), lambda_functions=self.functions.status())
         self.balancers.alb.add_to_status(status)
         return status
 
@@ -362,8 +361,10 @@ class Daemon:
         changed = self.fabric.reconcile(new_wiring)
         seq = self.store.append_change(kind, params)
         self.balancers.apply(self.lab, new_lab)
+        readdress_alb_targets(self.balancers.checker, new_lab)
         self._restart_relays(new_wiring)
         self.lab, self.wiring = new_lab, new_wiring
+        self.refresh_dns()  # an ALB's nodes may have moved (replace-nodes)
         log.info("change %d %s %s: reapplied %s", seq, kind, params, changed)
         return {"seq": seq, "reapplied": changed}
 

@@ -88,6 +88,12 @@ def lab_status(lab: Lab, target_health: Callable[[str], dict] = lambda _g: {},
         ],
         # AWS's side as processes and tasks (daemon.supervisor): restarts, how the last run ended
         "engines": [],
+        # scheduled functions (the IP-sync function): the daemon fills in their runs
+        "lambda_functions": [
+            {"name": f.name, "target_group": f.target_group, "schedule_seconds": f.schedule_seconds if f.enabled
+             else 0, "runs": 0, "missed_runs": {}, "last_run": None, "history": []}
+            for f in lab.lambda_functions.values()
+        ],
     }
 
 

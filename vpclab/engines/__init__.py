@@ -4,4 +4,4 @@ ENGINES names one package per engine (the daemon runs them); `io` is what they s
 (event loop, batched sockets, control sockets, GENEVE and Proxy Protocol codecs), and
 `services` the test services instances and internet hosts run.
 """
-ENGINES = ("gwlb", "nlb", "alb", "appliance", "health", "dns")
+ENGINES = ("gwlb", "nlb", "alb", "appliance", "health", "dns", "ipsync")

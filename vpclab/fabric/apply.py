@@ -94,18 +94,23 @@ class Fabric:
         for before, after in zip(old.namespaces, new.namespaces):
             old_rest, old_tables = _split_route_tables(before.ip_batch)
             new_rest, new_tables = _split_route_tables(after.ip_batch)
+            old_rest, old_addrs = _split_addresses(old_rest)
+            new_rest, new_addrs = _split_addresses(new_rest)
             if old_rest != new_rest:
-                raise FabricError(f"this change alters addresses or rules in {after.name}; "
+                raise FabricError(f"this change alters links or rules in {after.name}; "
                                   "run `vpclab down` and `up`")
             tables = sorted(t for t in set(old_tables) | set(new_tables)
                             if old_tables.get(t) != new_tables.get(t))
-            if tables:
-                lines = [f"route flush table {t}" for t in tables]
-                lines += [line for t in tables for line in new_tables.get(t, [])]
+            # new addresses before old ones go (a replaced ALB node's), then the routes that use them
+            lines = [line for line in new_addrs if line not in old_addrs]
+            lines += ["addr del" + line[len("addr add"):] for line in old_addrs if line not in new_addrs]
+            lines += [f"route flush table {t}" for t in tables]
+            lines += [line for t in tables for line in new_tables.get(t, [])]
+            if lines:
                 jobs.append((after.name, ["ip", "-batch", "-"], "\n".join(lines) + "\n"))
             if after.nft != before.nft:
                 jobs.append((after.name, ["nft", "-f", "-"], _replace_ruleset(after.nft)))
-            if tables or after.nft != before.nft:
+            if lines or after.nft != before.nft:
                 changed.append(after.name)
         self._parallel(jobs)
         # an nft reload flushed the iptables-nft tables too
@@ -211,6 +216,12 @@ def _split_route_tables(batch: tuple[str, ...]) -> tuple[list[str], dict[int, li
         else:
             rest.append(line)
     return rest, tables
+
+
+def _split_addresses(batch: list[str]) -> tuple[list[str], list[str]]:
+    """Separate `addr add` lines from the rest: a live change may add and remove addresses."""
+    return ([line for line in batch if not line.startswith("addr add ")],
+            [line for line in batch if line.startswith("addr add ")])
 
 
 def _injected_fault(stage: str) -> None:

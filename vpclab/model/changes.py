@@ -22,6 +22,7 @@ from .elbv2 import (
     delete_rule,
     modify_listener,
     modify_rule,
+    replace_nodes,  # an ALB's nodes get new IPs (elbv2.nodes)
     resolve_attributes,
     resolve_listener_attributes,
     resolve_target,

@@ -164,6 +164,8 @@ class LoadBalancerNode:
     eni_id: str
     private_ip: IPv4Address
     public_ip: IPv4Address | None = None
+    # addresses of the nodes it replaced (`vpclab replace-nodes`): they still serve, out of DNS
+    retired_ips: tuple[IPv4Address, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -212,6 +214,23 @@ class TargetGroup:
         return HealthCheckConfig.for_target_group(
             lb_type_for_protocol(self.protocol), self.protocol, TargetType=self.target_type, **self.health_check
         )
+
+
+@dataclass(frozen=True)
+class LambdaFunction:
+    """A scheduled function the lab runs: AWS's IP-sync function of the static-IP-for-ALB
+    pattern (§5.1), keeping `target_group`'s IP targets equal to `load_balancer`'s node IPs."""
+
+    name: str
+    arn: str
+    handler: str
+    environment: Mapping[str, str]  # the function's variables, defaults filled in
+    load_balancer: str  # the ALB whose DNS name it resolves
+    target_group: str  # the NLB's ip target group it registers in
+    port: int  # ALB_LISTENER: the port it registers targets on
+    schedule_expression: str = "rate(1 minute)"
+    schedule_seconds: int = 60
+    enabled: bool = True  # the EventBridge rule's state
 
 
 @dataclass(frozen=True)
@@ -429,6 +448,7 @@ class Lab:
     vpc_endpoint_services: Mapping[str, VpcEndpointService] = field(default_factory=dict)
     vpc_endpoints: Mapping[str, VpcEndpoint] = field(default_factory=dict)
     hosted_zones: Mapping[str, HostedZone] = field(default_factory=dict)
+    lambda_functions: Mapping[str, LambdaFunction] = field(default_factory=dict)
     notes: tuple[str, ...] = ()  # "<key path>: <remark>": valid, but maybe not what was meant
     quotas: Mapping[str, int] = field(default_factory=dict)  # AWS quota name -> the value the lab raised it to
 

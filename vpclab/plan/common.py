@@ -161,6 +161,11 @@ class Eni:
     security_groups: tuple[str, ...]
     source_dest_check: bool
     owner_ifname: str = "eth0"  # the owner's side; an NLB node has one more per interface endpoint
+    secondary_ips: tuple[IPv4Address, ...] = ()  # a replaced ALB node's old addresses (model.elbv2.nodes)
+
+    @property
+    def ips(self) -> tuple[IPv4Address, ...]:
+        return (self.ip, *self.secondary_ips)
 
     @property
     def chain(self) -> str:

@@ -7,7 +7,7 @@ below is the order of `vpclab plan`'s listing. Adding a service: its module, and
 from __future__ import annotations
 
 from vpclab.model.resources import Lab, Vpc
-from vpclab.plan import ec2, elbv2, privatelink, route53
+from vpclab.plan import awslambda, ec2, elbv2, privatelink, route53
 from vpclab.plan.common import Eni, InterfaceLink, endpoint_links, interface_links
 from vpclab.plan.wiring import Wiring
 
@@ -28,6 +28,7 @@ def compile_lab(lab: Lab) -> Wiring:
             internet.gateway(lab, vpc),
         ]
     parts.append(internet.internet(lab, route53.aws_dns_names(lab)))
+    parts.append(awslambda.functions(lab))
     return Wiring.join(parts)
 
 

@@ -176,7 +176,7 @@ def _router(lab: Lab, vpc: Vpc, enis: list[Eni], igw, endpoints: list[EndpointLi
             f"link set {eni.ifname} up",
             f"addr add {eni.subnet.router_ip}/32 dev {eni.ifname}",
             f"ntable change name arp_cache dev {eni.ifname} proxy_delay 0",
-            f"route add {eni.ip}/32 dev {eni.ifname} table {ENI_TABLE}",
+            *(f"route add {ip}/32 dev {eni.ifname} table {ENI_TABLE}" for ip in eni.ips),
             # within a subnet traffic is layer 2 at AWS: no route table applies to it
             f"rule add pref {pref} iif {eni.ifname} to {eni.subnet.cidr} lookup {ENI_TABLE}",
             f"rule add pref {pref + 1} iif {eni.ifname} lookup {table}",
@@ -304,7 +304,7 @@ def router_ruleset(lab: Lab, vpc: Vpc, enis: list[Eni], own: tuple[str, ...] = (
     members: dict[str, list[IPv4Address]] = {n: [] for n in groups}
     for eni in enis:
         for g in eni.security_groups:
-            members[g].append(eni.ip)
+            members[g].extend(eni.ips)
     acls = [a for a in lab.network_acls.values() if a.vpc == vpc.name]
 
     out = ["table inet vpc {"]
@@ -319,12 +319,14 @@ def router_ruleset(lab: Lab, vpc: Vpc, enis: list[Eni], own: tuple[str, ...] = (
     ]
     checked = [e for e in enis if e.source_dest_check]
     if checked:  # one lookup, however many ENIs the VPC has: its own address from a checked ENI passes
-        pairs = ", ".join(f"\"{e.ifname}\" . {e.ip} : return" for e in checked)
+        pairs = ", ".join(f"\"{e.ifname}\" . {ip} : return" for e in checked for ip in e.ips)
         names = ", ".join(f"\"{e.ifname}\"" for e in checked)
         out += [f"\t\tiifname . ip saddr vmap {{ {pairs} }}",
                 f"\t\tiifname {{ {names} }} drop comment \"source check\""]
     if own:  # only what a checked ENI did not send gets here
-        out.append(f"\t\tip saddr {{ {', '.join(own)} }} drop comment \"martian: the router's own address\"")
+        # (from lo it is the router's own traffic: the VPC resolver asked from the router, daemon/ipsync.py)
+        out.append(f"\t\tiifname != \"lo\" ip saddr {{ {', '.join(own)} }} drop "
+                   "comment \"martian: the router's own address\"")
     out.append("\t}")
     nlb_nodes = _nlb_node_enis(enis)
     if nlb_nodes:
@@ -341,7 +343,8 @@ def router_ruleset(lab: Lab, vpc: Vpc, enis: list[Eni], own: tuple[str, ...] = (
         leaving = [] if _allows_all(acl, egress=True) else [
             f"\t\tip daddr != {cidr} jump {_set_name(acl.id)}_egress"]
         leaving += _sg_checks(sgs, "egress", group_ids, eni)
-        entering = [f"\t\tip daddr != {eni.ip} drop comment \"destination check\""] if eni.source_dest_check else []
+        own_ips = str(eni.ip) if not eni.secondary_ips else "{ " + ", ".join(map(str, eni.ips)) + " }"
+        entering = [f"\t\tip daddr != {own_ips} drop comment \"destination check\""] if eni.source_dest_check else []
         if not _allows_all(acl, egress=False):
             entering.append(f"\t\tip saddr != {cidr} jump {_set_name(acl.id)}_ingress")
         entering += _sg_checks(sgs, "ingress", group_ids, eni)

@@ -55,8 +55,9 @@ class Service:
     `addresses`), `command` (a shell command run inside the namespace),
     `appliance` (the reference GENEVE appliance), `gwlb_node` (one GWLB node),
     `nlb_node` (one NLB node's ruleset, loaded by the daemon), `alb_node` (one ALB
-    node's HAProxy, from plan.elbv2.alb_node_config) or `pp2_relay`
-    (a Proxy Protocol v2 relay listening on `addresses`).
+    node's HAProxy, from plan.elbv2.alb_node_config), `pp2_relay`
+    (a Proxy Protocol v2 relay listening on `addresses`) or `lambda_function` (a scheduled
+    function the daemon runs itself, daemon/ipsync.py).
     """
 
     ns: str

@@ -112,7 +112,8 @@ def defaults_section(attributes: dict, extra: Sequence[str] = ()) -> list[str]:
 
 
 def bind_line(node: dict, listener: dict, certificate: str | None) -> str:
-    line = f"    bind {node['node_ip']}:{int(listener['port'])}"
+    port = int(listener["port"])  # on a replaced node's addresses too: it serves until retired
+    line = "    bind " + ",".join(f"{ip}:{port}" for ip in (node["node_ip"], *node.get("retired_ips", ())))
     if listener["protocol"] == "HTTPS":
         if not certificate:
             raise ValueError(f"listener {listener['name']}: HTTPS needs a certificate")

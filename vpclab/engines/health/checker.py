@@ -169,6 +169,12 @@ class HealthChecker:
         self._notify(target)
         self._wake.set()
 
+    def readdress(self, target_group: str, target_id: str, ip: str) -> None:
+        """A registered target that moved (an alb target after `replace-nodes`): checks go to `ip`."""
+        target = self._group(target_group).targets.get(target_id)
+        if target is not None:
+            target.ip = ip
+
     def deregister(self, target_group: str, target_id: str, delay: float) -> None:
         """DeregisterTargets: `draining` for `delay` seconds (deregistration_delay.timeout_seconds)."""
         target = self._group(target_group).targets.get(target_id)

@@ -35,10 +35,12 @@ from ..reader import (
     _unsupported,
 )
 from ..resources import LoadBalancer, LoadBalancerNode, Target, TargetGroup, Vpc
+from .alb_targets import alb_group_problem, alb_target, node_addresses  # noqa: F401 (node_addresses: the daemon's)
 from .application import alb_dns_name
 from .certificates import CERTIFICATE_FIELDS
 from .listeners import Elbv2ListenerBuilder
 from .protocols import _ARN_TYPES, APPLICATION_PROTOCOLS, TARGET_GROUP_PROTOCOLS, _protocol_problem, rule_arn
+from .nodes import replace_nodes
 from .rule_changes import create_rule, delete_rule, modify_listener, modify_rule, set_rule_priorities
 from .rules import _raw
 
@@ -313,11 +315,11 @@ class Elbv2Builder(Elbv2ListenerBuilder):
                 raise _Invalid(spec.at("Port"), f"a GENEVE target group's port is {GENEVE_PORT}, got {port}")
             vpc = self._vpc_of(spec)
             target_type = spec.props.get("TargetType", "instance")
-            if target_type not in ("instance", "ip"):
+            if target_type not in ("instance", "ip") and (target_type, protocol) != ("alb", "TCP"):
                 if lb_type == "gateway":
                     reason = f"a GENEVE target group takes instance or ip targets, not {target_type}"
                 elif target_type == "alb":
-                    reason = "alb target groups (an Application Load Balancer as target) are not supported yet"
+                    reason = f"an alb target group is TCP (an NLB's TCP listeners use it), not {protocol}"
                 elif lb_type == "application" and target_type == "lambda":
                     reason = "lambda targets are not supported yet: the lab has no Lambda"
                 else:
@@ -330,6 +332,9 @@ class Elbv2Builder(Elbv2ListenerBuilder):
                 first_word = str(e).split(" ", 1)[0]
                 key = first_word if first_word in HEALTH_CHECK_FIELDS or first_word == "Protocol" else None
                 raise _Invalid(spec.at(key) if key else spec.path, str(e)) from None
+            if target_type == "alb" and spec.props.get("TargetGroupAttributes"):
+                raise _Invalid(spec.at("TargetGroupAttributes"), "an alb target group's attributes are fixed "
+                                                                 "at AWS's defaults")
             attributes = self._attributes(
                 spec, "TargetGroupAttributes",
                 lambda changes: resolve_target_group_attributes(protocol, target_type, None, changes),
@@ -340,11 +345,14 @@ class Elbv2Builder(Elbv2ListenerBuilder):
                 path = f"{spec.at('Targets')}[{i}]"
                 if lb_type == "gateway" and ref.get("Port", port) != port:
                     raise _Invalid(f"{path}.Port", f"a GENEVE target's port is the group's, {port}, got {ref['Port']}")
+                if target_type == "alb" and (i or ref.get("Port", port) != port):
+                    raise _Invalid(path, "an alb target group has one target, its ALB, on the group's port")
                 try:
-                    target = resolve_target(
-                        ref["Id"], target_type, vpc.name, ref.get("Port", port),
-                        self.built["instances"], self.built["subnets"],
-                    )  # fmt: skip
+                    target = alb_target(ref["Id"], vpc.name, port, self.built["load_balancers"]) \
+                        if target_type == "alb" else resolve_target(
+                            ref["Id"], target_type, vpc.name, ref.get("Port", port),
+                            self.built["instances"], self.built["subnets"],
+                        )  # fmt: skip
                 except ValueError as e:
                     raise _Invalid(ref["at"], str(e)) from None
                 j = index_of.setdefault(target.id, i)
@@ -371,8 +379,15 @@ class Elbv2Builder(Elbv2ListenerBuilder):
                 ),
             )
 
+    def _alb_target_ports(self) -> None:
+        for spec in self.doc.specs["target_groups"]:
+            problem = alb_group_problem(self.built["target_groups"][spec.name], self.built["listeners"].values(),
+                                        self.built["load_balancers"])
+            if problem:
+                raise _Invalid(spec.at("Port"), problem)
+
 
 BUILDER = Elbv2Builder
 CLAIMS = "_elbv2_claims"  # the builder's method that lists the addresses its resources take in subnets
 STEPS = {"addresses": ("_load_balancers",),
-         "attachments": ("_certificates", "_target_groups", "_listeners", "_listener_rules")}  # loader.PHASES
+         "attachments": ("_certificates", "_target_groups", "_listeners", "_listener_rules", "_alb_target_ports")}  # loader.PHASES
