@@ -5,6 +5,7 @@ Elastic Load Balancing: register/deregister targets, modify attributes; an Appli
 Balancer's rules (create, modify, delete, set priorities) and listener default actions, which
 elbv2.rule_changes holds and this module re-exports.
 PrivateLink: accept/reject endpoint connections.
+Transit gateways: static routes, propagations and appliance mode (transit_gateway holds them).
 """
 from __future__ import annotations
 
@@ -31,6 +32,13 @@ from .elbv2 import (
 from .errors import ChangeError
 from .quotas import RULES_PER_SG, quota_value
 from .reader import parse_integer, parse_network, parse_protocol
+from .transit_gateway import (  # re-exported, as the rule changes are
+    create_transit_gateway_route,
+    delete_transit_gateway_route,
+    disable_transit_gateway_route_table_propagation,
+    enable_transit_gateway_route_table_propagation,
+    modify_transit_gateway_vpc_attachment,
+)
 from .resources import Lab, Listener, LoadBalancer, SecurityGroup, SgRule, Target, TargetGroup, VpcEndpoint
 
 Direction = Literal["ingress", "egress"]

@@ -329,3 +329,54 @@ def modify_transit_gateway_vpc_attachment(lab: Lab, attachment: str, appliance_m
                           f"ApplianceModeSupport is enable or disable, got {appliance_mode_support!r}")
     new = replace(a, appliance_mode_support=appliance_mode_support == "enable")
     return replace(lab, transit_gateway_attachments={**lab.transit_gateway_attachments, a.name: new})
+
+
+# -- Inspection --
+
+
+def find_route_table(lab: Lab, name_or_id: str) -> TransitGatewayRouteTable:
+    """A route table by its name in the lab or its tgw-rtb- id (ChangeError if none)."""
+    return _table(lab, name_or_id)
+
+
+def search_routes(lab: Lab, table: str) -> list[dict]:
+    """A route table's routes as `aws ec2 search-transit-gateway-routes` shows them."""
+    rt = _table(lab, table)
+    out = []
+    for route in effective_routes(lab, rt.name):
+        entry: dict[str, Any] = {"DestinationCidrBlock": str(route.destination)}
+        if route.attachment is not None:
+            a = lab.transit_gateway_attachments[route.attachment]
+            entry["TransitGatewayAttachments"] = [{"ResourceId": lab.vpcs[a.vpc].id, "TransitGatewayAttachmentId": a.id,
+                                                   "ResourceType": "vpc"}]
+        entry.update({"Type": route.type, "State": route.state})
+        out.append(entry)
+    return out
+
+
+def transit_gateway_status(lab: Lab) -> list[dict]:
+    """`vpclab status --json`'s transit gateways: attachments, route tables, associations,
+    propagations and the routes each table holds."""
+    out = []
+    for tgw in lab.transit_gateways.values():
+        attachments = [a for a in lab.transit_gateway_attachments.values() if a.transit_gateway == tgw.name]
+        tables = [t for t in lab.transit_gateway_route_tables.values() if t.transit_gateway == tgw.name]
+        ids = {a.name: a.id for a in attachments}
+        out.append({
+            "name": tgw.name, "id": tgw.id, "amazon_side_asn": tgw.amazon_side_asn,
+            "default_route_table_association": "enable" if tgw.default_route_table_association else "disable",
+            "default_route_table_propagation": "enable" if tgw.default_route_table_propagation else "disable",
+            "attachments": [{
+                "name": a.name, "id": a.id, "vpc": a.vpc, "vpc_id": lab.vpcs[a.vpc].id,
+                "appliance_mode_support": "enable" if a.appliance_mode_support else "disable",
+                "route_table": (route_table_of(lab, a.name).id if route_table_of(lab, a.name) else None),
+                "enis": [{"id": e.id, "subnet": e.subnet, "az": e.az, "ip": str(e.ip)} for e in a.enis],
+            } for a in attachments],
+            "route_tables": [{
+                "name": t.name, "id": t.id, "default": t.default,
+                "associations": [ids[n] for n in t.associations],
+                "propagations": [ids[n] for n in t.propagations],
+                "routes": search_routes(lab, t.name),
+            } for t in tables],
+        })
+    return out
