@@ -370,9 +370,18 @@ def test_appliance_config_with_run_is_refused():
         ("{drop: true}", "instances.appliance-1.Appliance", "unknown key(s) drop"),
         ("[1]", "instances.appliance-1.Appliance", "expected a mapping"),
         ("{rules: [{action: deny, protocol: icmp, port: 22}]}", "instances.appliance-1.Appliance.rules[0].port", "ports need"),
+        ("{kind: iptables}", "instances.appliance-1.Appliance.kind", "expected reference or hairpin, got 'iptables'"),
+        ("{kind: hairpin, drop_all: true}", "instances.appliance-1.Appliance.drop_all", "takes no settings but kind"),
+        ("{kind: hairpin, rules: []}", "instances.appliance-1.Appliance.rules", "takes no settings but kind"),
     ],
 )
 def test_appliance_config_is_validated_like_the_appliance(config, key_path, fragment):
     text = edit("  appliance-1: {SubnetId: sec-a, Role: appliance}",
                 f"  appliance-1: {{SubnetId: sec-a, Role: appliance, Appliance: {config}}}")  # fmt: skip
     assert fragment in refused_at(text, key_path)
+
+
+def test_hairpin_appliance_with_run_is_refused():
+    text = edit("  appliance-1: {SubnetId: sec-a, Role: appliance}",
+                "  appliance-1: {SubnetId: sec-a, Role: appliance, Run: ./my-fw, Appliance: {kind: hairpin}}")  # fmt: skip
+    assert "does not run when Run is given" in refused_at(text, "instances.appliance-1.Appliance")

@@ -79,6 +79,8 @@ FEATURES: tuple[Feature, ...] = (
     Feature("xt:ttl", OPTIONAL, "TTL kept inside a VPC (routers decrement it, as docs/deviations.md says)",
             "apt-get install iptables; " + _KERNEL + "CONFIG_NFT_COMPAT, CONFIG_NETFILTER_XT_TARGET_TTL, "
             "CONFIG_NETFILTER_XT_MATCH_HL"),
+    Feature("iptables:nat", REQUIRED, "hairpin GWLB appliances (Appliance kind hairpin: iptables DNAT, MASQUERADE)",
+            "apt-get install iptables (iptables-nft); " + _KERNEL + "CONFIG_NFT_NAT, CONFIG_NFT_MASQ"),
     Feature("haproxy", OPTIONAL, "Application Load Balancers (HAProxy 2.6+)", "apt-get install haproxy"),
     Feature("nft:payload-set", INFO, "nothing should: header rewrites in nftables (`ip daddr set`); no lab may use them",
             "refused in user namespaces by some kernels: use conntrack NAT instead"),

@@ -51,6 +51,8 @@ def lab_needs(lab: Lab) -> set[str]:
         needs.add("haproxy")  # each ALB node is one HAProxy
     if any(svc.kind == "pp2_relay" and svc.param("transparent") for svc in wiring.services):
         needs.add("ip-transparent")
+    if any(ns.kind != "router" and "*nat" in ns.iptables.split("\n") for ns in wiring.namespaces):
+        needs.add("iptables:nat")  # hairpin appliances (routers' TTL rules are best effort)
     if any(ns.tx_offload_off for ns in wiring.namespaces):
         needs.add("ethtool")
     return needs

@@ -79,8 +79,8 @@ NFT_PROBES = {
     "nft:ttl-set": _table("ip", ("filter", "forward priority 0", "ip ttl set 64")),
 }
 # Probes inside the sandbox's network namespace, after the namespaces themselves.
-_IN_NETNS = ("veth", *NFT_PROBES, "xt:ttl", "conntrack", "ethtool", "af-packet", "ip-transparent", "tc:matchall",
-             "tc:pedit", "ebpf-fast-path")
+_IN_NETNS = ("veth", *NFT_PROBES, "xt:ttl", "iptables:nat", "conntrack", "ethtool", "af-packet", "ip-transparent",
+             "tc:matchall", "tc:pedit", "ebpf-fast-path")
 _NEEDS_VETH = {"ethtool", "tc:matchall", "tc:pedit", "ebpf-fast-path", "nft:netdev-ingress",
                "nft:netdev-egress", "nft:payload-set"}
 
@@ -186,6 +186,11 @@ def _in_netns(names: set[str], fds: dict | None, fast_reason: str | None) -> lis
         elif name == "xt:ttl":  # what every VPC router loads (plan.ec2.KEEP_TTL), through nft_compat
             from vpclab.plan.ec2 import KEEP_TTL
             ok, line = _run(["iptables-nft-restore"], KEEP_TTL)
+            out.append(Result(name, ok, "" if ok else line))
+        elif name == "iptables:nat":  # what a hairpin appliance loads (plan.ec2.hairpin_rules)
+            from ipaddress import IPv4Address
+            from vpclab.plan.appliance import hairpin_rules
+            ok, line = _run(["iptables-nft-restore"], hairpin_rules(IPv4Address("10.0.1.9"), [IPv4Address("10.0.1.5")]))
             out.append(Result(name, ok, "" if ok else line))
         elif name == "conntrack":
             ok, line = _run(["conntrack", "-L"])

@@ -117,12 +117,16 @@ class Fabric:
     # --- helpers ----------------------------------------------------------
 
     def _load_iptables(self, namespaces: list[Namespace]) -> None:
-        """Best effort: where the kernel or the host lacks the xt targets, the lab still runs,
-        with the difference docs/deviations.md describes, and the daemon log says so."""
-        if not namespaces:
+        """Routers' TTL rules are best effort: where the kernel or the host lacks the xt targets,
+        the lab still runs, with the difference docs/deviations.md describes, and the daemon log
+        says so. Anything else (a hairpin appliance's NAT) must load: `up` fails and rolls back."""
+        self._parallel([(ns.name, ["iptables-nft-restore"], ns.iptables)
+                        for ns in namespaces if ns.kind != "router"])
+        routers = [ns for ns in namespaces if ns.kind == "router"]
+        if not routers:
             return
         try:
-            self._parallel([(ns.name, ["iptables-nft-restore"], ns.iptables) for ns in namespaces])
+            self._parallel([(ns.name, ["iptables-nft-restore"], ns.iptables) for ns in routers])
         except (OSError, FabricError) as exc:
             log.warning("TTL is decremented inside VPCs (see docs/deviations.md): %s", exc)
 

@@ -11,6 +11,11 @@ runs it. The format:
       - {action: deny, direction: inbound, protocol: tcp, port: 22}
       - {action: allow, protocol: udp, port: [53, "8000-8100"], destination: 10.0.2.0/24}
 
+`kind: hairpin` runs no vpclab process in the data path: iptables in the
+instance returns GENEVE to the GWLB node unchanged (DNAT back to the node,
+MASQUERADE), as in AWS's "iptables hairpin" appliance; it takes no other key.
+The default kind, `reference`, is the Python appliance with these rules.
+
 A rule matches a flow's initiating packet: its source, destination, protocol
 and destination port; `direction` says where the initiator sits (`inbound`:
 outside `inside`; `outbound`: inside).
@@ -36,6 +41,8 @@ class ApplianceConfigError(ValueError):
         self.reason = reason
 
 
+REFERENCE, HAIRPIN = "reference", "hairpin"
+KINDS = (REFERENCE, HAIRPIN)
 ALLOW, DENY = "allow", "deny"
 INBOUND, OUTBOUND, ANY = "inbound", "outbound", "any"
 PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
@@ -76,16 +83,26 @@ class ApplianceConfig:
     rules: tuple[Rule, ...] = ()
     drop_all: bool = False
     flow_idle_timeout: float = 350.0
+    kind: str = REFERENCE
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> ApplianceConfig:
-        """Parse `{inside, drop_all, rules, flow_idle_timeout}`; ApplianceConfigError (a ValueError) names the field."""
+        """Parse `{kind, inside, drop_all, rules, flow_idle_timeout}`; ApplianceConfigError (a ValueError)
+        names the field."""
         if data is not None and not isinstance(data, Mapping):
             raise ApplianceConfigError("appliance", f"expected a mapping, got {type(data).__name__}")
         data = dict(data or {})
-        unknown = sorted(map(str, set(data) - {"inside", "drop_all", "rules", "flow_idle_timeout"}))
+        unknown = sorted(map(str, set(data) - {"kind", "inside", "drop_all", "rules", "flow_idle_timeout"}))
         if unknown:
             raise ApplianceConfigError("appliance", f"unknown key(s) {', '.join(unknown)}")
+        kind = data.pop("kind", REFERENCE)
+        if kind not in KINDS:
+            raise ApplianceConfigError("appliance.kind", f"expected {' or '.join(KINDS)}, got {kind!r}")
+        if kind == HAIRPIN:
+            if data:  # iptables returns every packet: nothing to configure
+                raise ApplianceConfigError(f"appliance.{sorted(map(str, data))[0]}", "the hairpin appliance "
+                                           "takes no settings but kind (iptables returns every packet)")
+            return cls(kind=HAIRPIN)
         inside = _networks("appliance.inside", data.get("inside", ()))
         drop_all = data.get("drop_all", False)
         if not isinstance(drop_all, bool):

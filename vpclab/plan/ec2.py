@@ -25,6 +25,7 @@ from vpclab.model.resources import (
     Subnet,
     Vpc,
 )
+from vpclab.plan.appliance import gwlb_node_ips, hairpin_rules, is_hairpin
 from vpclab.plan.common import (
     ACCEPT_LOCAL,
     ALT_DNS_IP,
@@ -415,7 +416,7 @@ def dns_search_domain(region: str) -> str:
 def _instance(lab: Lab, vpc: Vpc, inst: Instance) -> Namespace:
     subnet = lab.subnets[inst.subnet]
     sysctls = BASE_SYSCTLS
-    if not inst.source_dest_check:
+    if not inst.source_dest_check or is_hairpin(inst):
         # A middlebox: its OS forwards (the check off alone does not do that at AWS either,
         # but every lab that turns it off wants a forwarding instance).
         sysctls = sysctls + FORWARDING
@@ -428,6 +429,7 @@ def _instance(lab: Lab, vpc: Vpc, inst: Instance) -> Namespace:
         etc_hosts=f"127.0.0.1 localhost\n{inst.private_ip} {inst.hostname} {short}\n",
         sysctls=sysctls,
         ip_batch=single_eni(inst.private_ip, subnet.cidr.prefixlen, subnet.router_ip),
+        iptables=hairpin_rules(inst.private_ip, gwlb_node_ips(lab, vpc)) if is_hairpin(inst) else "",
     )
 
 
@@ -437,11 +439,11 @@ def _identity(**fields) -> tuple[tuple[str, object], ...]:
 
 def _instance_services(lab: Lab, inst: Instance) -> list[Service]:
     services: list[Service] = []
+    identity = _identity(
+        name=inst.name, instance_id=inst.id, az=lab.subnets[inst.subnet].az,
+        private_ip=inst.private_ip, hostname=inst.hostname, public_ip=inst.public_ip,
+    )
     if inst.default_services:
-        identity = _identity(
-            name=inst.name, instance_id=inst.id, az=lab.subnets[inst.subnet].az,
-            private_ip=inst.private_ip, hostname=inst.hostname, public_ip=inst.public_ip,
-        )
         if inst.test_page_message:
             identity += (("message", inst.test_page_message),)
         services.append(Service(inst.name, "test_page", ("0.0.0.0:80",), identity))
@@ -450,8 +452,13 @@ def _instance_services(lab: Lab, inst: Instance) -> list[Service]:
     if inst.role == "appliance" and not inst.run:  # else it runs a third-party appliance
         ports = [int(g.health_check.get("HealthCheckPort", 80)) for g in lab.target_groups.values()
                  if any(t.instance == inst.name for t in g.targets)]
-        services.append(Service(inst.name, "appliance", params=(
-            ("config", dict(inst.appliance or {})), ("health_port", ports[0] if ports else 80))))
+        port = ports[0] if ports else 80
+        if is_hairpin(inst):  # the kernel hairpins GENEVE; a web server answers health checks, as on AWS
+            if not (inst.default_services and port == 80):
+                services.append(Service(inst.name, "test_page", (f"0.0.0.0:{port}",), identity))
+        else:
+            services.append(Service(inst.name, "appliance", params=(
+                ("config", dict(inst.appliance or {})), ("health_port", port))))
     return services
 
 

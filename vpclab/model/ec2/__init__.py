@@ -319,12 +319,13 @@ class Ec2Builder(Ec2RoutingBuilder):
         if "Appliance" in spec.props:
             if spec.props.get("Role", "instance") != "appliance":
                 raise _Invalid(
-                    spec.at("Appliance"), "Appliance configures the reference appliance: it needs Role: appliance"
+                    spec.at("Appliance"), "Appliance configures a GWLB appliance: it needs Role: appliance"
                 )
             if spec.props.get("Run"):
                 raise _Invalid(
                     spec.at("Appliance"),
-                    "Appliance configures the reference appliance, which does not run when Run is given; drop one",
+                    "Appliance configures vpclab's appliance (reference or hairpin), which does not run when Run "
+                    "is given; drop one",
                 )
         return _AddressClaim(
             spec, f"instance {spec.name}", subnet, public, groups,
