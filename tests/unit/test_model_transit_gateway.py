@@ -193,3 +193,22 @@ def test_the_example_loads_with_two_route_tables_and_appliance_mode_on_the_secur
     lab = load_lab(ROOT / "examples" / "gwlb-centralized-tgw.yaml")
     assert set(lab.transit_gateway_route_tables) == {"spoke", "inspected"}
     assert lab.transit_gateway_attachments["security-attach"].appliance_mode_support
+
+
+def test_alb_ip_targets_outside_the_vpc_need_availability_zone_all_and_a_private_address():
+    lab = load_lab(ROOT / "examples" / "gwlb-ingress-egress.yaml")
+    targets = lab.target_groups["nlb-nodes"].targets
+    assert [(t.id, t.az) for t in targets] == [("10.20.1.100", "all"), ("10.20.2.100", "all")]
+    text = (ROOT / "examples" / "gwlb-ingress-egress.yaml").read_text()
+    e = refused(text.replace("{Id: 10.20.1.100, AvailabilityZone: all}", "{Id: 10.20.1.100}"))
+    assert e.key_path == "target_groups.nlb-nodes.Targets[0].Id" and "needs AvailabilityZone: all" in e.reason
+    e = refused(text.replace("{Id: 10.20.1.100, AvailabilityZone: all}", "{Id: 8.8.8.8, AvailabilityZone: all}"))
+    assert e.key_path == "target_groups.nlb-nodes.Targets[0].Id" and "not a private address" in e.reason
+
+
+def test_an_nlb_node_with_cross_zone_off_picks_targets_of_zone_all():
+    from vpclab.engines.nlb.ruleset import HEALTHY, TargetView, routable_targets, zone_in_service
+    targets = [TargetView("10.9.0.1", "10.9.0.1", 80, "all", HEALTHY),
+               TargetView("i-1", "10.0.2.5", 80, "us-east-1b", HEALTHY)]
+    assert [t.id for t in routable_targets(targets, "us-east-1a", cross_zone=False)] == ["10.9.0.1"]
+    assert zone_in_service(targets, "us-east-1a", cross_zone=False)
