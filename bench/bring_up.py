@@ -1,7 +1,8 @@
 """Benchmark: how long `vpclab up` and `down` take, against a bare baseline in the same run.
 
-For each lab (examples/basic-vpc.yaml and a generated lab of 3 VPCs and 30
-instances) it times `vpclab up` and `vpclab down`, then times a bare shell
+For each lab (examples/basic-vpc.yaml, a generated lab of 3 VPCs and 30
+instances, and the two transit gateway labs, examples/gwlb-centralized-tgw.yaml and
+examples/gwlb-ingress-egress.yaml, whose target is up in under 2 s) it times `vpclab up` and `vpclab down`, then times a bare shell
 script that creates the same number of namespaces and veth links in a sandbox
 and tears them down. It prints the times and two ratios to that baseline:
 `up` end to end (a Python start, loading and checking the lab file, then the
@@ -117,16 +118,17 @@ def main() -> int:
     generated.write_text(generated_lab())
     python = statistics.median(time_python_start() for _ in range(5))
     print(f"python start: {python:.3f} s (paid once by every `vpclab` command)")
-    print(f"{'lab':<22} {'ns':>4} {'links':>5} {'up s':>7} {'fabric s':>8} {'down s':>7} {'bare s':>7} "
+    print(f"{'lab':<27} {'ns':>4} {'links':>5} {'up s':>7} {'fabric s':>8} {'down s':>7} {'bare s':>7} "
           f"{'up/bare':>8} {'fabric/bare':>11}")
-    for path in (ROOT / "examples" / "basic-vpc.yaml", generated):
+    for path in (ROOT / "examples" / "basic-vpc.yaml", generated, ROOT / "examples" / "gwlb-centralized-tgw.yaml",
+                 ROOT / "examples" / "gwlb-ingress-egress.yaml"):
         wiring = compile_lab(load_lab(path, "bench"))
         ns, links = len(wiring.namespaces), len(wiring.links)
         runs = []
         for _ in range(args.runs):
             runs.append((*time_vpclab(path, env), time_bare(ns, links)))
         up, fabric, down, bare = (statistics.median(r[i] for r in runs) for i in range(4))
-        print(f"{path.name:<22} {ns:>4} {links:>5} {up:>7.3f} {fabric:>8.3f} {down:>7.3f} {bare:>7.3f} "
+        print(f"{path.name:<27} {ns:>4} {links:>5} {up:>7.3f} {fabric:>8.3f} {down:>7.3f} {bare:>7.3f} "
               f"{up / bare:>7.2f}x {fabric / bare:>10.2f}x")
     return 0
 
