@@ -1,8 +1,9 @@
 """Benchmark: how long `vpclab up` and `down` take, against a bare baseline in the same run.
 
 For each lab (examples/basic-vpc.yaml, a generated lab of 3 VPCs and 30
-instances, and examples/gwlb-two-vpc.yaml: two GWLB nodes with their eBPF fast
-paths, two appliances) it times `vpclab up` and `vpclab down`, then times a bare shell
+instances, examples/gwlb-two-vpc.yaml: two GWLB nodes with their eBPF fast paths, two
+appliances, and the two transit gateway labs, examples/gwlb-centralized-tgw.yaml and
+examples/gwlb-ingress-egress.yaml, whose target is up in under 2 s) it times `vpclab up` and `vpclab down`, then times a bare shell
 script that creates the same number of namespaces and veth links in a sandbox
 and tears them down. It prints the times and two ratios to that baseline:
 `up` end to end (a Python start, loading and checking the lab file, then the
@@ -120,16 +121,17 @@ def main() -> int:
     generated.write_text(generated_lab())
     python = statistics.median(time_python_start() for _ in range(5))
     print(f"python start: {python:.3f} s (paid once by every `vpclab` command)")
-    print(f"{'lab':<22} {'ns':>4} {'links':>5} {'up s':>7} {'fabric s':>8} {'svcs s':>7} {'down s':>7} "
+    print(f"{'lab':<27} {'ns':>4} {'links':>5} {'up s':>7} {'fabric s':>8} {'svcs s':>7} {'down s':>7} "
           f"{'bare s':>7} {'up/bare':>8} {'fabric/bare':>11}")
-    for path in (ROOT / "examples" / "basic-vpc.yaml", generated, ROOT / "examples" / "gwlb-two-vpc.yaml"):
+    for path in (ROOT / "examples" / "basic-vpc.yaml", generated, ROOT / "examples" / "gwlb-two-vpc.yaml",
+                 ROOT / "examples" / "gwlb-centralized-tgw.yaml", ROOT / "examples" / "gwlb-ingress-egress.yaml"):
         wiring = compile_lab(load_lab(path, "bench"))
         ns, links = len(wiring.namespaces), len(wiring.links)
         runs = []
         for _ in range(args.runs):
             runs.append((*time_vpclab(path, env), time_bare(ns, links)))
         up, fabric, services, down, bare = (statistics.median(r[i] for r in runs) for i in range(5))
-        print(f"{path.name:<22} {ns:>4} {links:>5} {up:>7.3f} {fabric:>8.3f} {services:>7.3f} {down:>7.3f} "
+        print(f"{path.name:<27} {ns:>4} {links:>5} {up:>7.3f} {fabric:>8.3f} {services:>7.3f} {down:>7.3f} "
               f"{bare:>7.3f} {up / bare:>7.2f}x {fabric / bare:>10.2f}x")
     return 0
 

@@ -66,7 +66,11 @@ EXPECTED: dict[str, list[list[Check]]] = {
     "vpclab exec consumer -- curl -s http://provider-nlb.example.local/": [
         ["Subnet 1"], ["Hello from Provider VPC"]],
     "vpclab exec app-1 -- getent hosts web.example.local": [["10.0.1.10"]],
-    "vpclab down": [["down", _no_lab_left]] * 5,
+    "vpclab exec app1-a -- curl -s http://server.internet.test/": [["client: 100.64.1."]],  # a NAT's EIP
+    "vpclab routes inspected": [["10.2.0.0/16", "propagated"]],
+    "vpclab modify-transit-gateway-vpc-attachment security-attach --options ApplianceModeSupport=disable": [
+        ["applied (change"]],
+    "vpclab down": [["down", _no_lab_left]] * 6,
 }
 
 

@@ -153,7 +153,9 @@ def test_haproxy_logs_each_request_to_the_receiver_as_one_alb_entry(tmp_path):
         receiver.close()
     lines = log_path.read_text().splitlines()
     assert len(lines) == 2 and receiver.malformed == 0, lines
-    forwarded, traced = (dict(zip(FIELDS, shlex.split(line))) for line in lines)
+    # HAProxy logs each request when it ends: the two may arrive in either order
+    entries = [dict(zip(FIELDS, shlex.split(line))) for line in lines]
+    forwarded, traced = sorted(entries, key=lambda e: e["request"].startswith("TRACE"))
     assert forwarded["request"] == f"GET http://www.example.com:{port}/a?b=c HTTP/1.1"
     assert forwarded["user_agent"] == 'tester "one"' and forwarded["target_group_arn"] == TG_ARN
     assert (forwarded["elb_status_code"], forwarded["target_status_code"]) == ("200", "200")

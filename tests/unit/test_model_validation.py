@@ -597,9 +597,9 @@ def test_route_without_target_is_refused():
     assert refused(routes("{DestinationCidrBlock: 0.0.0.0/0}")).reason.startswith("a route needs a target")
 
 
-def test_transit_gateway_targets_are_not_supported_yet():
+def test_route_to_an_unknown_transit_gateway_is_refused():
     e = refused(routes("{DestinationCidrBlock: 0.0.0.0/0, TransitGatewayId: x}"))
-    assert e.key_path == "route_tables.rt.Routes[0].TransitGatewayId" and "not supported yet" in e.reason
+    assert (e.key_path, e.reason) == ("route_tables.rt.Routes[0].TransitGatewayId", "unknown transit gateway 'x'")
 
 
 def test_route_to_unknown_vpc_endpoint_is_refused():

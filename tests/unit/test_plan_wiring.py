@@ -12,13 +12,14 @@ import pytest
 
 from plan_routing import PolicyRouter, router_side
 from vpclab.model import accept_vpc_endpoint_connections, load_lab, load_lab_text
+from vpclab.plan import transit_gateway
 from vpclab.plan.common import INTERNET_NS, VPC_MTU, interface_links
 from vpclab.plan.compile import compile_lab
 from vpclab.plan.ec2 import ENI_TABLE
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
-NAMESPACE_KINDS = {"router", "instance", "igw", "nat", "internet", "host", "gwlb", "nlb", "alb"}
+NAMESPACE_KINDS = {"router", "instance", "igw", "nat", "internet", "host", "gwlb", "nlb", "alb", "tgw"}
 
 # Names that truncate to the same 15 characters, or differ only by '.', '_' and '-'.
 LONG_NAMES = """
@@ -83,6 +84,11 @@ def enis(lab):
         yield link.node_ns, link.ifname, lab.subnets[link.eni.subnet], link.eni.ip
     for inst in lab.instances.values():
         yield inst.name, "eth0", lab.subnets[inst.subnet], inst.private_ip
+    names = transit_gateway.link_names(lab)  # a transit gateway's ENI ends in the gateway's namespace
+    for attachment in lab.transit_gateway_attachments.values():
+        for eni in attachment.enis:
+            yield (f"tgw:{attachment.transit_gateway}", names[(attachment.name, eni.az)], lab.subnets[eni.subnet],
+                   eni.ip)
 
 
 @pytest.mark.parametrize("make_lab", labs())
@@ -117,6 +123,10 @@ def test_every_eni_is_a_veth_into_its_vpc_router_with_mtu_9001(make_lab):
             # The ENI's side: its address in the subnet, the router as default gateway.
             assert f"addr add {ip}/{subnet.cidr.prefixlen} dev eth0" in own
             assert f"route add default via {subnet.router_ip} dev eth0" in own
+        elif ns.startswith("tgw:"):
+            # A transit gateway's ENI: its address on the gateway's side, MTU 8,500 there.
+            assert f"addr add {ip}/32 dev {owner_ifname}" in own
+            assert f"link set {owner_ifname} mtu 8500" in own
         else:
             # An interface endpoint's ENI in its NLB node: the node answers ARP for the ENI's IP
             # (proxy ARP, without holding it: the CIDRs may collide) and sends replies via the router.

@@ -270,6 +270,48 @@ def cmd_modify(args) -> int:
     return 0
 
 
+def cmd_routes(args) -> int:
+    """search-transit-gateway-routes: a transit gateway route table's effective routes."""
+    status = _pick_lab(args.lab).request({"op": "status"})
+    tables = [t for tgw in status["transit_gateways"] for t in tgw["route_tables"]]
+    found = next((t for t in tables if args.route_table in (t["name"], t["id"])), None)
+    if found is None:
+        known = ", ".join(t["name"] for t in tables) or "none"
+        raise LabError(f"InvalidRouteTableID.NotFound: no transit gateway route table {args.route_table!r} "
+                       f"(the lab has: {known})")
+    routes = found["routes"]
+    if args.json:
+        print(json.dumps({"Routes": routes}, indent=2))
+        return 0
+    rows = [["DESTINATION", "ATTACHMENT", "RESOURCE", "TYPE", "STATE"]]
+    for r in routes:
+        attached = (r.get("TransitGatewayAttachments") or [{}])[0]
+        rows.append([r["DestinationCidrBlock"], attached.get("TransitGatewayAttachmentId", "-"),
+                     attached.get("ResourceId", "-"), r["Type"], r["State"]])
+    print(table(rows))
+    return 0
+
+
+def cmd_tgw_change(args) -> int:
+    """The transit gateway's live changes, named as the AWS CLI names them."""
+    name = args.command_name
+    if name in ("create-transit-gateway-route", "delete-transit-gateway-route"):
+        params = {"route_table": args.route_table, "cidr": args.destination_cidr_block}
+        if name.startswith("create"):
+            if bool(args.blackhole) == bool(args.transit_gateway_attachment_id):
+                raise LabError("give --transit-gateway-attachment-id or --blackhole")
+            params.update(attachment=args.transit_gateway_attachment_id, blackhole=args.blackhole)
+    elif name.endswith("propagation"):
+        params = {"route_table": args.route_table, "attachment": args.transit_gateway_attachment_id}
+    else:
+        key, sep, value = args.options.partition("=")
+        if key != "ApplianceModeSupport" or not sep:
+            raise LabError("--options takes ApplianceModeSupport=enable or ApplianceModeSupport=disable")
+        params = {"attachment": args.attachment, "appliance_mode_support": value}
+    _change(args, name, params)
+    return 0
+
+
 def cmd_appliance(args) -> int:
     from vpclab.engines.appliance.process import main as appliance_main
     return appliance_main(args.appliance_args)
@@ -370,6 +412,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("modify", cmd_modify, "modify attributes of a load balancer, target group or listener (live)")
     p.add_argument("resource")
     p.add_argument("attributes", nargs="+", metavar="KEY=VALUE")
+    p = command("routes", cmd_routes, "a transit gateway route table's routes, propagated ones included "
+                "(as aws ec2 search-transit-gateway-routes shows them)")
+    p.add_argument("route_table", help="the route table's name or tgw-rtb- id")
+    p.add_argument("--json", action="store_true", help="AWS's JSON shape")
+    for name, verb in (("create-transit-gateway-route", "add a static or blackhole route to"),
+                       ("delete-transit-gateway-route", "delete a static route from")):
+        p = command(name, cmd_tgw_change, f"{verb} a transit gateway route table (live)")
+        p.add_argument("route_table", help="the route table's name or tgw-rtb- id")
+        p.add_argument("--destination-cidr-block", required=True)
+        if name.startswith("create"):
+            p.add_argument("--transit-gateway-attachment-id", help="the attachment's name or tgw-attach- id")
+            p.add_argument("--blackhole", action="store_true")
+    for name, verb in (("enable-transit-gateway-route-table-propagation", "propagate an attachment's VPC CIDR to"),
+                       ("disable-transit-gateway-route-table-propagation", "stop propagating an attachment to")):
+        p = command(name, cmd_tgw_change, f"{verb} a transit gateway route table (live)")
+        p.add_argument("route_table", help="the route table's name or tgw-rtb- id")
+        p.add_argument("--transit-gateway-attachment-id", required=True)
+    p = command("modify-transit-gateway-vpc-attachment", cmd_tgw_change,
+                "turn a VPC attachment's appliance mode on or off (live)")
+    p.add_argument("attachment", help="the attachment's name or tgw-attach- id")
+    p.add_argument("--options", required=True, metavar="ApplianceModeSupport=enable|disable")
     p = command("appliance", cmd_appliance, "run the reference GENEVE appliance (what appliance instances run)",
                 lab_option=False)
     p.add_argument("appliance_args", nargs=argparse.REMAINDER, help="see `vpclab appliance -- --help`")

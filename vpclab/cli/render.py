@@ -72,6 +72,22 @@ def render_status(status: dict) -> str:
         rows += [[e["name"], e["id"], e["type"], e["vpc"], ",".join(n["subnet"] for n in e["enis"]), e["state"],
                   e["service_name"]] for e in status["vpc_endpoints"]]
         out += "\n\n" + table(rows)
+    if status.get("vpc_endpoint_services"):
+        rows = [["ENDPOINT SERVICE", "ID", "TYPE", "SERVICE NAME"]]
+        rows += [[s["name"], s["id"], s["type"], s["service_name"]] for s in status["vpc_endpoint_services"]]
+        out += "\n\n" + table(rows)
+    for tgw in status.get("transit_gateways", []):
+        tables = {t["id"]: t["name"] for t in tgw["route_tables"]}
+        rows = [["TRANSIT GATEWAY ATTACHMENT", "ID", "VPC", "AZS", "APPLIANCE MODE", "ROUTE TABLE"]]
+        rows += [[a["name"], a["id"], a["vpc"], ",".join(e["az"] for e in a["enis"]), a["appliance_mode_support"],
+                  tables.get(a["route_table"], "-")] for a in tgw["attachments"]]
+        out += f"\n\n{tgw['name']}: {tgw['id']} (ASN {tgw['amazon_side_asn']})\n" + table(rows)
+        names = {a["id"]: a["name"] for a in tgw["attachments"]}
+        rows = [["ROUTE TABLE", "ID", "ASSOCIATIONS", "PROPAGATIONS", "ROUTES"]]
+        rows += [[t["name"], t["id"], ",".join(names[i] for i in t["associations"]) or "-",
+                  ",".join(names[i] for i in t["propagations"]) or "-", str(len(t["routes"]))]
+                 for t in tgw["route_tables"]]
+        out += "\n" + table(rows) + "\n  (vpclab routes ROUTE-TABLE lists a table's routes)"
     if status.get("lambda_functions"):
         out += "\n\n" + _function_lines(status["lambda_functions"])
     if status.get("engines"):

@@ -42,6 +42,17 @@ CHANGES: dict[str, Callable[[Lab, dict], Lab]] = {
     "delete-rule": lambda lab, p: model_changes.delete_rule(lab, p["rule"]),
     "set-rule-priorities": lambda lab, p: model_changes.set_rule_priorities(lab, p["priorities"]),
     "modify-listener": lambda lab, p: model_changes.modify_listener(lab, p["listener"], p["default_actions"]),
+    # transit gateways (CreateTransitGatewayRoute ... ModifyTransitGatewayVpcAttachment)
+    "create-transit-gateway-route": lambda lab, p: model_changes.create_transit_gateway_route(
+        lab, p["route_table"], p["cidr"], p.get("attachment"), bool(p.get("blackhole"))),
+    "delete-transit-gateway-route":
+        lambda lab, p: model_changes.delete_transit_gateway_route(lab, p["route_table"], p["cidr"]),
+    "enable-transit-gateway-route-table-propagation": lambda lab, p:
+        model_changes.enable_transit_gateway_route_table_propagation(lab, p["route_table"], p["attachment"]),
+    "disable-transit-gateway-route-table-propagation": lambda lab, p:
+        model_changes.disable_transit_gateway_route_table_propagation(lab, p["route_table"], p["attachment"]),
+    "modify-transit-gateway-vpc-attachment": lambda lab, p:
+        model_changes.modify_transit_gateway_vpc_attachment(lab, p["attachment"], p["appliance_mode_support"]),
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Callable, Mapping
 
 from vpclab.model.resources import Lab
+from vpclab.model.transit_gateway import transit_gateway_status
 from vpclab.plan.common import gwlb_ns
 
 
@@ -86,6 +87,7 @@ def lab_status(lab: Lab, target_health: Callable[[str], dict] = lambda _g: {},
              "enis": [{"id": n.id, "subnet": n.subnet, "az": n.az, "ip": str(n.ip)} for n in e.enis]}
             for e in lab.vpc_endpoints.values()
         ],
+        "transit_gateways": transit_gateway_status(lab),
         # AWS's side as processes and tasks (daemon.supervisor): restarts, how the last run ended
         "engines": [],
         # scheduled functions (the IP-sync function): the daemon fills in their runs

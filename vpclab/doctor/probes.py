@@ -69,6 +69,8 @@ NFT_PROBES = {
                          ("filter", "input priority 0", "iifname . ip saddr { \"lo\" . 10.0.0.1 } accept")),
     "nft:jhash": _table("ip", ("filter", "prerouting priority mangle",
                                "ct state new ct mark set jhash ip saddr . ip daddr mod 2 seed 0x1 offset 1")),
+    "nft:maxseg-set": _table("inet", ("filter", "forward priority mangle",
+                                      "tcp flags syn tcp option maxseg size set rt mtu")),
     "nft:numgen": _table("ip", ("filter", "prerouting priority mangle", "meta mark set numgen random mod 2")),
     "nft:netdev-ingress": _table("netdev", ("filter", f"ingress {_DEV} priority 0", "meta protocol ip accept")),
     "nft:netdev-egress": _table("netdev", ("filter", f"egress {_DEV} priority 0", "meta protocol ip accept")),

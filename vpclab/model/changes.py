@@ -5,6 +5,7 @@ Elastic Load Balancing: register/deregister targets, modify attributes; an Appli
 Balancer's rules (create, modify, delete, set priorities) and listener default actions, which
 elbv2.rule_changes holds and this module re-exports.
 PrivateLink: accept/reject endpoint connections.
+Transit gateways: static routes, propagations and appliance mode (transit_gateway holds them).
 """
 from __future__ import annotations
 
@@ -32,6 +33,13 @@ from .elbv2 import (
 from .errors import ChangeError
 from .quotas import RULES_PER_SG, quota_value
 from .reader import parse_integer, parse_network, parse_protocol
+from .transit_gateway import (  # re-exported, as the rule changes are
+    create_transit_gateway_route,
+    delete_transit_gateway_route,
+    disable_transit_gateway_route_table_propagation,
+    enable_transit_gateway_route_table_propagation,
+    modify_transit_gateway_vpc_attachment,
+)
 from .resources import Lab, Listener, LoadBalancer, SecurityGroup, SgRule, Target, TargetGroup, VpcEndpoint
 
 Direction = Literal["ingress", "egress"]
@@ -227,13 +235,13 @@ def _targets(lab: Lab, group: TargetGroup, values: Iterable[TargetArg]) -> list[
         values = [values]
     found = []
     for value in values:
-        target_id, port = _target_arg(value)
+        target_id, port, zone = _target_arg(value)
         if port is not None and group.protocol == "GENEVE" and port != GENEVE_PORT:
             raise ChangeError("ValidationError", f"a GENEVE target's port is {GENEVE_PORT}, got {port}")
         try:
             target = resolve_target(
                 target_id, group.target_type, group.vpc, group.port if port is None else port, lab.instances,
-                lab.subnets,
+                lab.subnets, zone, "gateway" if group.protocol == "GENEVE" else None,
             )  # fmt: skip
         except ValueError as e:
             raise ChangeError("InvalidTarget", str(e)) from None
@@ -243,13 +251,15 @@ def _targets(lab: Lab, group: TargetGroup, values: Iterable[TargetArg]) -> list[
     return found
 
 
-def _target_arg(value: TargetArg) -> tuple[str, int | None]:
-    """A target's Id and port (None: the group's) from any of the forms register_targets takes."""
+def _target_arg(value: TargetArg) -> tuple[str, int | None, str | None]:
+    """A target's Id, port (None: the group's) and AvailabilityZone (None: its subnet's) from any
+    of the forms register_targets takes."""
+    zone = None
     if isinstance(value, Mapping):
-        unknown = sorted(set(map(str, value)) - {"Id", "Port"})
+        unknown = sorted(set(map(str, value)) - {"Id", "Port", "AvailabilityZone"})
         if unknown or "Id" not in value:
             raise ChangeError("ValidationError", f"a target is {{Id: ..., Port: ...}}, got {dict(value)}")
-        target_id, port = value["Id"], value.get("Port")
+        target_id, port, zone = value["Id"], value.get("Port"), value.get("AvailabilityZone")
     elif isinstance(value, str):
         target_id, port = value.strip(), None
         match = TARGET_SHORTHAND.fullmatch(target_id)
@@ -260,14 +270,14 @@ def _target_arg(value: TargetArg) -> tuple[str, int | None]:
     else:
         raise ChangeError("ValidationError", f"a target is an Id or {{Id: ..., Port: ...}}, got {value!r}")
     if port is None:
-        return str(target_id), None
+        return str(target_id), None, zone
     try:
         number = parse_integer(port)
     except ValueError:
         number = 0
     if not 1 <= number <= 65535:
         raise ChangeError("ValidationError", f"a target's port is 1-65535, got '{port}'")
-    return str(target_id), number
+    return str(target_id), number, zone
 
 
 def _with_targets(lab: Lab, group: TargetGroup, targets: tuple[Target, ...]) -> Lab:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from . import awslambda, ec2, elbv2, privatelink, route53
+from . import awslambda, ec2, elbv2, privatelink, route53, transit_gateway
 from .alloc import ELASTIC_IP_POOL
 from .ec2 import INTERNET_FIELDS
 from .errors import LabFileError
@@ -43,7 +43,7 @@ from .reader import (
 )
 from .resources import DEFAULT_ACCOUNT, DEFAULT_REGION, Lab
 
-SERVICES = (ec2, elbv2, privatelink, route53, awslambda)  # each owns its sections: fields, defaults, checks
+SERVICES = (ec2, elbv2, privatelink, transit_gateway, route53, awslambda)  # each owns its sections: fields, defaults, checks
 
 
 def _quota_increases(value: Any, path: str) -> dict[str, int]:
@@ -211,6 +211,9 @@ def load_lab_text(text: str, source: str, name: str | None = None) -> Lab:
         vpc_endpoints=built["vpc_endpoints"],
         hosted_zones=built["hosted_zones"],
         lambda_functions=built["lambda_functions"],
+        transit_gateways=built["transit_gateways"],
+        transit_gateway_attachments=built["transit_gateway_attachments"],
+        transit_gateway_route_tables=built["transit_gateway_route_tables"],
         notes=tuple(builder.notes),
         quotas=builder.quotas,
     )

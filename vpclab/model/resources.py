@@ -356,6 +356,59 @@ class VpcEndpoint:
     dns_entries: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class TransitGateway:
+    name: str
+    id: str  # tgw-<17 hex>
+    account: str
+    amazon_side_asn: int = 64512
+    default_route_table_association: bool = True
+    default_route_table_propagation: bool = True
+    default_route_table: str | None = None  # its name in the lab, when either default is on
+
+
+@dataclass(frozen=True)
+class TransitGatewayAttachmentEni:
+    """The network interface a transit gateway places in one attachment subnet (one per AZ)."""
+
+    subnet: str
+    az: str
+    id: str
+    ip: IPv4Address
+
+
+@dataclass(frozen=True)
+class TransitGatewayAttachment:
+    name: str
+    id: str  # tgw-attach-<17 hex>
+    transit_gateway: str
+    vpc: str
+    enis: tuple[TransitGatewayAttachmentEni, ...]  # one per AZ, in the file's SubnetIds order
+    appliance_mode_support: bool = False
+
+    def eni_in(self, az: str) -> TransitGatewayAttachmentEni | None:
+        return next((e for e in self.enis if e.az == az), None)
+
+
+@dataclass(frozen=True)
+class TransitGatewayRoute:
+    """A static route: to an attachment, or a blackhole (attachment None)."""
+
+    destination: IPv4Network
+    attachment: str | None = None
+
+
+@dataclass(frozen=True)
+class TransitGatewayRouteTable:
+    name: str
+    id: str  # tgw-rtb-<17 hex>
+    transit_gateway: str
+    associations: tuple[str, ...] = ()  # attachment names; each attachment is associated with one table at most
+    propagations: tuple[str, ...] = ()  # attachment names, in the order they were enabled
+    routes: tuple[TransitGatewayRoute, ...] = ()  # static ones; the propagated are derived
+    default: bool = False
+
+
 RECORD_TYPES = ("A", "AAAA", "CNAME", "TXT")  # the Route 53 record types a hosted zone may hold
 
 
@@ -449,6 +502,9 @@ class Lab:
     vpc_endpoints: Mapping[str, VpcEndpoint] = field(default_factory=dict)
     hosted_zones: Mapping[str, HostedZone] = field(default_factory=dict)
     lambda_functions: Mapping[str, LambdaFunction] = field(default_factory=dict)
+    transit_gateways: Mapping[str, TransitGateway] = field(default_factory=dict)
+    transit_gateway_attachments: Mapping[str, TransitGatewayAttachment] = field(default_factory=dict)
+    transit_gateway_route_tables: Mapping[str, TransitGatewayRouteTable] = field(default_factory=dict)
     notes: tuple[str, ...] = ()  # "<key path>: <remark>": valid, but maybe not what was meant
     quotas: Mapping[str, int] = field(default_factory=dict)  # AWS quota name -> the value the lab raised it to
 

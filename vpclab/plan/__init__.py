@@ -3,4 +3,4 @@
 SERVICES names its compile modules, one per AWS service; compile_lab calls them in the order
 `vpclab plan` lists the wiring. common and wiring are what they share.
 """
-SERVICES = ("ec2", "elbv2", "privatelink", "route53", "awslambda")
+SERVICES = ("ec2", "elbv2", "privatelink", "transit_gateway", "route53", "awslambda")

@@ -60,6 +60,16 @@ def alb_ns(lb: str, az: str) -> str:
     return f"alb:{lb}:{az}"
 
 
+def tgw_ns(tgw: str) -> str:
+    return f"tgw:{tgw}"
+
+
+def tgw_owner(tgw: str, az: str) -> str:
+    """The owner name of a transit gateway's ENI in one AZ of a VPC (a VPC has one attachment
+    per gateway), as a VPC router's route to the gateway finds it; no lab name has an '@'."""
+    return f"{tgw}@{az}"
+
+
 INTERNET_NS = "internet:router"  # lab names have no colon, so no instance can collide
 
 

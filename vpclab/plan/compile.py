@@ -7,7 +7,7 @@ below is the order of `vpclab plan`'s listing. Adding a service: its module, and
 from __future__ import annotations
 
 from vpclab.model.resources import Lab, Vpc
-from vpclab.plan import awslambda, ec2, elbv2, privatelink, route53
+from vpclab.plan import awslambda, ec2, elbv2, privatelink, route53, transit_gateway
 from vpclab.plan.common import Eni, InterfaceLink, endpoint_links, interface_links
 from vpclab.plan.wiring import Wiring
 
@@ -27,6 +27,7 @@ def compile_lab(lab: Lab) -> Wiring:
             route53.vpc_resolver(lab, vpc),
             internet.gateway(lab, vpc),
         ]
+    parts.append(transit_gateway.transit_gateways(lab))
     parts.append(internet.internet(lab, route53.aws_dns_names(lab)))
     parts.append(awslambda.functions(lab))
     return Wiring.join(parts)
@@ -36,4 +37,5 @@ def _enis_of(lab: Lab, vpc: Vpc, interfaces: list[InterfaceLink]) -> list[Eni]:
     """Every ENI in the VPC, as its router sees them; the order names their interfaces."""
     taken: set[str] = {"lo", "igw"}
     return (ec2.nat_gateway_enis(lab, vpc, taken) + elbv2.node_enis(lab, vpc, taken)
-            + privatelink.interface_enis(vpc, interfaces, taken) + ec2.instance_enis(lab, vpc, taken))
+            + privatelink.interface_enis(vpc, interfaces, taken) + ec2.instance_enis(lab, vpc, taken)
+            + transit_gateway.attachment_enis(lab, vpc, taken))

@@ -42,6 +42,7 @@ from vpclab.plan.common import (
     router_ns,
     single_eni,
 )
+from vpclab.plan import transit_gateway
 from vpclab.plan.wiring import Link, Namespace, Service, Wiring
 
 ENI_TABLE = 200  # per-ENI /32 routes: where the local route's throw lands
@@ -164,6 +165,13 @@ class Internet:
 def _router(lab: Lab, vpc: Vpc, enis: list[Eni], igw, endpoints: list[EndpointLink]) -> Namespace:
     tables = {rt.name: FIRST_AWS_TABLE + i for i, rt in enumerate(
         rt for rt in lab.route_tables.values() if rt.vpc == vpc.name)}
+    # A table with a route to a transit gateway is one per AZ: the route leaves by that AZ's ENI.
+    azs = sorted({s.az for s in lab.subnets.values() if s.vpc == vpc.name})
+    zonal = {(name, az): FIRST_AWS_TABLE + 500 + len(azs) * i + j
+             for i, name in enumerate(n for n in tables if any(r.target_kind == "tgw" for r in
+                                                               lab.route_tables[n].routes))
+             for j, az in enumerate(azs)}
+    table_of = lambda rt, az: zonal.get((rt, az), tables[rt])  # noqa: E731
     by_owner = {e.owner: e for e in enis}
     by_eni_id = {e.id: e for e in enis}
     batch = ["link set lo up"]
@@ -171,7 +179,7 @@ def _router(lab: Lab, vpc: Vpc, enis: list[Eni], igw, endpoints: list[EndpointLi
         batch += [f"addr add {vpc.resolver_ip}/32 dev lo", f"addr add {ALT_DNS_IP}/32 dev lo"]
     pref = 1000
     for eni in enis:
-        table = tables[lab.route_table_of_subnet(eni.subnet.name).name]
+        table = table_of(lab.route_table_of_subnet(eni.subnet.name).name, eni.subnet.az)
         batch += [
             f"link set {eni.ifname} up",
             f"addr add {eni.subnet.router_ip}/32 dev {eni.ifname}",
@@ -184,7 +192,7 @@ def _router(lab: Lab, vpc: Vpc, enis: list[Eni], igw, endpoints: list[EndpointLi
         pref += 2
     for ep in endpoints:
         # What the GWLB hands back is routed by the endpoint subnet's route table.
-        table = tables[lab.route_table_of_subnet(ep.subnet.name).name]
+        table = table_of(lab.route_table_of_subnet(ep.subnet.name).name, ep.subnet.az)
         batch += [
             f"link set {ep.ifname} up",
             f"addr add {ep.router_ip}/30 dev {ep.ifname}",
@@ -200,8 +208,9 @@ def _router(lab: Lab, vpc: Vpc, enis: list[Eni], igw, endpoints: list[EndpointLi
         ]
     for rt in lab.route_tables.values():
         if rt.vpc == vpc.name:
-            batch += _route_table(rt, tables[rt.name], by_owner, by_eni_id,
-                                  {e.endpoint.name: e for e in endpoints})
+            for az in [az for az in azs if (rt.name, az) in zonal] or [None]:
+                batch += _route_table(rt, table_of(rt.name, az), by_owner, by_eni_id,
+                                      {e.endpoint.name: e for e in endpoints}, az)
     for i, eni in enumerate(_nlb_node_enis(enis)):
         # replies to connections an NLB node forwarded with the client's address go back through it
         batch += [f"route add default via {eni.ip} dev {eni.ifname} onlink table {NLB_REPLY_TABLE + i}",
@@ -224,7 +233,7 @@ def _router(lab: Lab, vpc: Vpc, enis: list[Eni], igw, endpoints: list[EndpointLi
 
 
 def _route_table(rt: RouteTable, table: int, by_owner: dict[str, Eni], by_eni_id: dict[str, Eni],
-                 endpoints: dict[str, EndpointLink]) -> list[str]:
+                 endpoints: dict[str, EndpointLink], az: str | None = None) -> list[str]:
     lines = []
     for route in rt.routes:
         dest = route.destination
@@ -241,6 +250,8 @@ def _route_table(rt: RouteTable, table: int, by_owner: dict[str, Eni], by_eni_id
                 lines.append(f"route add {dest} via {ep.node_ip} dev {ep.ifname} onlink table {table}")
             else:  # pending or rejected: dropped, never sent around the endpoint
                 lines.append(f"route add blackhole {dest} table {table}")
+        elif route.target_kind == "tgw":
+            lines.append(transit_gateway.vpc_route(route.target, az, dest, table, by_owner))
         else:  # targets of later capabilities are refused by the loader
             raise ValueError(f"route target {route.target_kind} is not supported")
     return lines

@@ -148,7 +148,7 @@ def routable_targets(targets: Iterable[TargetView], az: str, cross_zone: bool) -
     With none healthy the node fails open to all in scope (initial and unhealthy
     alike): per AZ with cross-zone off, across AZs with it on.
     """
-    scope = [t for t in targets if t.state not in (DRAINING, UNUSED) and (cross_zone or t.az == az)]
+    scope = [t for t in targets if t.state not in (DRAINING, UNUSED) and (cross_zone or t.az in (az, "all"))]
     healthy = [t for t in scope if t.state == HEALTHY]
     return sorted(healthy or scope, key=lambda t: (t.ip, t.port))
 
@@ -156,7 +156,7 @@ def routable_targets(targets: Iterable[TargetView], az: str, cross_zone: bool) -
 def zone_in_service(targets: Iterable[TargetView], az: str, cross_zone: bool) -> bool:
     """Whether one target group keeps this node's AZ in DNS: it has a healthy target in
     scope, the node's AZ with cross-zone off, any AZ with it on (§3.1)."""
-    return any(t.state == HEALTHY for t in targets if cross_zone or t.az == az)
+    return any(t.state == HEALTHY for t in targets if cross_zone or t.az in (az, "all"))
 
 
 def zone_in_dns(groups: Iterable[tuple[Sequence[TargetView], bool]], az: str) -> bool:

@@ -16,11 +16,11 @@ ROUTE_TARGETS = {
     "InstanceId": "instance",
     "NetworkInterfaceId": "eni",
     "VpcEndpointId": "vpce",
+    "TransitGatewayId": "tgw",
 }
 _ROUTE = {
     "DestinationCidrBlock": NETWORK,
     **{key: TEXT for key in ROUTE_TARGETS},
-    "TransitGatewayId": _unsupported("routes to transit gateways"),
     "DestinationIpv6CidrBlock": _unsupported("IPv6 routes"),
     "DestinationPrefixListId": _unsupported("prefix-list routes"),
     "EgressOnlyInternetGatewayId": _unsupported("routes to egress-only internet gateways"),
@@ -35,7 +35,8 @@ def _route(value: Any, path: str) -> dict[str, Any]:
     targets = [key for key in props if key in ROUTE_TARGETS]
     if not targets:
         raise _Invalid(
-            path, "a route needs a target: GatewayId, NatGatewayId, InstanceId, NetworkInterfaceId or VpcEndpointId"
+            path, "a route needs a target: GatewayId, NatGatewayId, InstanceId, NetworkInterfaceId, VpcEndpointId or "
+            "TransitGatewayId"
         )
     if len(targets) > 1:
         raise _Invalid(
@@ -126,6 +127,13 @@ class Ec2RoutingBuilder(_BuilderBase):
                 reason = f"VPC endpoint {endpoint.name} is {endpoint.type}; routes take GatewayLoadBalancer endpoints"
                 raise _Invalid(path, reason)
             return kind, endpoint.name
+        if kind == "tgw":
+            tgw = self._ref("transit_gateways", value, path)
+            if not any(a.transit_gateway == tgw.name and a.vpc == vpc.name
+                       for a in self.built["transit_gateway_attachments"].values()):
+                raise _Invalid(path, f"VPC {vpc.name} is not attached to transit gateway {tgw.name}: "
+                                     "give it a transit_gateway_attachments entry first")
+            return kind, tgw.name
         if kind == "eni":
             instance = self._interface(value, path)
             self._check_vpc("instances", instance, vpc, path)

@@ -81,7 +81,8 @@ def _target_ref(value: Any, path: str) -> dict[str, Any]:
     `at` is where its Id is written, for messages."""
     if isinstance(value, str):
         return {"Id": value, "at": path}
-    props = _fields(value, path, {"Id": TEXT, "Port": _leaf(_between(1, 65535))}, required=("Id",))
+    props = _fields(value, path, {"Id": TEXT, "Port": _leaf(_between(1, 65535)), "AvailabilityZone": TEXT},
+                    required=("Id",))
     return {**props, "at": _join(path, "Id")}
 
 
@@ -351,7 +352,8 @@ class Elbv2Builder(Elbv2ListenerBuilder):
                     target = alb_target(ref["Id"], vpc.name, port, self.built["load_balancers"]) \
                         if target_type == "alb" else resolve_target(
                             ref["Id"], target_type, vpc.name, ref.get("Port", port),
-                            self.built["instances"], self.built["subnets"],
+                            self.built["instances"], self.built["subnets"], ref.get("AvailabilityZone"),
+                            lb_type,
                         )  # fmt: skip
                 except ValueError as e:
                     raise _Invalid(ref["at"], str(e)) from None

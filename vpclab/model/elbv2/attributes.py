@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Callable, Mapping
 
 from ..health_check import lb_type_for_protocol
@@ -449,12 +449,16 @@ def resolve_target(
     port: int,
     instances: Mapping[str, Instance],
     subnets: Mapping[str, Subnet],
+    availability_zone: str | None = None,
+    lb_type: str | None = None,
 ) -> Target:
     """The target `value` names in a target group of `target_type` in VPC `vpc`.
 
     instance: an instance's name or `i-` ID, in `vpc`. ip: an IPv4 address in a
-    subnet of `vpc`, not one AWS reserves; its AZ is that subnet's. Raises
-    ValueError(reason).
+    subnet of `vpc`, not one AWS reserves; its AZ is that subnet's. Or, with
+    `availability_zone` "all", a private address outside the VPC (reached through a
+    transit gateway, peering or VPN), which every enabled AZ's nodes may pick; not for a
+    Gateway Load Balancer's groups. Raises ValueError(reason).
     """
     if not isinstance(value, str):
         raise ValueError(f"expected an instance name, an instance ID or an IP address, got {_show(value)}")
@@ -473,13 +477,28 @@ def resolve_target(
         raise ValueError(f"target type ip takes IPv4 addresses, got '{value}'{hint}")
     ip = IPv4Address(value)
     subnet = next((s for s in subnets.values() if s.vpc == vpc and ip in s.cidr), None)
+    if subnet is None and availability_zone == "all":
+        if lb_type == "gateway":
+            raise ValueError(f"{ip} is outside VPC {vpc}: a Gateway Load Balancer's targets are in its VPC")
+        if not any(ip in net for net in OUTSIDE_VPC_RANGES):
+            raise ValueError(f"{ip} is outside VPC {vpc} and not a private address (10.0.0.0/8, 172.16.0.0/12, "
+                             "192.168.0.0/16 or 100.64.0.0/10), as a target outside the VPC must be")
+        return Target(str(ip), ip, port, "all")  # whose address it is, outside the VPC, AWS does not know
     if subnet is None:
-        raise ValueError(f"{ip} is not in a subnet of VPC {vpc} (the target group's)")
+        outside = availability_zone is None and lb_type not in ("gateway", None)
+        hint = "; a target outside the VPC needs AvailabilityZone: all" if outside else ""
+        raise ValueError(f"{ip} is not in a subnet of VPC {vpc} (the target group's){hint}")
+    if availability_zone not in (None, "all", subnet.az):
+        raise ValueError(f"{ip} is in subnet {subnet.name}, in {subnet.az}, not {availability_zone}")
     reserved = _reserved(ip, subnet)
     if reserved:
         raise ValueError(f"{ip} is reserved in subnet {subnet.name} ({subnet.cidr}): {reserved}")
     owner = next((i.name for i in instances.values() if i.private_ip == ip and i.subnet == subnet.name), None)
     return Target(str(ip), ip, port, subnet.az, owner)
+
+
+# the ranges AWS takes for ip targets outside the target group's VPC (RFC 1918 and RFC 6598)
+OUTSIDE_VPC_RANGES = tuple(IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10"))
 
 
 def _is_address(value: str) -> bool:
