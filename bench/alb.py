@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from vpclab.engines.alb import config as alb_config  # noqa: E402  (the ALB node's nbthread)
 NAME = "bench-alb"
 TARGET_RATIO = 0.6
 
@@ -110,10 +112,13 @@ http {
 
 
 # HAProxy alone in front of the same nginx: no rules, no headers, no logging, the ALB's
-# timeouts and keep-alive; HAProxy's defaults otherwise (threads included), as the ALB's.
+# timeouts, keep-alive and threads (the ALB node's nbthread, so that the ratio alb/haproxy
+# measures what the ALB's configuration costs, not a tuning one side lacks); HAProxy's
+# defaults otherwise, as the ALB's.
 HAPROXY = """
 global
     pidfile @DIR@/haproxy.pid
+    nbthread @THREADS@
 defaults
     mode http
     timeout connect 10s
@@ -199,7 +204,8 @@ def main() -> int:
         for sub in ("", "tmp"):
             (directory / sub).mkdir(exist_ok=True)
         (directory / "nginx.conf").write_text(NGINX.replace("@DIR@", str(directory)))
-        (directory / "haproxy.cfg").write_text(HAPROXY.replace("@DIR@", str(directory)))
+        (directory / "haproxy.cfg").write_text(HAPROXY.replace("@DIR@", str(directory)).replace(
+            "@THREADS@", str(alb_config.node_threads(os.cpu_count()))))
         lab_file = Path(home) / f"{NAME}.yaml"
         lab_file.write_text(LAB.replace("@DIR@", str(directory)))
         env = dict(os.environ, VPCLAB_HOME=str(Path(home) / "vpclab"), PYTHONPATH=str(ROOT))
