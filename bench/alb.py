@@ -17,8 +17,11 @@ requests to three paths:
 
 Rounds alternate the paths; each path's figure is its best round (requests/s, and the p50
 and p99 latency of that round). Printed: the kernel release, both absolute figures and the
-ratio ALB/direct for requests/s. Target: at least 0.6x direct (HAProxy alone in front of nginx
-reaches about 0.66x on these machines: both run on the same 2 CPUs as wrk).
+ratio ALB/direct for requests/s. Target: at least 0.6x direct. Measured on a 2-CPU machine
+(wrk, nginx and HAProxy share the CPUs, and each proxied request crosses the VPC router twice):
+HAProxy alone reached 0.59x with the load average near 0 (HAProxy's default threads, one per
+CPU), and 0.30x-0.49x with the load average at 2.6-2.9 (other labs running; rounds of one run
+spread 0.25x-0.68x), so a figure is only worth comparing against the reference of its own run.
 """
 from __future__ import annotations
 
