@@ -77,8 +77,9 @@ def render(node: dict, *, runtime_socket: str, slots: Mapping[str, Sequence[dict
 
 def node_threads(cpus: int | None) -> int:
     """nbthread for one ALB node: half the CPUs. A lab runs two nodes or more per ALB beside its
-    clients and targets on the same CPUs; on 2 CPUs one thread costs a tenth less CPU per request
-    than two (bench/alb.py), since the CPUs are busy with the client and the target anyway."""
+    clients and targets on the same CPUs; on 2 CPUs one thread spent 7-15% less CPU per request
+    than two (HAProxy's CPU time under wrk in bench/alb.py's lab), the CPUs being busy with the
+    client and the target anyway."""
     return max(1, (cpus or 1) // 2)
 
 
