@@ -365,3 +365,18 @@ def test_a_refusal_is_told_from_a_data_reply():
     assert not runtime.refused("IP changed from '0.0.0.0' to '10.0.11.10', port changed from '80' to '80'\n")
     assert not runtime.refused("# pxname,svname,h2_detected_conn_protocol_errors\nfe_http,FRONTEND,0\n")
     assert not runtime.refused("")
+
+
+def test_backends_set_the_awsalbtg_token_only_when_a_rule_has_group_stickiness():
+    with_sticky = config.render(NODE, runtime_socket="unix@x.sock")
+    assert with_sticky.count(f"set-var({rules.GROUP_TOKEN_VAR})") == len(NODE["target_groups"])
+    node = copy.deepcopy(NODE)
+    node["listeners"][0]["rules"][0]["action"]["stickiness"] = {"enabled": False}
+    assert f"set-var({rules.GROUP_TOKEN_VAR})" not in config.render(node, runtime_socket="unix@x.sock")
+
+
+def test_node_threads_are_half_the_cpus_and_at_least_one():
+    assert [config.node_threads(n) for n in (None, 1, 2, 3, 4, 16)] == [1, 1, 1, 1, 2, 8]
+    text = config.render(NODE, runtime_socket="unix@x.sock", threads=1)
+    assert re.search(r"^global\n(    .*\n)*    nbthread 1\n", text, re.M)
+    assert "nbthread" not in config.render(NODE, runtime_socket="unix@x.sock")

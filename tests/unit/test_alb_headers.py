@@ -38,7 +38,10 @@ def test_trace_and_too_many_forwarded_for_are_refused_before_anything_else():
 def test_each_xff_mode_gives_its_own_lines():
     assert headers.xff_lines("preserve", False) == []
     assert headers.xff_lines("remove", False) == ["http-request del-header X-Forwarded-For"]
-    assert all("%[src]:%[src_port]" in line for line in headers.xff_lines("append", True))
+    # the client's address is formatted once per connection, then appended from the variable
+    first, *appends = headers.xff_lines("append", True)
+    assert '"%[src]:%[src_port]"' in first and headers.PEER_VAR in first
+    assert appends and all(f"%[var({headers.PEER_VAR})]" in line for line in appends)
     assert not any("src_port" in line for line in headers.xff_lines("append", False))
 
 

@@ -165,7 +165,8 @@ class AlbNodes:
                                  certificates=certificates, request_lines=headers.frontend_request_lines,
                                  refusal_lines=headers.refusal_lines(),
                                  defaults_lines=errors.errorfile_lines(error_dir), frontend_lines=logging_lines,
-                                 backend_lines=errors.backend_lines(error_dir))
+                                 backend_lines=errors.backend_lines(error_dir),
+                                 threads=alb_config.node_threads(os.cpu_count()))
         tmp = node.cfg.with_suffix(".tmp")
         tmp.write_text(text)
         tmp.replace(node.cfg)

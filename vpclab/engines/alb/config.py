@@ -47,7 +47,7 @@ def slot_count(targets: int) -> int:
 def render(node: dict, *, runtime_socket: str, slots: Mapping[str, Sequence[dict | None]] | None = None,
            certificates: Mapping[str, str] | None = None, request_lines: RequestLines | None = None,
            refusal_lines: Sequence[str] = (), global_lines: Sequence[str] = (), defaults_lines: Sequence[str] = (),
-           frontend_lines: Sequence[str] = (), backend_lines: Sequence[str] = ()) -> str:
+           frontend_lines: Sequence[str] = (), backend_lines: Sequence[str] = (), threads: int | None = None) -> str:
     """The whole haproxy.cfg.
 
     `slots[group]`: what each slot s1..sN holds, as {"ip", "port", "state"} (ready, drain,
@@ -55,7 +55,8 @@ def render(node: dict, *, runtime_socket: str, slots: Mapping[str, Sequence[dict
     `certificates[listener name]`: the PEM (cert + key) path for an HTTPS listener.
     `request_lines`, `refusal_lines` (before any rule), `global_lines`, `defaults_lines`,
     `frontend_lines`, `backend_lines`: the header, logging and error-page lines of
-    engines.alb.headers, access_log and errors."""
+    engines.alb.headers, access_log and errors. `threads`: HAProxy's nbthread (None: one per CPU,
+    HAProxy's default; see `node_threads`)."""
     certificates = certificates or {}
     groups = node["target_groups"]
     slots = dict(slots or {})
@@ -63,14 +64,28 @@ def render(node: dict, *, runtime_socket: str, slots: Mapping[str, Sequence[dict
         if name not in slots:
             slots[name] = initial_slots(group)
     attributes = node.get("attributes", {})
-    out = global_section(runtime_socket, global_lines)
+    out = global_section(runtime_socket, [*([f"nbthread {int(threads)}"] if threads else []), *global_lines])
     out += defaults_section(attributes, defaults_lines)
+    group_sticky = any(_group_sticky(r) for listener in node["listeners"] for r in listener["rules"])
     for listener in node["listeners"]:
         out += frontend_section(node, listener, groups, certificates.get(listener["name"]), request_lines,
                                 [*frontend_lines, *refusal_lines])
     for name, group in groups.items():
-        out += backend_section(name, group, slots[name], backend_lines)
+        out += backend_section(name, group, slots[name], backend_lines, group_sticky)
     return "\n".join(out) + "\n"
+
+
+def node_threads(cpus: int | None) -> int:
+    """nbthread for one ALB node: half the CPUs. A lab runs two nodes or more per ALB beside its
+    clients and targets on the same CPUs; on 2 CPUs one thread spent 7-15% less CPU per request
+    than two (HAProxy's CPU time under wrk in bench/alb.py's lab), the CPUs being busy with the
+    client and the target anyway."""
+    return max(1, (cpus or 1) // 2)
+
+
+def _group_sticky(rule: dict) -> bool:
+    action = rule["action"]
+    return action["type"] == "forward" and bool((action.get("stickiness") or {}).get("enabled"))
 
 
 def initial_slots(group: dict) -> list[dict | None]:
@@ -135,8 +150,7 @@ def frontend_section(node: dict, listener: dict, groups: dict, certificate: str 
     else:  # AWS's default, append: the client's address on X-Forwarded-For
         lines.append("option forwardfor")
     lines += requests
-    if any(r["action"]["type"] == "forward" and (r["action"].get("stickiness") or {}).get("enabled")
-           for r in rules):
+    if any(_group_sticky(r) for r in rules):
         lines += R.group_stickiness_response_lines()
     lines += uses
     return [f"frontend fe_{listener['name']}"] + [line if line.startswith("    ") else f"    {line}"
@@ -150,17 +164,18 @@ def _sticky(group: dict) -> str | None:
     return attributes.get("stickiness.type", "lb_cookie")
 
 
-def backend_section(name: str, group: dict, slots: Sequence[dict | None], extra: Sequence[str] = ()) -> list[str]:
+def backend_section(name: str, group: dict, slots: Sequence[dict | None], extra: Sequence[str] = (),
+                    group_sticky: bool = True) -> list[str]:
     attributes = group.get("attributes", {})
     algorithm = attributes.get("load_balancing.algorithm.type", "round_robin")
     if algorithm not in ("round_robin", "least_outstanding_requests"):
         raise ValueError(f"target group {name}: load_balancing.algorithm.type {algorithm!r} is not supported")
     lines = [f"backend {R.backend_name(name)}",
-             f"    balance {'roundrobin' if algorithm == 'round_robin' else 'leastconn'}",
-             # for the AWSALBTG cookie of a rule with group stickiness only (every line costs)
-             f"    http-request set-var({R.GROUP_TOKEN_VAR}) str({R.group_token(group['arn'])}) "
-             f"if {{ var({R.GROUP_STICKY_VAR}) -m found }}",
-             *(f"    {line}" for line in extra)]
+             f"    balance {'roundrobin' if algorithm == 'round_robin' else 'leastconn'}"]
+    if group_sticky:  # the AWSALBTG cookie of a rule with group stickiness, on this node (every line costs)
+        lines.append(f"    http-request set-var({R.GROUP_TOKEN_VAR}) str({R.group_token(group['arn'])}) "
+                     f"if {{ var({R.GROUP_STICKY_VAR}) -m found }}")
+    lines += [f"    {line}" for line in extra]
     sticky = _sticky(group)
     server_options = ""
     if sticky == "lb_cookie":
