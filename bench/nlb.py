@@ -8,7 +8,11 @@ third subnet, and a consumer VPC whose client reaches the NLB through an
 interface endpoint. Three paths to the same target server:
 
 - direct: client -> VPC router -> target;
-- NLB: client -> router -> NLB node (nftables DNAT, conntrack) -> router -> target;
+- NLB: client -> VPC router -> target, the router dispatching for the NLB node itself (its
+  fast path: nftables DNAT/SNAT and conntrack in the router, one forwarding pass; engines.nlb
+  router_fastpath_ruleset); clients the router does not fast-path (from the internet, through a
+  Proxy Protocol v2 listener, in a VPC whose routes send flows through the router twice) take
+  client -> router -> NLB node (DNAT/SNAT) -> router -> target;
 - endpoint: consumer -> its router -> endpoint ENI (NAT) -> NLB node -> provider router -> target.
 
 For each, a client inside the lab's namespaces measures:

@@ -89,9 +89,12 @@ def test_a_lab_needs_what_its_compiled_rulesets_and_engines_use():
 
 def test_nlb_node_rulesets_are_part_of_a_labs_rulesets():
     rulesets = lab_rulesets(load_lab(REPO / "tests" / "lab" / "labs" / "nlb.yaml"))
-    nodes = [r for r in rulesets if r.startswith("table ip nlb")]
+    nodes = [r for r in rulesets if r.startswith("table ip nlb {")]
     assert len(nodes) == 2  # one node per AZ
     assert all("dnat ip to" in r for r in nodes)  # every registered target routable
+    routers = [r for r in rulesets if r.startswith("table ip nlb_fastpath {")]
+    assert len(routers) == 1 and "dnat ip to" in routers[0]  # the VPC router's fast path, for both nodes
+    assert "nft:ct-original-addr" in lab_needs(load_lab(REPO / "tests" / "lab" / "labs" / "nlb.yaml"))
 
 
 def test_userns_blockers_name_the_setting_that_blocks():

@@ -236,6 +236,8 @@ class Balancers:
         node.routable = routable
         log.info("NLB node %s routes %s", node.ns,
                  {name: [f"{t.ip}:{t.port}" for t in ts] for name, ts in routable.items()})
+        if node.config.router_fast_path:
+            apply_router_fast_path(self.run_in, self.nlb_nodes, node.config.router_ns)
 
     def refresh_nlb_nodes(self, groups: set[str] | None = None, lab: Lab | None = None) -> None:
         """Recompute and reload the nodes whose listeners use `groups` (None: all); with `lab`,
@@ -272,17 +274,7 @@ class Balancers:
             return
         for node in nodes:
             if any(li.target_group == group for li in node.config.listeners):
-                self._delete_connections(node, *address)
-
-    def _delete_connections(self, node: NlbNode, ip: str, port: int) -> None:
-        """Forget a target's connections on a node: their next segment gets a RST (engines.nlb.ruleset)."""
-        for proto in ("tcp", "udp"):
-            try:
-                self.run_in(node.ns, ["conntrack", "-D", "-p", proto, "--reply-src", ip,
-                                      "--reply-port-src", str(port)])
-            except Exception:  # conntrack fails when there is nothing to delete
-                pass
-        log.info("NLB node %s: reset connections to %s:%d", node.ns, ip, port)
+                delete_connections(self.run_in, node, *address)
 
     def _to_nodes_of(self, group: str, message: dict) -> None:
         for node in self.nodes:
@@ -322,6 +314,7 @@ class Balancers:
         self.alb.apply(new, self.checker, self._connector)
         if self.nlb_nodes:
             self.refresh_nlb_nodes(lab=new)
+            reapply_router_fast_paths(self.run_in, self.nlb_nodes)  # a router reload flushed them
         for group_name in checked & (self._nlb_groups() | self.alb.groups()):
             group = new.target_groups[group_name]
             if group.health_check != old.target_groups[group_name].health_check or \
@@ -366,6 +359,45 @@ async def ask_engine(control: Path, message: dict, timeout: float = 5) -> dict:
 def _healthy(state: str | None) -> bool | None:
     """A health checker state as a GWLB node takes it: a verdict, or none yet."""
     return {"healthy": True, "unhealthy": False}.get(state)
+
+
+def apply_router_fast_path(run_in: Callable[..., None], nlb_nodes: list[NlbNode], router_ns: str) -> None:
+    """The VPC router's fast path (engines.nlb `router_fastpath_ruleset`) for every node of its
+    VPC, as each was last applied: one `nft -f`, so it changes all at once."""
+    nodes = [(n.config, n.routable) for n in nlb_nodes if n.config.router_fast_path and n.config.router_ns == router_ns]
+    run_in(router_ns, ["nft", "-f", "-"], nlb_engine.router_fastpath_ruleset(nodes, update=True))
+    fast = [f"{c.node_ip}:{li.port}/{proto}" for c, routable in nodes
+            for li, proto, _ in nlb_engine.fast_listeners(c, routable)]
+    log.info("VPC router %s dispatches %s itself", router_ns, fast or "nothing")
+
+
+def reapply_router_fast_paths(run_in: Callable[..., None], nlb_nodes: list[NlbNode]) -> None:
+    """Every VPC router's fast path again: a live change may have reloaded a router's whole ruleset."""
+    for router_ns in dict.fromkeys(n.config.router_ns for n in nlb_nodes if n.config.router_fast_path):
+        try:
+            apply_router_fast_path(run_in, nlb_nodes, router_ns)
+        except Exception as exc:  # its clients go through the nodes meanwhile; the daemon lives on
+            log.warning("VPC router %s: NLB fast path not applied: %s", router_ns, exc)
+
+
+def delete_connections(run_in: Callable[..., None], node: NlbNode, ip: str, port: int) -> None:
+    """Forget a target's connections on a node, and those the VPC router dispatched for it:
+    their next segment reaches the node, which resets it (engines.nlb.ruleset)."""
+    for ns, only in [(node.ns, [])] + _router_connections(node.config):
+        for proto in ("tcp", "udp"):
+            try:
+                run_in(ns, ["conntrack", "-D", "-p", proto, "--reply-src", ip, "--reply-port-src", str(port), *only])
+            except Exception:  # conntrack fails when there is nothing to delete
+                pass
+    log.info("NLB node %s: reset connections to %s:%d", node.ns, ip, port)
+
+
+def _router_connections(config: nlb_engine.NodeConfig) -> list[tuple[str, list[str]]]:
+    """Where else a node's connections live: its VPC router, for those it dispatched for the node."""
+    if not config.router_fast_path:
+        return []
+    mark = f"{nlb_engine.FAST_MARK:#x}/{nlb_engine.FAST_MARK:#x}"
+    return [(config.router_ns, ["--orig-dst", config.node_ip, "--mark", mark])]
 
 
 def _node_config(lab: Lab, lb: str, az: str) -> nlb_engine.NodeConfig:

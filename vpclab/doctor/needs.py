@@ -17,7 +17,7 @@ from vpclab.plan.wiring import Wiring
 def nlb_rulesets(lab: Lab, wiring: Wiring) -> list[str]:
     """Each NLB node's ruleset at its fullest: every endpoint available and every registered
     target routable (what the daemon loads at first, all targets `initial`, and after)."""
-    out = []
+    out, routers = [], {}
     for svc in wiring.services:
         if svc.kind != "nlb_node":
             continue
@@ -26,7 +26,12 @@ def nlb_rulesets(lab: Lab, wiring: Wiring) -> list[str]:
         config = replace(config, endpoints=tuple(replace(e, available=True) for e in config.endpoints))
         targets = {g.name: [nlb_engine.TargetView(t.id, str(t.ip), t.port, t.az) for t in g.targets]
                    for g in lab.target_groups.values()}
-        out.append(nlb_engine.node_ruleset(config, nlb_engine.listener_routes(config, targets)))
+        routable = nlb_engine.listener_routes(config, targets)
+        out.append(nlb_engine.node_ruleset(config, routable))
+        routers.setdefault(config.router_ns, []).append((config, routable))
+    # the VPC routers' fast path, dispatching for every node of their VPC
+    out += [nlb_engine.router_fastpath_ruleset(nodes) for nodes in routers.values()
+            if any(config.router_fast_path for config, _ in nodes)]
     return out
 
 

@@ -57,6 +57,8 @@ NFT_PROBES = {
     "nft:ct-mark": _table("ip", ("filter", "prerouting priority mangle", "ct mark set 0x1\nmeta mark set ct mark")),
     "nft:ct-zone": _table("ip", ("filter", "prerouting priority raw", "ct zone set 1")),
     "nft:ct-original-zone": _table("ip", ("filter", "prerouting priority raw", "ct original zone set 1")),
+    "nft:ct-original-addr": _table("ip", ("filter", "postrouting priority 110",
+                                          "ct original ip daddr vmap { 10.0.0.1 : accept }")),
     "nft:ct-timeout": _table("ip", ("nat", "prerouting priority dstnat", "meta l4proto tcp ct timeout set \"t\""),
                              extra="\tct timeout t {\n\t\tprotocol tcp; l3proto ip;\n"
                                    "\t\tpolicy = { established: 350 }\n\t}"),

@@ -198,3 +198,32 @@ def single_eni(ip, prefixlen: int, gateway) -> tuple[str, ...]:
     """A namespace with one interface, eth0, whose default route is its subnet's router."""
     return ("link set lo up", "link set eth0 up", f"addr add {ip}/{prefixlen} dev eth0",
             f"route add default via {gateway} dev eth0")
+
+
+NLB_FAST_MARK = 0x10000  # in a VPC router: connections it dispatched for an NLB node (engines.nlb FAST_MARK)
+
+
+def nlb_fast_path_chains(nlb_nodes: list[Eni], eni_chains: list, jumps_from: list[str], jumps_to: list[str]
+                         ) -> list[str]:
+    """A VPC router's checks of the connections it dispatches for NLB nodes (plan.ec2 router_ruleset),
+    as if each packet had crossed its node: `nlb_fast_pre`, before any DNAT, the sender's egress
+    and the node's ingress (by the connection's original destination, the node's IP);
+    `nlb_fast_post`, after SNAT, the node's egress and the receiver's ingress, with the addresses
+    the receiver sees. `eni_chains`: (ENI, its leaving rules, its entering rules)."""
+    to_node = [f"{e.ip} : jump to_{e.chain}" for e, _, entering in eni_chains if entering and e in nlb_nodes]
+    from_node = [f"{e.ip} : jump from_{e.chain}" for e, leaving, _ in eni_chains if leaving and e in nlb_nodes]
+    out = ["\tchain nlb_fast_pre {"]
+    if jumps_from:
+        out.append("\t\tiifname vmap { " + ", ".join(jumps_from) + " }")
+    if to_node:
+        out.append("\t\tct original ip daddr vmap { " + ", ".join(to_node) + " }")
+    out.append("\t}")
+    if from_node or jumps_to:
+        out += ["\tchain nlb_fast_post {", "\t\ttype filter hook postrouting priority 110; policy accept;",
+                f"\t\tct mark & {NLB_FAST_MARK:#x} != {NLB_FAST_MARK:#x} return"]
+        if from_node:
+            out.append("\t\tct original ip daddr vmap { " + ", ".join(from_node) + " }")
+        if jumps_to:
+            out.append("\t\toifname vmap { " + ", ".join(jumps_to) + " }")
+        out.append("\t}")
+    return out

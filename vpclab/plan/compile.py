@@ -20,7 +20,8 @@ def compile_lab(lab: Lab) -> Wiring:
     for vpc in lab.vpcs.values():
         own_endpoints = [e for e in endpoints if e.endpoint.vpc == vpc.name]
         parts += [
-            ec2.vpc_router(lab, vpc, _enis_of(lab, vpc, interfaces), own_endpoints),
+            ec2.vpc_router(lab, vpc, _enis_of(lab, vpc, interfaces), own_endpoints,
+                           elbv2.router_fast_path(lab, vpc)),
             privatelink.gwlb_endpoint_links(vpc, own_endpoints),
             elbv2.nodes(lab, vpc, endpoints, interfaces),
             ec2.nat_gateways_and_instances(lab, vpc),

@@ -32,11 +32,13 @@ from vpclab.plan.common import (
     BASE_SYSCTLS,
     FORWARDING,
     INTERNET_NS,
+    NLB_FAST_MARK,
     PROXY_ARP,
     VPC_MTU,
     Eni,
     EndpointLink,
     ifname_for,
+    nlb_fast_path_chains,
     igw_ns,
     nat_ns,
     router_ns,
@@ -102,13 +104,15 @@ def _internet_gateway_of(lab: Lab, vpc: Vpc):
     return next((g for g in lab.internet_gateways.values() if g.vpc == vpc.name), None)
 
 
-def vpc_router(lab: Lab, vpc: Vpc, enis: list[Eni], own_endpoints: list[EndpointLink]) -> Wiring:
-    """The VPC's router and a veth from each of its ENIs (`enis`: every service's) to it."""
+def vpc_router(lab: Lab, vpc: Vpc, enis: list[Eni], own_endpoints: list[EndpointLink],
+               nlb_fast_path: bool = False) -> Wiring:
+    """The VPC's router and a veth from each of its ENIs (`enis`: every service's) to it;
+    `nlb_fast_path`: it dispatches its clients' NLB connections itself (plan.elbv2.router_fast_path)."""
     igw = _internet_gateway_of(lab, vpc)
     links: list[Link] = []
     for eni in enis:
         links.append(Link(eni.owner_ns, eni.owner_ifname, router_ns(vpc.name), eni.ifname, VPC_MTU))
-    return Wiring((_router(lab, vpc, enis, igw, own_endpoints),), tuple(links))
+    return Wiring((_router(lab, vpc, enis, igw, own_endpoints, nlb_fast_path),), tuple(links))
 
 
 def nat_gateways_and_instances(lab: Lab, vpc: Vpc) -> Wiring:
@@ -162,7 +166,8 @@ class Internet:
 # --- the VPC router -------------------------------------------------------
 
 
-def _router(lab: Lab, vpc: Vpc, enis: list[Eni], igw, endpoints: list[EndpointLink]) -> Namespace:
+def _router(lab: Lab, vpc: Vpc, enis: list[Eni], igw, endpoints: list[EndpointLink],
+            nlb_fast_path: bool = False) -> Namespace:
     tables = {rt.name: FIRST_AWS_TABLE + i for i, rt in enumerate(
         rt for rt in lab.route_tables.values() if rt.vpc == vpc.name)}
     # A table with a route to a transit gateway is one per AZ: the route leaves by that AZ's ENI.
@@ -225,7 +230,7 @@ def _router(lab: Lab, vpc: Vpc, enis: list[Eni], igw, endpoints: list[EndpointLi
         kind="router",
         sysctls=BASE_SYSCTLS + FORWARDING + PROXY_ARP + ACCEPT_LOCAL,
         ip_batch=tuple(batch),
-        nft=router_ruleset(lab, vpc, enis, tuple(own)),
+        nft=router_ruleset(lab, vpc, enis, tuple(own), nlb_fast_path),
         iptables=KEEP_TTL,
         # the GWLB node relays these packets raw: no partial checksums, no GSO super-packets
         tx_offload_off=tuple(e.ifname for e in endpoints),
@@ -308,8 +313,14 @@ def _nacl_chain(acl: NetworkAcl, egress: bool) -> list[str]:
     return lines
 
 
-def router_ruleset(lab: Lab, vpc: Vpc, enis: list[Eni], own: tuple[str, ...] = ()) -> str:
-    """The router's table; `own` are its addresses, which no packet may come from (ACCEPT_LOCAL)."""
+def router_ruleset(lab: Lab, vpc: Vpc, enis: list[Eni], own: tuple[str, ...] = (), nlb_fast_path: bool = False) -> str:
+    """The router's table; `own` are its addresses, which no packet may come from (ACCEPT_LOCAL).
+
+    With `nlb_fast_path`, the router may itself NAT connections to NLB nodes (the daemon's
+    `nlb_fastpath` table, engines.nlb), and checks them as if they had crossed the node: the
+    client's egress and the node's ingress against the node's address before any DNAT, the
+    node's egress and the target's ingress after SNAT (postrouting), both ways, each packet
+    (network ACLs are stateless); the forward chain leaves them alone."""
     groups = {n: sg for n, sg in lab.security_groups.items() if sg.vpc == vpc.name}
     group_ids = {n: sg.id for n, sg in groups.items()}
     members: dict[str, list[IPv4Address]] = {n: [] for n in groups}
@@ -340,11 +351,6 @@ def router_ruleset(lab: Lab, vpc: Vpc, enis: list[Eni], own: tuple[str, ...] = (
                    "comment \"martian: the router's own address\"")
     out.append("\t}")
     nlb_nodes = _nlb_node_enis(enis)
-    if nlb_nodes:
-        marks = ", ".join(f"\"{eni.ifname}\" : {NLB_REPLY_MARK + i:#x}" for i, eni in enumerate(nlb_nodes))
-        out += ["\tchain nlb_replies {", "\t\ttype filter hook prerouting priority mangle; policy accept;",
-                f"\t\tct state new ct mark set iifname map {{ {marks} }}",
-                "\t\tct direction reply ct mark != 0 meta mark set ct mark", "\t}"]
     eni_chains = []
     for eni in enis:
         acl = lab.network_acl_of_subnet(eni.subnet.name)
@@ -360,10 +366,26 @@ def router_ruleset(lab: Lab, vpc: Vpc, enis: list[Eni], own: tuple[str, ...] = (
             entering.append(f"\t\tip saddr != {cidr} jump {_set_name(acl.id)}_ingress")
         entering += _sg_checks(sgs, "ingress", group_ids, eni)
         eni_chains.append((eni, leaving, entering))
-    out += ["\tchain forward {", "\t\ttype filter hook forward priority filter; policy accept;"]
     # one lookup each way, however many ENIs the VPC has; none for an ENI with nothing to check
     jumps_from = [f"\"{e.ifname}\" : jump from_{e.chain}" for e, leaving, _ in eni_chains if leaving]
     jumps_to = [f"\"{e.ifname}\" : jump to_{e.chain}" for e, _, entering in eni_chains if entering]
+    fast = nlb_fast_path and bool(nlb_nodes)
+    if nlb_nodes:
+        marks = ", ".join(f"\"{eni.ifname}\" : {NLB_REPLY_MARK + i:#x}" for i, eni in enumerate(nlb_nodes))
+        out += ["\tchain nlb_replies {", "\t\ttype filter hook prerouting priority mangle; policy accept;"]
+        if fast:
+            nodes = ", ".join(str(e.ip) for e in nlb_nodes)
+            out += [f"\t\tct mark & {NLB_FAST_MARK:#x} == {NLB_FAST_MARK:#x} goto nlb_fast_pre",
+                    # a connection's first packet, before the router or the node dispatches it
+                    f"\t\tct state new ip daddr {{ {nodes} }} jump nlb_fast_pre"]
+        out += [f"\t\tct state new ct mark set iifname map {{ {marks} }}",
+                "\t\tct direction reply ct mark != 0 meta mark set ct mark", "\t}"]
+    if fast:
+        out += nlb_fast_path_chains(nlb_nodes, eni_chains, jumps_from, jumps_to)
+    out += ["\tchain forward {", "\t\ttype filter hook forward priority filter; policy accept;"]
+    if fast:
+        out.append(f"\t\tct mark & {NLB_FAST_MARK:#x} == {NLB_FAST_MARK:#x} accept comment \"NLB fast path: checked "
+                   "before DNAT and after SNAT\"")
     if jumps_from:
         out.append("\t\tiifname vmap { " + ", ".join(jumps_from) + " }")
     if jumps_to:

@@ -47,11 +47,21 @@ How AWS's behaviour maps onto the ruleset:
   the ENI's IP. With the client IP preserved, the direct relay connects from the
   client's address (IP_TRANSPARENT); its connections carry `relay_mark`, and the
   plan routes replies with that mark to the node itself.
+
+The router fast path (`router_fastpath_ruleset`): in a VPC where no flow crosses the
+router twice (plan.elbv2.nlb.router_fast_path), the VPC router itself dispatches the new
+connections of in-VPC clients to a node, with the node's rules (same pick, same seed, same
+timeouts, SNAT to the node's IP unless the client IP is preserved), in one forwarding pass
+instead of three. Only listeners without Proxy Protocol v2 whose targets all sit inside the
+VPC's CIDR; everything else (health checks, endpoints, relays, RSTs for unknown segments,
+which the router does not dispatch) stays with the node. Its connections carry `FAST_MARK`,
+by which the router's filters (plan.ec2) check them as if they had crossed the node.
 """
 from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
+from ipaddress import ip_address, ip_network
 from typing import Iterable, Mapping, Sequence
 
 HEALTHY, UNHEALTHY, INITIAL, DRAINING, UNUSED, UNAVAILABLE = (
@@ -71,6 +81,15 @@ HOOKS = {
     "input": "type filter hook input priority filter; policy drop;",
 }
 CHAINS = tuple(HOOKS)
+# In a VPC router: connections it dispatched for a node, and those it also translated to the
+# node's IP. Bits of their own: the router's reply marks (plan.ec2 NLB_REPLY_MARK) stay below.
+FAST_MARK = 0x10000
+FAST_SNAT_MARK = 0x20000
+ROUTER_TABLE = "nlb_fastpath"
+ROUTER_HOOKS = {
+    "dispatch": "type nat hook prerouting priority dstnat; policy accept;",
+    "postrouting": "type nat hook postrouting priority srcnat; policy accept;",
+}
 
 
 @dataclass(frozen=True)
@@ -124,13 +143,17 @@ class NodeConfig:
     listeners: tuple[ListenerConfig, ...] = ()
     relay_mark: int = 0x2  # connection mark of transparent relays' connections; the plan routes it home
     hash_seed: int = field(default=0)
+    router_fast_path: bool = False  # the VPC router may dispatch in-VPC clients itself (plan)
+    vpc_cidr: str = ""  # only targets inside it are reached on the fast path
+    router_ns: str = ""  # where the fast path's table lives
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "NodeConfig":
         listeners = tuple(ListenerConfig(**li) for li in data.get("listeners", ()))
         endpoints = tuple(EndpointLinkConfig(**e) for e in data.get("endpoints", ()))
         return cls(data["load_balancer"], data["availability_zone"], data["node_ip"], endpoints, listeners,
-                   data.get("relay_mark", 0x2), zlib.crc32(data["load_balancer"].encode()) & 0xFFFFFFFF)
+                   data.get("relay_mark", 0x2), zlib.crc32(data["load_balancer"].encode()) & 0xFFFFFFFF,
+                   data.get("router_fast_path", False), data.get("vpc_cidr", ""), data.get("router_ns", ""))
 
     def destinations(self) -> str:
         """Where a listener is reached: the node's IP on eth0, and each ENI's IP on its link."""
@@ -320,3 +343,65 @@ def listener_routes(config: NodeConfig, targets_of_group: Mapping[str, Sequence[
     return {li.name: routable_targets(targets_of_group.get(li.target_group, ()), config.availability_zone,
                                       li.cross_zone)
             for li in config.listeners}
+
+
+def fast_listeners(config: NodeConfig, routable: Mapping[str, Sequence[TargetView]]
+                   ) -> list[tuple[ListenerConfig, str, Sequence[TargetView]]]:
+    """(listener, protocol, targets) the VPC router dispatches itself for this node: none unless the
+    plan allows it; never a Proxy Protocol v2 listener (its relay is in the node); only while every
+    target it routes to is inside the VPC's CIDR (elsewhere, the node's path is the plain one)."""
+    if not config.router_fast_path or not config.vpc_cidr:
+        return []
+    cidr = ip_network(config.vpc_cidr)
+    out = []
+    for li in config.listeners:
+        targets = routable.get(li.name, ())
+        if li.proxy_protocol_v2 or not targets or any(ip_address(t.ip) not in cidr for t in targets):
+            continue
+        out += [(li, proto, targets) for proto in li.protocols]
+    return out
+
+
+def router_fastpath_ruleset(nodes: Sequence[tuple[NodeConfig, Mapping[str, Sequence[TargetView]]]],
+                            update: bool = False) -> str:
+    """The VPC router's `nlb_fastpath` table for the nodes of one VPC, each with its `routable`.
+
+    A new connection from an in-VPC client (not from the internet gateway) to a fast listener is
+    dispatched as its node would (`_pick` with the node's seed, its timeout objects), marked
+    `FAST_MARK` (and `FAST_SNAT_MARK` when the target must see the node's IP), and translated to
+    the node's IP on its way out. A segment that is neither a SYN nor known goes on to the node,
+    which resets it. With no fast listener, the table keeps only its timeout objects: no nat hook
+    in the router at all. `update` resets the chains in the same transaction, as `node_ruleset`'s.
+    """
+    fast = [(config, li, proto, targets) for config, routable in nodes
+            for li, proto, targets in fast_listeners(config, routable)]
+    timeouts = sorted({li.idle_timeout for _, li, proto, _ in fast if proto == "tcp"})
+    out = []
+    if update:
+        out.append(f"add table ip {ROUTER_TABLE}")
+        for chain, hook in ROUTER_HOOKS.items():
+            out += [f"add chain ip {ROUTER_TABLE} {chain} {{ {hook} }}", f"flush chain ip {ROUTER_TABLE} {chain}"]
+            if not fast:
+                out.append(f"delete chain ip {ROUTER_TABLE} {chain}")
+    out.append(f"table ip {ROUTER_TABLE} {{")
+    for seconds in timeouts:
+        out += [f"\tct timeout tcp_{seconds} {{", "\t\tprotocol tcp; l3proto ip;",
+                f"\t\tpolicy = {{ established: {seconds} }}", "\t}"]
+    if any(proto == "udp" for _, _, proto, _ in fast):
+        out += ["\tct timeout udp_idle {", "\t\tprotocol udp; l3proto ip;",
+                f"\t\tpolicy = {{ unreplied: {UDP_IDLE_TIMEOUT}, replied: {UDP_IDLE_TIMEOUT} }}", "\t}"]
+    if fast:
+        out += ["\tchain dispatch {", f"\t\t{ROUTER_HOOKS['dispatch']}",
+                "\t\tiifname \"igw\" return comment \"in-VPC clients only\"",
+                "\t\ttcp flags & (fin | syn | rst | ack) != syn return comment \"unknown: the node resets it\""]
+        for config, li, proto, targets in fast:
+            timeout = f"tcp_{li.idle_timeout}" if proto == "tcp" else "udp_idle"
+            mark = FAST_MARK if li.preserve_client_ip else FAST_MARK | FAST_SNAT_MARK
+            out.append(f"\t\tip daddr {config.node_ip} {proto} dport {li.port} ct timeout set \"{timeout}\" "
+                       f"ct mark set {mark:#x} {_pick(li, proto, targets, config.hash_seed)}")
+        out += ["\t}", "\tchain postrouting {", f"\t\t{ROUTER_HOOKS['postrouting']}"]
+        for ip in sorted({config.node_ip for config, *_ in fast}, key=ip_address):
+            out.append(f"\t\tct mark {FAST_MARK | FAST_SNAT_MARK:#x} ct original ip daddr {ip} snat ip to {ip}")
+        out.append("\t}")
+    out.append("}")
+    return "\n".join(out) + "\n"

@@ -7,7 +7,8 @@ from vpclab.model.resources import Lab, Vpc
 from vpclab.plan.common import EndpointLink, Eni, InterfaceLink, alb_ns, gwlb_ns, ifname_for, nlb_ns
 from vpclab.plan.elbv2.alb import alb_node, alb_node_config
 from vpclab.plan.elbv2.gwlb import GWLB_NODE_ATTRIBUTES, gwlb_listener, gwlb_node, gwlb_node_attributes
-from vpclab.plan.elbv2.nlb import NLB_RELAY_PORT, RELAY_MARK, RELAY_TABLE, nlb_node, nlb_node_config, nlb_node_services
+from vpclab.plan.elbv2.nlb import (NLB_RELAY_PORT, RELAY_MARK, RELAY_TABLE, nlb_node, nlb_node_config, nlb_node_services,
+                                   router_fast_path)
 from vpclab.plan.wiring import Namespace, Service, Wiring
 
 # What other layers and tests use: node_enis, nodes and the names imported above (alb_node_config...).

@@ -2,7 +2,7 @@
 (engines.nlb), its Proxy Protocol v2 relays, and the ENIs of the interface endpoints of its AZ."""
 from __future__ import annotations
 
-from vpclab.model.resources import Lab, LoadBalancer
+from vpclab.model.resources import Lab, LoadBalancer, Vpc
 from vpclab.plan.common import (
     ACCEPT_LOCAL,
     BASE_SYSCTLS,
@@ -11,6 +11,7 @@ from vpclab.plan.common import (
     InterfaceLink,
     interface_links,
     nlb_ns,
+    router_ns,
     single_eni,
 )
 from vpclab.plan.wiring import Namespace, Service
@@ -27,6 +28,30 @@ def _effective_cross_zone(lab: Lab, lb: LoadBalancer, group_name: str) -> bool:
     if own == "use_load_balancer_configuration":
         own = lb.attributes.get("load_balancing.cross_zone.enabled", "false")
     return own == "true"
+
+
+# Route targets that send a flow through the router a second time (a GWLB endpoint, a middlebox
+# instance or ENI, a transit gateway): with them, NAT in the router could rewrite a flow's tuple
+# on its second pass (DESIGN.md), so the router keeps out of NAT.
+_TWO_PASS_TARGETS = ("vpce", "instance", "eni", "tgw")
+
+
+def router_fast_path(lab: Lab, vpc: Vpc) -> bool:
+    """Whether the VPC's router may dispatch its clients' NLB connections itself (engines.nlb
+    `router_fastpath_ruleset`): the VPC has an NLB, and no flow crosses its router twice, as
+    no route sends traffic anywhere but to local ENIs, the internet gateway or a NAT gateway, and
+    none is more specific than the local route. Route tables do not change while a lab is up
+    (no live change touches them), so this holds for the lab's life."""
+    if not any(lb.type == "network" and lb.vpc == vpc.name for lb in lab.load_balancers.values()):
+        return False
+    for rt in (t for t in lab.route_tables.values() if t.vpc == vpc.name):
+        for route in rt.routes:
+            if route.target_kind in _TWO_PASS_TARGETS:
+                return False
+            if route.target_kind != "local" and route.destination.overlaps(vpc.cidr) \
+                    and route.destination.prefixlen > vpc.cidr.prefixlen:
+                return False
+    return True
 
 
 def nlb_node_config(lab: Lab, lb_name: str, az: str) -> dict:
@@ -49,8 +74,10 @@ def nlb_node_config(lab: Lab, lb_name: str, az: str) -> dict:
                   "link_ip": str(link.node_ip), "mark": link.mark, "zone": link.zone,
                   "available": link.available}
                  for link in interface_links(lab) if link.node_ns == nlb_ns(lb_name, az)]
+    vpc = lab.vpcs[lb.vpc]
     return {"load_balancer": lb_name, "availability_zone": az, "node_ip": str(node.private_ip),
-            "endpoints": endpoints, "listeners": listeners, "relay_mark": RELAY_MARK}
+            "endpoints": endpoints, "listeners": listeners, "relay_mark": RELAY_MARK,
+            "router_fast_path": router_fast_path(lab, vpc), "vpc_cidr": str(vpc.cidr), "router_ns": router_ns(vpc.name)}
 
 
 def nlb_node(lab: Lab, lb: LoadBalancer, node, interfaces: list[InterfaceLink]) -> Namespace:
