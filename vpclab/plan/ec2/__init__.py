@@ -10,7 +10,7 @@ it, so every packet between ENIs crosses the router (DESIGN.md). There:
   boundary) and the source/destination check are nftables rules per ENI.
 NAT sits on the router only for the NLB fast path, in VPCs where no flow crosses the
 router twice (`plan.elbv2.nlb`); the internet gateway and NAT gateways each have a
-namespace of their own. The filters themselves are compiled in `plan.ec2_security`.
+namespace of their own. The filters themselves are compiled in `plan.ec2.security`.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ from vpclab.plan.common import (
     single_eni,
 )
 from vpclab.plan import transit_gateway
-from vpclab.plan.ec2_security import NLB_REPLY_MARK, nlb_node_enis, router_ruleset
+from vpclab.plan.ec2.security import NLB_REPLY_MARK, nlb_node_enis, router_ruleset
 from vpclab.plan.wiring import Link, Namespace, Service, Wiring
 
 ENI_TABLE = 200  # per-ENI /32 routes: where the local route's throw lands

@@ -3,7 +3,7 @@
 Security groups (stateful, per ENI), network ACLs (stateless, at the subnet boundary),
 the source/destination check and the router's own addresses; where a VPC has the NLB
 fast path, the checks of connections the router dispatches for a node (`plan.common`).
-Split from `plan.ec2`, which wires the routers that load this ruleset.
+The package (`plan.ec2`) wires the routers that load this ruleset.
 """
 from __future__ import annotations
 
