@@ -82,3 +82,26 @@ def test_awss_constraints_are_refused_at_their_key(old, new, key, words):
     assert words in info.value.reason, info.value.reason
     if key is not None:
         assert info.value.key_path == f"{GROUP}.{key}", (info.value.key_path, info.value.reason)
+
+
+def with_more_nlbs(count: int) -> str:
+    """The example with `count` more internal NLBs, each with its own alb group on web-alb."""
+    text = EXAMPLE
+    for i in range(2, 2 + count):
+        text = text.replace("load_balancers:\n", f"load_balancers:\n  nlb-{i}: {{Type: network, Scheme: internal, "
+                                                 f"Subnets: [public-a]}}\n", 1)
+        text = text.replace("target_groups:\n", "target_groups:\n" + ALB_GROUP.replace("alb-target:", f"alb-{i}:"), 1)
+        text = text.replace("listeners:\n", f"listeners:\n  nlb-{i}-https: {{LoadBalancerArn: nlb-{i}, Protocol: TCP, "
+                                            f"Port: 443, DefaultActions: [{{Type: forward, TargetGroupArn: alb-{i}}}]}}\n", 1)
+    return text
+
+
+def test_an_alb_serves_two_nlbs():
+    lab = load(with_more_nlbs(1))
+    assert lab.target_groups["alb-2"].targets[0].id == lab.load_balancers["web-alb"].arn
+
+
+def test_a_third_nlb_in_front_of_one_alb_is_refused_at_its_listener():
+    # the added listeners come first in the file (nlb-3's, then nlb-2's): the example's own is the third
+    reason = refused_at(with_more_nlbs(2), "listeners.nlb-alb-target.DefaultActions")
+    assert "at most 2 Network Load Balancers: web-alb already serves nlb-3, nlb-2" in reason, reason

@@ -35,7 +35,7 @@ from ..reader import (
     _unsupported,
 )
 from ..resources import LoadBalancer, LoadBalancerNode, Target, TargetGroup, Vpc
-from .alb_targets import alb_group_problem, alb_target, node_addresses  # noqa: F401 (node_addresses: the daemon's)
+from .alb_targets import alb_group_problem, alb_nlbs_problem, alb_target, node_addresses  # noqa: F401 (node_addresses: the daemon's)
 from .application import alb_dns_name
 from .certificates import CERTIFICATE_FIELDS
 from .listeners import Elbv2ListenerBuilder
@@ -387,6 +387,12 @@ class Elbv2Builder(Elbv2ListenerBuilder):
                                         self.built["load_balancers"])
             if problem:
                 raise _Invalid(spec.at("Port"), problem)
+        crowded = alb_nlbs_problem(self.built["listeners"].values(), self.built["target_groups"],
+                                   self.built["load_balancers"])
+        if crowded:
+            listener, reason = crowded
+            spec = next(s for s in self.doc.specs["listeners"] if s.name == listener)
+            raise _Invalid(spec.at("DefaultActions"), reason)
 
 
 BUILDER = Elbv2Builder

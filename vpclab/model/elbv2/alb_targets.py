@@ -37,6 +37,29 @@ def alb_group_problem(group: TargetGroup, listeners: Iterable[Listener],
     return None
 
 
+MAX_NLBS_PER_ALB = 2  # "an ALB serves at most 2 NLBs" (reference §5.2)
+
+
+def alb_nlbs_problem(listeners: Iterable[Listener], groups: Mapping[str, TargetGroup],
+                     load_balancers: Mapping[str, LoadBalancer]) -> tuple[str, str] | None:
+    """The first listener that makes an ALB the target of more NLBs than AWS allows, as
+    (listener name, reason); listeners in the file's order."""
+    nlbs_of: dict[str, list[str]] = {}
+    for li in listeners:
+        group = groups.get(li.target_group) if li.target_group else None
+        if group is None or group.target_type != "alb":
+            continue
+        for target in group.targets:
+            nlbs = nlbs_of.setdefault(target.id, [])
+            if li.load_balancer not in nlbs:
+                nlbs.append(li.load_balancer)
+            if len(nlbs) > MAX_NLBS_PER_ALB:
+                alb = next((b.name for b in load_balancers.values() if b.arn == target.id), target.id)
+                return li.name, (f"an Application Load Balancer is the target of at most {MAX_NLBS_PER_ALB} Network "
+                                 f"Load Balancers: {alb} already serves {', '.join(nlbs[:-1])}")
+    return None
+
+
 def node_addresses(target: Target, group: TargetGroup, load_balancers: Mapping[str, LoadBalancer]
                    ) -> list[tuple[str, str]]:
     """Where an NLB sends a target's connections, as (ip, az): an ALB target's node IPs, one per
