@@ -194,6 +194,8 @@ class Balancers:
             node = NlbNode(lb, az, svc.ns, _node_config(lab, lb, az))
             self.nlb_nodes.append(node)
             self._apply_nlb(node, first=True)
+        for router_ns in _fast_path_routers(self.nlb_nodes):  # once each, with all its nodes
+            apply_router_fast_path(self.run_in, self.nlb_nodes, router_ns)
 
     def zone_in_service(self, lb: str, az: str) -> bool:
         """Whether an NLB's AZ stays in its DNS answer: each of its target groups with
@@ -226,24 +228,27 @@ class Balancers:
         return [nlb_engine.TargetView(t.id, ip, t.port, az, states.get(t.id, nlb_engine.INITIAL))
                 for t in group.targets for ip, az in node_addresses(t, group, self.lab.load_balancers)]
 
-    def _apply_nlb(self, node: NlbNode, first: bool = False) -> None:
+    def _apply_nlb(self, node: NlbNode, first: bool = False) -> bool:
+        """Load the node's ruleset if its routes changed (always when `first`); whether it did."""
         groups = {li.target_group for li in node.config.listeners}
         routable = nlb_engine.listener_routes(node.config, {g: self._target_views(g) for g in groups})
         if not first and routable == node.routable:
-            return
+            return False
         ruleset = nlb_engine.node_ruleset(node.config, routable, update=not first)
         self.run_in(node.ns, ["nft", "-f", "-"], ruleset)
         node.routable = routable
         log.info("NLB node %s routes %s", node.ns,
                  {name: [f"{t.ip}:{t.port}" for t in ts] for name, ts in routable.items()})
-        if node.config.router_fast_path:
-            apply_router_fast_path(self.run_in, self.nlb_nodes, node.config.router_ns)
+        return True
 
     def refresh_nlb_nodes(self, groups: set[str] | None = None, lab: Lab | None = None) -> None:
         """Recompute and reload the nodes whose listeners use `groups` (None: all); with `lab`,
-        their configuration too (a live attribute or target change)."""
+        their configuration too (a live attribute or target change); then the fast path of each
+        VPC router whose nodes changed, or of every router after a live change (it may have
+        reloaded a router's whole ruleset, which flushes the fast path)."""
         if lab is not None:
             self.lab = lab
+        changed: list[NlbNode] = []
         for node in self.nlb_nodes:
             if lab is not None:
                 config = _node_config(lab, node.load_balancer, node.az)
@@ -251,9 +256,12 @@ class Balancers:
                     node.config, node.routable = config, {}
             if groups is None or any(li.target_group in groups for li in node.config.listeners):
                 try:
-                    self._apply_nlb(node)
+                    if self._apply_nlb(node):
+                        changed.append(node)
                 except Exception as exc:  # a node keeps its last ruleset; the daemon lives on
                     log.warning("NLB node %s: ruleset not applied: %s", node.ns, exc)
+        reapply_router_fast_paths(self.run_in, self.nlb_nodes, _fast_path_routers(
+            self.nlb_nodes if lab is not None else changed))
 
     def _terminate_if_due(self, group: str, target_id: str, state: str | None, reason: str | None) -> None:
         """Reset a target's connections where AWS does (§3.6, §3.7): when it turns unhealthy and the
@@ -314,7 +322,6 @@ class Balancers:
         self.alb.apply(new, self.checker, self._connector)
         if self.nlb_nodes:
             self.refresh_nlb_nodes(lab=new)
-            reapply_router_fast_paths(self.run_in, self.nlb_nodes)  # a router reload flushed them
         for group_name in checked & (self._nlb_groups() | self.alb.groups()):
             group = new.target_groups[group_name]
             if group.health_check != old.target_groups[group_name].health_check or \
@@ -371,9 +378,14 @@ def apply_router_fast_path(run_in: Callable[..., None], nlb_nodes: list[NlbNode]
     log.info("VPC router %s dispatches %s itself", router_ns, fast or "nothing")
 
 
-def reapply_router_fast_paths(run_in: Callable[..., None], nlb_nodes: list[NlbNode]) -> None:
-    """Every VPC router's fast path again: a live change may have reloaded a router's whole ruleset."""
-    for router_ns in dict.fromkeys(n.config.router_ns for n in nlb_nodes if n.config.router_fast_path):
+def _fast_path_routers(nodes: list[NlbNode]) -> list[str]:
+    """The VPC routers that dispatch for some of `nodes`, each once."""
+    return list(dict.fromkeys(n.config.router_ns for n in nodes if n.config.router_fast_path))
+
+
+def reapply_router_fast_paths(run_in: Callable[..., None], nlb_nodes: list[NlbNode], routers: list[str]) -> None:
+    """These VPC routers' fast paths again, each from all its nodes as they are now."""
+    for router_ns in routers:
         try:
             apply_router_fast_path(run_in, nlb_nodes, router_ns)
         except Exception as exc:  # its clients go through the nodes meanwhile; the daemon lives on
