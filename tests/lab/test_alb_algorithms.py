@@ -150,8 +150,10 @@ def served(lab, port: int, requests: int, parallel: int) -> list[str]:
     """Who answered each of `requests` GETs sent `parallel` at a time: "slow", or the test
     page's first word (the instance's name)."""
     url = f"http://{node_ip(lab)}:{port}/"
+    # a request that fails shows as `curl-exit-<code>` (no answer at all), never as nothing
     out = lab.sh("client", f"seq {requests} | xargs -P {parallel} -I@ sh -c "
-                           f"'curl -s --max-time 20 {url} | head -n 1; echo'", timeout=120).stdout
+                           f"'r=$(curl -s --max-time 20 {url}) && echo \"$r\" | head -n 1 "
+                           f"|| echo curl-exit-$?; echo'", timeout=120).stdout
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 

@@ -90,11 +90,14 @@ def frontend_config(frontend_lines: list[str], backend_port: int, listen_port: i
 
 
 @contextlib.contextmanager
-def running(config_text: str, tmp_path: Path, listen_port: int) -> Iterator[subprocess.Popen]:
-    """HAProxy in the foreground on `config_text`, ready once `listen_port` accepts."""
+def running(config_text: str, tmp_path: Path, listen_port: int,
+            master_worker: bool = False) -> Iterator[subprocess.Popen]:
+    """HAProxy in the foreground on `config_text`, ready once `listen_port` accepts; with
+    `master_worker`, as an ALB node runs it (the process is the master: SIGUSR2 reloads)."""
     path = tmp_path / "haproxy.cfg"
     path.write_text(config_text)
-    proc = subprocess.Popen([HAPROXY, "-db", "-f", str(path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    argv = [HAPROXY, "-db", "-f", str(path)] + (["-W"] if master_worker else [])
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 15
         while True:

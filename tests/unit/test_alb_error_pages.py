@@ -3,12 +3,14 @@ request ends, and a target group's backend answering 502, 503 and 504 under real
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
-from alb_haproxy import _free_port, check_config, needs_haproxy, request, running
+from alb_haproxy import _free_port, check_config, echo_server, needs_haproxy, request, running
 from vpclab.engines.alb import errors
 
 
@@ -128,3 +130,33 @@ def test_a_target_that_never_accepts_gets_504_after_the_connect_timeout(tmp_path
         status, headers, _ = request(port, path="/silent")
     assert (status, headers["server"]) == (504, "awselb/2.0")
     assert time.monotonic() - started >= 0.9
+
+
+def _workers(master: int) -> list[str]:
+    return Path(f"/proc/{master}/task/{master}/children").read_text().split()
+
+
+@needs_haproxy()
+def test_a_request_accepted_before_a_seamless_reload_reaches_its_target_not_503(tmp_path):
+    """A reload (a listener or rule change, `replace-nodes`) leaves the connections the old
+    worker accepted with it; that worker counts no server once it stops, yet must serve them."""
+    port = _free_port()
+    lines = "".join(f"  {line}\n" for line in errors.backend_lines(tmp_path / "errors"))
+    with echo_server() as target:
+        text = ("defaults\n  mode http\n  timeout connect 2s\n  timeout client 10s\n  timeout server 5s\n"
+                f"frontend fe_http\n  bind 127.0.0.1:{port}\n  default_backend tg_web\n"
+                f"backend tg_web\n{lines}  server s1 127.0.0.1:{target}\n")
+        with running(text, tmp_path, port, master_worker=True) as master:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+                time.sleep(0.2)  # accepted by the first worker
+                master.send_signal(signal.SIGUSR2)
+                deadline = time.monotonic() + 10
+                while len(_workers(master.pid)) < 2:  # the new worker is up, the old one stopping
+                    assert time.monotonic() < deadline, "no new worker within 10 s"
+                    time.sleep(0.05)
+                time.sleep(0.5)
+                client.sendall(b"GET / HTTP/1.1\r\nHost: alb\r\nConnection: close\r\n\r\n")
+                answer = b""
+                while chunk := client.recv(4096):
+                    answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]

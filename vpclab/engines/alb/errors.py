@@ -149,7 +149,9 @@ def backend_lines(error_dir: str | os.PathLike, connect_timeout_ms: int = 10_000
         # on HTTP/2, whose connection it keeps reading; an HTTP/1.1 client's close goes unseen).
         "option abortonclose",
         "http-request set-var(txn.alb_t0) date(0,ms)",
-        f"http-request return {return_args(503)} if !{{ nbsrv gt 0 }}",
+        # a worker stopping after a reload counts no server at all (HAProxy stops its proxies),
+        # yet still serves the connections it accepted before: those must reach their target
+        f"http-request return {return_args(503)} if !{{ nbsrv gt 0 }} !{{ stopping }}",
         f"errorfile 503 {marked}",
         # the status first: a cheap test that spares every other response two header scans
         f"http-after-response set-status 504 reason \"{REASONS[504]}\" if {{ status 502 }} "
