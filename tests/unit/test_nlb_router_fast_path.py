@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from vpclab.engines.nlb.ruleset import (
-    FAST_MARK, FAST_SNAT_MARK, ListenerConfig, NodeConfig, TargetView, fast_listeners, node_ruleset,
+    FAST_MARK, FAST_SNAT_MARK, EndpointLinkConfig, ListenerConfig, NodeConfig, TargetView, fast_listeners, node_ruleset,
     router_fastpath_ruleset,
 )
 from vpclab.model import load_lab
@@ -135,10 +135,17 @@ def test_router_fastpath_ruleset_and_its_updates_load_in_nftables():
     tcp = ListenerConfig("http", "TCP_UDP", 80, "web")
     first = router_fastpath_ruleset([(node(tcp), {"http": WEB})], update=True)
     none = router_fastpath_ruleset([(node(tcp), {"http": []})], update=True)
-    script = "".join(f"nft -f - <<'EOF'\n{r}EOF\n" for r in (first, first, none, first)) + \
+    # with an interface endpoint link ending in the router, available, then pending
+    link = EndpointLinkConfig("vpce-1", "pn-consumer-a", "10.0.1.50", "169.254.64.2", 0x100, 1, True,
+                              "pl-consumer-a", 0x70000)
+    endpoint = router_fastpath_ruleset([(replace(node(tcp), endpoints=(link,)), {"http": WEB})], update=True)
+    pending = router_fastpath_ruleset([(replace(node(tcp), endpoints=(replace(link, available=False),)),
+                                        {"http": WEB})], update=True)
+    script = "".join(f"nft -f - <<'EOF'\n{r}EOF\n" for r in (first, first, none, endpoint, pending, endpoint)) + \
         "nft list table ip nlb_fastpath\n"
     if subprocess.run(["unshare", "-rn", "true"], capture_output=True, timeout=20).returncode != 0:
         pytest.skip("no user namespaces here")
     result = subprocess.run(["unshare", "-rn", "sh", "-c", script], capture_output=True, text=True, timeout=20)
     assert result.returncode == 0, result.stderr
     assert "chain dispatch" in result.stdout and "snat to 10.0.1.5" in result.stdout
+    assert "ct original zone set 1" in result.stdout and "snat to ct mark map" in result.stdout

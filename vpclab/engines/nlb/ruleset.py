@@ -27,8 +27,10 @@ How AWS's behaviour maps onto the ruleset:
   On: the client's own address; the VPC router returns the replies to the node
   by connection mark. Traffic from an interface endpoint is always translated to
   the node's IP (PrivateLink never preserves the client IP).
-- Interface endpoints: each endpoint ENI is a veth from the consumer VPC's router
-  straight into this namespace (no hop of its own). The consumer's and the
+- Interface endpoints: each endpoint ENI is a veth from the consumer VPC's router into the
+  provider VPC's router, which dispatches what it can itself (below) and passes the rest,
+  unchanged and untracked, to this namespace over a veth of its own per ENI (no hop of
+  PrivateLink's own). The consumer's and the
   provider's CIDRs may be the same, and two consumers may send identical tuples,
   so every endpoint has a conntrack zone of its own, set by the endpoint link
   before conntrack (`priority raw`) for the original direction only: consumers'
@@ -53,9 +55,15 @@ router twice (plan.elbv2.nlb.router_fast_path), the VPC router itself dispatches
 connections of in-VPC clients to a node, with the node's rules (same pick, same seed, same
 timeouts, SNAT to the node's IP unless the client IP is preserved), in one forwarding pass
 instead of three. Only listeners without Proxy Protocol v2 whose targets all sit inside the
-VPC's CIDR; everything else (health checks, endpoints, relays, RSTs for unknown segments,
-which the router does not dispatch) stays with the node. Its connections carry `FAST_MARK`,
-by which the router's filters (plan.ec2) check them as if they had crossed the node.
+VPC's CIDR; everything else (health checks, relays, RSTs for unknown segments, which the router
+does not dispatch) stays with the node. Its connections carry `FAST_MARK`, by which the router's
+filters (plan.ec2) check them as if they had crossed the node. It does the same for the
+interface endpoints whose links end in it, which saves their connections a forwarding pass
+(consumer router -> provider router -> target): each endpoint link's connections in the link's
+zone, with the link's own mark (`ENDPOINT_FAST_MARK` and the two above), always translated to the
+node's IP; the router routes them by that mark, both ways. What it does not dispatch from an
+endpoint link (PPv2 listeners, unknown segments, an endpoint not `available`) passes untracked to
+the node, whose endpoint rules above take it as if the link ended there.
 """
 from __future__ import annotations
 
