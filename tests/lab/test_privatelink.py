@@ -203,3 +203,15 @@ def test_the_provider_router_dispatches_each_endpoints_connections_itself_in_a_z
     node = lab.status()["load_balancers"][0]["nodes"][0]["private_ip"]
     assert all(f"dst={node} " in row.split("src=10.11.0.")[1] for row in rows), rows  # the target sees the node
     assert conntrack(lab, NODE, "--orig-src 10.20.0.10") == []
+
+
+def test_a_connection_the_router_dispatched_lives_on_when_its_listener_moves_to_the_node(up):
+    # Proxy Protocol v2 on, live: the router no longer dispatches port 80 (the node's relay writes the
+    # header), yet the open connection keeps its entry in the router, and a new one goes to the relay
+    lab = up(TWINS, "plmove")
+    wait_for(lambda: "Hello" in lab.curl("left", "http://10.20.0.50/"), 30, "the service through an endpoint")
+    out, err = held_connection(lab, "left", FORGOTTEN, lambda: lab.vpclab(
+        "modify", "--lab", lab.name, "web", "proxy_protocol_v2.enabled=true"))
+    assert out.startswith("answer b'HTTP/1.1 200"), out + err
+    body = wait_for(lambda: lab.curl("left", "http://10.20.0.50/"), 15, "an answer through the relay")
+    assert "proxy-protocol-hex: " in body

@@ -84,7 +84,7 @@ def test_a_lab_needs_what_its_compiled_rulesets_and_engines_use():
     assert "ebpf-fast-path" not in gwlb  # optional: nodes fall back to the Python path
 
     privatelink = lab_needs(load_lab(REPO / "examples" / "privatelink-cross-zone.yaml"))
-    assert {"nft:nat", "nft:ct-mark", "nft:ct-timeout", "nft:notrack", "conntrack"} <= privatelink
+    assert {"nft:nat", "nft:ct-mark", "nft:ct-timeout", "conntrack"} <= privatelink
 
 
 def test_nlb_node_rulesets_are_part_of_a_labs_rulesets():

@@ -109,11 +109,18 @@ def test_router_dispatches_as_the_node_does_with_its_pick_seed_and_timeouts():
     assert dispatch.index("!= syn return") < dispatch.index("dnat") and "iifname \"igw\" return" in dispatch
 
 
-def test_no_fast_listener_leaves_no_nat_hook_in_the_router_but_keeps_the_timeouts():
+def test_no_fast_listener_keeps_the_nat_hooks_for_the_connections_already_dispatched_and_the_timeouts():
+    # conntrack translates an established connection's packets only where a nat chain hooks: deleting
+    # them when the last target leaves (or a listener moves to the node) would cut those connections
     li = ListenerConfig("http", "TCP", 80, "web")
     update = router_fastpath_ruleset([(node(li), {"http": []})], update=True)
-    assert "delete chain ip nlb_fastpath dispatch" in update and "delete chain ip nlb_fastpath postrouting" in update
+    assert "delete chain ip nlb_fastpath dispatch" not in update
+    assert "delete chain ip nlb_fastpath postrouting" not in update
+    assert "chain dispatch {" in update and "chain postrouting {" in update and "dnat" not in update
     assert "delete table" not in update  # live connections keep their timeout objects
+    # a router that never dispatches (plan.elbv2.router_fast_path off) has no nat hook at all
+    never = router_fastpath_ruleset([(node(li, fast=False), {"http": []})], update=True)
+    assert "delete chain ip nlb_fastpath dispatch" in never and "delete chain ip nlb_fastpath postrouting" in never
 
 
 def test_router_checks_fast_path_connections_before_dnat_and_after_snat_and_forward_skips_them():

@@ -76,17 +76,24 @@ def test_links_are_numbered_per_provider_router_so_zones_marks_and_tables_are_un
     assert "rule add pref 307 fwmark 0x70001 lookup 603" in router
 
 
-def test_the_router_zones_only_what_it_dispatches_and_passes_the_rest_untracked_to_the_node():
+def test_the_router_zones_what_it_dispatches_one_way_and_what_it_passes_to_the_node_both_ways():
     http = nlb.ListenerConfig("http", "TCP", 80, "web")
     echo = nlb.ListenerConfig("echo", "UDP", 7, "web")
     pp2 = nlb.ListenerConfig("pp2", "TCP", 81, "web", proxy_protocol_v2=True, relay_port=20002)
     rules = nlb.router_fastpath_ruleset([(node(http, echo, pp2), {"http": WEB, "echo": WEB, "pp2": WEB})])
-    assert chain(rules, "endpoints") == [f'iifname vmap {{ "pl-consumer-a" : goto {PL_CHAIN} }}',
-                                         'iifname "pn-consumer-a" notrack comment "from the node, back to the consumer"']
+    assert chain(rules, "endpoints") == [f'iifname vmap {{ "pl-consumer-a" : goto {PL_CHAIN}, '
+                                         f'"pn-consumer-a" : goto back_{PL_CHAIN} }}']
     assert chain(rules, PL_CHAIN) == [
         'ip daddr 10.11.0.50 tcp dport 80 ct original zone set 1 accept comment "vpce-0123456789abcdef0"',
         'ip daddr 10.11.0.50 udp dport 7 ct original zone set 1 accept comment "vpce-0123456789abcdef0"',
-        "notrack"]  # the PPv2 listener (its relay is in the node), anything else, goes to the node
+        "ct zone set 1"]  # the PPv2 listener (its relay is in the node), anything else, goes to the node
+    assert chain(rules, f"back_{PL_CHAIN}") == ["ct zone set 1"]  # and comes back from it
+
+
+def test_nothing_passes_while_the_endpoint_is_not_available():
+    rules = nlb.router_fastpath_ruleset([(node(nlb.ListenerConfig("http", "TCP", 80, "web"),
+                                               link=replace(LINK, available=False)), {"http": WEB})])
+    assert chain(rules, PL_CHAIN) == ['drop comment "not available"']
 
 
 def test_the_router_dispatches_an_endpoints_connections_as_the_node_does_and_translates_to_its_ip():
@@ -106,14 +113,13 @@ def test_the_router_dispatches_an_endpoints_connections_as_the_node_does_and_tra
             'comment "PrivateLink: targets see the node"') in chain(rules, "postrouting")
 
 
-@pytest.mark.parametrize("why", ["pending", "no fast path", "no target", "target outside the VPC"])
+@pytest.mark.parametrize("why", ["no fast path", "no target", "target outside the VPC"])
 def test_an_endpoint_the_router_does_not_dispatch_for_passes_everything_to_the_node(why):
     http = nlb.ListenerConfig("http", "TCP", 80, "web")
-    config = {"pending": node(http, link=replace(LINK, available=False)), "no fast path": node(http, fast=False),
-              "no target": node(http), "target outside the VPC": node(http)}[why]
+    config = node(http, fast=why != "no fast path")
     targets = {"no target": [], "target outside the VPC": [nlb.TargetView("ip", "192.168.0.9", 80, A)]}.get(why, WEB)
     rules = nlb.router_fastpath_ruleset([(config, {"http": targets})])
-    assert chain(rules, PL_CHAIN) == ["notrack"]
+    assert chain(rules, PL_CHAIN) == ["ct zone set 1"]
     assert "0x70000" not in rules and "ct original zone set" not in rules
     update = nlb.router_fastpath_ruleset([(config, {"http": targets})], update=True)
     assert "delete chain ip nlb_fastpath endpoints" not in update

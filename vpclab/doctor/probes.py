@@ -59,7 +59,6 @@ NFT_PROBES = {
     "nft:ct-original-zone": _table("ip", ("filter", "prerouting priority raw", "ct original zone set 1")),
     "nft:ct-original-addr": _table("ip", ("filter", "postrouting priority 110",
                                           "ct original ip daddr vmap { 10.0.0.1 : accept }")),
-    "nft:notrack": _table("ip", ("filter", "prerouting priority raw", "iifname \"lo\" notrack")),
     "nft:ct-timeout": _table("ip", ("nat", "prerouting priority dstnat", "meta l4proto tcp ct timeout set \"t\""),
                              extra="\tct timeout t {\n\t\tprotocol tcp; l3proto ip;\n"
                                    "\t\tpolicy = { established: 350 }\n\t}"),

@@ -29,8 +29,7 @@ How AWS's behaviour maps onto the ruleset:
   the node's IP (PrivateLink never preserves the client IP).
 - Interface endpoints: each endpoint ENI is a veth from the consumer VPC's router into the
   provider VPC's router, which dispatches what it can itself (below) and passes the rest,
-  unchanged and untracked, to this namespace over a veth of its own per ENI (no hop of
-  PrivateLink's own). The consumer's and the
+  unchanged, to this namespace over a veth of its own per ENI (no hop of PrivateLink's own). The consumer's and the
   provider's CIDRs may be the same, and two consumers may send identical tuples,
   so every endpoint has a conntrack zone of its own, set by the endpoint link
   before conntrack (`priority raw`) for the original direction only: consumers'
@@ -62,8 +61,8 @@ interface endpoints whose links end in it, which saves their connections a forwa
 (consumer router -> provider router -> target): each endpoint link's connections in the link's
 zone, with the link's own mark (`ENDPOINT_FAST_MARK` and the two above), always translated to the
 node's IP; the router routes them by that mark, both ways. What it does not dispatch from an
-endpoint link (PPv2 listeners, unknown segments, an endpoint not `available`) passes untracked to
-the node, whose endpoint rules above take it as if the link ended there.
+endpoint link (PPv2 listeners, unknown segments) passes unchanged to the node, whose endpoint
+rules above take it as if the link ended there; while an endpoint is not `available`, nothing passes.
 """
 from __future__ import annotations
 
@@ -379,11 +378,14 @@ def _endpoint_links(nodes: Sequence[tuple[NodeConfig, Mapping[str, Sequence[Targ
 
 
 def _endpoint_chains(links: list[tuple[NodeConfig, EndpointLinkConfig, list]]) -> list[str]:
-    """Per endpoint link, its regular chains: `link_…` (before conntrack) puts what the router
-    dispatches in the link's zone, for the original direction only (the targets' replies, made
-    unique by SNAT, come back in the default zone), and lets everything else pass untracked, unchanged,
-    to the node, whose own zones keep colliding consumers apart; `dispatch_link_…`, its connections'
-    first packets, dispatched as the node would, with the link's mark (routing and SNAT)."""
+    """Per endpoint link, its regular chains, before conntrack: `link_…` (from the consumer) puts
+    what the router dispatches in the link's zone for the original direction only (the targets'
+    replies, made unique by SNAT, come back in the default zone), everything else, which passes
+    unchanged to the node, in the link's zone both ways, as `back_…` (from the node) does its replies:
+    colliding consumers stay apart either way, and a connection keeps its entry when its listener
+    moves from one kind to the other (a live change). Nothing passes while the endpoint is not
+    `available`. `dispatch_link_…`: its connections' first packets, dispatched as the node would,
+    with the link's mark (routing and SNAT)."""
     out = []
     for config, e, fast in links:
         out.append(f"\tchain {_link_chain(e)} {{")
@@ -392,7 +394,9 @@ def _endpoint_chains(links: list[tuple[NodeConfig, EndpointLinkConfig, list]]) -
             if ports:
                 out.append(f"\t\tip daddr {e.eni_ip} {proto} dport {_set([str(p) for p in ports])} "
                            f"ct original zone set {e.zone} accept comment \"{e.vpc_endpoint_id}\"")
-        out += ["\t\tnotrack", "\t}", f"\tchain dispatch_{_link_chain(e)} {{"]
+        out += [f"\t\tct zone set {e.zone}" if e.available else "\t\tdrop comment \"not available\"", "\t}",
+                f"\tchain back_{_link_chain(e)} {{", f"\t\tct zone set {e.zone}", "\t}",
+                f"\tchain dispatch_{_link_chain(e)} {{"]
         for li, proto, targets in fast:
             timeout = f"tcp_{li.idle_timeout}" if proto == "tcp" else "udp_idle"
             out.append(f"\t\tip daddr {e.eni_ip} {proto} dport {li.port} ct timeout set \"{timeout}\" "
@@ -423,21 +427,25 @@ def router_fastpath_ruleset(nodes: Sequence[tuple[NodeConfig, Mapping[str, Seque
     `FAST_MARK` (and `FAST_SNAT_MARK` when the target must see the node's IP), and translated to
     the node's IP on its way out. So is one from an interface endpoint whose link ends here, with
     its link's mark (always translated: PrivateLink never preserves the client IP). A segment that
-    is neither a SYN nor known goes on to the node, which resets it. With no fast listener, the
-    table keeps only its timeout objects and, for endpoint links, the chain that passes their
-    traffic to the node: no nat hook in the router at all. `update` resets the chains in the same
+    is neither a SYN nor known goes on to the node, which resets it. With no fast listener, its nat
+    chains stay (the connections it dispatched keep their translation: conntrack applies it only at
+    a nat hook), empty but for their first rules; a VPC whose router never dispatches (its routes
+    send flows through it twice) has none: only the chains that zone what its endpoint links pass. `update` resets the chains in the same
     transaction, as `node_ruleset`'s.
     """
     fast = [(config, li, proto, targets) for config, routable in nodes
             for li, proto, targets in fast_listeners(config, routable)]
     links = _endpoint_links(nodes)
     dispatching = [(config, e) for config, e, listeners in links if listeners]
-    needed = {"endpoints": bool(links), "dispatch": bool(fast), "postrouting": bool(fast)}
+    # The nat hooks stay while the router may dispatch at all, even with nothing to dispatch now:
+    # conntrack translates the packets of the connections it dispatched only where a nat chain is.
+    dispatches = any(config.router_fast_path for config, _ in nodes)
+    needed = {"endpoints": bool(links), "dispatch": dispatches, "postrouting": dispatches}
     out = []
     if update:
         out.append(f"add table ip {ROUTER_TABLE}")
         for _, e, _ in links:  # links never change while a lab is up, only what they carry
-            for chain in (_link_chain(e), f"dispatch_{_link_chain(e)}"):
+            for chain in (_link_chain(e), f"back_{_link_chain(e)}", f"dispatch_{_link_chain(e)}"):
                 out += [f"add chain ip {ROUTER_TABLE} {chain}", f"flush chain ip {ROUTER_TABLE} {chain}"]
         for chain, hook in ROUTER_HOOKS.items():
             out += [f"add chain ip {ROUTER_TABLE} {chain} {{ {hook} }}", f"flush chain ip {ROUTER_TABLE} {chain}"]
@@ -447,11 +455,10 @@ def router_fastpath_ruleset(nodes: Sequence[tuple[NodeConfig, Mapping[str, Seque
     out += _timeouts([(li, proto) for _, li, proto, _ in fast])
     out += _endpoint_chains(links)
     if links:
-        jumps = ", ".join(f"\"{e.router_ifname}\" : goto {_link_chain(e)}" for _, e, _ in links)
-        from_nodes = _set([f"\"{e.ifname}\"" for _, e, _ in links])
-        out += ["\tchain endpoints {", f"\t\t{ROUTER_HOOKS['endpoints']}", f"\t\tiifname vmap {{ {jumps} }}",
-                f"\t\tiifname {from_nodes} notrack comment \"from the node, back to the consumer\"", "\t}"]
-    if fast:
+        jumps = ", ".join(f"\"{e.router_ifname}\" : goto {_link_chain(e)}, \"{e.ifname}\" : goto back_{_link_chain(e)}"
+                          for _, e, _ in links)
+        out += ["\tchain endpoints {", f"\t\t{ROUTER_HOOKS['endpoints']}", f"\t\tiifname vmap {{ {jumps} }}", "\t}"]
+    if dispatches:
         out += ["\tchain dispatch {", f"\t\t{ROUTER_HOOKS['dispatch']}",
                 "\t\tiifname \"igw\" return comment \"in-VPC clients only\"",
                 "\t\ttcp flags & (fin | syn | rst | ack) != syn return comment \"unknown: the node resets it\""]
