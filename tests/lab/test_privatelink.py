@@ -1,6 +1,7 @@
 """PrivateLink (reference §6): interface endpoints to an NLB, proven with real connections."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -174,8 +175,43 @@ FORGOTTEN = ("import socket, sys\n"
 
 
 def test_a_segment_of_a_connection_the_node_no_longer_knows_is_reset_through_the_endpoint(up):
-    # as after an idle timeout: the ENI's IP is not the node's, so the node resets what it forwards
+    # as after an idle timeout: the provider's router, which dispatched the connection, hands a segment
+    # it does not know to the node, which resets it (the ENI's IP is not the node's: it forwards it)
     lab = up(TWINS, "plrst")
     wait_for(lambda: "Hello" in lab.curl("left", "http://10.20.0.50/"), 30, "the service through an endpoint")
-    out, err = held_connection(lab, "left", FORGOTTEN, lambda: lab.sh("nlb:provider-nlb:us-east-1a", "conntrack -F"))
+    out, err = held_connection(lab, "left", FORGOTTEN, lambda: lab.sh(PROVIDER_ROUTER, "conntrack -F"))
     assert out.split()[-1:] == ["reset"], out + err
+
+
+PROVIDER_ROUTER, NODE = "router:provider-vpc", "nlb:provider-nlb:us-east-1a"
+
+
+def conntrack(lab, ns: str, filters: str) -> list[str]:
+    out = lab.sh(ns, f"conntrack -L -p tcp {filters} 2>/dev/null", check=False).stdout
+    return [line for line in out.splitlines() if line.startswith("tcp")]
+
+
+def test_the_provider_router_dispatches_each_endpoints_connections_itself_in_a_zone_of_its_own(up):
+    # one forwarding pass less: the node sees none of them, the router holds them, translated to the
+    # node's IP, each endpoint link's with its own mark and conntrack zone, though the tuples are the same
+    lab = up(TWINS, "plfast")
+    wait_for(lambda: "Hello" in lab.curl("left", "http://10.20.0.50/"), 30, "the service through an endpoint")
+    assert "Hello from the provider" in lab.curl("right", "http://10.20.0.50/")
+    rows = conntrack(lab, PROVIDER_ROUTER, "--orig-src 10.20.0.10 --orig-dst 10.20.0.50 --dport 80")
+    assert {m for row in rows for m in re.findall(r"zone-orig=(\d+) .* mark=(\d+) ", row)} == \
+        {("1", str(0x70000)), ("2", str(0x70001))}, rows
+    node = lab.status()["load_balancers"][0]["nodes"][0]["private_ip"]
+    assert all(f"dst={node} " in row.split("src=10.11.0.")[1] for row in rows), rows  # the target sees the node
+    assert conntrack(lab, NODE, "--orig-src 10.20.0.10") == []
+
+
+def test_a_connection_the_router_dispatched_lives_on_when_its_listener_moves_to_the_node(up):
+    # Proxy Protocol v2 on, live: the router no longer dispatches port 80 (the node's relay writes the
+    # header), yet the open connection keeps its entry in the router, and a new one goes to the relay
+    lab = up(TWINS, "plmove")
+    wait_for(lambda: "Hello" in lab.curl("left", "http://10.20.0.50/"), 30, "the service through an endpoint")
+    out, err = held_connection(lab, "left", FORGOTTEN, lambda: lab.vpclab(
+        "modify", "--lab", lab.name, "web", "proxy_protocol_v2.enabled=true"))
+    assert out.startswith("answer b'HTTP/1.1 200"), out + err
+    body = wait_for(lambda: lab.curl("left", "http://10.20.0.50/"), 15, "an answer through the relay")
+    assert "proxy-protocol-hex: " in body

@@ -114,6 +114,9 @@ def rulesets(lab) -> list[tuple[str, str]]:
                 for update in (False, True):
                     out.append((f"nlb {lb.name} {node.az}", nlb.node_ruleset(variant, routable, update)))
                 out.append((f"nlb {lb.name} {node.az} without targets", nlb.node_ruleset(variant, {})))
+                for update in (False, True):  # its VPC router's part: its clients' and its endpoints' dispatch
+                    out.append((f"nlb router {lb.name} {node.az}",
+                                nlb.router_fastpath_ruleset([(variant, routable)], update)))
     out += [(f"gwlb endpoint {link.ifname}", kernel_ip_drop(link.ifname)) for link in endpoint_links(lab)]
     return out
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from vpclab.engines.nlb.ruleset import (
-    FAST_MARK, FAST_SNAT_MARK, ListenerConfig, NodeConfig, TargetView, fast_listeners, node_ruleset,
+    FAST_MARK, FAST_SNAT_MARK, EndpointLinkConfig, ListenerConfig, NodeConfig, TargetView, fast_listeners, node_ruleset,
     router_fastpath_ruleset,
 )
 from vpclab.model import load_lab
@@ -109,11 +109,18 @@ def test_router_dispatches_as_the_node_does_with_its_pick_seed_and_timeouts():
     assert dispatch.index("!= syn return") < dispatch.index("dnat") and "iifname \"igw\" return" in dispatch
 
 
-def test_no_fast_listener_leaves_no_nat_hook_in_the_router_but_keeps_the_timeouts():
+def test_no_fast_listener_keeps_the_nat_hooks_for_the_connections_already_dispatched_and_the_timeouts():
+    # conntrack translates an established connection's packets only where a nat chain hooks: deleting
+    # them when the last target leaves (or a listener moves to the node) would cut those connections
     li = ListenerConfig("http", "TCP", 80, "web")
     update = router_fastpath_ruleset([(node(li), {"http": []})], update=True)
-    assert "delete chain ip nlb_fastpath dispatch" in update and "delete chain ip nlb_fastpath postrouting" in update
+    assert "delete chain ip nlb_fastpath dispatch" not in update
+    assert "delete chain ip nlb_fastpath postrouting" not in update
+    assert "chain dispatch {" in update and "chain postrouting {" in update and "dnat" not in update
     assert "delete table" not in update  # live connections keep their timeout objects
+    # a router that never dispatches (plan.elbv2.router_fast_path off) has no nat hook at all
+    never = router_fastpath_ruleset([(node(li, fast=False), {"http": []})], update=True)
+    assert "delete chain ip nlb_fastpath dispatch" in never and "delete chain ip nlb_fastpath postrouting" in never
 
 
 def test_router_checks_fast_path_connections_before_dnat_and_after_snat_and_forward_skips_them():
@@ -135,10 +142,17 @@ def test_router_fastpath_ruleset_and_its_updates_load_in_nftables():
     tcp = ListenerConfig("http", "TCP_UDP", 80, "web")
     first = router_fastpath_ruleset([(node(tcp), {"http": WEB})], update=True)
     none = router_fastpath_ruleset([(node(tcp), {"http": []})], update=True)
-    script = "".join(f"nft -f - <<'EOF'\n{r}EOF\n" for r in (first, first, none, first)) + \
+    # with an interface endpoint link ending in the router, available, then pending
+    link = EndpointLinkConfig("vpce-1", "pn-consumer-a", "10.0.1.50", "169.254.64.2", 0x100, 1, True,
+                              "pl-consumer-a", 0x70000)
+    endpoint = router_fastpath_ruleset([(replace(node(tcp), endpoints=(link,)), {"http": WEB})], update=True)
+    pending = router_fastpath_ruleset([(replace(node(tcp), endpoints=(replace(link, available=False),)),
+                                        {"http": WEB})], update=True)
+    script = "".join(f"nft -f - <<'EOF'\n{r}EOF\n" for r in (first, first, none, endpoint, pending, endpoint)) + \
         "nft list table ip nlb_fastpath\n"
     if subprocess.run(["unshare", "-rn", "true"], capture_output=True, timeout=20).returncode != 0:
         pytest.skip("no user namespaces here")
     result = subprocess.run(["unshare", "-rn", "sh", "-c", script], capture_output=True, text=True, timeout=20)
     assert result.returncode == 0, result.stderr
     assert "chain dispatch" in result.stdout and "snat to 10.0.1.5" in result.stdout
+    assert "ct original zone set 1" in result.stdout and "snat to ct mark map" in result.stdout

@@ -80,8 +80,8 @@ def enis(lab):
         for node in lb.nodes:
             kind = {"gateway": "gwlb", "application": "alb"}.get(lb.type, "nlb")
             yield f"{kind}:{lb.name}:{node.az}", "eth0", lab.subnets[node.subnet], node.private_ip
-    for link in interface_links(lab):  # an interface endpoint's ENI ends in its AZ's NLB node
-        yield link.node_ns, link.ifname, lab.subnets[link.eni.subnet], link.eni.ip
+    for link in interface_links(lab):  # an interface endpoint's ENI ends in the provider's router
+        yield link.router_ns, link.router_ifname, lab.subnets[link.eni.subnet], link.eni.ip
     for inst in lab.instances.values():
         yield inst.name, "eth0", lab.subnets[inst.subnet], inst.private_ip
     names = transit_gateway.link_names(lab)  # a transit gateway's ENI ends in the gateway's namespace
@@ -100,7 +100,7 @@ def test_every_eni_is_a_veth_into_its_vpc_router_with_mtu_9001(make_lab):
         count += 1
         rns = f"router:{subnet.vpc}"
         veths = [link for link in wiring.links if link.a_ns == ns and link.b_ns.startswith("router:")
-                 and link.a_ifname == owner_ifname]
+                 and link.a_ifname == owner_ifname and link.b_ns != ns]
         assert len(veths) == 1, ns
         link = veths[0]
         assert link.b_ns == rns and link.mtu == VPC_MTU == 9001
@@ -128,15 +128,15 @@ def test_every_eni_is_a_veth_into_its_vpc_router_with_mtu_9001(make_lab):
             assert f"addr add {ip}/32 dev {owner_ifname}" in own
             assert f"link set {owner_ifname} mtu 8500" in own
         else:
-            # An interface endpoint's ENI in its NLB node: the node answers ARP for the ENI's IP
-            # (proxy ARP, without holding it: the CIDRs may collide) and sends replies via the router.
+            # An interface endpoint's ENI in the provider VPC's router: it answers ARP for the ENI's IP
+            # (proxy ARP, without holding it: the CIDRs may collide) and sends replies to the consumer's.
+            assert ns.startswith("router:") and ns != rns
             assert ("ipv4/conf/default/proxy_arp", "1") in wiring.namespace(ns).sysctls
             assert f"ntable change name arp_cache dev {owner_ifname} proxy_delay 0" in own
-            assert any(line.startswith(f"route add default via {subnet.router_ip} dev {owner_ifname} onlink table ")
-                       for line in own)
+            assert any(line.startswith(f"route add default dev {owner_ifname} table ") for line in own)
     # One veth per ENI, no more; the router answers ARP for the whole subnet.
-    assert count == sum(1 for link in wiring.links
-                        if link.b_ns.startswith("router:") and not link.a_ns.startswith("router:"))
+    assert count == sum(1 for link in wiring.links if link.b_ns.startswith("router:")
+                        and (not link.a_ns.startswith("router:") or link.a_ifname.startswith("pl-")))
     for ns in wiring.namespaces:
         if ns.kind == "router":
             assert ("ipv4/conf/default/proxy_arp", "1") in ns.sysctls

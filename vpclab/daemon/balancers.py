@@ -371,7 +371,7 @@ def _healthy(state: str | None) -> bool | None:
 def apply_router_fast_path(run_in: Callable[..., None], nlb_nodes: list[NlbNode], router_ns: str) -> None:
     """The VPC router's fast path (engines.nlb `router_fastpath_ruleset`) for every node of its
     VPC, as each was last applied: one `nft -f`, so it changes all at once."""
-    nodes = [(n.config, n.routable) for n in nlb_nodes if n.config.router_fast_path and n.config.router_ns == router_ns]
+    nodes = [(n.config, n.routable) for n in nlb_nodes if _in_router(n.config) and n.config.router_ns == router_ns]
     run_in(router_ns, ["nft", "-f", "-"], nlb_engine.router_fastpath_ruleset(nodes, update=True))
     fast = [f"{c.node_ip}:{li.port}/{proto}" for c, routable in nodes
             for li, proto, _ in nlb_engine.fast_listeners(c, routable)]
@@ -379,8 +379,14 @@ def apply_router_fast_path(run_in: Callable[..., None], nlb_nodes: list[NlbNode]
 
 
 def _fast_path_routers(nodes: list[NlbNode]) -> list[str]:
-    """The VPC routers that dispatch for some of `nodes`, each once."""
-    return list(dict.fromkeys(n.config.router_ns for n in nodes if n.config.router_fast_path))
+    """The VPC routers that dispatch for some of `nodes`, or pass their endpoints' traffic, each once."""
+    return list(dict.fromkeys(n.config.router_ns for n in nodes if _in_router(n.config)))
+
+
+def _in_router(config: nlb_engine.NodeConfig) -> bool:
+    """Whether the node's VPC router has a part in its table: it dispatches for the node, or the
+    node's interface endpoint links end there."""
+    return config.router_fast_path or bool(config.endpoints)
 
 
 def reapply_router_fast_paths(run_in: Callable[..., None], nlb_nodes: list[NlbNode], routers: list[str]) -> None:
@@ -405,11 +411,15 @@ def delete_connections(run_in: Callable[..., None], node: NlbNode, ip: str, port
 
 
 def _router_connections(config: nlb_engine.NodeConfig) -> list[tuple[str, list[str]]]:
-    """Where else a node's connections live: its VPC router, for those it dispatched for the node."""
+    """Where else a node's connections live: its VPC router, for those it dispatched for the node
+    (its own clients' and its interface endpoints')."""
     if not config.router_fast_path:
         return []
     mark = f"{nlb_engine.FAST_MARK:#x}/{nlb_engine.FAST_MARK:#x}"
-    return [(config.router_ns, ["--orig-dst", config.node_ip, "--mark", mark])]
+    out = [(config.router_ns, ["--orig-dst", config.node_ip, "--mark", mark])]
+    for e in config.endpoints:  # an endpoint's: addressed to its ENI, translated to the node's IP
+        out.append((config.router_ns, ["--reply-dst", config.node_ip, "--mark", f"{e.router_mark:#x}"]))
+    return out
 
 
 def _node_config(lab: Lab, lb: str, az: str) -> nlb_engine.NodeConfig:

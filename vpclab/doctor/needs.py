@@ -29,9 +29,9 @@ def nlb_rulesets(lab: Lab, wiring: Wiring) -> list[str]:
         routable = nlb_engine.listener_routes(config, targets)
         out.append(nlb_engine.node_ruleset(config, routable))
         routers.setdefault(config.router_ns, []).append((config, routable))
-    # the VPC routers' fast path, dispatching for every node of their VPC
+    # the VPC routers' part, dispatching for every node of their VPC and its interface endpoints
     out += [nlb_engine.router_fastpath_ruleset(nodes) for nodes in routers.values()
-            if any(config.router_fast_path for config, _ in nodes)]
+            if any(config.router_fast_path or config.endpoints for config, _ in nodes)]
     return out
 
 

@@ -105,24 +105,36 @@ def endpoint_links(lab: Lab) -> list[EndpointLink]:
     return links
 
 
-INTERFACE_LINKS = IPv4Network("169.254.64.0/18")  # the node's address on each endpoint ENI's veth, from a /30
+INTERFACE_LINKS = IPv4Network("169.254.64.0/18")  # each endpoint ENI's link to its node, a /30: router .1, node .2
 ENDPOINT_MARK = 0x100  # + endpoint link index, in an NLB node: connections from that endpoint
 ENDPOINT_TABLE = 100  # + endpoint link index, in an NLB node: routes their replies back to it
+# In the provider VPC's router, per endpoint link: the connection mark of the connections it dispatches
+# itself (engines.nlb ENDPOINT_FAST_MARK + index, with the fast path's bits: checked as if through the
+# node), and two tables: to the node (what the router does not dispatch) and back to the consumer.
+NLB_FAST_ENDPOINT = 0x40000  # the bit of those marks (engines.nlb ENDPOINT_FAST_MARK)
+ROUTER_ENDPOINT_MARK = 0x30000 | NLB_FAST_ENDPOINT
+ROUTER_ENDPOINT_TABLE = 600  # + 2 * index: to the node; + 1: back to the consumer VPC's router
+ROUTER_ENDPOINT_PREF = 300  # + 4 * index: the link's ip rules, before every ENI's
 
 
 @dataclass(frozen=True)
 class InterfaceLink:
-    """One ENI of an interface endpoint: a veth from the consumer VPC's router straight into the
-    NLB node of its AZ (engines.nlb explains how colliding CIDRs are kept apart there)."""
+    """One ENI of an interface endpoint: a veth from the consumer VPC's router into the provider VPC's
+    router (`router_ifname`), which dispatches the endpoint's connections itself where it can, and a
+    veth from there to the NLB node of its AZ (`ifname`, the same name at both ends), which takes the
+    rest unchanged (engines.nlb explains how colliding CIDRs are kept apart in both)."""
 
     endpoint: VpcEndpoint
     eni: EndpointEni
-    subnet: Subnet
+    subnet: Subnet  # the ENI's, in the consumer VPC
     load_balancer: str
     node_ns: str
-    ifname: str  # the node's side of the veth
-    node_ip: IPv4Address  # the node's own address on it: where the endpoint's PPv2 relays listen
-    index: int  # among the node's endpoint links: its connection mark, reply table and conntrack zone
+    router_ns: str  # the provider VPC's router
+    router_ifname: str  # its side of the consumer router's veth
+    ifname: str  # the veth between the provider router and the node, at both ends
+    router_ip: IPv4Address  # the provider router's address on both its sides
+    node_ip: IPv4Address  # the node's own address on its side: where the endpoint's PPv2 relays listen
+    index: int  # among the provider router's endpoint links: marks, tables and conntrack zone
 
     @property
     def available(self) -> bool:
@@ -140,21 +152,27 @@ class InterfaceLink:
     def zone(self) -> int:  # 0 is the default zone, where the targets' replies are
         return 1 + self.index
 
+    @property
+    def router_mark(self) -> int:
+        return ROUTER_ENDPOINT_MARK + self.index
+
 
 def interface_links(lab: Lab) -> list[InterfaceLink]:
     links = []
     slots = INTERFACE_LINKS.subnets(new_prefix=30)
-    taken: dict[str, set[str]] = {}  # interface names per node namespace
+    taken: dict[str, set[str]] = {}  # interface names per provider router (pl- and pn- share a suffix)
     for ep in lab.vpc_endpoints.values():
         if ep.type != "Interface":
             continue
         for eni in ep.enis:
-            lb = lab.load_balancer_of_endpoint(ep.name, eni.az).name
-            node_ns = nlb_ns(lb, eni.az)
-            names = taken.setdefault(node_ns, {"lo", "eth0"})
-            links.append(InterfaceLink(ep, eni, lab.subnets[eni.subnet], lb, node_ns,
-                                       ifname_for("pl-", f"{ep.name}-{eni.az[-1]}", names),
-                                       next(slots).network_address + 2, len(names) - 3))
+            lb = lab.load_balancer_of_endpoint(ep.name, eni.az)
+            router = router_ns(lb.vpc)
+            names = taken.setdefault(router, set())
+            outer = ifname_for("pl-", f"{ep.name}-{eni.az[-1]}", names)
+            slot = next(slots)
+            links.append(InterfaceLink(ep, eni, lab.subnets[eni.subnet], lb.name, nlb_ns(lb.name, eni.az), router,
+                                       outer, "pn-" + outer[3:], slot.network_address + 1,
+                                       slot.network_address + 2, len(names) - 1))
     return links
 
 
@@ -203,26 +221,42 @@ def single_eni(ip, prefixlen: int, gateway) -> tuple[str, ...]:
 NLB_FAST_MARK = 0x10000  # in a VPC router: connections it dispatched for an NLB node (engines.nlb FAST_MARK)
 
 
-def nlb_fast_path_chains(nlb_nodes: list[Eni], eni_chains: list, jumps_from: list[str], jumps_to: list[str]
-                         ) -> list[str]:
+def nlb_fast_path_chains(nlb_nodes: list[Eni], eni_chains: list, jumps_from: list[str], jumps_to: list[str],
+                         endpoints: list[tuple[int, Eni]] = ()) -> list[str]:
     """A VPC router's checks of the connections it dispatches for NLB nodes (plan.ec2 router_ruleset),
     as if each packet had crossed its node: `nlb_fast_pre`, before any DNAT, the sender's egress
     and the node's ingress (by the connection's original destination, the node's IP);
     `nlb_fast_post`, after SNAT, the node's egress and the receiver's ingress, with the addresses
-    the receiver sees. `eni_chains`: (ENI, its leaving rules, its entering rules)."""
+    the receiver sees. `eni_chains`: (ENI, its leaving rules, its entering rules). `endpoints`:
+    (router mark, node ENI) of each interface endpoint link ending here: those connections come from
+    another VPC (its router checked the consumer's side), are found by their mark, not by their
+    original destination (the ENI's IP, which may be any address here), and are routed by it."""
     to_node = [f"{e.ip} : jump to_{e.chain}" for e, _, entering in eni_chains if entering and e in nlb_nodes]
     from_node = [f"{e.ip} : jump from_{e.chain}" for e, leaving, _ in eni_chains if leaving and e in nlb_nodes]
+    entering_of = {e.id: bool(entering) for e, _, entering in eni_chains}
+    leaving_of = {e.id: bool(leaving) for e, leaving, _ in eni_chains}
+    ep_to = [f"{mark:#x} : goto to_{e.chain}" if entering_of.get(e.id) else f"{mark:#x} : return"
+             for mark, e in endpoints]
+    ep_from = [f"{mark:#x} : jump from_{e.chain}" for mark, e in endpoints if leaving_of.get(e.id)]
+    endpoint = f"ct mark & {NLB_FAST_ENDPOINT:#x} == {NLB_FAST_ENDPOINT:#x}"
     out = ["\tchain nlb_fast_pre {"]
+    if endpoints:
+        out.append(f"\t\t{endpoint} meta mark set ct mark comment \"interface endpoints: routed by mark\"")
     if jumps_from:
         out.append("\t\tiifname vmap { " + ", ".join(jumps_from) + " }")
+    if ep_to:
+        out.append("\t\tct mark vmap { " + ", ".join(ep_to) + " }")
     if to_node:
         out.append("\t\tct original ip daddr vmap { " + ", ".join(to_node) + " }")
     out.append("\t}")
-    if from_node or jumps_to:
+    if from_node or jumps_to or ep_from:
         out += ["\tchain nlb_fast_post {", "\t\ttype filter hook postrouting priority 110; policy accept;",
                 f"\t\tct mark & {NLB_FAST_MARK:#x} != {NLB_FAST_MARK:#x} return"]
+        if ep_from:
+            out.append("\t\tct mark vmap { " + ", ".join(ep_from) + " }")
         if from_node:
-            out.append("\t\tct original ip daddr vmap { " + ", ".join(from_node) + " }")
+            only = f"ct mark & {NLB_FAST_ENDPOINT:#x} == 0 " if endpoints else ""
+            out.append(f"\t\t{only}ct original ip daddr vmap {{ " + ", ".join(from_node) + " }")
         if jumps_to:
             out.append("\t\toifname vmap { " + ", ".join(jumps_to) + " }")
         out.append("\t}")

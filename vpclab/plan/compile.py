@@ -21,8 +21,9 @@ def compile_lab(lab: Lab) -> Wiring:
         own_endpoints = [e for e in endpoints if e.endpoint.vpc == vpc.name]
         parts += [
             ec2.vpc_router(lab, vpc, _enis_of(lab, vpc, interfaces), own_endpoints,
-                           elbv2.router_fast_path(lab, vpc)),
+                           elbv2.router_fast_path(lab, vpc), interfaces),
             privatelink.gwlb_endpoint_links(vpc, own_endpoints),
+            privatelink.interface_endpoint_links(vpc, interfaces),
             elbv2.nodes(lab, vpc, endpoints, interfaces),
             ec2.nat_gateways_and_instances(lab, vpc),
             route53.vpc_resolver(lab, vpc),

@@ -27,8 +27,9 @@ How AWS's behaviour maps onto the ruleset:
   On: the client's own address; the VPC router returns the replies to the node
   by connection mark. Traffic from an interface endpoint is always translated to
   the node's IP (PrivateLink never preserves the client IP).
-- Interface endpoints: each endpoint ENI is a veth from the consumer VPC's router
-  straight into this namespace (no hop of its own). The consumer's and the
+- Interface endpoints: each endpoint ENI is a veth from the consumer VPC's router into the
+  provider VPC's router, which dispatches what it can itself (below) and passes the rest,
+  unchanged, to this namespace over a veth of its own per ENI (no hop of PrivateLink's own). The consumer's and the
   provider's CIDRs may be the same, and two consumers may send identical tuples,
   so every endpoint has a conntrack zone of its own, set by the endpoint link
   before conntrack (`priority raw`) for the original direction only: consumers'
@@ -53,9 +54,15 @@ router twice (plan.elbv2.nlb.router_fast_path), the VPC router itself dispatches
 connections of in-VPC clients to a node, with the node's rules (same pick, same seed, same
 timeouts, SNAT to the node's IP unless the client IP is preserved), in one forwarding pass
 instead of three. Only listeners without Proxy Protocol v2 whose targets all sit inside the
-VPC's CIDR; everything else (health checks, endpoints, relays, RSTs for unknown segments,
-which the router does not dispatch) stays with the node. Its connections carry `FAST_MARK`,
-by which the router's filters (plan.ec2) check them as if they had crossed the node.
+VPC's CIDR; everything else (health checks, relays, RSTs for unknown segments, which the router
+does not dispatch) stays with the node. Its connections carry `FAST_MARK`, by which the router's
+filters (plan.ec2) check them as if they had crossed the node. It does the same for the
+interface endpoints whose links end in it, which saves their connections a forwarding pass
+(consumer router -> provider router -> target): each endpoint link's connections in the link's
+zone, with the link's own mark (`ENDPOINT_FAST_MARK` and the two above), always translated to the
+node's IP; the router routes them by that mark, both ways. What it does not dispatch from an
+endpoint link (PPv2 listeners, unknown segments) passes unchanged to the node, whose endpoint
+rules above take it as if the link ended there; while an endpoint is not `available`, nothing passes.
 """
 from __future__ import annotations
 
@@ -85,8 +92,12 @@ CHAINS = tuple(HOOKS)
 # node's IP. Bits of their own: the router's reply marks (plan.ec2 NLB_REPLY_MARK) stay below.
 FAST_MARK = 0x10000
 FAST_SNAT_MARK = 0x20000
+# In a provider VPC's router: connections from an interface endpoint it dispatched itself (marked
+# with the link's own `router_mark`, which has this bit and the two above, plan.common).
+ENDPOINT_FAST_MARK = 0x40000
 ROUTER_TABLE = "nlb_fastpath"
 ROUTER_HOOKS = {
+    "endpoints": "type filter hook prerouting priority raw; policy accept;",
     "dispatch": "type nat hook prerouting priority dstnat; policy accept;",
     "postrouting": "type nat hook postrouting priority srcnat; policy accept;",
 }
@@ -130,8 +141,10 @@ class EndpointLinkConfig:
     eni_ip: str  # the ENI's IP in the consumer VPC
     link_ip: str  # the node's own address on that veth: where its PPv2 relays listen
     mark: int  # connection mark of its connections; the plan routes it back out `ifname`
-    zone: int  # conntrack zone of its connections' original direction (1..65535, unique in the node)
+    zone: int  # conntrack zone of its connections' original direction (1..65535, unique in node and router)
     available: bool = False
+    router_ifname: str = ""  # the provider router's side of the consumer's veth (`ifname` is its veth to us)
+    router_mark: int = 0  # connection mark of those the router dispatches itself (plan.common)
 
 
 @dataclass(frozen=True)
@@ -250,17 +263,11 @@ def node_ruleset(config: NodeConfig, routable: Mapping[str, Sequence[TargetView]
     """
     here = config.destinations()
     listen = [(li, proto) for li in config.listeners for proto in li.protocols]
-    timeouts = sorted({li.idle_timeout for li, proto in listen if proto == "tcp"})
     endpoints = config.endpoints
     present, relays = chains(config), _relays(config)
     out = _reset(config) if update else []
     out.append(f"table ip {TABLE} {{")
-    for seconds in timeouts:
-        out += [f"\tct timeout tcp_{seconds} {{", "\t\tprotocol tcp; l3proto ip;",
-                f"\t\tpolicy = {{ established: {seconds} }}", "\t}"]
-    if any(proto == "udp" for _, proto in listen):
-        out += ["\tct timeout udp_idle {", "\t\tprotocol udp; l3proto ip;",
-                f"\t\tpolicy = {{ unreplied: {UDP_IDLE_TIMEOUT}, replied: {UDP_IDLE_TIMEOUT} }}", "\t}"]
+    out += _timeouts(listen)
     if endpoints:
         # Before conntrack, on an endpoint link only: its connections' original direction goes in
         # the endpoint's own zone (the reply direction stays in the default zone, where NAT made
@@ -362,6 +369,55 @@ def fast_listeners(config: NodeConfig, routable: Mapping[str, Sequence[TargetVie
     return out
 
 
+def _endpoint_links(nodes: Sequence[tuple[NodeConfig, Mapping[str, Sequence[TargetView]]]]
+                    ) -> list[tuple[NodeConfig, EndpointLinkConfig, list]]:
+    """(node, endpoint link, its fast listeners) of every interface endpoint link ending in the
+    router: a link takes the listeners the router dispatches for its node, none unless available."""
+    return [(config, e, fast_listeners(config, routable) if e.available else [])
+            for config, routable in nodes for e in config.endpoints if e.router_ifname]
+
+
+def _endpoint_chains(links: list[tuple[NodeConfig, EndpointLinkConfig, list]]) -> list[str]:
+    """Per endpoint link, its regular chains, before conntrack: `link_…` (from the consumer) puts
+    what the router dispatches in the link's zone for the original direction only (the targets'
+    replies, made unique by SNAT, come back in the default zone), everything else, which passes
+    unchanged to the node, in the link's zone both ways, as `back_…` (from the node) does its replies:
+    colliding consumers stay apart either way, and a connection keeps its entry when its listener
+    moves from one kind to the other (a live change). Nothing passes while the endpoint is not
+    `available`. `dispatch_link_…`: its connections' first packets, dispatched as the node would,
+    with the link's mark (routing and SNAT)."""
+    out = []
+    for config, e, fast in links:
+        out.append(f"\tchain {_link_chain(e)} {{")
+        for proto in ("tcp", "udp"):
+            ports = sorted({li.port for li, p, _ in fast if p == proto})
+            if ports:
+                out.append(f"\t\tip daddr {e.eni_ip} {proto} dport {_set([str(p) for p in ports])} "
+                           f"ct original zone set {e.zone} accept comment \"{e.vpc_endpoint_id}\"")
+        out += [f"\t\tct zone set {e.zone}" if e.available else "\t\tdrop comment \"not available\"", "\t}",
+                f"\tchain back_{_link_chain(e)} {{", f"\t\tct zone set {e.zone}", "\t}",
+                f"\tchain dispatch_{_link_chain(e)} {{"]
+        for li, proto, targets in fast:
+            timeout = f"tcp_{li.idle_timeout}" if proto == "tcp" else "udp_idle"
+            out.append(f"\t\tip daddr {e.eni_ip} {proto} dport {li.port} ct timeout set \"{timeout}\" "
+                       f"ct mark set {e.router_mark:#x} meta mark set {e.router_mark:#x} "
+                       f"{_pick(li, proto, targets, config.hash_seed)}")
+        out.append("\t}")
+    return out
+
+
+def _timeouts(listeners: list[tuple[ListenerConfig, str]]) -> list[str]:
+    """The conntrack timeout objects of these (listener, protocol): never deleted, connections use them."""
+    out = []
+    for seconds in sorted({li.idle_timeout for li, proto in listeners if proto == "tcp"}):
+        out += [f"\tct timeout tcp_{seconds} {{", "\t\tprotocol tcp; l3proto ip;",
+                f"\t\tpolicy = {{ established: {seconds} }}", "\t}"]
+    if any(proto == "udp" for _, proto in listeners):
+        out += ["\tct timeout udp_idle {", "\t\tprotocol udp; l3proto ip;",
+                f"\t\tpolicy = {{ unreplied: {UDP_IDLE_TIMEOUT}, replied: {UDP_IDLE_TIMEOUT} }}", "\t}"]
+    return out
+
+
 def router_fastpath_ruleset(nodes: Sequence[tuple[NodeConfig, Mapping[str, Sequence[TargetView]]]],
                             update: bool = False) -> str:
     """The VPC router's `nlb_fastpath` table for the nodes of one VPC, each with its `routable`.
@@ -369,31 +425,46 @@ def router_fastpath_ruleset(nodes: Sequence[tuple[NodeConfig, Mapping[str, Seque
     A new connection from an in-VPC client (not from the internet gateway) to a fast listener is
     dispatched as its node would (`_pick` with the node's seed, its timeout objects), marked
     `FAST_MARK` (and `FAST_SNAT_MARK` when the target must see the node's IP), and translated to
-    the node's IP on its way out. A segment that is neither a SYN nor known goes on to the node,
-    which resets it. With no fast listener, the table keeps only its timeout objects: no nat hook
-    in the router at all. `update` resets the chains in the same transaction, as `node_ruleset`'s.
+    the node's IP on its way out. So is one from an interface endpoint whose link ends here, with
+    its link's mark (always translated: PrivateLink never preserves the client IP). A segment that
+    is neither a SYN nor known goes on to the node, which resets it. With no fast listener, its nat
+    chains stay (the connections it dispatched keep their translation: conntrack applies it only at
+    a nat hook), empty but for their first rules; a VPC whose router never dispatches (its routes
+    send flows through it twice) has none: only the chains that zone what its endpoint links pass. `update` resets the chains in the same
+    transaction, as `node_ruleset`'s.
     """
     fast = [(config, li, proto, targets) for config, routable in nodes
             for li, proto, targets in fast_listeners(config, routable)]
-    timeouts = sorted({li.idle_timeout for _, li, proto, _ in fast if proto == "tcp"})
+    links = _endpoint_links(nodes)
+    dispatching = [(config, e) for config, e, listeners in links if listeners]
+    # The nat hooks stay while the router may dispatch at all, even with nothing to dispatch now:
+    # conntrack translates the packets of the connections it dispatched only where a nat chain is.
+    dispatches = any(config.router_fast_path for config, _ in nodes)
+    needed = {"endpoints": bool(links), "dispatch": dispatches, "postrouting": dispatches}
     out = []
     if update:
         out.append(f"add table ip {ROUTER_TABLE}")
+        for _, e, _ in links:  # links never change while a lab is up, only what they carry
+            for chain in (_link_chain(e), f"back_{_link_chain(e)}", f"dispatch_{_link_chain(e)}"):
+                out += [f"add chain ip {ROUTER_TABLE} {chain}", f"flush chain ip {ROUTER_TABLE} {chain}"]
         for chain, hook in ROUTER_HOOKS.items():
             out += [f"add chain ip {ROUTER_TABLE} {chain} {{ {hook} }}", f"flush chain ip {ROUTER_TABLE} {chain}"]
-            if not fast:
+            if not needed[chain]:
                 out.append(f"delete chain ip {ROUTER_TABLE} {chain}")
     out.append(f"table ip {ROUTER_TABLE} {{")
-    for seconds in timeouts:
-        out += [f"\tct timeout tcp_{seconds} {{", "\t\tprotocol tcp; l3proto ip;",
-                f"\t\tpolicy = {{ established: {seconds} }}", "\t}"]
-    if any(proto == "udp" for _, _, proto, _ in fast):
-        out += ["\tct timeout udp_idle {", "\t\tprotocol udp; l3proto ip;",
-                f"\t\tpolicy = {{ unreplied: {UDP_IDLE_TIMEOUT}, replied: {UDP_IDLE_TIMEOUT} }}", "\t}"]
-    if fast:
+    out += _timeouts([(li, proto) for _, li, proto, _ in fast])
+    out += _endpoint_chains(links)
+    if links:
+        jumps = ", ".join(f"\"{e.router_ifname}\" : goto {_link_chain(e)}, \"{e.ifname}\" : goto back_{_link_chain(e)}"
+                          for _, e, _ in links)
+        out += ["\tchain endpoints {", f"\t\t{ROUTER_HOOKS['endpoints']}", f"\t\tiifname vmap {{ {jumps} }}", "\t}"]
+    if dispatches:
         out += ["\tchain dispatch {", f"\t\t{ROUTER_HOOKS['dispatch']}",
                 "\t\tiifname \"igw\" return comment \"in-VPC clients only\"",
                 "\t\ttcp flags & (fin | syn | rst | ack) != syn return comment \"unknown: the node resets it\""]
+        if dispatching:  # never a node's own rule: an ENI's IP may be any address, a node's too
+            jumps = ", ".join(f"\"{e.router_ifname}\" : goto dispatch_{_link_chain(e)}" for _, e in dispatching)
+            out.append(f"\t\tiifname vmap {{ {jumps} }}")
         for config, li, proto, targets in fast:
             timeout = f"tcp_{li.idle_timeout}" if proto == "tcp" else "udp_idle"
             mark = FAST_MARK if li.preserve_client_ip else FAST_MARK | FAST_SNAT_MARK
@@ -402,6 +473,10 @@ def router_fastpath_ruleset(nodes: Sequence[tuple[NodeConfig, Mapping[str, Seque
         out += ["\t}", "\tchain postrouting {", f"\t\t{ROUTER_HOOKS['postrouting']}"]
         for ip in sorted({config.node_ip for config, *_ in fast}, key=ip_address):
             out.append(f"\t\tct mark {FAST_MARK | FAST_SNAT_MARK:#x} ct original ip daddr {ip} snat ip to {ip}")
+        if dispatching:
+            nodes_of = ", ".join(f"{e.router_mark:#x} : {config.node_ip}" for config, e in dispatching)
+            out.append(f"\t\tct mark & {ENDPOINT_FAST_MARK:#x} == {ENDPOINT_FAST_MARK:#x} "
+                       f"snat ip to ct mark map {{ {nodes_of} }} comment \"PrivateLink: targets see the node\"")
         out.append("\t}")
     out.append("}")
     return "\n".join(out) + "\n"

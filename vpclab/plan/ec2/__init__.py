@@ -34,13 +34,14 @@ from vpclab.plan.common import (
     VPC_MTU,
     Eni,
     EndpointLink,
+    InterfaceLink,
     ifname_for,
     igw_ns,
     nat_ns,
     router_ns,
     single_eni,
 )
-from vpclab.plan import transit_gateway
+from vpclab.plan import privatelink, transit_gateway
 from vpclab.plan.ec2.security import NLB_REPLY_MARK, nlb_node_enis, router_ruleset
 from vpclab.plan.wiring import Link, Namespace, Service, Wiring
 
@@ -101,14 +102,16 @@ def _internet_gateway_of(lab: Lab, vpc: Vpc):
 
 
 def vpc_router(lab: Lab, vpc: Vpc, enis: list[Eni], own_endpoints: list[EndpointLink],
-               nlb_fast_path: bool = False) -> Wiring:
+               nlb_fast_path: bool = False, interfaces: tuple[InterfaceLink, ...] | list = ()) -> Wiring:
     """The VPC's router and a veth from each of its ENIs (`enis`: every service's) to it;
-    `nlb_fast_path`: it dispatches its clients' NLB connections itself (plan.elbv2.router_fast_path)."""
+    `nlb_fast_path`: it dispatches its clients' NLB connections itself (plan.elbv2.router_fast_path);
+    `interfaces`: every interface endpoint link, those whose service this VPC provides end here."""
     igw = _internet_gateway_of(lab, vpc)
     links: list[Link] = []
     for eni in enis:
         links.append(Link(eni.owner_ns, eni.owner_ifname, router_ns(vpc.name), eni.ifname, VPC_MTU))
-    return Wiring((_router(lab, vpc, enis, igw, own_endpoints, nlb_fast_path),), tuple(links))
+    provided = [link for link in interfaces if link.router_ns == router_ns(vpc.name)]
+    return Wiring((_router(lab, vpc, enis, igw, own_endpoints, nlb_fast_path, provided),), tuple(links))
 
 
 def nat_gateways_and_instances(lab: Lab, vpc: Vpc) -> Wiring:
@@ -163,7 +166,7 @@ class Internet:
 
 
 def _router(lab: Lab, vpc: Vpc, enis: list[Eni], igw, endpoints: list[EndpointLink],
-            nlb_fast_path: bool = False) -> Namespace:
+            nlb_fast_path: bool = False, provided: list[InterfaceLink] | None = None) -> Namespace:
     tables = {rt.name: FIRST_AWS_TABLE + i for i, rt in enumerate(
         rt for rt in lab.route_tables.values() if rt.vpc == vpc.name)}
     # A table with a route to a transit gateway is one per AZ: the route leaves by that AZ's ENI.
@@ -216,6 +219,7 @@ def _router(lab: Lab, vpc: Vpc, enis: list[Eni], igw, endpoints: list[EndpointLi
         # replies to connections an NLB node forwarded with the client's address go back through it
         batch += [f"route add default via {eni.ip} dev {eni.ifname} onlink table {NLB_REPLY_TABLE + i}",
                   f"rule add pref {100 + i} fwmark {NLB_REPLY_MARK + i:#x} lookup {NLB_REPLY_TABLE + i}"]
+    batch += privatelink.provider_router_batch(provided or [], ENI_TABLE)
     batch += [
         f"rule add pref 2000 lookup {ENI_TABLE}",
         "rule add pref 2001 blackhole",  # no route: dropped silently, as at AWS
@@ -226,7 +230,7 @@ def _router(lab: Lab, vpc: Vpc, enis: list[Eni], igw, endpoints: list[EndpointLi
         kind="router",
         sysctls=BASE_SYSCTLS + FORWARDING + PROXY_ARP + ACCEPT_LOCAL,
         ip_batch=tuple(batch),
-        nft=router_ruleset(lab, vpc, enis, tuple(own), nlb_fast_path),
+        nft=router_ruleset(lab, vpc, enis, tuple(own), nlb_fast_path, provided or []),
         iptables=KEEP_TTL,
         # the GWLB node relays these packets raw: no partial checksums, no GSO super-packets
         tx_offload_off=tuple(e.ifname for e in endpoints),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from ipaddress import IPv4Address
 
 from vpclab.model.resources import Lab, NaclEntry, NetworkAcl, SgRule, Vpc
-from vpclab.plan.common import NLB_FAST_MARK, Eni, nlb_fast_path_chains
+from vpclab.plan.common import NLB_FAST_MARK, Eni, InterfaceLink, nlb_fast_path_chains
 
 NLB_REPLY_MARK = 0x100  # + node index: replies to preserved-client connections go back to their node
 
@@ -66,14 +66,16 @@ def _nacl_chain(acl: NetworkAcl, egress: bool) -> list[str]:
     return lines
 
 
-def router_ruleset(lab: Lab, vpc: Vpc, enis: list[Eni], own: tuple[str, ...] = (), nlb_fast_path: bool = False) -> str:
+def router_ruleset(lab: Lab, vpc: Vpc, enis: list[Eni], own: tuple[str, ...] = (), nlb_fast_path: bool = False,
+                   provided: list[InterfaceLink] = ()) -> str:
     """The router's table; `own` are its addresses, which no packet may come from (ACCEPT_LOCAL).
 
     With `nlb_fast_path`, the router may itself NAT connections to NLB nodes (the daemon's
     `nlb_fastpath` table, engines.nlb), and checks them as if they had crossed the node: the
     client's egress and the node's ingress against the node's address before any DNAT, the
     node's egress and the target's ingress after SNAT (postrouting), both ways, each packet
-    (network ACLs are stateless); the forward chain leaves them alone."""
+    (network ACLs are stateless); the forward chain leaves them alone. `provided`: the interface
+    endpoint links whose connections it dispatches for this VPC's nodes in the same way."""
     groups = {n: sg for n, sg in lab.security_groups.items() if sg.vpc == vpc.name}
     group_ids = {n: sg.id for n, sg in groups.items()}
     members: dict[str, list[IPv4Address]] = {n: [] for n in groups}
@@ -134,7 +136,9 @@ def router_ruleset(lab: Lab, vpc: Vpc, enis: list[Eni], own: tuple[str, ...] = (
         out += [f"\t\tct state new ct mark set iifname map {{ {marks} }}",
                 "\t\tct direction reply ct mark != 0 meta mark set ct mark", "\t}"]
     if fast:
-        out += nlb_fast_path_chains(nlb_nodes, eni_chains, jumps_from, jumps_to)
+        node_of = {e.owner_ns: e for e in nlb_nodes}
+        endpoints = [(link.router_mark, node_of[link.node_ns]) for link in provided if link.node_ns in node_of]
+        out += nlb_fast_path_chains(nlb_nodes, eni_chains, jumps_from, jumps_to, endpoints)
     out += ["\tchain forward {", "\t\ttype filter hook forward priority filter; policy accept;"]
     if fast:
         out.append(f"\t\tct mark & {NLB_FAST_MARK:#x} == {NLB_FAST_MARK:#x} accept comment \"NLB fast path: checked "

@@ -7,7 +7,6 @@ from vpclab.plan.common import (
     ACCEPT_LOCAL,
     BASE_SYSCTLS,
     FORWARDING,
-    PROXY_ARP,
     InterfaceLink,
     interface_links,
     nlb_ns,
@@ -72,7 +71,8 @@ def nlb_node_config(lab: Lab, lb_name: str, az: str) -> dict:
         })
     endpoints = [{"vpc_endpoint_id": link.endpoint.id, "ifname": link.ifname, "eni_ip": str(link.eni.ip),
                   "link_ip": str(link.node_ip), "mark": link.mark, "zone": link.zone,
-                  "available": link.available}
+                  "available": link.available, "router_ifname": link.router_ifname,
+                  "router_mark": link.router_mark}
                  for link in interface_links(lab) if link.node_ns == nlb_ns(lb_name, az)]
     vpc = lab.vpcs[lb.vpc]
     return {"load_balancer": lb_name, "availability_zone": az, "node_ip": str(node.private_ip),
@@ -82,8 +82,8 @@ def nlb_node_config(lab: Lab, lb_name: str, az: str) -> dict:
 
 def nlb_node(lab: Lab, lb: LoadBalancer, node, interfaces: list[InterfaceLink]) -> Namespace:
     """The node's namespace; its ruleset is the daemon's (engines.nlb): it follows target health.
-    Each interface endpoint ENI of its AZ is a veth into it: the node answers ARP for the ENI's
-    IP there (proxy ARP) and routes that endpoint's replies back out by connection mark."""
+    Each interface endpoint ENI of its AZ reaches it through the VPC router, on a veth of its own
+    (plan.privatelink): the node routes that endpoint's replies back out of it by connection mark."""
     subnet = lab.subnets[node.subnet]
     batch = list(single_eni(node.private_ip, subnet.cidr.prefixlen, subnet.router_ip))
     own = [link for link in interfaces if link.node_ns == nlb_ns(lb.name, node.az)]
@@ -92,11 +92,10 @@ def nlb_node(lab: Lab, lb: LoadBalancer, node, interfaces: list[InterfaceLink]) 
               f"rule add pref 99 fwmark {RELAY_MARK:#x} lookup {RELAY_TABLE}"]
     for link in own:
         batch += [f"link set {link.ifname} up", f"addr add {link.node_ip}/30 dev {link.ifname}",
-                  f"ntable change name arp_cache dev {link.ifname} proxy_delay 0",
-                  f"route add default via {link.subnet.router_ip} dev {link.ifname} onlink table {link.table}",
+                  f"route add default via {link.router_ip} dev {link.ifname} onlink table {link.table}",
                   f"rule add pref {100 + link.index} fwmark {link.mark:#x} lookup {link.table}"]
     return Namespace(name=nlb_ns(lb.name, node.az), kind="nlb",
-                     sysctls=BASE_SYSCTLS + FORWARDING + ACCEPT_LOCAL + (PROXY_ARP if own else ()),
+                     sysctls=BASE_SYSCTLS + FORWARDING + ACCEPT_LOCAL,
                      ip_batch=tuple(batch))
 
 
