@@ -22,6 +22,25 @@ ratio ALB/direct for requests/s. Target: at least 0.6x direct. Measured on a 2-C
 HAProxy alone reached 0.59x with the load average near 0 (HAProxy's default threads, one per
 CPU), and 0.30x-0.49x with the load average at 2.6-2.9 (other labs running; rounds of one run
 spread 0.25x-0.68x), so a figure is only worth comparing against the reference of its own run.
+
+What bounds the ratio (issue 16, measured with perf cpu-clock samples per process, load
+average 1.5-1.9, rounds where other work took under 5% of the CPUs): the paths are CPU-bound,
+and a request costs direct ~31 us of CPU (wrk 15.5, nginx 15.1: 62,700 requests/s), HAProxy
+alone ~67 us (HAProxy 33, of which ~11 us user space and ~22 us kernel: its two sends each
+carry a router crossing and the peer's TCP receive; 0.45x) and the ALB ~72 us (its HAProxy
+38: 0.41x). A proxied request has twice the sends, receives and router crossings of a direct
+one (the router forwards 4.0 packets per request against 2.0), so even an HAProxy spending
+nothing in user space would stay near 31 / (34 + 22) = 0.55x; a cheaper router lowers both
+paths and the ratio with them (router work is ~15% of the CPU on every path). HAProxy over
+loopback in one namespace, no router at all, gave the same 0.45x-0.48x. The ALB's rules and
+headers cost 44,100 instructions per request against 27,200 for HAProxy alone (callgrind,
+wrk -c8): X-Amzn-Trace-Id 5,650 (the id's four samples 2,450), X-Forwarded-For 3,460,
+X-Forwarded-Proto/Port 2,600, the backend's 502/504/503 lines 1,630, Host 1,290, the rule
+variable 1,330, TRACE/463 refusals 860; each HAProxy action costs ~1,300 whatever its kind
+(`option forwardfor if-none` cost as much as the rules it replaced). Two threads per node
+spent more CPU per request and served fewer requests/s (alb 22,800-23,900 against
+26,000-27,700). Runs of this bench at load 1.5-1.8: alb/direct 0.46x-0.48x, haproxy/direct
+0.39x-0.49x.
 """
 from __future__ import annotations
 
