@@ -29,7 +29,7 @@ How AWS's behaviour maps onto the ruleset:
   the node's IP (PrivateLink never preserves the client IP).
 - Interface endpoints: each endpoint ENI is a veth from the consumer VPC's router into the
   provider VPC's router, which dispatches what it can itself (below) and passes the rest,
-  unchanged, to this namespace over a veth of its own per ENI (no hop of PrivateLink's own). The consumer's and the
+  unchanged, to this namespace over a veth of its own per ENI. The consumer's and the
   provider's CIDRs may be the same, and two consumers may send identical tuples,
   so every endpoint has a conntrack zone of its own, set by the endpoint link
   before conntrack (`priority raw`) for the original direction only: consumers'
@@ -300,7 +300,7 @@ def node_ruleset(config: NodeConfig, routable: Mapping[str, Sequence[TargetView]
             continue
         match = f"{here} {proto} dport {li.port}"
         # the idle timeout of the connection conntrack has just created (it takes no template before it)
-        timeout = f"ct timeout set \"{f'tcp_{li.idle_timeout}' if proto == 'tcp' else 'udp_idle'}\" "
+        timeout = f"ct timeout set \"{_timeout_name(li, proto)}\" "
         if li in relays and proto == "tcp":
             # to the relay on the address of the interface the client came in on: the node's IP,
             # or an endpoint's link address
@@ -398,12 +398,16 @@ def _endpoint_chains(links: list[tuple[NodeConfig, EndpointLinkConfig, list]]) -
                 f"\tchain back_{_link_chain(e)} {{", f"\t\tct zone set {e.zone}", "\t}",
                 f"\tchain dispatch_{_link_chain(e)} {{"]
         for li, proto, targets in fast:
-            timeout = f"tcp_{li.idle_timeout}" if proto == "tcp" else "udp_idle"
-            out.append(f"\t\tip daddr {e.eni_ip} {proto} dport {li.port} ct timeout set \"{timeout}\" "
+            out.append(f"\t\tip daddr {e.eni_ip} {proto} dport {li.port} ct timeout set \"{_timeout_name(li, proto)}\" "
                        f"ct mark set {e.router_mark:#x} meta mark set {e.router_mark:#x} "
                        f"{_pick(li, proto, targets, config.hash_seed)}")
         out.append("\t}")
     return out
+
+
+def _timeout_name(li: ListenerConfig, proto: str) -> str:
+    """The timeout object (`_timeouts`) a listener's new connections take."""
+    return f"tcp_{li.idle_timeout}" if proto == "tcp" else "udp_idle"
 
 
 def _timeouts(listeners: list[tuple[ListenerConfig, str]]) -> list[str]:
@@ -430,8 +434,8 @@ def router_fastpath_ruleset(nodes: Sequence[tuple[NodeConfig, Mapping[str, Seque
     is neither a SYN nor known goes on to the node, which resets it. With no fast listener, its nat
     chains stay (the connections it dispatched keep their translation: conntrack applies it only at
     a nat hook), empty but for their first rules; a VPC whose router never dispatches (its routes
-    send flows through it twice) has none: only the chains that zone what its endpoint links pass. `update` resets the chains in the same
-    transaction, as `node_ruleset`'s.
+    send flows through it twice) has none: only the chains that zone what its endpoint links
+    pass. `update` resets the chains in the same transaction, as `node_ruleset`'s.
     """
     fast = [(config, li, proto, targets) for config, routable in nodes
             for li, proto, targets in fast_listeners(config, routable)]
@@ -466,7 +470,7 @@ def router_fastpath_ruleset(nodes: Sequence[tuple[NodeConfig, Mapping[str, Seque
             jumps = ", ".join(f"\"{e.router_ifname}\" : goto dispatch_{_link_chain(e)}" for _, e in dispatching)
             out.append(f"\t\tiifname vmap {{ {jumps} }}")
         for config, li, proto, targets in fast:
-            timeout = f"tcp_{li.idle_timeout}" if proto == "tcp" else "udp_idle"
+            timeout = _timeout_name(li, proto)
             mark = FAST_MARK if li.preserve_client_ip else FAST_MARK | FAST_SNAT_MARK
             out.append(f"\t\tip daddr {config.node_ip} {proto} dport {li.port} ct timeout set \"{timeout}\" "
                        f"ct mark set {mark:#x} {_pick(li, proto, targets, config.hash_seed)}")
