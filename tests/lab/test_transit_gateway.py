@@ -3,6 +3,8 @@ an appliance then a NAT gateway, east-west inspected, appliance mode's symmetry 
 route tables and live changes, blackholes, an AZ without an attachment subnet, MTU 8,500."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from conftest import ROOT, start_capture, target_states, wait_for
@@ -177,6 +179,36 @@ def test_live_static_blackhole_route_and_propagation_changes(tgw):
     refused = tgw.vpclab("delete-transit-gateway-route", "inspected", "--destination-cidr-block", "10.9.0.0/16",
                          "--lab", tgw.name, check=False)
     assert refused.returncode != 0 and "InvalidRoute.NotFound" in refused.stdout + refused.stderr
+
+
+def test_live_static_routes_to_attachments_and_static_over_propagated(tgw):
+    app2a = f"http://{ip(tgw, 'app2-a')}/"
+    # spoke: static routes straight to the other application VPC, both ways: east-west skips inspection
+    for cidr, attachment in (("10.2.0.0/16", "app2-attach"), ("10.1.0.0/16", "app1-attach")):
+        change(tgw, "create-transit-gateway-route", "spoke", "--destination-cidr-block", cidr,
+               "--transit-gateway-attachment-id", attachment)
+    try:
+        before = appliance_packets(tgw)
+        assert tgw.curl("app1-a", app2a).startswith("app2-a ")
+        assert sum(delta(before, appliance_packets(tgw)).values()) == 0
+    finally:
+        for cidr in ("10.2.0.0/16", "10.1.0.0/16"):
+            change(tgw, "delete-transit-gateway-route", "spoke", "--destination-cidr-block", cidr)
+    before = appliance_packets(tgw)
+    assert tgw.curl("app1-a", app2a).startswith("app2-a ")
+    assert sum(delta(before, appliance_packets(tgw)).values()) >= 10  # inspected again
+    # inspected: a blackhole for exactly app2's propagated CIDR replaces the propagated route
+    change(tgw, "create-transit-gateway-route", "inspected", "--destination-cidr-block", "10.2.0.0/16",
+           "--blackhole")
+    try:
+        shown = json.loads(tgw.vpclab("routes", "inspected", "--json", "--lab", tgw.name).stdout)
+        assert shown["AdditionalRoutesAvailable"] is False
+        assert [r for r in shown["Routes"] if r["DestinationCidrBlock"] == "10.2.0.0/16"] == [
+            {"DestinationCidrBlock": "10.2.0.0/16", "Type": "static", "State": "blackhole"}]
+        assert tgw.curl("app1-a", app2a, timeout=2) == ""
+    finally:
+        change(tgw, "delete-transit-gateway-route", "inspected", "--destination-cidr-block", "10.2.0.0/16")
+    assert tgw.curl("app1-a", app2a).startswith("app2-a ")  # the propagated route is back
 
 
 def test_an_az_without_an_attachment_subnet_cannot_reach_the_transit_gateway(tgw):

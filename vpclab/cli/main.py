@@ -281,7 +281,8 @@ def cmd_routes(args) -> int:
                        f"(the lab has: {known})")
     routes = found["routes"]
     if args.json:
-        print(json.dumps({"Routes": routes}, indent=2))
+        # the lab holds every route at once: nothing is left for a next page
+        print(json.dumps({"Routes": routes, "AdditionalRoutesAvailable": False}, indent=2))
         return 0
     rows = [["DESTINATION", "ATTACHMENT", "RESOURCE", "TYPE", "STATE"]]
     for r in routes:
