@@ -1,6 +1,7 @@
 """Transit gateways, proven with real traffic in examples/gwlb-centralized-tgw.yaml: egress through
 an appliance then a NAT gateway, east-west inspected, appliance mode's symmetry (and its absence),
-route tables and live changes, blackholes, an AZ without an attachment subnet, MTU 8,500."""
+route tables and live changes, blackholes, the overlap rule, an AZ without an attachment subnet,
+MTU 8,500."""
 from __future__ import annotations
 
 import json
@@ -13,8 +14,31 @@ pytestmark = pytest.mark.lab
 EXAMPLE = ROOT / "examples" / "gwlb-centralized-tgw.yaml"
 
 # The example, plus: a UDP echo on app2-c (a flow held as long as a test likes), a TCP sink on
-# app2-a that answers with the byte count, and app1-d in an AZ where app1's attachment has no subnet.
+# app2-a that answers with the byte count, app1-d in an AZ where app1's attachment has no subnet,
+# and app3, whose 10.2.128.0/17 overlaps app2's propagated CIDR (so it is not propagated).
 EXTRAS = {
+    "  egress: {CidrBlock: 10.20.0.0/16}":
+        "  egress: {CidrBlock: 10.20.0.0/16}\n  app3: {CidrBlock: 10.2.128.0/17}",
+    "  egress-public-c: {VpcId: egress, AvailabilityZone: c, CidrBlock: 10.20.2.0/24}":
+        "  egress-public-c: {VpcId: egress, AvailabilityZone: c, CidrBlock: 10.20.2.0/24}\n"
+        "  app3-tgw-a: {VpcId: app3, AvailabilityZone: a, CidrBlock: 10.2.128.0/28}\n"
+        "  app3-private-a: {VpcId: app3, AvailabilityZone: a, CidrBlock: 10.2.129.0/24}",
+    "  egress-attach: {TransitGatewayId: tgw, VpcId: egress, SubnetIds: [egress-tgw-a, egress-tgw-c]}":
+        "  egress-attach: {TransitGatewayId: tgw, VpcId: egress, SubnetIds: [egress-tgw-a, egress-tgw-c]}\n"
+        "  app3-attach: {TransitGatewayId: tgw, VpcId: app3, SubnetIds: [app3-tgw-a]}",
+    "    Associations: [app1-attach, app2-attach, egress-attach]":
+        "    Associations: [app1-attach, app2-attach, egress-attach, app3-attach]",
+    "    Propagations: [app1-attach, app2-attach, egress-attach]":
+        "    Propagations: [app1-attach, app2-attach, egress-attach, app3-attach]",
+    "  sec-tgw-a-rt:\n":
+        "  app3-rt:\n    VpcId: app3\n    Main: true\n    Routes:\n"
+        "      - {DestinationCidrBlock: 0.0.0.0/0, TransitGatewayId: tgw}\n  sec-tgw-a-rt:\n",
+    "  appliance-sg:\n":
+        "  app3-sg:\n    VpcId: app3\n    SecurityGroupIngress:\n      - {IpProtocol: -1, CidrIp: 10.0.0.0/8}\n"
+        "  appliance-sg:\n",
+    "  app1-a: {SubnetId: app1-private-a, SecurityGroupIds: [app1-sg]}":
+        "  app1-a: {SubnetId: app1-private-a, SecurityGroupIds: [app1-sg]}\n"
+        "  app3-a: {SubnetId: app3-private-a, SecurityGroupIds: [app3-sg]}",
     "  app2-c: {SubnetId: app2-private-c, SecurityGroupIds: [app2-sg]}":
         "  app2-c:\n    SubnetId: app2-private-c\n    SecurityGroupIds: [app2-sg]\n"
         "    Run: [\"socat UDP4-RECVFROM:7,reuseaddr,fork PIPE\"]",
@@ -90,6 +114,15 @@ def change(lab, *args: str) -> None:
     lab.vpclab(*args, "--lab", lab.name)
 
 
+def propagation(lab, verb: str, attachment: str) -> None:
+    change(lab, f"{verb}-transit-gateway-route-table-propagation", "inspected",
+           "--transit-gateway-attachment-id", attachment)
+
+
+def inspected_routes(lab) -> str:
+    return lab.vpclab("routes", "inspected", "--lab", lab.name).stdout
+
+
 def test_egress_crosses_an_appliance_then_the_nat_gateway_of_its_az(tgw):
     status = tgw.status()
     eips = {n["subnet"][-1]: n["public_ip"] for n in status["nat_gateways"]}  # AZ letter -> EIP
@@ -112,10 +145,15 @@ def test_east_west_between_the_application_vpcs_is_inspected(tgw):
 def test_appliance_mode_keeps_both_directions_on_one_appliance_and_off_it_splits_them(tgw):
     """app1-a (AZ a) to app2-c (AZ c): without appliance mode the request is inspected in AZ a
     and the reply in AZ c, as on AWS."""
-    for sport in (42001, 42002, 42003, 42004):
+    used = set()
+    for sport in range(42101, 42113):
         before = appliance_packets(tgw)
         assert udp_exchange(tgw, sport, 5) == 5
-        assert sorted(delta(before, appliance_packets(tgw)).values()) == [0, 10], sport
+        counts = delta(before, appliance_packets(tgw))
+        assert sorted(counts.values()) == [0, 10], sport
+        used |= {name for name, n in counts.items() if n}
+    # the hash, not the ingress AZ, picks: twelve flows all on one appliance has odds of 1 in 2,048
+    assert used == {"appliance-a", "appliance-c"}
     change(tgw, "modify-transit-gateway-vpc-attachment", "security-attach", "--options",
            "ApplianceModeSupport=disable")
     try:
@@ -147,7 +185,8 @@ def test_routes_and_status_show_route_tables_propagations_and_the_endpoint_servi
         ("10.20.0.0/16", ids["egress-attach"], "propagated", "active")]
     spoke = next(t for t in gateway["route_tables"] if t["name"] == "spoke")
     assert spoke["id"].startswith("tgw-rtb-0") and spoke["propagations"] == []
-    assert spoke["associations"] == [ids["app1-attach"], ids["app2-attach"], ids["egress-attach"]]
+    assert spoke["associations"] == [ids["app1-attach"], ids["app2-attach"], ids["egress-attach"],
+                                     ids["app3-attach"]]
     assert gateway["id"].startswith("tgw-0") and gateway["default_route_table_association"] == "disable"
     service = status["vpc_endpoint_services"][0]
     assert service["service_name"] == f"com.amazonaws.vpce.ap-northeast-1.{service['id']}"
@@ -158,6 +197,8 @@ def test_routes_and_status_show_route_tables_propagations_and_the_endpoint_servi
 def test_live_static_blackhole_route_and_propagation_changes(tgw):
     app2c = f"http://{ip(tgw, 'app2-c')}/"
     app2a = f"http://{ip(tgw, 'app2-a')}/"
+    app3a = f"http://{ip(tgw, 'app3-a')}/"
+    assert tgw.curl("app1-a", app3a, timeout=2) == ""  # app3's CIDR overlaps app2's: not propagated
     change(tgw, "create-transit-gateway-route", "inspected", "--destination-cidr-block", "10.2.2.0/24",
            "--blackhole")
     try:
@@ -167,15 +208,25 @@ def test_live_static_blackhole_route_and_propagation_changes(tgw):
     finally:
         change(tgw, "delete-transit-gateway-route", "inspected", "--destination-cidr-block", "10.2.2.0/24")
     assert tgw.curl("app1-a", app2c).startswith("app2-c ")
-    change(tgw, "disable-transit-gateway-route-table-propagation", "inspected",
-           "--transit-gateway-attachment-id", "app2-attach")
+    propagation(tgw, "disable", "app2-attach")
     try:
         # 10.2.0.0/16 gone: the default route sends it to the egress VPC, whose NAT has no way there
         assert tgw.curl("app1-a", app2a, timeout=2) == ""
+        # and app3's overlapping 10.2.128.0/17, held back while app2's CIDR was propagated, now is
+        assert "10.2.128.0/17" in inspected_routes(tgw)
+        assert tgw.curl("app1-a", app3a).startswith("app3-a ")
     finally:
-        change(tgw, "enable-transit-gateway-route-table-propagation", "inspected",
-               "--transit-gateway-attachment-id", "app2-attach")
+        propagation(tgw, "enable", "app2-attach")
+        # app3's CIDR is the one already propagated now: app2's overlapping one waits
+        try:
+            assert "10.2.128.0/17" in inspected_routes(tgw) and "10.2.0.0/16" not in inspected_routes(tgw)
+            assert tgw.curl("app1-a", app2a, timeout=2) == ""
+        finally:  # withdrawn and propagated again, app3's comes after app2's
+            propagation(tgw, "disable", "app3-attach")
+            propagation(tgw, "enable", "app3-attach")
     assert tgw.curl("app1-a", app2a).startswith("app2-a ")
+    assert "10.2.128.0/17" not in inspected_routes(tgw)
+    assert tgw.curl("app1-a", app3a, timeout=2) == ""  # 10.2.0.0/16 leads to app2 again
     refused = tgw.vpclab("delete-transit-gateway-route", "inspected", "--destination-cidr-block", "10.9.0.0/16",
                          "--lab", tgw.name, check=False)
     assert refused.returncode != 0 and "InvalidRoute.NotFound" in refused.stdout + refused.stderr

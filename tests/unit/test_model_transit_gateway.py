@@ -183,6 +183,11 @@ def test_live_changes_are_pure_and_refused_as_aws_refuses_them():
     # a's CIDR gone, c's overlapping one is now the first propagated: it appears
     assert IPv4Network("10.1.128.0/17") in {r.destination for r in effective_routes(off, rt.name)}
     back = enable_transit_gateway_route_table_propagation(off, rt.name, "a-att")
+    # now c's is the CIDR already propagated: a's overlapping one is held back until c's is withdrawn
+    assert [str(r.destination) for r in effective_routes(back, rt.name)] == ["10.1.128.0/17", "10.2.0.0/16"]
+    again = enable_transit_gateway_route_table_propagation(
+        disable_transit_gateway_route_table_propagation(back, rt.name, "c-att"), rt.name, "c-att")
+    assert effective_routes(again, rt.name) == effective_routes(lab, rt.name)
     with pytest.raises(ChangeError):
         enable_transit_gateway_route_table_propagation(back, rt.name, "a-att")
     with pytest.raises(ChangeError):
