@@ -5,10 +5,11 @@ The plan gives each node's configuration (`alb_node_config`); engines.alb.config
 into haproxy.cfg. After that nothing reloads HAProxy but a change of listeners, rules or
 attributes: health verdicts, registrations and deregistrations go through the runtime API
 (engines.alb.runtime) into the backend's server slots, and so do slow start's weights, stepped
-once a second while a target ramps (engines.alb.slow_start: AWS's rules, not HAProxy's `slowstart`). A reload is HAProxy's seamless one
-(SIGUSR2 to the master: the new worker takes the listening sockets over the runtime socket,
-`expose-fd listeners`, and the old one finishes its connections), with the slots written
-into the new file as they are, so no open connection drops and no target changes state.
+once a second while a target ramps (engines.alb.slow_start: AWS's rules, not HAProxy's
+`slowstart`). A reload is HAProxy's seamless one (SIGUSR2 to the master: the new worker takes
+the listening sockets over the runtime socket, `expose-fd listeners`, and the old one finishes
+its connections), with the slots (and their weights) written into the new file as they are,
+so no open connection drops, no target changes state and no ramp starts over.
 """
 from __future__ import annotations
 
