@@ -96,7 +96,7 @@ target_groups:
     HealthyThresholdCount: 2
     TargetGroupAttributes: {load_balancing.algorithm.type: least_outstanding_requests}
     Targets: [fast, slow]
-  ramp:
+  ramp: &ramp
     Protocol: HTTP
     Port: 80
     VpcId: main
@@ -105,15 +105,7 @@ target_groups:
     HealthyThresholdCount: 2
     TargetGroupAttributes: {slow_start.duration_seconds: 30}  # SLOW_START
     Targets: [fast]
-  steady:
-    Protocol: HTTP
-    Port: 80
-    VpcId: main
-    TargetType: instance
-    HealthCheckIntervalSeconds: 5
-    HealthyThresholdCount: 2
-    TargetGroupAttributes: {slow_start.duration_seconds: 30}  # SLOW_START
-    Targets: [fast]
+  steady: *ramp  # the same group again: its own ramps
   app:
     Protocol: HTTP
     Port: 82
