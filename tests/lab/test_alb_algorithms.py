@@ -1,6 +1,8 @@
 """ALB routing algorithms (reference §4.2) with real requests from a client in the VPC:
 `least_outstanding_requests` sends fewer requests to a slow target, and
-`slow_start.duration_seconds` ramps a newly registered target up (fewer requests early)."""
+`slow_start.duration_seconds` ramps a newly registered target up (fewer requests early), but
+not a target that turns healthy while every other healthy target is itself ramping (AWS's rule,
+which HAProxy's own `slowstart` does not follow)."""
 from __future__ import annotations
 
 import time
@@ -59,7 +61,7 @@ subnets:
 security_groups:
   open:
     VpcId: main
-    SecurityGroupIngress: [{IpProtocol: tcp, FromPort: 80, ToPort: 82, CidrIp: 10.0.0.0/16}]
+    SecurityGroupIngress: [{IpProtocol: tcp, FromPort: 80, ToPort: 83, CidrIp: 10.0.0.0/16}]
 instances:
   fast:
     SubnetId: private-a
@@ -94,7 +96,7 @@ target_groups:
     HealthyThresholdCount: 2
     TargetGroupAttributes: {load_balancing.algorithm.type: least_outstanding_requests}
     Targets: [fast, slow]
-  ramp:
+  ramp: &ramp
     Protocol: HTTP
     Port: 80
     VpcId: main
@@ -103,6 +105,7 @@ target_groups:
     HealthyThresholdCount: 2
     TargetGroupAttributes: {slow_start.duration_seconds: 30}  # SLOW_START
     Targets: [fast]
+  steady: *ramp  # the same group again: its own ramps
   app:
     Protocol: HTTP
     Port: 82
@@ -119,6 +122,7 @@ listeners:
   http-lor: {LoadBalancerArn: alb, Protocol: HTTP, Port: 80, DefaultActions: [{Type: forward, TargetGroupArn: lor}]}
   http-ramp: {LoadBalancerArn: alb, Protocol: HTTP, Port: 81, DefaultActions: [{Type: forward, TargetGroupArn: ramp}]}
   http-app: {LoadBalancerArn: alb, Protocol: HTTP, Port: 82, DefaultActions: [{Type: forward, TargetGroupArn: app}]}
+  http-steady: {LoadBalancerArn: alb, Protocol: HTTP, Port: 83, DefaultActions: [{Type: forward, TargetGroupArn: steady}]}
 """
 
 
@@ -136,6 +140,7 @@ def lab(tmp_path_factory):
         wait_for(lambda: target_states(lab, "lor") == {"fast": "healthy", "slow": "healthy"}, 90,
                  "both targets of lor healthy")
         wait_for(lambda: target_states(lab, "ramp") == {"fast": "healthy"}, 60, "fast healthy in ramp")
+        wait_for(lambda: target_states(lab, "steady") == {"fast": "healthy"}, 60, "fast healthy in steady")
         wait_for(lambda: target_states(lab, "app") == {"fast": "healthy", "late": "healthy"}, 60,
                  "both targets of app healthy")
         yield lab
@@ -180,6 +185,27 @@ def test_slow_start_ramps_a_newly_registered_target(lab):
         assert 14 <= late.count("late") <= 26, late
     finally:
         lab.vpclab("deregister", "--lab", lab.name, "ramp", "late", check=False)
+
+
+def test_a_target_back_while_every_other_is_ramping_takes_its_full_share_at_once(lab):
+    # late ramps beside fast; fast leaves and comes back while late, the only healthy target,
+    # still ramps: with no healthy target out of slow start, fast does not enter it (AWS)
+    lab.vpclab("register", "--lab", lab.name, "steady", "late")
+    try:
+        wait_for(lambda: target_states(lab, "steady").get("late") == "healthy", 60, "late healthy")
+        late_ramp = time.monotonic()
+        lab.vpclab("deregister", "--lab", lab.name, "steady", "fast")
+        wait_for(lambda: target_states(lab, "steady").get("fast") != "healthy", 30, "fast deregistered")
+        lab.vpclab("register", "--lab", lab.name, "steady", "fast")
+        wait_for(lambda: target_states(lab, "steady").get("fast") == "healthy", 60, "fast healthy again")
+        got = served(lab, 83, 40, 1)
+        assert time.monotonic() - late_ramp < SLOW_START / 2, "too slow to see late's ramp"
+        # late, under half way up its ramp, weighs under half of fast's full weight: fast takes
+        # two thirds or more. HAProxy's `slowstart` would ramp fast from nothing: late would take most
+        assert len(got) == 40 and got.count("fast") >= 24, got
+    finally:
+        lab.vpclab("register", "--lab", lab.name, "steady", "fast", check=False)
+        lab.vpclab("deregister", "--lab", lab.name, "steady", "late", check=False)
 
 
 def get(lab, path: str, jar: str | None = None, cookie: str | None = None) -> tuple[str, list[str]]:

@@ -291,16 +291,26 @@ def test_least_outstanding_requests_is_leastconn_and_round_robin_roundrobin():
     assert "balance roundrobin" in web and "balance leastconn" in v2
 
 
-def test_slow_start_ramps_each_slot_and_https_groups_skip_verification():
+def test_slow_start_weighs_each_slot_and_https_groups_skip_verification():
     text = config.render(NODE, runtime_socket="s")
-    assert "    server s1 10.0.11.10:80 slowstart 30s\n" in text
+    # full weight, the daemon ramping a target through the runtime API; never HAProxy's
+    # `slowstart`, which would ramp every slot leaving maintenance
+    assert "    server s1 10.0.11.10:80 weight 100\n" in text and "slowstart" not in text
     assert "    server s1 0.0.0.0:443 disabled ssl verify none\n" in text
 
 
 def test_slots_are_at_least_16_and_twice_the_targets():
     assert config.slot_count(2) == 16 and config.slot_count(12) == 24
     text = config.render(NODE, runtime_socket="s")
-    assert "    server s16 0.0.0.0:80 disabled slowstart 30s\n" in text and "server s17 " not in text
+    assert "    server s16 0.0.0.0:80 disabled weight 100\n" in text and "server s17 " not in text
+
+
+def test_a_ramping_slot_keeps_its_weight_across_a_reload():
+    slots = {"web": [{"ip": "10.0.11.10", "port": 80, "state": "ready", "weight": 100},
+                     {"ip": "10.0.12.10", "port": 80, "state": "ready", "weight": 37}] + [None] * 14}
+    text = config.render(NODE, runtime_socket="s", slots=slots)
+    assert "    server s2 10.0.12.10:80 weight 37\n" in text
+    assert "    server s1 0.0.0.0:443 disabled ssl verify none\n" in text  # no slow start, no weight
 
 
 def test_generated_config_is_valid_for_haproxy(tmp_path):

@@ -47,7 +47,7 @@ def nodes(tmp_path, monkeypatch):
 def test_every_registered_target_serves_before_the_first_verdict(nodes):
     alb = nodes[0]
     text = alb.nodes[0].cfg.read_text()
-    assert "server s1 10.0.11.10:80 slowstart 30s" in text and "server s2 10.0.12.10:80 slowstart 30s" in text
+    assert "server s1 10.0.11.10:80 weight 100" in text and "server s2 10.0.12.10:80 weight 100" in text
 
 
 def test_an_unhealthy_target_leaves_rotation_through_the_runtime_api_without_a_reload(nodes):
@@ -62,10 +62,13 @@ def test_registration_fills_a_free_slot_live(nodes):
     configs["now"]["target_groups"]["web"]["targets"].append({"id": "i-3", "ip": "10.0.11.11", "port": 80, "az": "a"})
     health["web"] = {"i-1": {"State": "healthy"}, "i-2": {"State": "healthy"}, "i-3": {"State": "initial"}}
     alb.apply(None)
-    assert recorder.sent == ["set server tg_web/s3 addr 10.0.11.11 port 80", "set server tg_web/s3 state maint"]
+    assert recorder.sent == ["set server tg_web/s3 addr 10.0.11.11 port 80", "set server tg_web/s3 weight 100",
+                             "set server tg_web/s3 state maint"]
     health["web"]["i-3"] = {"State": "healthy"}
     alb.health_changed("web", "i-3", health["web"]["i-3"])
-    assert recorder.sent[-1] == "set server tg_web/s3 state ready" and not reloads
+    # web has slow start and i-1, i-2 are healthy: i-3 ramps, its weight down before it takes requests
+    assert recorder.sent[-2:] == ["set server tg_web/s3 weight 1", "set server tg_web/s3 state ready"]
+    assert not reloads
 
 
 def test_deregistration_stops_new_requests_then_empties_the_slot(nodes):
@@ -99,3 +102,26 @@ def test_more_targets_than_slots_grow_the_backend_with_a_reload(nodes):
     assert "server s34 0.0.0.0:80 disabled" in text and "server s35 " not in text  # 2 x 17
     assert "server s1 10.0.11.10:80 disabled" in text  # i-1 drains in its slot, out of rotation
     assert "server s3 10.0.11.20:80 " in text and "server s19 10.0.11.36:80 " in text
+
+
+def test_slow_start_steps_a_ramp_through_the_runtime_api_and_a_reload_keeps_it(nodes, monkeypatch):
+    alb, health, configs, recorder, reloads = nodes
+    clock = [1000.0]
+    monkeypatch.setattr(daemon_alb.time, "monotonic", lambda: clock[0])
+    health["web"] = {"i-1": {"State": "healthy"}, "i-2": {"State": "unhealthy"}}
+    alb.on_health("web")  # i-1 is the only healthy target: full share, no ramp
+    assert "weight" not in " ".join(recorder.sent)
+    health["web"]["i-2"] = {"State": "healthy"}
+    alb.on_health("web")
+    assert recorder.sent[-2:] == ["set server tg_web/s2 weight 1", "set server tg_web/s2 state ready"]
+    assert alb.ramps.ramping() == {"web"}
+    clock[0] += 15
+    alb.on_health("web")  # what `watch` does once a second
+    assert recorder.sent[-1] == "set server tg_web/s2 weight 50"
+    configs["now"]["listeners"][0]["rules"][2]["action"]["message_body"] = "pang"
+    alb.apply(None)
+    ((_pid, _sig, text),) = reloads
+    assert "server s2 10.0.12.10:80 weight 50" in text and "server s1 10.0.11.10:80 weight 100" in text
+    clock[0] += 15
+    alb.on_health("web")
+    assert recorder.sent[-1] == "set server tg_web/s2 weight 100" and alb.ramps.ramping() == set()

@@ -4,10 +4,12 @@ node's namespace, supervised like every engine of AWS's side.
 The plan gives each node's configuration (`alb_node_config`); engines.alb.config turns it
 into haproxy.cfg. After that nothing reloads HAProxy but a change of listeners, rules or
 attributes: health verdicts, registrations and deregistrations go through the runtime API
-(engines.alb.runtime) into the backend's server slots. A reload is HAProxy's seamless one
-(SIGUSR2 to the master: the new worker takes the listening sockets over the runtime socket,
-`expose-fd listeners`, and the old one finishes its connections), with the slots written
-into the new file as they are, so no open connection drops and no target changes state.
+(engines.alb.runtime) into the backend's server slots, and so do slow start's weights, stepped
+once a second while a target ramps (engines.alb.slow_start: AWS's rules, not HAProxy's
+`slowstart`). A reload is HAProxy's seamless one (SIGUSR2 to the master: the new worker takes
+the listening sockets over the runtime socket, `expose-fd listeners`, and the old one finishes
+its connections), with the slots (and their weights) written into the new file as they are,
+so no open connection drops, no target changes state and no ramp starts over.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -26,11 +29,12 @@ from typing import Callable
 from vpclab.engines.alb import access_log, errors, headers, metrics
 from vpclab.engines.alb import config as alb_config
 from vpclab.engines.alb import runtime as alb_runtime
+from vpclab.engines.alb import slow_start
 from vpclab.engines.alb.runtime import Runtime, RuntimeApiError, Slots
 
 log = logging.getLogger("vpclab.alb")
 
-DRAIN_POLL_SECONDS = 1.0
+POLL_SECONDS = 1.0  # draining's end and slow start's steps
 
 
 @dataclass
@@ -41,7 +45,7 @@ class AlbNode:
     directory: Path
     config: dict
     slots: dict[str, Slots] = field(default_factory=dict)
-    applied: dict[tuple[str, int], tuple] = field(default_factory=dict)  # (group, slot) -> (ip, port, state) sent
+    applied: dict[tuple[str, int], tuple] = field(default_factory=dict)  # (group, slot) -> (ip, port, state, weight) sent
 
     @property
     def name(self) -> str:
@@ -84,6 +88,7 @@ class AlbNodes:
     health: Callable[[str], dict[str, dict]] | None = None
     node_config: Callable[[object, str, str], dict] | None = None
     nodes: list[AlbNode] = field(default_factory=list)
+    ramps: slow_start.Ramps = field(default_factory=slow_start.Ramps)  # per group, shared by its nodes
     _receiving: dict = field(default_factory=dict)  # node namespace -> the Event ending its access-log receiver
 
     # --- bring-up ----------------------------------------------------------------
@@ -152,7 +157,7 @@ class AlbNodes:
 
     def write(self, node: AlbNode) -> None:
         """haproxy.cfg as the node should be now: its slots, in the states health gives them."""
-        slots = {g: s.render(self._states(node, g)) for g, s in node.slots.items()}
+        slots = {g: s.render(self._states(node, g), self._weights(node, g)) for g, s in node.slots.items()}
         certificates = {}
         for listener in node.config["listeners"]:
             if listener["protocol"] == "HTTPS":
@@ -170,7 +175,7 @@ class AlbNodes:
         tmp = node.cfg.with_suffix(".tmp")
         tmp.write_text(text)
         tmp.replace(node.cfg)
-        node.applied = {(g, i): (s["ip"], s["port"], s["state"]) if s else None
+        node.applied = {(g, i): (s["ip"], s["port"], s["state"], s.get("weight")) if s else None
                         for g, slot_list in slots.items() for i, s in enumerate(slot_list, start=1)}
 
     async def wait_ready(self, timeout: float = 20.0) -> None:
@@ -208,6 +213,12 @@ class AlbNodes:
         views.update({t: s for t, s in health.items() if t not in registered})
         return alb_runtime.slot_states(views)
 
+    def _weights(self, node: AlbNode, group: str) -> dict[str, int] | None:
+        """With slow start: target id -> weight of the targets ramping now; else None."""
+        states = {t: h.get("State") for t, h in self.health(group).items()}
+        return self.ramps.weights(group, slow_start.duration_of(node.config["target_groups"][group]),
+                                  states, time.monotonic())
+
     def health_changed(self, group: str, target_id: str, health: dict) -> None:
         if group not in self.groups():
             return
@@ -223,11 +234,10 @@ class AlbNodes:
                 self.sync(node, group)
 
     def sync(self, node: AlbNode, group: str) -> None:
-        states = self._states(node, group)
-        slots = node.slots[group]
+        slots = node.slots[group].render(self._states(node, group), self._weights(node, group))
         commands = []
-        for i, slot in enumerate(slots.render(states), start=1):
-            want = (slot["ip"], slot["port"], slot["state"]) if slot else None
+        for i, slot in enumerate(slots, start=1):
+            want = (slot["ip"], slot["port"], slot["state"], slot.get("weight")) if slot else None
             have = node.applied.get((group, i))
             if want == have:
                 continue
@@ -236,7 +246,10 @@ class AlbNodes:
             else:
                 if have is None or have[:2] != want[:2]:
                     commands += alb_runtime.fill_commands(group, i, want[0], want[1])
-                commands.append(alb_runtime.state_command(group, i, want[2]))
+                if want[3] is not None and (have is None or have[3] != want[3]):  # before `ready`: no burst
+                    commands.append(alb_runtime.weight_command(group, i, want[3]))
+                if have is None or have[:3] != want[:3]:
+                    commands.append(alb_runtime.state_command(group, i, want[2]))
             node.applied[(group, i)] = want
         if commands:
             self._run(node, commands)
@@ -255,13 +268,16 @@ class AlbNodes:
             if group in node.slots and node.slots[group].free(target_id) is not None:
                 self.sync(node, group)
 
-    async def watch_draining(self, checker) -> None:
-        """AWS ends a deregistration early once the target has nothing in flight (§4.4)."""
+    async def watch(self, checker) -> None:
+        """Once a second: end a deregistration once the target has nothing in flight (as AWS
+        does, §4.4), and step the weights of the groups whose targets ramp (slow start)."""
         while True:
-            await asyncio.sleep(DRAIN_POLL_SECONDS)
+            await asyncio.sleep(POLL_SECONDS)
             for group, target_id in checker.draining():
                 if group in self.groups() and self.idle(group, target_id):
                     checker.end_draining(group, target_id)
+            for group in self.ramps.ramping():
+                self.on_health(group)
 
     def idle(self, group: str, target_id: str) -> bool:
         for node in self.nodes:
@@ -280,7 +296,7 @@ class AlbNodes:
     def add_to_status(self, status: dict, counters: bool = True) -> dict:
         """What `vpclab status` shows of each ALB beyond the model: the lab CA that signs its
         HTTPS listeners (for `curl --cacert`), its access-log file, each node's metrics."""
-        measured = self.counters() if counters else {}
+        measured = node_counters(self.nodes) if counters else {}
         for lb in status["load_balancers"]:
             nodes = [n for n in self.nodes if n.load_balancer == lb["name"]]
             if not nodes:
@@ -300,17 +316,6 @@ class AlbNodes:
                 # sends requests to unhealthy targets, which stay unhealthy
                 lb["metrics"]["TargetGroups"] = {g: _host_counts(self.health(g)) for g in nodes[0].groups()}
         return status
-
-    def counters(self) -> dict[str, dict]:
-        """Each node's CloudWatch metrics (engines.alb.metrics, from `show stat` and `show info`)."""
-        out = {}
-        for node in self.nodes:
-            try:
-                runtime = node.runtime()
-                out[node.ns] = metrics.cloudwatch_metrics(runtime.command("show stat"), runtime.command("show info"))
-            except (OSError, RuntimeApiError) as exc:
-                out[node.ns] = {"error": str(exc)}
-        return out
 
     # --- live changes ---------------------------------------------------------------
 
@@ -360,6 +365,18 @@ class AlbNodes:
             log.info("ALB node %s: reloaded (master %d)", node.ns, pid)
         except (OSError, ValueError, IndexError) as exc:
             log.warning("ALB node %s: reload failed: %s", node.ns, exc)
+
+
+def node_counters(nodes: list[AlbNode]) -> dict[str, dict]:
+    """Each node's CloudWatch metrics (engines.alb.metrics, from `show stat` and `show info`)."""
+    out = {}
+    for node in nodes:
+        try:
+            runtime = node.runtime()
+            out[node.ns] = metrics.cloudwatch_metrics(runtime.command("show stat"), runtime.command("show info"))
+        except (OSError, RuntimeApiError) as exc:
+            out[node.ns] = {"error": str(exc)}
+    return out
 
 
 def _access_logs_on(config: dict) -> bool:

@@ -168,7 +168,7 @@ class Daemon:
             self.tasks.append(self.balancers.start_health_checks(self.lab))
             self.balancers.resume_draining(self.draining, time.time())
         if alb_nodes:
-            self.tasks.append(asyncio.ensure_future(self.balancers.alb.watch_draining(self.balancers.checker)))
+            self.tasks.append(asyncio.ensure_future(self.balancers.alb.watch(self.balancers.checker)))
         self.progress.send("progress", message=f"started {counted(count, 'service')}")
 
     async def _start_alb_nodes(self, services: list[Service]) -> None:

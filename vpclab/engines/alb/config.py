@@ -21,7 +21,10 @@
   sets its cookie (which passes untouched), an opaque `AWSALBAPP-0` is issued, and a stick
   table maps it to the target's slot for the group's duration; requests route on it, not on
   the application's cookie. A token whose entry expired or whose target left gets a new target.
-- slow_start.duration_seconds: `slowstart` on each slot.
+- slow_start.duration_seconds: `weight 100` on each slot (engines.alb.slow_start.FULL_WEIGHT), or
+  the slot's own weight while its target ramps; the daemon steps ramps through the runtime API.
+  Not HAProxy's `slowstart`, which ramps every server leaving maintenance, where AWS ramps only
+  a target that turns healthy beside a healthy target out of slow start.
 - Timeouts: idle_timeout.timeout_seconds on both sides; 10 s to connect to a target.
 """
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 from typing import Callable, Mapping, Sequence
 
 from vpclab.engines.alb import rules as R
+from vpclab.engines.alb import slow_start as S
 
 SLOT_MINIMUM = 16
 CONNECT_TIMEOUT_SECONDS = 10
@@ -211,9 +215,6 @@ def backend_section(name: str, group: dict, slots: Sequence[dict | None], extra:
                   f'Expires=%[date({COOKIE_EXPIRES_SECONDS}),http_date]; Path=/" if {app_set}']
     elif sticky is not None:
         raise ValueError(f"target group {name}: stickiness.type {sticky!r} is not supported by an ALB")
-    slow_start = int(attributes.get("slow_start.duration_seconds", 0))
-    if slow_start:
-        server_options += f" slowstart {slow_start}s"
     if group.get("protocol") == "HTTPS":  # AWS does not verify target certificates
         server_options += " ssl verify none"
     for i, slot in enumerate(slots, start=1):
@@ -223,11 +224,15 @@ def backend_section(name: str, group: dict, slots: Sequence[dict | None], extra:
 
 def server_line(index: int, slot: dict | None, options: str, group: dict) -> str:
     """Slot s<index>: a target's address, `disabled` (maint) unless it takes traffic now.
-    An empty slot holds the group's port on 0.0.0.0, in maintenance, until the runtime API fills it."""
+    An empty slot holds the group's port on 0.0.0.0, in maintenance, until the runtime API fills it.
+    With slow start, a weight: the slot's (its target ramping), else full."""
+    weight = ""
+    if S.duration_of(group):
+        weight = f" weight {int((slot or {}).get('weight') or S.FULL_WEIGHT)}"
     if slot is None:
-        return f"    server s{index} 0.0.0.0:{int(group['port'])} disabled{options}"
+        return f"    server s{index} 0.0.0.0:{int(group['port'])} disabled{weight}{options}"
     state = slot.get("state", "ready")
     if state not in ("ready", "drain", "maint"):
         raise ValueError(f"slot state {state!r}")
     disabled = " disabled" if state != "ready" else ""
-    return f"    server s{index} {slot['ip']}:{int(slot['port'])}{disabled}{options}"
+    return f"    server s{index} {slot['ip']}:{int(slot['port'])}{disabled}{weight}{options}"

@@ -24,6 +24,7 @@ import socket
 from dataclasses import dataclass, field
 
 from vpclab.engines.alb.config import slot_count
+from vpclab.engines.alb.slow_start import FULL_WEIGHT
 from vpclab import unixpath
 from vpclab.engines.alb.rules import backend_name
 
@@ -80,11 +81,14 @@ class Slots:
             del self.held[slot]
         return slot
 
-    def render(self, states: dict[str, str]) -> list[dict | None]:
-        """config.render's `slots` list: each slot's address and state."""
+    def render(self, states: dict[str, str], weights: dict[str, int] | None = None) -> list[dict | None]:
+        """config.render's `slots` list: each slot's address and state, and with slow start
+        (`weights`: target -> weight of those ramping) its weight, full unless it ramps."""
         out: list[dict | None] = [None] * self.size
         for i, (target, ip, port) in self.held.items():
             out[i - 1] = {"ip": ip, "port": port, "state": states.get(target, MAINT)}
+            if weights is not None:
+                out[i - 1]["weight"] = weights.get(target, FULL_WEIGHT)
         return out
 
 
