@@ -87,6 +87,19 @@ def runs_after(lab: RunningLab, since: int, gone: set[str]) -> list[dict]:
     return history
 
 
+@contextlib.contextmanager
+def resolver_silenced(lab: RunningLab):
+    """The VPC resolver gets no query from the function (both in the router namespace): dropped on
+    input, as a silent resolver would lose it (on output, sendto fails at once with EPERM)."""
+    rules = ("add table ip sip_test\nadd chain ip sip_test in { type filter hook input priority 0; }\n"
+             "add rule ip sip_test in udp dport 53 drop\n")
+    lab.vpclab("exec", "--lab", "sip", "router:main", "--", "nft", "-f", "-", input=rules)
+    try:
+        yield
+    finally:
+        lab.vpclab("exec", "--lab", "sip", "router:main", "--", "nft", "delete", "table", "ip", "sip_test")
+
+
 def test_the_function_registers_the_alb_ips_and_the_nlbs_fixed_ips_serve(lab):
     ips = alb_ips(lab)
     status = invoke(lab)
@@ -180,6 +193,11 @@ def test_scaled_nodes_are_followed_and_no_request_fails(lab):
         lab.vpclab("scale-nodes", "--lab", "sip", "web-alb", "2")
         two = alb_ips(lab)
         assert len(two) == 4 and one < two
+        # a run whose DNS queries time out says why and changes nothing; the next one recovers
+        with resolver_silenced(lab):
+            failed = lab.vpclab("invoke", "--lab", "sip", "alb-ip-sync", check=False)
+        assert failed.returncode == 1 and "run failed, nothing changed" in failed.stdout, failed.stdout
+        assert "timed out" in failed.stdout and set(target_states(lab, "alb-ips")) == one
         status = invoke(lab)
         assert set(status["last_run"]["registered"]) == two - one and status["last_run"]["LoadBalancerIPCount"] == 4
         wait_for(lambda: served(lab, "alb-ips", two), 60, "the added nodes' IPs healthy")
@@ -191,3 +209,19 @@ def test_scaled_nodes_are_followed_and_no_request_fails(lab):
         assert history[0]["missed_runs"] == {ip: 1 for ip in two - one}
         wait_for(lambda: set(target_states(lab, "alb-ips")) == one, 60, "the removed IPs drained away")
         time.sleep(2)
+
+
+def test_an_alb_targets_health_checks_go_through_the_albs_listener(lab):
+    """The ALB answers its alb target group's checks through its listener: when a rule answers
+    503, the target turns unhealthy; without it, healthy again."""
+    wait_for(lambda: set(target_states(lab, "alb-target").values()) == {"healthy"}, 60, "alb-target healthy")
+    # a rule, not a new default action: modify-listener to a fixed response fails on main (KeyError 'web')
+    fixed = [{"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "503", "ContentType": "text/plain"}}]
+    every = [{"Field": "path-pattern", "PathPatternConfig": {"Values": ["/*"]}}]
+    lab.vpclab("create-rule", "--lab", "sip", "alb-https", "--priority", "1", "--conditions", json.dumps(every),
+               "--actions", json.dumps(fixed), "--name", "all-503")
+    try:
+        wait_for(lambda: set(target_states(lab, "alb-target").values()) == {"unhealthy"}, 30, "alb-target unhealthy")
+    finally:
+        lab.vpclab("delete-rule", "--lab", "sip", "all-503")
+    wait_for(lambda: set(target_states(lab, "alb-target").values()) == {"healthy"}, 30, "alb-target healthy again")
