@@ -4,7 +4,10 @@ instances. The IP-sync function registers the ALB's node IPs, follows them when 
 replaced without a request failing, and the targets see the client AWS says they see."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -33,8 +36,9 @@ def invoke(lab: RunningLab, function: str = "alb-ip-sync") -> dict:
 
 
 def alb_ips(lab: RunningLab) -> set[str]:
+    """The ALB's node IPs that DNS gives (scaled-out nodes' included)."""
     alb = next(b for b in lab.status()["load_balancers"] if b["name"] == "web-alb")
-    return {n["private_ip"] for n in alb["nodes"]}
+    return {ip for n in alb["nodes"] for ip in (n["private_ip"], *n["scaled_ips"])}
 
 
 def page(lab: RunningLab, url: str) -> dict[str, str]:
@@ -48,6 +52,52 @@ def page(lab: RunningLab, url: str) -> dict[str, str]:
 def served(lab: RunningLab, group: str, ips: set[str]) -> bool:
     states = target_states(lab, group)
     return all(states.get(ip) == "healthy" for ip in ips)
+
+
+@contextlib.contextmanager
+def requests_during(lab: RunningLab, urls: list[str]):
+    """A bounded client loop through `urls` while the body runs: every request must succeed."""
+    loop = subprocess.Popen(
+        [sys.executable, "-m", "vpclab", "exec", "--lab", "sip", "outside", "--", "sh", "-c",
+         "for i in $(seq 1 300); do for url in " + " ".join(urls) + "; do "
+         "curl -sk -o /dev/null -w \"%{http_code} $(date +%T.%N) connect=%{time_connect} tls=%{time_appconnect} "
+         "$url\\n\" --max-time 5 $url; done; "
+         "sleep 0.2; done"],
+        env=lab.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        yield
+    finally:
+        time.sleep(1)
+        os.killpg(loop.pid, signal.SIGTERM)  # the shell too, under the nsenters
+        out, _ = loop.communicate(timeout=30)
+    codes = [line.split()[0] for line in out.splitlines()]
+    assert len(codes) >= 20, out
+    failed = [f"#{i}: {line}" for i, line in enumerate(out.splitlines()) if not line.startswith("200 ")]
+    assert not failed, f"{len(failed)} of {len(codes)} requests failed: {failed}"
+
+
+def runs_after(lab: RunningLab, since: int, gone: set[str]) -> list[dict]:
+    """Invoke the function until its runs after run `since` have deregistered `gone` (six runs at
+    most: three must do it); those runs, oldest first. A scheduled run may be among them: what
+    counts is their order."""
+    for _ in range(6):
+        history = [h for h in invoke(lab)["history"] if h["run"] > since]
+        if gone <= {ip for h in history for ip in h["deregistered"]}:
+            break
+    return history
+
+
+@contextlib.contextmanager
+def resolver_silenced(lab: RunningLab):
+    """The VPC resolver gets no query from the function (both in the router namespace): dropped on
+    input, as a silent resolver would lose it (on output, sendto fails at once with EPERM)."""
+    rules = ("add table ip sip_test\nadd chain ip sip_test in { type filter hook input priority 0; }\n"
+             "add rule ip sip_test in udp dport 53 drop\n")
+    lab.vpclab("exec", "--lab", "sip", "router:main", "--", "nft", "-f", "-", input=rules)
+    try:
+        yield
+    finally:
+        lab.vpclab("exec", "--lab", "sip", "router:main", "--", "nft", "delete", "table", "ip", "sip_test")
 
 
 def test_the_function_registers_the_alb_ips_and_the_nlbs_fixed_ips_serve(lab):
@@ -103,35 +153,19 @@ def test_status_shows_the_function(lab):
 def test_replaced_nodes_are_followed_and_no_request_fails(lab):
     old = alb_ips(lab)
     wait_for(lambda: served(lab, "alb-ips", old), 60, "alb-ips healthy")
-    # a bounded client loop through both fixed IPs while the nodes change
-    loop = subprocess.Popen(
-        [sys.executable, "-m", "vpclab", "exec", "--lab", "sip", "outside", "--", "sh", "-c",
-         "for i in $(seq 1 150); do for ip in " + " ".join(EIPS) + "; do "
-         "curl -sk -o /dev/null -w '%{http_code}\\n' --max-time 5 https://$ip/; done; sleep 0.2; done"],
-        env=lab.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with requests_during(lab, [f"https://{eip}/" for eip in EIPS]):
         time.sleep(2)
         runs_before = invoke(lab)["runs"]
         lab.vpclab("replace-nodes", "--lab", "sip", "web-alb")
         new = alb_ips(lab)
         assert new and not new & old
-        for _ in range(6):  # bounded: three runs must do it
-            history = [h for h in invoke(lab)["history"] if h["run"] > runs_before]
-            if old <= {ip for h in history for ip in h["deregistered"]}:
-                break
-        # (a scheduled run may be among them: what counts is the order of the runs)
+        history = runs_after(lab, runs_before, old)
         assert set(history[0]["registered"]) == new and history[0]["deregistered"] == []
         assert all(h["deregistered"] == [] for h in history[:2])
         assert set(history[2]["deregistered"]) == old
         wait_for(lambda: served(lab, "alb-ips", new), 60, "the new IPs healthy")
         wait_for(lambda: not old & set(target_states(lab, "alb-ips")), 60, "the old IPs drained away")
         time.sleep(2)
-    finally:
-        loop.terminate()
-        out, _ = loop.communicate(timeout=30)
-    codes = out.split()
-    assert len(codes) >= 20, out
-    assert set(codes) == {"200"}, f"{len(codes) - codes.count('200')} of {len(codes)} requests failed: {out}"
 
 
 def test_an_alb_target_follows_its_alb_through_two_replacements(lab):
@@ -143,3 +177,51 @@ def test_an_alb_target_follows_its_alb_through_two_replacements(lab):
         assert target_states(lab, "alb-target") != {} and set(target_states(lab, "alb-target").values()) == {"healthy"}
         assert page(lab, f"https://{EIPS[1]}:4443/").get("x-forwarded-for") == outside
         time.sleep(1)
+
+
+def test_scaled_nodes_are_followed_and_no_request_fails(lab):
+    """AWS scales an ALB out and back in: the function registers the added nodes' IPs at once and
+    deregisters the removed ones three runs after they left DNS, while requests go on through the
+    `ip` and the `alb` groups."""
+    one = alb_ips(lab)
+    for _ in range(3):  # after the replacements above: the group comes to hold the ALB's IPs of now only
+        invoke(lab)
+    wait_for(lambda: set(target_states(lab, "alb-ips")) == one and served(lab, "alb-ips", one), 60,
+             "alb-ips holds the ALB's IPs alone, healthy")
+    with requests_during(lab, [f"https://{EIPS[0]}/", f"https://{EIPS[1]}/", f"https://{EIPS[0]}:4443/"]):
+        time.sleep(2)
+        lab.vpclab("scale-nodes", "--lab", "sip", "web-alb", "2")
+        two = alb_ips(lab)
+        assert len(two) == 4 and one < two
+        # a run whose DNS queries time out says why and changes nothing; the next one recovers
+        with resolver_silenced(lab):
+            failed = lab.vpclab("invoke", "--lab", "sip", "alb-ip-sync", check=False)
+        assert failed.returncode == 1 and "run failed, nothing changed" in failed.stdout, failed.stdout
+        assert "timed out" in failed.stdout and set(target_states(lab, "alb-ips")) == one
+        status = invoke(lab)
+        assert set(status["last_run"]["registered"]) == two - one and status["last_run"]["LoadBalancerIPCount"] == 4
+        wait_for(lambda: served(lab, "alb-ips", two), 60, "the added nodes' IPs healthy")
+        since = invoke(lab)["runs"]
+        lab.vpclab("scale-nodes", "--lab", "sip", "web-alb", "1")
+        assert alb_ips(lab) == one
+        history = runs_after(lab, since, two - one)
+        assert [h["deregistered"] for h in history[:2]] == [[], []] and set(history[2]["deregistered"]) == two - one
+        assert history[0]["missed_runs"] == {ip: 1 for ip in two - one}
+        wait_for(lambda: set(target_states(lab, "alb-ips")) == one, 60, "the removed IPs drained away")
+        time.sleep(2)
+
+
+def test_an_alb_targets_health_checks_go_through_the_albs_listener(lab):
+    """The ALB answers its alb target group's checks through its listener: when a rule answers
+    503, the target turns unhealthy; without it, healthy again."""
+    wait_for(lambda: set(target_states(lab, "alb-target").values()) == {"healthy"}, 60, "alb-target healthy")
+    # a rule, not a new default action: modify-listener to a fixed response fails on main (KeyError 'web')
+    fixed = [{"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "503", "ContentType": "text/plain"}}]
+    every = [{"Field": "path-pattern", "PathPatternConfig": {"Values": ["/*"]}}]
+    lab.vpclab("create-rule", "--lab", "sip", "alb-https", "--priority", "1", "--conditions", json.dumps(every),
+               "--actions", json.dumps(fixed), "--name", "all-503")
+    try:
+        wait_for(lambda: set(target_states(lab, "alb-target").values()) == {"unhealthy"}, 30, "alb-target unhealthy")
+    finally:
+        lab.vpclab("delete-rule", "--lab", "sip", "all-503")
+    wait_for(lambda: set(target_states(lab, "alb-target").values()) == {"healthy"}, 30, "alb-target healthy again")

@@ -50,6 +50,17 @@ def test_query_reads_the_resolvers_a_records():
     assert sorted(asyncio.run(main())) == ["10.0.11.4", "10.0.12.4"]
 
 
+async def _invoke_serving(fn: ipsync.IpSyncFunction, server: socket.socket, *ips: str) -> dict:
+    """One run of `fn` while `server` answers the ALB's name with `ips`."""
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(_serve(server, _resolver(*ips), stop))
+    try:
+        return await fn.invoke()
+    finally:
+        stop.set()
+        await task
+
+
 def _function(store: dict, calls: list, registered: set) -> ipsync.IpSyncFunction:
     env = (("ALB_DNS_NAME", NAME), ("INVOCATIONS_BEFORE_DEREGISTRATION", "3"), ("MAX_LOOKUP_PER_INVOCATION", "5"))
     svc = Service("router:main", "lambda_function", (), (("function", "sync"), ("resolver", "127.0.0.1"),
@@ -73,19 +84,27 @@ def test_a_silent_resolver_fails_the_run_and_changes_nothing(monkeypatch):
 
 
 def test_a_run_registers_new_ips_and_saves_its_state(monkeypatch):
-    async def main(fn, server):
-        stop = asyncio.Event()
-        task = asyncio.ensure_future(_serve(server, _resolver("10.0.11.5", "10.0.12.4"), stop))
-        try:
-            return await fn.invoke()
-        finally:
-            stop.set()
-            await task
     server, store, calls = _udp(), {}, []
     fn = _function(store, calls, {"10.0.11.4", "10.0.12.4"})
     monkeypatch.setattr(fn, "_server", lambda: server.getsockname())
-    status = asyncio.run(main(fn, server))
+    status = asyncio.run(_invoke_serving(fn, server, "10.0.11.5", "10.0.12.4"))
     server.close()
     assert calls == [("register-targets", {"target_group": "alb-ips", "targets": [{"Id": "10.0.11.5", "Port": 443}]})]
     assert status["last_run"]["LoadBalancerIPCount"] == 2 and status["runs"] == 1
     assert json.loads(store["lambda/sync/state"]) == {"active": ["10.0.11.5", "10.0.12.4"], "pending": {}}
+
+
+def test_the_run_after_a_failed_one_recovers_from_the_same_state(monkeypatch):
+    monkeypatch.setattr(ipsync, "DNS_TIMEOUT", 0.3)
+    silent, server, calls = _udp(), _udp(), []
+    store = {"lambda/sync/state": json.dumps({"active": ["10.0.11.4", "10.0.12.4"], "pending": {}})}
+    fn = _function(store, calls, {"10.0.11.4", "10.0.12.4"})
+    monkeypatch.setattr(fn, "_server", lambda: silent.getsockname())
+    assert asyncio.run(fn.invoke())["last_run"]["ok"] is False
+    monkeypatch.setattr(fn, "_server", lambda: server.getsockname())
+    status = asyncio.run(_invoke_serving(fn, server, "10.0.11.5", "10.0.12.4"))
+    silent.close()
+    server.close()
+    # the failed run counted nothing: 10.0.11.4 has missed one run, not two
+    assert status["last_run"]["ok"] and status["runs"] == 2 and status["missed_runs"] == {"10.0.11.4": 1}
+    assert calls == [("register-targets", {"target_group": "alb-ips", "targets": [{"Id": "10.0.11.5", "Port": 443}]})]

@@ -209,6 +209,11 @@ def cmd_replace_nodes(args) -> int:
     return 0
 
 
+def cmd_scale_nodes(args) -> int:
+    _change(args, "scale-nodes", {"load_balancer": args.load_balancer, "nodes_per_az": args.nodes_per_az})
+    return 0
+
+
 def cmd_invoke(args) -> int:
     """One run of a lab function now, as `aws lambda invoke` does; its log says what it did."""
     status = _pick_lab(args.lab).request({"op": "invoke", "function": args.function})
@@ -386,6 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("replace-nodes", cmd_replace_nodes, "give an internal ALB's nodes new IPs, as AWS does when it "
                 "scales or replaces them (live); DNS follows, the old IPs serve on until the next replacement")
     p.add_argument("load_balancer")
+    p = command("scale-nodes", cmd_scale_nodes, "scale an internal ALB to N nodes per AZ, as AWS does under load "
+                "(live); DNS gives every node's IP, removed ones serve on, out of DNS, until the next change")
+    p.add_argument("load_balancer")
+    p.add_argument("nodes_per_az", type=int)
     p = command("invoke", cmd_invoke, "run a lab function once now (Lambda Invoke); exits 1 if the run failed")
     p.add_argument("function")
     p.add_argument("--json", action="store_true", help="the function's status after the run")

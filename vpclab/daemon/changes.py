@@ -34,6 +34,7 @@ CHANGES: dict[str, Callable[[Lab, dict], Lab]] = {
     "reject-vpc-endpoint-connections":
         lambda lab, p: model_changes.reject_vpc_endpoint_connections(lab, p["endpoint"]),
     "replace-nodes": lambda lab, p: model_changes.replace_nodes(lab, p["load_balancer"]),
+    "scale-nodes": lambda lab, p: model_changes.scale_nodes(lab, p["load_balancer"], int(p["nodes_per_az"])),
     "modify-attributes": lambda lab, p: model_changes.modify_attributes(lab, p["resource"], p["attributes"]),
     # an Application Load Balancer's rules (CreateRule ... ModifyListener), CloudFormation shapes
     "create-rule": lambda lab, p: model_changes.create_rule(lab, p["listener"], p["priority"], p["conditions"],

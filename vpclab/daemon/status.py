@@ -60,6 +60,7 @@ def lab_status(lab: Lab, target_health: Callable[[str], dict] = lambda _g: {},
             {"name": lb.name, "arn": lb.arn, "type": lb.type, "scheme": lb.scheme, "dns_name": lb.dns_name,
              "vpc": lb.vpc, "attributes": dict(lb.attributes),
              "nodes": [{"az": n.az, "subnet": n.subnet, "private_ip": str(n.private_ip),
+                        "scaled_ips": [str(ip) for ip in n.scaled_ips],  # in DNS too (scale-nodes)
                         "public_ip": _str(n.public_ip), "eni_id": n.eni_id,
                         # AWS's per-AZ name; a GWLB has no addresses behind it
                         "zonal_dns_name": lb.zonal_dns_name(n.az) if lb.type != "gateway" else None,

@@ -28,6 +28,7 @@ from .elbv2 import (
     resolve_listener_attributes,
     resolve_target,
     resolve_target_group_attributes,
+    scale_nodes,  # an ALB gets more or fewer nodes per AZ (elbv2.nodes)
     set_rule_priorities,
 )
 from .errors import ChangeError

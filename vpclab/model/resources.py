@@ -166,6 +166,13 @@ class LoadBalancerNode:
     public_ip: IPv4Address | None = None
     # addresses of the nodes it replaced (`vpclab replace-nodes`): they still serve, out of DNS
     retired_ips: tuple[IPv4Address, ...] = ()
+    # an ALB scaled out (`vpclab scale-nodes`): its added nodes' addresses in this AZ, in DNS too
+    scaled_ips: tuple[IPv4Address, ...] = ()
+
+    @property
+    def ips(self) -> tuple[IPv4Address, ...]:
+        """The addresses DNS gives for this AZ (the scaled-out ones after the first)."""
+        return (self.private_ip, *self.scaled_ips)
 
 
 @dataclass(frozen=True)

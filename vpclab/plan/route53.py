@@ -24,7 +24,8 @@ def aws_dns_names(lab: Lab) -> tuple[tuple[str, tuple[tuple[str, str, str], ...]
     for lb in lab.load_balancers.values():
         if lb.type not in ("network", "application"):
             continue
-        entries = tuple((str(n.public_ip or n.private_ip), lb.name, n.az) for n in lb.nodes)
+        entries = tuple((str(ip), lb.name, n.az) for n in lb.nodes  # a scaled-out ALB: several per AZ
+                        for ip in ((n.public_ip,) if n.public_ip else n.ips))
         names.append((lb.dns_name, entries))
         if lb.type == "network":
             names += [(lb.zonal_dns_name(entry[2]), (entry,)) for entry in entries]

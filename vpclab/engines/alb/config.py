@@ -69,7 +69,9 @@ def render(node: dict, *, runtime_socket: str, slots: Mapping[str, Sequence[dict
             slots[name] = initial_slots(group)
     attributes = node.get("attributes", {})
     out = global_section(runtime_socket, [*([f"nbthread {int(threads)}"] if threads else []), *global_lines])
-    out += defaults_section(attributes, defaults_lines)
+    # targets see the node's DNS address: not the kernel's primary, which after `replace-nodes` is a
+    # retired address that the next change removes under HAProxy's pooled target connections
+    out += defaults_section(attributes, [f"source {node['node_ip']}", *defaults_lines])
     group_sticky = any(_group_sticky(r) for listener in node["listeners"] for r in listener["rules"])
     for listener in node["listeners"]:
         out += frontend_section(node, listener, groups, certificates.get(listener["name"]), request_lines,
@@ -132,7 +134,8 @@ def defaults_section(attributes: dict, extra: Sequence[str] = ()) -> list[str]:
 
 def bind_line(node: dict, listener: dict, certificate: str | None) -> str:
     port = int(listener["port"])  # on a replaced node's addresses too: it serves until retired
-    line = "    bind " + ",".join(f"{ip}:{port}" for ip in (node["node_ip"], *node.get("retired_ips", ())))
+    line = "    bind " + ",".join(f"{ip}:{port}" for ip in (node["node_ip"], *node.get("scaled_ips", ()),
+                                                              *node.get("retired_ips", ())))
     if listener["protocol"] == "HTTPS":
         if not certificate:
             raise ValueError(f"listener {listener['name']}: HTTPS needs a certificate")

@@ -40,7 +40,7 @@ from .application import alb_dns_name
 from .certificates import CERTIFICATE_FIELDS
 from .listeners import Elbv2ListenerBuilder
 from .protocols import _ARN_TYPES, APPLICATION_PROTOCOLS, TARGET_GROUP_PROTOCOLS, _protocol_problem, rule_arn
-from .nodes import replace_nodes
+from .nodes import replace_nodes, scale_nodes
 from .rule_changes import create_rule, delete_rule, modify_listener, modify_rule, set_rule_priorities
 from .rules import _raw
 

@@ -67,5 +67,5 @@ def node_addresses(target: Target, group: TargetGroup, load_balancers: Mapping[s
     if group.target_type == "alb":
         lb = next((b for b in load_balancers.values() if b.arn == target.id), None)
         if lb is not None:
-            return [(str(n.private_ip), n.az) for n in lb.nodes]
+            return [(str(ip), n.az) for n in lb.nodes for ip in n.ips]
     return [(str(target.ip), target.az)]

@@ -29,7 +29,8 @@ def node_enis(lab: Lab, vpc: Vpc, taken: set[str]) -> list[Eni]:
             elif lb.type == "application":  # a proxy: it sends from its own address, behind its groups
                 enis.append(Eni(node.eni_id, f"{lb.name}:{node.az}", alb_ns(lb.name, node.az),
                                 ifname_for("a-", f"{lb.name}-{node.az[-1]}", taken), node.private_ip,
-                                subnet, lb.security_groups, True, secondary_ips=node.retired_ips))
+                                subnet, lb.security_groups, True,
+                                secondary_ips=(*node.scaled_ips, *node.retired_ips)))
             else:  # an NLB node forwards with the client's address when it preserves it: no source check
                 enis.append(Eni(node.eni_id, f"{lb.name}:{node.az}", nlb_ns(lb.name, node.az),
                                 ifname_for("l-", f"{lb.name}-{node.az[-1]}", taken), node.private_ip,

@@ -30,10 +30,10 @@ def alb_node(lab: Lab, lb: LoadBalancer, node: LoadBalancerNode) -> tuple[Namesp
     """The node's namespace, its one ENI, and the HAProxy the daemon runs there."""
     subnet = lab.subnets[node.subnet]
     name = alb_ns(lb.name, node.az)
-    retired = tuple(f"addr add {ip}/{subnet.cidr.prefixlen} dev eth0" for ip in node.retired_ips)
+    more = tuple(f"addr add {ip}/{subnet.cidr.prefixlen} dev eth0" for ip in (*node.scaled_ips, *node.retired_ips))
     # deleting a primary address deletes its secondaries too, unless they are promoted
     namespace = Namespace(name=name, kind="alb", sysctls=BASE_SYSCTLS + PROMOTE_SECONDARIES,
-                          ip_batch=single_eni(node.private_ip, subnet.cidr.prefixlen, subnet.router_ip) + retired)
+                          ip_batch=single_eni(node.private_ip, subnet.cidr.prefixlen, subnet.router_ip) + more)
     return namespace, Service(name, "alb_node", params=(("load_balancer", lb.name), ("availability_zone", node.az)))
 
 
@@ -56,6 +56,7 @@ def alb_node_config(lab: Lab, lb_name: str, az: str) -> dict:
     return {
         "load_balancer": lb.name, "arn": lb.arn, "dns_name": lb.dns_name, "scheme": lb.scheme,
         "availability_zone": az, "node_ip": str(node.private_ip),
+        "scaled_ips": [str(ip) for ip in node.scaled_ips],  # added nodes' addresses (scale-nodes)
         "retired_ips": [str(ip) for ip in node.retired_ips],  # replaced nodes' addresses, still served
         "public_ip": str(node.public_ip) if node.public_ip is not None else None,
         "attributes": dict(lb.attributes),
