@@ -212,16 +212,15 @@ def test_scaled_nodes_are_followed_and_no_request_fails(lab):
 
 
 def test_an_alb_targets_health_checks_go_through_the_albs_listener(lab):
-    """The ALB answers its alb target group's checks through its listener: when a rule answers
-    503, the target turns unhealthy; without it, healthy again."""
+    """The ALB answers its alb target group's checks through its listener: when its default
+    action answers 503 (ModifyListener, which leaves group `web` unused), the target turns
+    unhealthy; forwarding to `web` again, healthy again."""
     wait_for(lambda: set(target_states(lab, "alb-target").values()) == {"healthy"}, 60, "alb-target healthy")
-    # a rule, not a new default action: modify-listener to a fixed response fails on main (KeyError 'web')
     fixed = [{"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "503", "ContentType": "text/plain"}}]
-    every = [{"Field": "path-pattern", "PathPatternConfig": {"Values": ["/*"]}}]
-    lab.vpclab("create-rule", "--lab", "sip", "alb-https", "--priority", "1", "--conditions", json.dumps(every),
-               "--actions", json.dumps(fixed), "--name", "all-503")
+    lab.vpclab("modify-listener", "--lab", "sip", "alb-https", "--default-actions", json.dumps(fixed))
     try:
         wait_for(lambda: set(target_states(lab, "alb-target").values()) == {"unhealthy"}, 30, "alb-target unhealthy")
     finally:
-        lab.vpclab("delete-rule", "--lab", "sip", "all-503")
+        lab.vpclab("modify-listener", "--lab", "sip", "alb-https", "--default-actions",
+                   json.dumps([{"Type": "forward", "TargetGroupArn": "web"}]))
     wait_for(lambda: set(target_states(lab, "alb-target").values()) == {"healthy"}, 30, "alb-target healthy again")

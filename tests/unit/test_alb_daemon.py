@@ -125,3 +125,16 @@ def test_slow_start_steps_a_ramp_through_the_runtime_api_and_a_reload_keeps_it(n
     clock[0] += 15
     alb.on_health("web")
     assert recorder.sent[-1] == "set server tg_web/s2 weight 100" and alb.ramps.ramping() == set()
+
+
+def test_a_group_no_rule_forwards_to_any_more_leaves_the_node_with_a_reload(nodes):
+    alb, health, configs, recorder, reloads = nodes
+    del configs["now"]["listeners"][0]["rules"][0]  # `api`, the only rule forwarding to v2
+    del configs["now"]["target_groups"]["v2"]
+    health["web"] = {"i-1": {"State": "healthy"}, "i-2": {"State": "healthy"}}
+    alb.apply(None)
+    ((_pid, _sig, text),) = reloads
+    assert "backend tg_v2" not in text and "backend tg_web" in text
+    assert alb.groups() == {"web"}
+    alb.health_changed("v2", "i-9", {"State": "healthy"})  # a late verdict for it is ignored
+    assert not any("tg_v2" in line for line in recorder.sent)

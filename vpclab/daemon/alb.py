@@ -334,6 +334,9 @@ class AlbNodes:
                         checker.register(group, t.id, str(t.ip), t.port)
             reload = _structure(config) != _structure(node.config)
             node.config = config
+            for group in node.slots.keys() - config["target_groups"].keys():  # no rule forwards to it now
+                del node.slots[group]
+                node.applied = {k: v for k, v in node.applied.items() if k[0] != group}
             for group, tg in config["target_groups"].items():
                 slots = node.slots.setdefault(group, Slots.for_targets(group, []))
                 for t in tg["targets"]:
@@ -348,6 +351,8 @@ class AlbNodes:
             else:
                 for group in node.slots:
                     self.sync(node, group)
+        for group in self.ramps.groups.keys() - self.groups():
+            del self.ramps.groups[group]
 
     def reload(self, node: AlbNode) -> None:
         """HAProxy's seamless reload, once the new file passes `haproxy -c` (a refused file
