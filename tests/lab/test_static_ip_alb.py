@@ -214,12 +214,15 @@ def test_scaled_nodes_are_followed_and_no_request_fails(lab):
 def test_an_alb_targets_health_checks_go_through_the_albs_listener(lab):
     """The ALB answers its alb target group's checks through its listener: when its default
     action answers 503 (ModifyListener, which leaves group `web` unused), the target turns
-    unhealthy; forwarding to `web` again, healthy again."""
+    unhealthy, and `web`'s targets show unused (Target.NotInUse) as on AWS; forwarding to `web`
+    again, healthy again."""
     wait_for(lambda: set(target_states(lab, "alb-target").values()) == {"healthy"}, 60, "alb-target healthy")
     fixed = [{"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "503", "ContentType": "text/plain"}}]
     lab.vpclab("modify-listener", "--lab", "sip", "alb-https", "--default-actions", json.dumps(fixed))
     try:
         wait_for(lambda: set(target_states(lab, "alb-target").values()) == {"unhealthy"}, 30, "alb-target unhealthy")
+        web = next(g for g in lab.status()["target_groups"] if g["name"] == "web")
+        assert {(t["state"], t["reason"]) for t in web["targets"]} == {("unused", "Target.NotInUse")}
     finally:
         lab.vpclab("modify-listener", "--lab", "sip", "alb-https", "--default-actions",
                    json.dumps([{"Type": "forward", "TargetGroupArn": "web"}]))

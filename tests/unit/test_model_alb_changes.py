@@ -19,6 +19,7 @@ from vpclab.model import (
 )
 from vpclab.model.elbv2 import rule_arn
 from vpclab.model.resources import FixedResponseAction, ForwardAction, WeightedTargetGroup
+from vpclab.daemon.status import lab_status
 from vpclab.plan.elbv2 import alb_node_config
 
 PATH = [{"Field": "path-pattern", "PathPatternConfig": {"Values": ["/v2/*"]}}]
@@ -175,3 +176,13 @@ def test_targets_register_and_deregister_in_an_alb_group():
                                                        (str(lab.instances["web-1"].private_ip), 8080)]
     lab = deregister_targets(lab, "web-v2", ["web-2"])
     assert [t.instance for t in lab.target_groups["web-v2"].targets] == ["web-1"]
+
+
+def test_a_group_no_listener_forwards_to_any_more_shows_its_targets_unused_not_in_use():
+    fixed = [{"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "503", "ContentType": "text/plain"}}]
+    lab = modify_listener(modify_listener(load(), "http", fixed), "https", fixed)
+    groups = {g["name"]: g for g in lab_status(lab)["target_groups"]}
+    assert groups["web"]["targets"] and {(t["state"], t["reason"]) for t in groups["web"]["targets"]} == \
+        {("unused", "Target.NotInUse")}
+    # a group a rule still forwards to: its targets wait for their first check
+    assert {t["state"] for t in groups["api-v1"]["targets"]} == {"initial"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Callable, Mapping
 
+from vpclab.model.elbv2.application import group_user
 from vpclab.model.resources import Lab
 from vpclab.model.transit_gateway import transit_gateway_status
 from vpclab.plan.common import gwlb_ns
@@ -113,8 +114,11 @@ def _dns_entries(endpoint) -> list[dict]:
 
 def _target_group(lab: Lab, group, health: dict) -> dict:
     targets = []
+    # a group no listener or rule forwards to is not checked: AWS shows its targets unused
+    idle = {} if group_user(lab.listeners, lab.listener_rules, group.name) else \
+        {"State": "unused", "Reason": "Target.NotInUse"}
     for t in group.targets:
-        h = health.get(t.id, {})
+        h = health.get(t.id) or idle
         targets.append({"id": t.id, "name": t.instance, "ip": str(t.ip), "port": t.port, "az": t.az,
                         "state": h.get("State", "initial"), "reason": h.get("Reason")})
     # deregistered targets stay visible while they drain
