@@ -215,7 +215,7 @@ def test_an_alb_targets_health_checks_go_through_the_albs_listener(lab):
     """The ALB answers its alb target group's checks through its listener: when its default
     action answers 503 (ModifyListener, which leaves group `web` unused), the target turns
     unhealthy, and `web`'s targets show unused (Target.NotInUse) as on AWS; forwarding to `web`
-    again, healthy again."""
+    again, both are checked again and healthy."""
     wait_for(lambda: set(target_states(lab, "alb-target").values()) == {"healthy"}, 60, "alb-target healthy")
     fixed = [{"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "503", "ContentType": "text/plain"}}]
     lab.vpclab("modify-listener", "--lab", "sip", "alb-https", "--default-actions", json.dumps(fixed))
@@ -227,3 +227,4 @@ def test_an_alb_targets_health_checks_go_through_the_albs_listener(lab):
         lab.vpclab("modify-listener", "--lab", "sip", "alb-https", "--default-actions",
                    json.dumps([{"Type": "forward", "TargetGroupArn": "web"}]))
     wait_for(lambda: set(target_states(lab, "alb-target").values()) == {"healthy"}, 30, "alb-target healthy again")
+    wait_for(lambda: set(target_states(lab, "web").values()) == {"healthy"}, 30, "web's targets checked again")

@@ -3,6 +3,7 @@ send to HAProxy, with the runtime socket replaced by a recorder (no HAProxy runs
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 
@@ -138,3 +139,33 @@ def test_a_group_no_rule_forwards_to_any_more_leaves_the_node_with_a_reload(node
     assert alb.groups() == {"web"}
     alb.health_changed("v2", "i-9", {"State": "healthy"})  # a late verdict for it is ignored
     assert not any("tg_v2" in line for line in recorder.sent)
+
+
+class Checker:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def has_target_group(self, group):
+        return True
+
+    def register(self, group, target_id, ip, port):
+        self.calls.append(("register", group, target_id))
+
+    def mark_unused(self, group, target_id, reason):
+        self.calls.append(("unused", group, target_id, str(reason)))
+
+
+def test_a_group_out_of_use_has_its_targets_unused_and_back_in_use_starts_them_initial(nodes):
+    alb, health, configs, _recorder, _reloads = nodes
+    lab = SimpleNamespace(target_groups={"v2": SimpleNamespace(targets=[
+        SimpleNamespace(id="i-9", ip="10.0.12.20", port=443)])})
+    checker = Checker()
+    full = copy.deepcopy(configs["now"])
+    del configs["now"]["listeners"][0]["rules"][0]
+    del configs["now"]["target_groups"]["v2"]
+    alb.apply(lab, checker)
+    assert checker.calls == [("unused", "v2", "i-9", "Target.NotInUse")]
+    configs["now"] = full  # a rule forwards to v2 again
+    alb.apply(lab, checker)
+    assert checker.calls[1:] == [("register", "v2", "i-9")]
+    assert alb.groups() == {"web", "v2"}

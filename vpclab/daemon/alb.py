@@ -31,6 +31,7 @@ from vpclab.engines.alb import config as alb_config
 from vpclab.engines.alb import runtime as alb_runtime
 from vpclab.engines.alb import slow_start
 from vpclab.engines.alb.runtime import Runtime, RuntimeApiError, Slots
+from vpclab.engines.health.state import Reason
 
 log = logging.getLogger("vpclab.alb")
 
@@ -323,15 +324,19 @@ class AlbNodes:
         """The lab after a live change: new targets take slots, removed ones stay in theirs
         (draining) until `target_gone`; anything else (rules, listeners, attributes, more
         targets than slots) is a seamless reload. A group a changed rule now forwards to gets
-        its health checks (`checker`, probing through `connector(namespace)`)."""
+        its health checks (`checker`, probing through `connector(namespace)`), from `initial`;
+        one nothing forwards to any more has its targets `unused` (Target.NotInUse), unchecked."""
+        in_use = self.groups()
         for node in self.nodes:
             config = self.node_config(lab, node.load_balancer, node.az)
             for group in config["target_groups"].keys() - node.groups():
-                if checker is not None and not checker.has_target_group(group):
-                    tg = lab.target_groups[group]
+                if checker is None or group in in_use:
+                    continue
+                tg = lab.target_groups[group]
+                if not checker.has_target_group(group):
                     checker.add_target_group(group, tg.health_check_config(), connect=connector(node.ns))
-                    for t in tg.targets:
-                        checker.register(group, t.id, str(t.ip), t.port)
+                for t in tg.targets:  # new, or back in use: from `initial`, as AWS starts them
+                    checker.register(group, t.id, str(t.ip), t.port)
             reload = _structure(config) != _structure(node.config)
             node.config = config
             for group in node.slots.keys() - config["target_groups"].keys():  # no rule forwards to it now
@@ -353,6 +358,10 @@ class AlbNodes:
                     self.sync(node, group)
         for group in self.ramps.groups.keys() - self.groups():
             del self.ramps.groups[group]
+        if checker is not None:
+            for group in in_use - self.groups():  # no rule forwards to it now: AWS stops checking it
+                for t in lab.target_groups[group].targets:
+                    checker.mark_unused(group, t.id, Reason.NOT_IN_USE)
 
     def reload(self, node: AlbNode) -> None:
         """HAProxy's seamless reload, once the new file passes `haproxy -c` (a refused file
