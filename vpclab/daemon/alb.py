@@ -158,7 +158,7 @@ class AlbNodes:
 
     def write(self, node: AlbNode) -> None:
         """haproxy.cfg as the node should be now: its slots, in the states health gives them."""
-        slots = {g: s.render(self._states(node, g), self._weights(node, g)) for g, s in node.slots.items()}
+        slots = {g: self._rendered(node, g) for g in node.slots}
         certificates = {}
         for listener in node.config["listeners"]:
             if listener["protocol"] == "HTTPS":
@@ -206,19 +206,17 @@ class AlbNodes:
                 out.setdefault(group, node.ns)
         return out
 
-    def _states(self, node: AlbNode, group: str) -> dict[str, str]:
+    def _rendered(self, node: AlbNode, group: str) -> list[dict | None]:
+        """The group's slots as they should be now, from one look at its health: each slot's
+        state and, with slow start, its weight."""
         health = {t: h.get("State") for t, h in self.health(group).items()}
-        registered = {t["id"] for t in node.config["target_groups"][group]["targets"]}
+        tg = node.config["target_groups"][group]
+        registered = {t["id"] for t in tg["targets"]}
         # before the first verdict, a registered target is `initial` (fail open: all serve)
         views = {t: health.get(t, "initial") for t in registered}
         views.update({t: s for t, s in health.items() if t not in registered})
-        return alb_runtime.slot_states(views)
-
-    def _weights(self, node: AlbNode, group: str) -> dict[str, int] | None:
-        """With slow start: target id -> weight of the targets ramping now; else None."""
-        states = {t: h.get("State") for t, h in self.health(group).items()}
-        return self.ramps.weights(group, slow_start.duration_of(node.config["target_groups"][group]),
-                                  states, time.monotonic())
+        weights = self.ramps.weights(group, slow_start.duration_of(tg), health, time.monotonic())
+        return node.slots[group].render(alb_runtime.slot_states(views), weights)
 
     def health_changed(self, group: str, target_id: str, health: dict) -> None:
         if group not in self.groups():
@@ -235,7 +233,7 @@ class AlbNodes:
                 self.sync(node, group)
 
     def sync(self, node: AlbNode, group: str) -> None:
-        slots = node.slots[group].render(self._states(node, group), self._weights(node, group))
+        slots = self._rendered(node, group)
         commands = []
         for i, slot in enumerate(slots, start=1):
             want = (slot["ip"], slot["port"], slot["state"], slot.get("weight")) if slot else None

@@ -36,10 +36,9 @@ class SlowStart:
         self.ramping = {t: began for t, began in self.ramping.items()
                         if t in healthy and now - began < self.duration}
         if self.healthy is not None and self.duration > 0:  # the first look (enabling) ramps nothing
-            steady = (self.healthy & healthy) - self.ramping.keys()
-            for target in sorted(healthy - self.healthy):
-                if steady:  # newly healthy beside a healthy target out of slow start
-                    self.ramping[target] = now
+            # newly healthy targets ramp beside a healthy target out of slow start
+            if (self.healthy & healthy) - self.ramping.keys():
+                self.ramping.update({target: now for target in healthy - self.healthy})
         self.healthy = healthy
 
     def weights(self, now: float) -> dict[str, int]:
